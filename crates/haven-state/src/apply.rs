@@ -1,0 +1,477 @@
+//! `apply`: validate a command against the state, then change it, all or nothing.
+//!
+//! Each arm checks everything first and mutates only at the end, so an error leaves the
+//! state exactly as it was.
+
+use std::collections::BTreeMap;
+
+use haven_model::{Group, GroupSpec, NodeLiveness, Resource, ResourceSpec, ResourceState, ResourceStatus};
+
+use crate::{Command, Event, HISTORY_LIMIT, Reply, Request, Response, SCHEMA_VERSION, State, StateError};
+
+pub(crate) fn apply(s: &mut State, req: &Request) -> Response {
+    let at = req.at;
+    let by = req.by.as_str();
+    if s.schema_version == 0 {
+        s.schema_version = SCHEMA_VERSION;
+    }
+    match &req.command {
+        Command::Noop => Ok(Reply::None),
+        Command::InitCluster { name, join_token, node } => {
+            if let Some(c) = &s.cluster {
+                return Err(StateError::conflict(format!(
+                    "the cluster is already initialized as {:?}; join other nodes to it with `haven cluster join`",
+                    c.name
+                )));
+            }
+            haven_model::validate_name("cluster name", name)?;
+            haven_model::validate_name("node name", &node.name)?;
+            s.cluster = Some(crate::ClusterInfo { name: name.clone(), join_token: join_token.clone(), created_at: at });
+            s.nodes.insert(node.name.clone(), node.clone());
+            event(
+                s,
+                at,
+                by,
+                "cluster-init",
+                Some(&node.name),
+                None,
+                None,
+                format!("cluster {name:?} created on node {:?}", node.name),
+            );
+            Ok(Reply::Node(node.clone()))
+        }
+        Command::AddNode { node } => {
+            require_cluster(s)?;
+            haven_model::validate_name("node name", &node.name)?;
+            if s.nodes.contains_key(&node.name) {
+                return Err(StateError::exists("node", &node.name));
+            }
+            if let Some(other) = s.node_by_id(node.id) {
+                return Err(StateError::conflict(format!(
+                    "node id {} is already used by node {:?}; give the new node another `id` in its config file",
+                    node.id, other.name
+                )));
+            }
+            s.nodes.insert(node.name.clone(), node.clone());
+            event(
+                s,
+                at,
+                by,
+                "node-joined",
+                Some(&node.name),
+                None,
+                None,
+                format!("node {:?} joined as a {:?} at {}", node.name, node.role, node.address),
+            );
+            Ok(Reply::Node(node.clone()))
+        }
+        Command::RemoveNode { name } => {
+            node(s, name)?;
+            let owned: Vec<String> =
+                s.groups.values().filter(|g| g.owner.as_deref() == Some(name)).map(|g| g.spec.name.clone()).collect();
+            if !owned.is_empty() {
+                return Err(StateError::conflict(format!(
+                    "node {name:?} still owns groups {}; move them first (`haven node pause {name} --drain`)",
+                    owned.join(", ")
+                )));
+            }
+            s.nodes.remove(name);
+            event(s, at, by, "node-removed", Some(name), None, None, format!("node {name:?} removed from the cluster"));
+            Ok(Reply::None)
+        }
+        Command::SetNodePaused { name, paused } => {
+            let n = node_mut(s, name)?;
+            if n.paused == *paused {
+                return Ok(Reply::Node(n.clone()));
+            }
+            n.paused = *paused;
+            let reply = n.clone();
+            let (kind, what) = if *paused {
+                ("node-paused", "paused: it takes no new groups and its groups move away")
+            } else {
+                ("node-resumed", "resumed: it can host groups again")
+            };
+            event(s, at, by, kind, Some(name), None, None, format!("node {name:?} {what}"));
+            Ok(Reply::Node(reply))
+        }
+        Command::SetNodeLiveness { name, liveness, reason } => {
+            let n = node_mut(s, name)?;
+            if n.liveness == *liveness {
+                return Ok(Reply::Node(n.clone()));
+            }
+            n.liveness = *liveness;
+            n.since = at;
+            let reply = n.clone();
+            let kind = if *liveness == NodeLiveness::Up { "node-up" } else { "node-down" };
+            event(s, at, by, kind, Some(name), None, None, format!("node {name:?} is {}: {reason}", reply.status()));
+            Ok(Reply::Node(reply))
+        }
+        Command::CreateGroup { spec } => {
+            spec.validate()?;
+            if s.groups.contains_key(&spec.name) {
+                return Err(StateError::exists("group", &spec.name));
+            }
+            check_owners(s, spec)?;
+            let g =
+                Group { spec: spec.clone(), owner: None, generation: 0, failovers: Vec::new(), failed_reason: None };
+            s.groups.insert(spec.name.clone(), g.clone());
+            event(s, at, by, "group-created", None, Some(&spec.name), None, format!("group {:?} created", spec.name));
+            Ok(Reply::Group(g))
+        }
+        Command::UpdateGroup { name, update } => {
+            let g = group(s, name)?;
+            let spec = update.applied_to(&g.spec);
+            spec.validate()?;
+            check_owners(s, &spec)?;
+            let g = group_mut(s, name)?;
+            g.spec = spec;
+            let reply = g.clone();
+            event(s, at, by, "group-updated", None, Some(name), None, format!("group {name:?} properties changed"));
+            Ok(Reply::Group(reply))
+        }
+        Command::DeleteGroup { name } => {
+            group(s, name)?;
+            let members: Vec<String> = s.group_resources(name).map(|r| r.spec.name.clone()).collect();
+            if !members.is_empty() {
+                return Err(StateError::conflict(format!(
+                    "group {name:?} still has resources {}; delete them first (`haven resource delete <name>`)",
+                    members.join(", ")
+                )));
+            }
+            s.groups.remove(name);
+            event(s, at, by, "group-deleted", None, Some(name), None, format!("group {name:?} deleted"));
+            Ok(Reply::None)
+        }
+        Command::SetGroupOnline { name, online } => {
+            let g = group_mut(s, name)?;
+            g.spec.online = *online;
+            if *online {
+                g.failed_reason = None;
+            }
+            let reply = g.clone();
+            let what = if *online { "brought online" } else { "taken offline" };
+            event(
+                s,
+                at,
+                by,
+                if *online { "group-online" } else { "group-offline" },
+                None,
+                Some(name),
+                None,
+                format!("group {name:?} {what}"),
+            );
+            Ok(Reply::Group(reply))
+        }
+        Command::MoveGroup { name, node: target } => {
+            let g = group(s, name)?;
+            let n = s.nodes.get(target).ok_or_else(|| StateError::not_found_in("node", "node", target))?;
+            if !n.is_up() {
+                return Err(StateError::conflict(format!(
+                    "node {target:?} is down; pick a node that is up (`haven node list`)"
+                )));
+            }
+            if n.paused {
+                return Err(StateError::conflict(format!(
+                    "node {target:?} is paused; resume it first (`haven node resume {target}`) or pick another node"
+                )));
+            }
+            if !g.spec.possible_owners.is_empty() && !g.spec.possible_owners.contains(target) {
+                return Err(StateError::conflict(format!(
+                    "node {target:?} is not a possible owner of group {name:?} (possible owners: {}); add it with `haven group set {name} --possible-owners ...`",
+                    g.spec.possible_owners.join(", ")
+                )));
+            }
+            if g.owner.as_deref() == Some(target) && g.failed_reason.is_none() {
+                return Ok(Reply::Group(g.clone()));
+            }
+            let from = g.owner.clone();
+            let g = group_mut(s, name)?;
+            g.owner = Some(target.clone());
+            g.generation += 1;
+            g.failed_reason = None;
+            let reply = g.clone();
+            reset_failures(s, name);
+            let from = from.map(|f| format!(" from {f:?}")).unwrap_or_default();
+            event(
+                s,
+                at,
+                by,
+                "group-moved",
+                Some(target),
+                Some(name),
+                None,
+                format!("group {name:?} moved{from} to {target:?} by the operator"),
+            );
+            Ok(Reply::Group(reply))
+        }
+        Command::PlaceGroup { name, node: target, reason, failover } => {
+            let g = group(s, name)?;
+            if let Some(t) = target {
+                node(s, t)?;
+            }
+            if g.owner == *target {
+                return Ok(Reply::Group(g.clone()));
+            }
+            let g = group_mut(s, name)?;
+            g.owner = target.clone();
+            g.generation += 1;
+            if *failover {
+                g.failovers.push(at);
+            }
+            if target.is_some() {
+                g.failed_reason = None;
+            }
+            let reply = g.clone();
+            reset_failures(s, name);
+            let msg = match target {
+                Some(t) => format!("group {name:?} placed on {t:?}: {reason}"),
+                None => format!("group {name:?} has no owner: {reason}"),
+            };
+            let kind = if *failover { "group-failover" } else { "group-placed" };
+            event(s, at, by, kind, target.as_deref(), Some(name), None, msg);
+            Ok(Reply::Group(reply))
+        }
+        Command::FailGroup { name, reason } => {
+            let g = group_mut(s, name)?;
+            if g.failed_reason.as_deref() == Some(reason) {
+                return Ok(Reply::Group(g.clone()));
+            }
+            g.failed_reason = Some(reason.clone());
+            let reply = g.clone();
+            event(
+                s,
+                at,
+                by,
+                "group-failed",
+                reply.owner.as_deref(),
+                Some(name),
+                None,
+                format!("group {name:?} left failed: {reason}"),
+            );
+            Ok(Reply::Group(reply))
+        }
+        Command::CreateResource { spec } => {
+            spec.validate()?;
+            if s.resources.contains_key(&spec.name) {
+                return Err(StateError::exists("resource", &spec.name));
+            }
+            group(s, &spec.group).map_err(|_| StateError::not_found_in("group", "group", &spec.group))?;
+            check_dependencies(s, spec)?;
+            let r = Resource { spec: spec.clone(), status: ResourceStatus { since: at, ..Default::default() } };
+            s.resources.insert(spec.name.clone(), r.clone());
+            event(
+                s,
+                at,
+                by,
+                "resource-created",
+                None,
+                Some(&spec.group),
+                Some(&spec.name),
+                format!("{} resource {:?} created in group {:?}", spec.kind.as_str(), spec.name, spec.group),
+            );
+            Ok(Reply::Resource(r))
+        }
+        Command::UpdateResource { name, update } => {
+            let r = resource(s, name)?;
+            let spec = update.applied_to(&r.spec)?;
+            check_dependencies(s, &spec)?;
+            let r = resource_mut(s, name)?;
+            r.spec = spec;
+            let reply = r.clone();
+            event(
+                s,
+                at,
+                by,
+                "resource-updated",
+                None,
+                Some(&reply.spec.group),
+                Some(name),
+                format!("resource {name:?} changed; new parameters apply at its next start"),
+            );
+            Ok(Reply::Resource(reply))
+        }
+        Command::DeleteResource { name } => {
+            let r = resource(s, name)?;
+            let dependents: Vec<String> = s
+                .resources
+                .values()
+                .filter(|o| o.spec.depends_on.contains(name))
+                .map(|o| o.spec.name.clone())
+                .collect();
+            if !dependents.is_empty() {
+                return Err(StateError::conflict(format!(
+                    "resources {} depend on {name:?}; delete them or remove the dependency first",
+                    dependents.join(", ")
+                )));
+            }
+            if !matches!(r.status.state, ResourceState::Offline | ResourceState::Failed) {
+                return Err(StateError::conflict(format!(
+                    "resource {name:?} is {:?} on {}; take its group offline first (`haven group offline {}`)",
+                    r.status.state,
+                    r.status.node.as_deref().unwrap_or("?"),
+                    r.spec.group
+                )));
+            }
+            let g = r.spec.group.clone();
+            s.resources.remove(name);
+            event(s, at, by, "resource-deleted", None, Some(&g), Some(name), format!("resource {name:?} deleted"));
+            Ok(Reply::None)
+        }
+        Command::ReportResource { node: reporter, resource: name, state, reason, failure } => {
+            node(s, reporter)?;
+            let r = resource(s, name)?;
+            let period = r.spec.props.restart_period.as_millis();
+            let changed = r.status.state != *state || r.status.node.as_deref() != Some(reporter);
+            if !changed && !failure && r.status.reason == *reason {
+                return Ok(Reply::Resource(r.clone()));
+            }
+            let group_name = r.spec.group.clone();
+            let r = resource_mut(s, name)?;
+            if *failure {
+                r.status.failures.push(at);
+            }
+            r.status.failures.retain(|t| t.saturating_add(period) > at);
+            r.status.state = *state;
+            r.status.node = Some(reporter.clone());
+            r.status.reason = reason.clone();
+            if changed {
+                r.status.since = at;
+            }
+            let reply = r.clone();
+            if changed || *failure {
+                let kind = match (state, failure) {
+                    (_, true) => "resource-failed",
+                    (ResourceState::Online, _) => "resource-online",
+                    (ResourceState::Offline, _) => "resource-offline",
+                    (ResourceState::Failed, _) => "resource-failed",
+                    (ResourceState::Starting, _) => "resource-starting",
+                    (ResourceState::Stopping, _) => "resource-stopping",
+                };
+                let why = reason.as_ref().map(|r| format!(": {r}")).unwrap_or_default();
+                let msg = format!("resource {name:?} is {} on {reporter:?}{why}", format!("{state:?}").to_lowercase());
+                event(s, at, by, kind, Some(reporter), Some(&group_name), Some(name), msg);
+            }
+            Ok(Reply::Resource(reply))
+        }
+        Command::ClearFailures { resource: name } => {
+            let r = resource_mut(s, name)?;
+            r.status.failures.clear();
+            if r.status.state == ResourceState::Failed {
+                r.status.state = ResourceState::Offline;
+            }
+            let g = r.spec.group.clone();
+            let reply = r.clone();
+            if let Some(grp) = s.groups.get_mut(&g) {
+                grp.failed_reason = None;
+                grp.failovers.clear();
+            }
+            event(
+                s,
+                at,
+                by,
+                "failures-cleared",
+                None,
+                Some(&g),
+                Some(name),
+                format!("failures of resource {name:?} cleared by the operator"),
+            );
+            Ok(Reply::Resource(reply))
+        }
+    }
+}
+
+fn require_cluster(s: &State) -> Result<(), StateError> {
+    if s.cluster.is_none() {
+        return Err(StateError::conflict("the cluster is not initialized; run `haven cluster init` on the first node"));
+    }
+    Ok(())
+}
+
+fn node<'a>(s: &'a State, name: &str) -> Result<&'a haven_model::Node, StateError> {
+    s.nodes.get(name).ok_or_else(|| StateError::not_found("node", name))
+}
+fn node_mut<'a>(s: &'a mut State, name: &str) -> Result<&'a mut haven_model::Node, StateError> {
+    s.nodes.get_mut(name).ok_or_else(|| StateError::not_found("node", name))
+}
+fn group<'a>(s: &'a State, name: &str) -> Result<&'a Group, StateError> {
+    s.groups.get(name).ok_or_else(|| StateError::not_found("group", name))
+}
+fn group_mut<'a>(s: &'a mut State, name: &str) -> Result<&'a mut Group, StateError> {
+    s.groups.get_mut(name).ok_or_else(|| StateError::not_found("group", name))
+}
+fn resource<'a>(s: &'a State, name: &str) -> Result<&'a Resource, StateError> {
+    s.resources.get(name).ok_or_else(|| StateError::not_found("resource", name))
+}
+fn resource_mut<'a>(s: &'a mut State, name: &str) -> Result<&'a mut Resource, StateError> {
+    s.resources.get_mut(name).ok_or_else(|| StateError::not_found("resource", name))
+}
+
+fn check_owners(s: &State, spec: &GroupSpec) -> Result<(), StateError> {
+    for (field, list) in [("preferred_owners", &spec.preferred_owners), ("possible_owners", &spec.possible_owners)] {
+        for n in list {
+            if !s.nodes.contains_key(n) {
+                return Err(StateError::not_found_in(field, "node", n));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Dependencies must name resources of the same group and must not form a cycle.
+fn check_dependencies(s: &State, spec: &ResourceSpec) -> Result<(), StateError> {
+    for d in &spec.depends_on {
+        match s.resources.get(d) {
+            None => return Err(StateError::not_found_in("depends_on", "resource", d)),
+            Some(other) if other.spec.group != spec.group => {
+                return Err(StateError::from(haven_model::InvalidInput::new(
+                    "depends_on",
+                    format!(
+                        "{d:?} is in group {:?} but {:?} is in group {:?}; dependencies must stay within one group",
+                        other.spec.group, spec.name, spec.group
+                    ),
+                )));
+            }
+            Some(_) => {}
+        }
+    }
+    let mut graph: BTreeMap<String, Vec<String>> =
+        s.group_resources(&spec.group).map(|r| (r.spec.name.clone(), r.spec.depends_on.clone())).collect();
+    graph.insert(spec.name.clone(), spec.depends_on.clone());
+    haven_model::deps::start_order(&graph)?;
+    Ok(())
+}
+
+/// A new placement starts the restart count afresh: failures counted on the old owner
+/// say nothing about the new one.
+fn reset_failures(s: &mut State, group: &str) {
+    for r in s.resources.values_mut().filter(|r| r.spec.group == group) {
+        r.status.failures.clear();
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn event(
+    s: &mut State,
+    at: u64,
+    by: &str,
+    kind: &str,
+    node: Option<&str>,
+    group: Option<&str>,
+    resource: Option<&str>,
+    message: String,
+) {
+    s.next_event_id += 1;
+    s.history.push_back(Event {
+        id: s.next_event_id,
+        at,
+        kind: kind.to_string(),
+        node: node.map(str::to_string),
+        group: group.map(str::to_string),
+        resource: resource.map(str::to_string),
+        message,
+        by: by.to_string(),
+    });
+    while s.history.len() > HISTORY_LIMIT {
+        s.history.pop_front();
+    }
+}

@@ -1,0 +1,232 @@
+//! The replicated cluster state and the only way it changes: `State::apply(&Request)`.
+//!
+//! Every node applies the same committed requests in the same order, so `apply` must be
+//! deterministic: it reads no clock (the proposer stamps `Request::at`), no files, no
+//! randomness. It validates every command against the current state and either changes
+//! nothing and returns an error that names the offending value, or applies the whole
+//! command. That makes the leader's answer to an operator the same as every replica's.
+
+mod apply;
+mod error;
+
+use std::collections::{BTreeMap, VecDeque};
+
+use haven_model::{
+    Group, GroupSpec, GroupUpdate, Millis, Node, NodeLiveness, Resource, ResourceSpec, ResourceState, ResourceUpdate,
+};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+pub use error::{ErrorCode, StateError};
+
+/// Version of the state's schema; a snapshot from another version is migrated on load.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// Events kept in the state's history (older ones are dropped).
+pub const HISTORY_LIMIT: usize = 2000;
+
+/// Cluster-wide identity, set once by `InitCluster`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ClusterInfo {
+    pub name: String,
+    /// Secret a new node presents to join. Never shown by read APIs.
+    pub join_token: String,
+    pub created_at: Millis,
+}
+
+/// One entry of the cluster's history: what happened and why.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Event {
+    pub id: u64,
+    pub at: Millis,
+    /// A slug such as `group-placed`, `resource-failed`, `node-down`.
+    pub kind: String,
+    pub node: Option<String>,
+    pub group: Option<String>,
+    pub resource: Option<String>,
+    pub message: String,
+    /// Who asked: `operator`, `controller`, or a node name.
+    pub by: String,
+}
+
+/// The whole replicated state.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct State {
+    pub schema_version: u32,
+    pub cluster: Option<ClusterInfo>,
+    pub nodes: BTreeMap<String, Node>,
+    pub groups: BTreeMap<String, Group>,
+    pub resources: BTreeMap<String, Resource>,
+    pub history: VecDeque<Event>,
+    pub next_event_id: u64,
+}
+
+/// A command with the time and author the proposer stamped on it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Request {
+    pub at: Millis,
+    pub by: String,
+    pub command: Command,
+}
+
+impl Request {
+    pub fn new(at: Millis, by: impl Into<String>, command: Command) -> Request {
+        Request { at, by: by.into(), command }
+    }
+    /// A command that changes nothing (used to commit a leader's first entry and in tests).
+    pub fn noop() -> Request {
+        Request { at: 0, by: "test".into(), command: Command::Noop }
+    }
+}
+
+/// Every change the cluster state can undergo.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Command {
+    Noop,
+    InitCluster {
+        name: String,
+        join_token: String,
+        node: Node,
+    },
+    AddNode {
+        node: Node,
+    },
+    RemoveNode {
+        name: String,
+    },
+    SetNodePaused {
+        name: String,
+        paused: bool,
+    },
+    /// From the controller: the node's heartbeats stopped (or resumed).
+    SetNodeLiveness {
+        name: String,
+        liveness: NodeLiveness,
+        reason: String,
+    },
+    CreateGroup {
+        spec: GroupSpec,
+    },
+    UpdateGroup {
+        name: String,
+        update: GroupUpdate,
+    },
+    DeleteGroup {
+        name: String,
+    },
+    /// Operator: bring a group online (start it) or offline (stop it everywhere).
+    SetGroupOnline {
+        name: String,
+        online: bool,
+    },
+    /// Operator: move a group to a node now.
+    MoveGroup {
+        name: String,
+        node: String,
+    },
+    /// Controller: place (or unplace) a group, with the reason for the history.
+    PlaceGroup {
+        name: String,
+        node: Option<String>,
+        reason: String,
+        failover: bool,
+    },
+    /// Controller: leave a group failed (nowhere to go, or too many failovers).
+    FailGroup {
+        name: String,
+        reason: String,
+    },
+    CreateResource {
+        spec: ResourceSpec,
+    },
+    UpdateResource {
+        name: String,
+        update: ResourceUpdate,
+    },
+    DeleteResource {
+        name: String,
+    },
+    /// A node reports what a resource is doing there. `failure` counts toward the restart
+    /// threshold.
+    ReportResource {
+        node: String,
+        resource: String,
+        state: ResourceState,
+        reason: Option<String>,
+        failure: bool,
+    },
+    /// Operator: forget a resource's failures (and its group's failed state).
+    ClearFailures {
+        resource: String,
+    },
+}
+
+/// What a successful command returns: the object it created or changed, if any.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", content = "value", rename_all = "snake_case")]
+pub enum Reply {
+    None,
+    Node(Node),
+    Group(Group),
+    Resource(Resource),
+}
+
+pub type Response = Result<Reply, StateError>;
+
+impl State {
+    /// Applies one committed request. On error nothing changed.
+    pub fn apply(&mut self, req: &Request) -> Response {
+        apply::apply(self, req)
+    }
+
+    pub fn node_by_id(&self, id: u64) -> Option<&Node> {
+        self.nodes.values().find(|n| n.id == id)
+    }
+
+    /// Resources of a group, by name.
+    pub fn group_resources<'a>(&'a self, group: &'a str) -> impl Iterator<Item = &'a Resource> + 'a {
+        self.resources.values().filter(move |r| r.spec.group == group)
+    }
+
+    /// The group's resources in start order (dependencies first).
+    pub fn start_order(&self, group: &str) -> Vec<String> {
+        let deps: BTreeMap<String, Vec<String>> =
+            self.group_resources(group).map(|r| (r.spec.name.clone(), r.spec.depends_on.clone())).collect();
+        // The graph was checked for cycles when it was written.
+        haven_model::deps::start_order(&deps).unwrap_or_else(|_| deps.keys().cloned().collect())
+    }
+
+    /// A group's aggregate state: failed if it was left failed or any resource failed,
+    /// online if every resource is online, offline if none is running, else pending.
+    pub fn group_state(&self, group: &str) -> &'static str {
+        let Some(g) = self.groups.get(group) else { return "unknown" };
+        if g.failed_reason.is_some() {
+            return "failed";
+        }
+        let states: Vec<ResourceState> = self.group_resources(group).map(|r| r.status.state).collect();
+        if states.contains(&ResourceState::Failed) {
+            "failed"
+        } else if states.is_empty() {
+            if g.spec.online { "online" } else { "offline" }
+        } else if states.iter().all(|s| *s == ResourceState::Online) {
+            "online"
+        } else if states.iter().all(|s| *s == ResourceState::Offline) {
+            "offline"
+        } else {
+            "pending"
+        }
+    }
+
+    /// Events that concern a group or one of its resources, newest last.
+    pub fn history_of<'a>(
+        &'a self,
+        group: Option<&'a str>,
+        resource: Option<&'a str>,
+    ) -> impl Iterator<Item = &'a Event> + 'a {
+        self.history.iter().filter(move |e| {
+            group.is_none_or(|g| e.group.as_deref() == Some(g))
+                && resource.is_none_or(|r| e.resource.as_deref() == Some(r))
+        })
+    }
+}
