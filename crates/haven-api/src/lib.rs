@@ -1,14 +1,14 @@
-pub fn add(left: u64, right: u64) -> u64 {
-    left + right
-}
+//! The REST API's wire types (shared by the agent that serves them and the CLI that calls
+//! them) and a small HTTP client. No server code lives here, only shapes and transport.
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+pub mod client;
+pub mod types;
 
-    #[test]
-    fn it_works() {
-        let result = add(2, 2);
-        assert_eq!(result, 4);
-    }
-}
+pub use client::{Client, ClientError};
+pub use types::*;
+
+/// Prefix of every public route.
+pub const API_PREFIX: &str = "/api/v1";
+
+/// Largest request body the agent accepts (1 MiB).
+pub const MAX_BODY_BYTES: usize = 1024 * 1024;

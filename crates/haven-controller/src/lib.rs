@@ -1,14 +1,187 @@
-pub fn add(left: u64, right: u64) -> u64 {
-    left + right
+//! The controller: runs on the Raft leader and turns the committed cluster state plus the
+//! leader's own observations (heartbeat arrival times, the time it became leader) into
+//! state commands, each with the reason an operator will read in the history.
+//!
+//! It is pure: time is an argument, it reads no clock, does no I/O, keeps no state between
+//! calls and iterates only ordered maps, so the same inputs give the same commands. It
+//! decides; it does not propose the commands to Raft nor execute anything on nodes — the
+//! agent does that. Where a group goes is asked of `haven-policy`; this crate decides only
+//! *when* a group must move and *why*.
+//!
+//! One rule per module under [`rules`]; [`decide`] runs them in a fixed order on a
+//! projection of the state, so later rules see the effects of earlier decisions of the same
+//! tick (two groups placed in one tick share a node's capacity correctly).
+
+mod projection;
+pub mod rules;
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use haven_model::{Millis, NodeLiveness};
+use haven_state::{Command, State};
+
+use projection::Projection;
+
+/// Lease timing the leader enforces (see DESIGN.md, "Lease protocol").
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Timing {
+    /// How long a renewal keeps a node's lease valid. Default 3000.
+    pub lease_ms: u64,
+    /// Extra wait on the leader's side before a lost lease counts as over. Default 1000.
+    pub margin_ms: u64,
+}
+
+impl Default for Timing {
+    fn default() -> Self {
+        Timing { lease_ms: 3000, margin_ms: 1000 }
+    }
+}
+
+/// What the leader saw, besides the committed state.
+#[derive(Clone, Copy, Debug)]
+pub struct Observations<'a> {
+    /// The leader's clock, ms since the Unix epoch (UTC).
+    pub now: Millis,
+    /// When this node became leader. Leases are counted as renewed at this time at the
+    /// latest, because a new leader cannot know what its predecessor saw.
+    pub leader_since: Millis,
+    /// Per node name: when the leader last *received* a heartbeat (lease renewal) from it.
+    pub last_heartbeat: &'a BTreeMap<String, Millis>,
+}
+
+/// Which rule produced a decision.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Rule {
+    /// Rule 1: heartbeats stopped or resumed.
+    NodeLiveness,
+    /// Rule 2: an online group with no owner.
+    Placement,
+    /// Rule 3: the owner is down or gone.
+    Failover,
+    /// Rule 4: a resource failed on the owner beyond its restart threshold.
+    ResourceFailure,
+    /// Rule 5: the owner is paused (draining).
+    Drain,
+    /// Rule 6: a more preferred owner is available and the group's failback allows it.
+    Failback,
+}
+
+/// One command for the Raft log and why it was decided. `why` is the same text as the
+/// command's own `reason`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Decision {
+    pub rule: Rule,
+    pub command: Command,
+    pub why: String,
+}
+
+impl fmt::Display for Decision {
+    /// One line, as the scenario tests and logs show it:
+    /// `place web -> c (failover): node "a" is down; …`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.command {
+            Command::SetNodeLiveness { name, liveness, .. } => {
+                let word = if *liveness == NodeLiveness::Up { "up" } else { "down" };
+                write!(f, "node {name} {word}: {}", self.why)
+            }
+            Command::PlaceGroup { name, node, failover, .. } => {
+                let to = node.as_deref().unwrap_or("none");
+                let kind = if *failover { " (failover)" } else { "" };
+                write!(f, "place {name} -> {to}{kind}: {}", self.why)
+            }
+            Command::FailGroup { name, .. } => write!(f, "fail {name}: {}", self.why),
+            other => write!(f, "{other:?}: {}", self.why),
+        }
+    }
+}
+
+/// Passes over the groups per tick. A pass may enable another decision (a group unplaced
+/// in one pass is failed in the next with its exclusions); a few passes reach a fixed
+/// point, and the bound keeps a rule bug from looping.
+const MAX_PASSES: usize = 8;
+
+/// Decides what the leader should commit now. Applying the returned commands in order
+/// (each stamped `at = obs.now`) succeeds, every one changes the state, and calling
+/// `decide` again on the result with the same observations returns nothing.
+///
+/// Order: node liveness first (rule 1), then each group in priority order (high first,
+/// then by name), at most one decision per group per pass, by the first rule that applies:
+/// offline groups and failed groups that still have an owner are left alone; unplaced
+/// groups are placed (rule 2); groups whose owner is down or gone fail over (rule 3);
+/// groups with a resource given up on the owner escalate (rule 4); groups on a paused node
+/// drain (rule 5); otherwise failback (rule 6).
+pub fn decide(state: &State, obs: &Observations, timing: &Timing) -> Vec<Decision> {
+    let mut p = Projection::new(state, obs.now);
+    rules::liveness::decide(&mut p, obs, timing);
+    let tick = rules::Tick::new(obs.now);
+    for _ in 0..MAX_PASSES {
+        let before = p.len();
+        for group in rules::groups_by_priority(p.state()) {
+            if let Some(d) = rules::decide_group(p.state(), &group, &tick) {
+                p.emit(d);
+            }
+        }
+        if p.len() == before {
+            break;
+        }
+    }
+    p.into_decisions()
 }
 
 #[cfg(test)]
 mod tests {
+    use haven_model::{Capacity, GroupSpec, Node, NodeRole};
+    use haven_state::Request;
+
     use super::*;
 
+    fn node(id: u64, name: &str) -> Node {
+        Node {
+            id,
+            name: name.into(),
+            address: format!("{name}:7946"),
+            role: NodeRole::Voter,
+            liveness: NodeLiveness::Up,
+            paused: false,
+            capacity: Capacity { cpus: 8, memory_mib: 16384 },
+            since: 0,
+        }
+    }
+
+    fn apply(s: &mut State, command: Command) {
+        s.apply(&Request::new(0, "test", command)).expect("setup command applies");
+    }
+
+    /// `RemoveNode` refuses to remove an owner, but a state from an older version or a bug
+    /// elsewhere must not strand a group on a node that no longer exists.
     #[test]
-    fn it_works() {
-        let result = add(2, 2);
-        assert_eq!(result, 4);
+    fn group_of_a_removed_node_fails_over() {
+        let mut s = State::default();
+        apply(&mut s, Command::InitCluster { name: "t".into(), join_token: "x".into(), node: node(1, "a") });
+        apply(&mut s, Command::AddNode { node: node(2, "b") });
+        apply(&mut s, Command::AddNode { node: node(3, "c") });
+        apply(&mut s, Command::CreateGroup { spec: GroupSpec::new("web") });
+        let setup =
+            Command::PlaceGroup { name: "web".into(), node: Some("a".into()), reason: "t".into(), failover: false };
+        apply(&mut s, setup);
+        s.nodes.remove("a");
+        let heartbeats = BTreeMap::from([("b".to_string(), 9_900), ("c".to_string(), 9_900)]);
+        let obs = Observations { now: 10_000, leader_since: 0, last_heartbeat: &heartbeats };
+        let decisions = decide(&s, &obs, &Timing::default());
+        let lines: Vec<String> = decisions.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            lines,
+            [
+                r#"place web -> b (failover): node "a" is no longer a cluster member; chose "b": most free memory (16384 MiB), 0 groups, first by name"#
+            ]
+        );
+        assert_eq!(decisions[0].rule, Rule::Failover);
+    }
+
+    #[test]
+    fn utc_hour_of_now() {
+        assert_eq!(rules::Tick::new(0).utc_hour, 0);
+        assert_eq!(rules::Tick::new(25 * 3_600_000 + 59_999).utc_hour, 1);
     }
 }

@@ -97,13 +97,13 @@ impl GroupSpec {
         for (i, n) in self.possible_owners.iter().enumerate() {
             validate_name(&format!("possible_owners[{i}]"), n)?;
         }
-        if let Failback::Window { start_hour, end_hour } = self.failback {
-            if start_hour > 23 || end_hour > 23 {
-                return Err(InvalidInput::new(
-                    "failback",
-                    format!("window {start_hour}-{end_hour} is out of range; hours are 0-23 (UTC)"),
-                ));
-            }
+        if let Failback::Window { start_hour, end_hour } = self.failback
+            && (start_hour > 23 || end_hour > 23)
+        {
+            return Err(InvalidInput::new(
+                "failback",
+                format!("window {start_hour}-{end_hour} is out of range; hours are 0-23 (UTC)"),
+            ));
         }
         if self.failover_period.0.is_zero() {
             return Err(InvalidInput::new("failover_period", "must be longer than 0s, e.g. \"6h\""));

@@ -218,6 +218,8 @@ pub(crate) fn apply(s: &mut State, req: &Request) -> Response {
             if *failover {
                 g.failovers.push(at);
             }
+            let period = g.spec.failover_period.as_millis();
+            g.failovers.retain(|t| t.saturating_add(period) > at);
             if target.is_some() {
                 g.failed_reason = None;
             }

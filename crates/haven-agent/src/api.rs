@@ -1,0 +1,532 @@
+//! The public REST API, `/api/v1`. Handlers only parse and validate input into a
+//! `haven_state::Command` (or read the local state) and hand off; the state machine does
+//! the real checks. Reads are served from this node's copy of the state; writes go through
+//! the leader. Every error is `{"error": {code, message, field}}`.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{FromRequest, Path, Query, Request, State as AxState};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use haven_api::{
+    ClusterStatus, ErrorBody, ErrorDetail, GroupView, InitRequest, InitResponse, JoinRequest, MoveRequest,
+    NodeIdentity, NodeView, PeerJoin,
+};
+use haven_model::{GroupSpec, GroupUpdate, Node, NodeLiveness, NodeRole, Resource, ResourceSpec, ResourceUpdate};
+use haven_state::{Command, ErrorCode, Event, Reply, State};
+use serde::Deserialize;
+use utoipa::OpenApi;
+
+use crate::{Agent, SubmitError, now_ms};
+
+/// An API error: HTTP status plus the JSON error body.
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: u16,
+    pub code: String,
+    pub message: String,
+    pub field: Option<String>,
+}
+
+impl ApiError {
+    pub fn new(status: u16, code: &str, message: impl Into<String>) -> ApiError {
+        ApiError { status, code: code.into(), message: message.into(), field: None }
+    }
+}
+
+impl From<SubmitError> for ApiError {
+    fn from(e: SubmitError) -> Self {
+        match e {
+            SubmitError::Refused(s) => {
+                let (status, code) = match s.code {
+                    ErrorCode::NotFound => (404, "not_found"),
+                    ErrorCode::AlreadyExists => (409, "already_exists"),
+                    ErrorCode::Invalid => (400, "invalid"),
+                    ErrorCode::Conflict => (409, "conflict"),
+                };
+                ApiError { status, code: code.into(), message: s.message, field: s.field }
+            }
+            SubmitError::NoQuorum(m) => ApiError::new(503, "no_quorum", m),
+            SubmitError::Unavailable(m) => ApiError::new(503, "unavailable", m),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let body = ErrorBody { error: ErrorDetail { code: self.code, message: self.message, field: self.field } };
+        (status, Json(body)).into_response()
+    }
+}
+
+/// `Json` whose rejections (malformed JSON, wrong types, unknown fields, oversized body)
+/// become our error body with a message that says what was wrong.
+pub struct Body<T>(pub T);
+
+impl<S: Send + Sync, T: serde::de::DeserializeOwned> FromRequest<S> for Body<T> {
+    type Rejection = ApiError;
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        match Json::<T>::from_request(req, state).await {
+            Ok(Json(v)) => Ok(Body(v)),
+            Err(rejection) => Err(json_rejection(rejection)),
+        }
+    }
+}
+
+fn json_rejection(r: JsonRejection) -> ApiError {
+    let status = r.status().as_u16();
+    match &r {
+        JsonRejection::BytesRejection(_) if status == 413 => ApiError::new(
+            413,
+            "too_large",
+            format!("the request body is larger than {} bytes; send a smaller body", haven_api::MAX_BODY_BYTES),
+        ),
+        JsonRejection::MissingJsonContentType(_) => ApiError::new(
+            415,
+            "bad_request",
+            "the request body must be JSON; send the header `Content-Type: application/json`",
+        ),
+        JsonRejection::JsonSyntaxError(e) => {
+            ApiError::new(400, "bad_request", format!("the request body is not valid JSON: {}", root_cause(e)))
+        }
+        JsonRejection::JsonDataError(e) => {
+            ApiError::new(400, "invalid", format!("the request body does not fit: {}", root_cause(e)))
+        }
+        _ => ApiError::new(status, "bad_request", r.body_text()),
+    }
+}
+
+fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut cur = e;
+    while let Some(next) = cur.source() {
+        cur = next;
+    }
+    cur.to_string()
+}
+
+type ApiResult<T> = Result<Json<T>, ApiError>;
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "Haven API", description = "Failover cluster manager for virtual machines and services"),
+    paths(
+        cluster_status, cluster_init, cluster_join, cluster_token,
+        list_nodes, get_node, pause_node, resume_node, remove_node,
+        list_groups, create_group, get_group, update_group, delete_group, move_group, group_online, group_offline,
+        list_resources, create_resource, get_resource, update_resource, delete_resource, clear_resource,
+        history
+    ),
+    components(schemas(
+        ErrorBody, ErrorDetail, ClusterStatus, NodeIdentity, InitRequest, InitResponse, JoinRequest, NodeView,
+        GroupView, MoveRequest, GroupSpec, GroupUpdate, ResourceSpec, ResourceUpdate, Resource, Event
+    ))
+)]
+pub struct ApiDoc;
+
+pub fn router(agent: Arc<Agent>) -> Router {
+    let v1 = Router::new()
+        .route("/openapi.json", get(|| async { Json(ApiDoc::openapi()) }))
+        .route("/cluster", get(cluster_status))
+        .route("/cluster/init", post(cluster_init))
+        .route("/cluster/join", post(cluster_join))
+        .route("/cluster/token", get(cluster_token))
+        .route("/nodes", get(list_nodes))
+        .route("/nodes/{name}", get(get_node).delete(remove_node))
+        .route("/nodes/{name}/pause", post(pause_node))
+        .route("/nodes/{name}/resume", post(resume_node))
+        .route("/groups", get(list_groups).post(create_group))
+        .route("/groups/{name}", get(get_group).patch(update_group).delete(delete_group))
+        .route("/groups/{name}/move", post(move_group))
+        .route("/groups/{name}/online", post(group_online))
+        .route("/groups/{name}/offline", post(group_offline))
+        .route("/resources", get(list_resources).post(create_resource))
+        .route("/resources/{name}", get(get_resource).patch(update_resource).delete(delete_resource))
+        .route("/resources/{name}/clear", post(clear_resource))
+        .route("/history", get(history))
+        .fallback(|| async { ApiError::new(404, "not_found", "no such API route; see /api/v1/openapi.json") });
+    Router::new()
+        .nest(haven_api::API_PREFIX, v1)
+        .route("/metrics", get(metrics))
+        .layer(axum::extract::DefaultBodyLimit::max(haven_api::MAX_BODY_BYTES))
+        .with_state(agent)
+}
+
+fn require_cluster(state: &State) -> Result<(), ApiError> {
+    if state.cluster.is_none() {
+        return Err(ApiError::new(
+            409,
+            "not_initialized",
+            "this node is not part of a cluster yet; run `haven cluster init` here or `haven cluster join <address> --token <token>`",
+        ));
+    }
+    Ok(())
+}
+
+fn leader_name(agent: &Agent, state: &State) -> Option<String> {
+    let (id, _) = agent.db.leader()?;
+    state.node_by_id(id).map(|n| n.name.clone())
+}
+
+#[utoipa::path(get, path = "/api/v1/cluster", tag = "cluster", responses((status = 200, body = ClusterStatus)))]
+async fn cluster_status(AxState(agent): AxState<Arc<Agent>>) -> Json<ClusterStatus> {
+    let state = agent.db.state();
+    let m = agent.db.raft().metrics().borrow().clone();
+    let membership = m.membership_config.membership();
+    let leader = agent.db.leader().map(|(id, address)| NodeIdentity {
+        id,
+        name: state.node_by_id(id).map(|n| n.name.clone()),
+        address,
+    });
+    Json(ClusterStatus {
+        name: state.cluster.as_ref().map(|c| c.name.clone()),
+        this_node: NodeIdentity {
+            id: agent.config.id,
+            name: Some(agent.config.name.clone()),
+            address: agent.config.advertise(),
+        },
+        leader,
+        term: m.current_term,
+        voters: membership.voter_ids().collect(),
+        learners: membership.learner_ids().collect(),
+        lease_valid: agent.lease.valid(),
+        applied_index: m.last_applied.map(|l| l.index).unwrap_or(0),
+    })
+}
+
+#[utoipa::path(post, path = "/api/v1/cluster/init", tag = "cluster", request_body = InitRequest,
+    responses((status = 200, body = InitResponse), (status = 409, body = ErrorBody)))]
+async fn cluster_init(AxState(agent): AxState<Arc<Agent>>, Body(req): Body<InitRequest>) -> ApiResult<InitResponse> {
+    let name = req.name.unwrap_or_else(|| "haven".to_string());
+    haven_model::validate_name("name", &name).map_err(|e| SubmitError::Refused(e.into()))?;
+    if agent.db.is_initialized() {
+        return Err(ApiError::new(
+            409,
+            "conflict",
+            "this node already belongs to a cluster; to found a new one, stop the agent and empty its state_dir first",
+        ));
+    }
+    let mut members = BTreeMap::new();
+    members.insert(agent.config.id, haven_raft::BasicNode { addr: agent.config.advertise() });
+    agent.db.initialize(members).await.map_err(|e| ApiError::new(409, "conflict", e.to_string()))?;
+    let join_token = random_token()?;
+    let node = Node {
+        id: agent.config.id,
+        name: agent.config.name.clone(),
+        address: agent.config.advertise(),
+        role: NodeRole::Voter,
+        liveness: NodeLiveness::Up,
+        paused: false,
+        capacity: agent.config.capacity(),
+        since: now_ms(),
+    };
+    agent
+        .submit("operator", Command::InitCluster { name: name.clone(), join_token: join_token.clone(), node })
+        .await?;
+    Ok(Json(InitResponse { name, join_token }))
+}
+
+fn random_token() -> Result<String, ApiError> {
+    let mut bytes = [0u8; 16];
+    use std::io::Read;
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut bytes))
+        .map_err(|e| ApiError::new(500, "internal", format!("cannot read /dev/urandom for a join token: {e}")))?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+#[utoipa::path(post, path = "/api/v1/cluster/join", tag = "cluster", request_body = JoinRequest,
+    responses((status = 200, body = NodeView), (status = 403, body = ErrorBody)))]
+async fn cluster_join(AxState(agent): AxState<Arc<Agent>>, Body(req): Body<JoinRequest>) -> ApiResult<NodeView> {
+    if agent.db.state().cluster.is_some() {
+        return Err(ApiError::new(409, "conflict", "this node is already a member of a cluster"));
+    }
+    let address = req.address.trim_start_matches("http://").trim_end_matches('/').to_string();
+    let join = PeerJoin {
+        id: agent.config.id,
+        name: agent.config.name.clone(),
+        address: agent.config.advertise(),
+        token: req.token,
+        capacity: agent.config.capacity(),
+    };
+    let node = crate::peer::forward_join(&agent.peers, &address, &join).await?;
+    // Wait (bounded) until this node has received the state that lists it.
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !agent.db.state().nodes.contains_key(&node.name) {
+        if tokio::time::Instant::now() >= deadline {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    Ok(Json(node_view(&agent, &agent.db.state(), &node)))
+}
+
+#[derive(serde::Serialize, utoipa::ToSchema)]
+struct TokenBody {
+    join_token: String,
+}
+
+#[utoipa::path(get, path = "/api/v1/cluster/token", tag = "cluster", responses((status = 200, body = Object)))]
+async fn cluster_token(AxState(agent): AxState<Arc<Agent>>) -> ApiResult<TokenBody> {
+    let state = agent.db.state();
+    require_cluster(&state)?;
+    Ok(Json(TokenBody { join_token: state.cluster.as_ref().map(|c| c.join_token.clone()).unwrap_or_default() }))
+}
+
+fn node_view(agent: &Agent, state: &State, n: &Node) -> NodeView {
+    NodeView {
+        node: n.clone(),
+        status: n.status().to_string(),
+        groups: state.groups.values().filter(|g| g.owner.as_deref() == Some(&n.name)).map(|g| g.spec.name.clone()).collect(),
+        leader: agent.db.leader().map(|(id, _)| id) == Some(n.id),
+    }
+}
+
+fn group_view(state: &State, name: &str) -> Option<GroupView> {
+    let g = state.groups.get(name)?;
+    Some(GroupView { group: g.clone(), state: state.group_state(name).to_string(), resources: state.start_order(name) })
+}
+
+#[utoipa::path(get, path = "/api/v1/nodes", tag = "nodes", responses((status = 200, body = [NodeView])))]
+async fn list_nodes(AxState(agent): AxState<Arc<Agent>>) -> ApiResult<Vec<NodeView>> {
+    let state = agent.db.state();
+    require_cluster(&state)?;
+    Ok(Json(state.nodes.values().map(|n| node_view(&agent, &state, n)).collect()))
+}
+
+#[utoipa::path(get, path = "/api/v1/nodes/{name}", tag = "nodes", responses((status = 200, body = NodeView), (status = 404, body = ErrorBody)))]
+async fn get_node(AxState(agent): AxState<Arc<Agent>>, Path(name): Path<String>) -> ApiResult<NodeView> {
+    let state = agent.db.state();
+    let n = state.nodes.get(&name).ok_or_else(|| SubmitError::Refused(haven_state::StateError::not_found("node", &name)))?;
+    Ok(Json(node_view(&agent, &state, n)))
+}
+
+async fn node_reply(agent: &Agent, cmd: Command) -> ApiResult<NodeView> {
+    let reply = agent.submit("operator", cmd).await?;
+    let state = agent.db.state();
+    match reply {
+        Reply::Node(n) => Ok(Json(node_view(agent, &state, &n))),
+        _ => Err(ApiError::new(500, "internal", "unexpected reply")),
+    }
+}
+
+#[utoipa::path(post, path = "/api/v1/nodes/{name}/pause", tag = "nodes", responses((status = 200, body = NodeView), (status = 404, body = ErrorBody)))]
+async fn pause_node(AxState(agent): AxState<Arc<Agent>>, Path(name): Path<String>) -> ApiResult<NodeView> {
+    node_reply(&agent, Command::SetNodePaused { name, paused: true }).await
+}
+
+#[utoipa::path(post, path = "/api/v1/nodes/{name}/resume", tag = "nodes", responses((status = 200, body = NodeView), (status = 404, body = ErrorBody)))]
+async fn resume_node(AxState(agent): AxState<Arc<Agent>>, Path(name): Path<String>) -> ApiResult<NodeView> {
+    node_reply(&agent, Command::SetNodePaused { name, paused: false }).await
+}
+
+#[utoipa::path(delete, path = "/api/v1/nodes/{name}", tag = "nodes", responses((status = 200), (status = 409, body = ErrorBody)))]
+async fn remove_node(AxState(agent): AxState<Arc<Agent>>, Path(name): Path<String>) -> ApiResult<serde_json::Value> {
+    let state = agent.db.state();
+    let node = state.nodes.get(&name).ok_or_else(|| SubmitError::Refused(haven_state::StateError::not_found("node", &name)))?;
+    if node.is_up() {
+        return Err(ApiError::new(
+            409,
+            "conflict",
+            format!("node {name:?} is up; stop its agent (after `haven node pause {name}`) before removing it"),
+        ));
+    }
+    let id = node.id;
+    agent.submit("operator", Command::RemoveNode { name: name.clone() }).await?;
+    let voters: std::collections::BTreeSet<u64> = {
+        let m = agent.db.raft().metrics().borrow().clone();
+        m.membership_config.membership().voter_ids().filter(|v| *v != id).collect()
+    };
+    if agent.is_leader() {
+        agent.db.change_membership(voters).await.map_err(|e| ApiError::new(503, "unavailable", e.to_string()))?;
+    }
+    Ok(Json(serde_json::json!({"removed": name})))
+}
+
+#[utoipa::path(get, path = "/api/v1/groups", tag = "groups", responses((status = 200, body = [GroupView])))]
+async fn list_groups(AxState(agent): AxState<Arc<Agent>>) -> ApiResult<Vec<GroupView>> {
+    let state = agent.db.state();
+    require_cluster(&state)?;
+    Ok(Json(state.groups.keys().filter_map(|g| group_view(&state, g)).collect()))
+}
+
+async fn group_reply(agent: &Agent, cmd: Command) -> ApiResult<GroupView> {
+    let reply = agent.submit("operator", cmd).await?;
+    match reply {
+        Reply::Group(g) => {
+            let state = agent.db.state();
+            Ok(Json(group_view(&state, &g.spec.name).unwrap_or(GroupView {
+                state: "pending".into(),
+                resources: vec![],
+                group: g,
+            })))
+        }
+        _ => Err(ApiError::new(500, "internal", "unexpected reply")),
+    }
+}
+
+#[utoipa::path(post, path = "/api/v1/groups", tag = "groups", request_body = GroupSpec,
+    responses((status = 200, body = GroupView), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody)))]
+async fn create_group(AxState(agent): AxState<Arc<Agent>>, Body(spec): Body<GroupSpec>) -> ApiResult<GroupView> {
+    spec.validate().map_err(|e| SubmitError::Refused(e.into()))?;
+    group_reply(&agent, Command::CreateGroup { spec }).await
+}
+
+#[utoipa::path(get, path = "/api/v1/groups/{name}", tag = "groups", responses((status = 200, body = GroupView), (status = 404, body = ErrorBody)))]
+async fn get_group(AxState(agent): AxState<Arc<Agent>>, Path(name): Path<String>) -> ApiResult<GroupView> {
+    let state = agent.db.state();
+    group_view(&state, &name)
+        .map(Json)
+        .ok_or_else(|| SubmitError::Refused(haven_state::StateError::not_found("group", &name)).into())
+}
+
+#[utoipa::path(patch, path = "/api/v1/groups/{name}", tag = "groups", request_body = GroupUpdate,
+    responses((status = 200, body = GroupView), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+async fn update_group(
+    AxState(agent): AxState<Arc<Agent>>,
+    Path(name): Path<String>,
+    Body(update): Body<GroupUpdate>,
+) -> ApiResult<GroupView> {
+    group_reply(&agent, Command::UpdateGroup { name, update }).await
+}
+
+#[utoipa::path(delete, path = "/api/v1/groups/{name}", tag = "groups", responses((status = 200), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+async fn delete_group(AxState(agent): AxState<Arc<Agent>>, Path(name): Path<String>) -> ApiResult<serde_json::Value> {
+    agent.submit("operator", Command::DeleteGroup { name: name.clone() }).await?;
+    Ok(Json(serde_json::json!({"deleted": name})))
+}
+
+#[utoipa::path(post, path = "/api/v1/groups/{name}/move", tag = "groups", request_body = MoveRequest,
+    responses((status = 200, body = GroupView), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+async fn move_group(
+    AxState(agent): AxState<Arc<Agent>>,
+    Path(name): Path<String>,
+    Body(req): Body<MoveRequest>,
+) -> ApiResult<GroupView> {
+    group_reply(&agent, Command::MoveGroup { name, node: req.node }).await
+}
+
+#[utoipa::path(post, path = "/api/v1/groups/{name}/online", tag = "groups", responses((status = 200, body = GroupView), (status = 404, body = ErrorBody)))]
+async fn group_online(AxState(agent): AxState<Arc<Agent>>, Path(name): Path<String>) -> ApiResult<GroupView> {
+    group_reply(&agent, Command::SetGroupOnline { name, online: true }).await
+}
+
+#[utoipa::path(post, path = "/api/v1/groups/{name}/offline", tag = "groups", responses((status = 200, body = GroupView), (status = 404, body = ErrorBody)))]
+async fn group_offline(AxState(agent): AxState<Arc<Agent>>, Path(name): Path<String>) -> ApiResult<GroupView> {
+    group_reply(&agent, Command::SetGroupOnline { name, online: false }).await
+}
+
+#[derive(Deserialize, utoipa::IntoParams)]
+struct ResourceFilter {
+    group: Option<String>,
+}
+
+#[utoipa::path(get, path = "/api/v1/resources", tag = "resources", params(ResourceFilter), responses((status = 200, body = [Resource])))]
+async fn list_resources(
+    AxState(agent): AxState<Arc<Agent>>,
+    Query(f): Query<ResourceFilter>,
+) -> ApiResult<Vec<Resource>> {
+    let state = agent.db.state();
+    require_cluster(&state)?;
+    if let Some(g) = &f.group {
+        if !state.groups.contains_key(g) {
+            return Err(SubmitError::Refused(haven_state::StateError::not_found("group", g)).into());
+        }
+    }
+    Ok(Json(
+        state.resources.values().filter(|r| f.group.as_ref().is_none_or(|g| &r.spec.group == g)).cloned().collect(),
+    ))
+}
+
+async fn resource_reply(agent: &Agent, cmd: Command) -> ApiResult<Resource> {
+    match agent.submit("operator", cmd).await? {
+        Reply::Resource(r) => Ok(Json(r)),
+        _ => Err(ApiError::new(500, "internal", "unexpected reply")),
+    }
+}
+
+#[utoipa::path(post, path = "/api/v1/resources", tag = "resources", request_body = ResourceSpec,
+    responses((status = 200, body = Resource), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody)))]
+async fn create_resource(AxState(agent): AxState<Arc<Agent>>, Body(spec): Body<ResourceSpec>) -> ApiResult<Resource> {
+    spec.validate().map_err(|e| SubmitError::Refused(e.into()))?;
+    agent.drivers.get(spec.kind).validate(&spec).map_err(|e| SubmitError::Refused(e.into()))?;
+    resource_reply(&agent, Command::CreateResource { spec }).await
+}
+
+#[utoipa::path(get, path = "/api/v1/resources/{name}", tag = "resources", responses((status = 200, body = Resource), (status = 404, body = ErrorBody)))]
+async fn get_resource(AxState(agent): AxState<Arc<Agent>>, Path(name): Path<String>) -> ApiResult<Resource> {
+    let state = agent.db.state();
+    state
+        .resources
+        .get(&name)
+        .cloned()
+        .map(Json)
+        .ok_or_else(|| SubmitError::Refused(haven_state::StateError::not_found("resource", &name)).into())
+}
+
+#[utoipa::path(patch, path = "/api/v1/resources/{name}", tag = "resources", request_body = ResourceUpdate,
+    responses((status = 200, body = Resource), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+async fn update_resource(
+    AxState(agent): AxState<Arc<Agent>>,
+    Path(name): Path<String>,
+    Body(update): Body<ResourceUpdate>,
+) -> ApiResult<Resource> {
+    resource_reply(&agent, Command::UpdateResource { name, update }).await
+}
+
+#[utoipa::path(delete, path = "/api/v1/resources/{name}", tag = "resources", responses((status = 200), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+async fn delete_resource(AxState(agent): AxState<Arc<Agent>>, Path(name): Path<String>) -> ApiResult<serde_json::Value> {
+    agent.submit("operator", Command::DeleteResource { name: name.clone() }).await?;
+    Ok(Json(serde_json::json!({"deleted": name})))
+}
+
+#[utoipa::path(post, path = "/api/v1/resources/{name}/clear", tag = "resources", responses((status = 200, body = Resource), (status = 404, body = ErrorBody)))]
+async fn clear_resource(AxState(agent): AxState<Arc<Agent>>, Path(name): Path<String>) -> ApiResult<Resource> {
+    resource_reply(&agent, Command::ClearFailures { resource: name }).await
+}
+
+#[derive(Deserialize, utoipa::IntoParams)]
+struct HistoryFilter {
+    group: Option<String>,
+    resource: Option<String>,
+    node: Option<String>,
+    /// Most recent events to return. Default 100.
+    limit: Option<usize>,
+}
+
+#[utoipa::path(get, path = "/api/v1/history", tag = "history", params(HistoryFilter), responses((status = 200, body = [Event])))]
+async fn history(AxState(agent): AxState<Arc<Agent>>, Query(f): Query<HistoryFilter>) -> ApiResult<Vec<Event>> {
+    let state = agent.db.state();
+    require_cluster(&state)?;
+    let events: Vec<Event> = state
+        .history_of(f.group.as_deref(), f.resource.as_deref())
+        .filter(|e| f.node.as_ref().is_none_or(|n| e.node.as_ref() == Some(n)))
+        .cloned()
+        .collect();
+    let limit = f.limit.unwrap_or(100);
+    let skip = events.len().saturating_sub(limit);
+    Ok(Json(events.into_iter().skip(skip).collect()))
+}
+
+/// Prometheus text format.
+async fn metrics(AxState(agent): AxState<Arc<Agent>>) -> impl IntoResponse {
+    let state = agent.db.state();
+    let m = agent.db.raft().metrics().borrow().clone();
+    let mut out = String::new();
+    let mut line = |name: &str, help: &str, labels: &str, v: u64| {
+        out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} gauge\n{name}{labels} {v}\n"));
+    };
+    line("haven_is_leader", "1 if this node is the Raft leader", "", u64::from(agent.is_leader()));
+    line("haven_lease_valid", "1 if this node holds a valid lease", "", u64::from(agent.lease.valid()));
+    line("haven_raft_term", "current Raft term", "", m.current_term);
+    line("haven_raft_applied_index", "last applied Raft log index", "", m.last_applied.map(|l| l.index).unwrap_or(0));
+    line("haven_nodes_up", "nodes up in the cluster state", "", state.nodes.values().filter(|n| n.is_up()).count() as u64);
+    line("haven_groups", "groups in the cluster state", "", state.groups.len() as u64);
+    let owned = state.groups.values().filter(|g| g.owner.as_deref() == Some(agent.name())).count() as u64;
+    line("haven_groups_owned", "groups this node owns", "", owned);
+    ([("content-type", "text/plain; version=0.0.4")], out)
+}

@@ -1,0 +1,143 @@
+//! The agent's configuration file (TOML): who this node is, where it listens, where it
+//! keeps its state, and its timing profile.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use haven_model::{Capacity, Dur};
+use serde::{Deserialize, Serialize};
+
+/// `haven agent --config <file>`. Only `id`, `name`, `listen` and `state_dir` are required.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentConfig {
+    /// Raft id of this node: a number unique in the cluster, never reused.
+    pub id: u64,
+    /// Node name shown everywhere (1-63 of a-z, 0-9, '-', '_', '.').
+    pub name: String,
+    /// `ip:port` to serve the API and peer traffic on.
+    pub listen: String,
+    /// `host:port` other nodes use to reach this one. Default: `listen`.
+    #[serde(default)]
+    pub advertise: Option<String>,
+    /// Where the cluster database, resource run directories and logs live.
+    pub state_dir: PathBuf,
+    /// Failure-detection timing. Default: the `default` profile.
+    #[serde(default)]
+    pub timing: TimingConfig,
+    /// What this node can host. Default: the host's CPUs and memory.
+    #[serde(default)]
+    pub capacity: Option<Capacity>,
+}
+
+/// Lease and heartbeat timing. A profile sets all values; explicit values override it.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TimingConfig {
+    /// `default` (renew 500ms, lease 3s, margin 1s) or `aggressive` (half of each).
+    #[serde(default)]
+    pub profile: Option<String>,
+    pub renew_interval: Option<Dur>,
+    pub lease: Option<Dur>,
+    pub margin: Option<Dur>,
+}
+
+/// Resolved timing values.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Timing {
+    pub renew_interval: Duration,
+    pub lease: Duration,
+    pub margin: Duration,
+    /// Raft heartbeat and election timeouts follow from the lease.
+    pub raft_heartbeat: Duration,
+    pub election_min: Duration,
+    pub election_max: Duration,
+}
+
+impl Timing {
+    pub fn profile(name: &str) -> Option<Timing> {
+        let scale = match name {
+            "default" => 2,
+            "aggressive" => 1,
+            _ => return None,
+        };
+        let ms = |x: u64| Duration::from_millis(x * scale);
+        Some(Timing {
+            renew_interval: ms(250),
+            lease: ms(1500),
+            margin: ms(500),
+            raft_heartbeat: ms(100),
+            election_min: ms(400),
+            election_max: ms(800),
+        })
+    }
+}
+
+impl AgentConfig {
+    pub fn load(path: &Path) -> Result<AgentConfig, String> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read config file {}: {e}", path.display()))?;
+        let cfg: AgentConfig =
+            toml::from_str(&text).map_err(|e| format!("config file {} is not valid: {e}", path.display()))?;
+        cfg.validate().map_err(|e| format!("config file {}: {e}", path.display()))?;
+        Ok(cfg)
+    }
+
+    pub fn validate(&self) -> Result<(), String> {
+        haven_model::validate_name("name", &self.name).map_err(|e| e.to_string())?;
+        if self.id == 0 {
+            return Err("id must be 1 or more (0 is reserved)".into());
+        }
+        self.listen.parse::<std::net::SocketAddr>().map_err(|e| {
+            format!("listen = {:?} is not an ip:port address ({e}); write e.g. \"127.0.0.1:7400\"", self.listen)
+        })?;
+        self.timing().map(|_| ())
+    }
+
+    pub fn advertise(&self) -> String {
+        self.advertise.clone().unwrap_or_else(|| self.listen.clone())
+    }
+
+    pub fn timing(&self) -> Result<Timing, String> {
+        let profile = self.timing.profile.as_deref().unwrap_or("default");
+        let mut t = Timing::profile(profile)
+            .ok_or_else(|| format!("timing.profile = {profile:?} is unknown; use \"default\" or \"aggressive\""))?;
+        if let Some(v) = self.timing.renew_interval {
+            t.renew_interval = v.0;
+        }
+        if let Some(v) = self.timing.lease {
+            t.lease = v.0;
+        }
+        if let Some(v) = self.timing.margin {
+            t.margin = v.0;
+        }
+        if t.renew_interval * 2 > t.lease {
+            return Err(format!(
+                "timing.renew_interval ({}) must be at most half of timing.lease ({}) so one lost renewal does not end the lease",
+                Dur(t.renew_interval),
+                Dur(t.lease)
+            ));
+        }
+        Ok(t)
+    }
+
+    /// The configured capacity, or what the host has.
+    pub fn capacity(&self) -> Capacity {
+        self.capacity.unwrap_or_else(host_capacity)
+    }
+}
+
+fn host_capacity() -> Capacity {
+    let cpus = std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1);
+    let memory_mib = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find(|l| l.starts_with("MemTotal:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<u64>().ok())
+        })
+        .map(|kb| kb / 1024)
+        .unwrap_or(1024);
+    Capacity { cpus, memory_mib }
+}

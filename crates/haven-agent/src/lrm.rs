@@ -1,0 +1,347 @@
+//! The local resource manager: makes this node run exactly the resources that the committed
+//! state places on it, and nothing while it holds no lease.
+//!
+//! One worker task per group, so a slow start in one group does not delay monitoring in
+//! another. A worker starts its group's resources in dependency order once the group is
+//! placed here (and this node holds a lease and has caught up), monitors them at their
+//! LooksAlive/IsAlive intervals, restarts a failed one in place as `haven_policy` decides,
+//! and reports what it does. When the group is no longer placed here, or the lease is lost,
+//! it stops them in reverse order. At start-up the manager first probes which resources
+//! are really running here, so an agent restart neither loses track of them nor starts a
+//! second copy.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use haven_drivers::{Depth, Health, ResourceCtx};
+use haven_model::{ResourceSpec, ResourceState};
+use haven_policy::RestartDecision;
+use haven_state::State;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use crate::Agent;
+
+/// How often a worker looks at its group when nothing changes.
+const TICK: Duration = Duration::from_millis(100);
+
+pub async fn run(agent: Arc<Agent>, mut stop: watch::Receiver<bool>) {
+    let probed = probe(&agent).await;
+    let mut workers: BTreeMap<String, (JoinHandle<()>, watch::Sender<bool>)> = BTreeMap::new();
+    let mut state_rx = agent.db.subscribe();
+    let mut pending_probe = probed;
+    loop {
+        let stopping = *stop.borrow();
+        let state = agent.db.state();
+        workers.retain(|_, (h, _)| !h.is_finished());
+        if !stopping {
+            let mine: BTreeSet<String> = state
+                .groups
+                .values()
+                .filter(|g| g.owner.as_deref() == Some(agent.name()))
+                .map(|g| g.spec.name.clone())
+                .chain(pending_probe.keys().cloned())
+                .collect();
+            for g in mine {
+                if workers.contains_key(&g) {
+                    continue;
+                }
+                let running = pending_probe.remove(&g).unwrap_or_default();
+                let (tx, rx) = watch::channel(false);
+                let h = tokio::spawn(GroupWorker::new(agent.clone(), g.clone(), running).run(rx));
+                workers.insert(g, (h, tx));
+            }
+        } else {
+            for (_, (_, tx)) in workers.iter() {
+                let _ = tx.send(true);
+            }
+            for (_, (h, _)) in std::mem::take(&mut workers) {
+                let _ = h.await;
+            }
+            return;
+        }
+        tokio::select! {
+            _ = state_rx.changed() => {}
+            _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+            _ = stop.changed() => {}
+        }
+    }
+}
+
+/// Which resources are running on this node right now, by group.
+async fn probe(agent: &Agent) -> BTreeMap<String, BTreeMap<String, ResourceCtx>> {
+    let state = agent.db.state();
+    let mut found: BTreeMap<String, BTreeMap<String, ResourceCtx>> = BTreeMap::new();
+    for r in state.resources.values() {
+        let ctx = ctx_for(agent, &r.spec);
+        match agent.drivers.probe(&ctx).await {
+            Health::Running => {
+                tracing::info!(resource = %r.spec.name, "probe: running here");
+                found.entry(r.spec.group.clone()).or_default().insert(r.spec.name.clone(), ctx);
+            }
+            Health::Stopped => {}
+            Health::Failed(why) => {
+                // Left over from before a crash: clean it up so it cannot confuse us later.
+                tracing::info!(resource = %r.spec.name, %why, "probe: not running; cleaning up");
+                let _ = agent.drivers.get(r.spec.kind).stop(&ctx).await;
+            }
+        }
+    }
+    found
+}
+
+fn ctx_for(agent: &Agent, spec: &ResourceSpec) -> ResourceCtx {
+    ResourceCtx::new(agent.name(), spec.clone(), &agent.config.state_dir)
+}
+
+struct Running {
+    ctx: ResourceCtx,
+    next_cheap: Instant,
+    next_thorough: Instant,
+}
+
+struct GroupWorker {
+    agent: Arc<Agent>,
+    group: String,
+    running: BTreeMap<String, Running>,
+    /// Failure times per resource, on this node, for the current placement generation.
+    failures: BTreeMap<String, Vec<Instant>>,
+    /// Resources this node gave up on (past the restart threshold) in this generation.
+    gave_up: BTreeSet<String>,
+    not_before: BTreeMap<String, Instant>,
+    generation: Option<u64>,
+}
+
+impl GroupWorker {
+    fn new(agent: Arc<Agent>, group: String, probed: BTreeMap<String, ResourceCtx>) -> GroupWorker {
+        let now = Instant::now();
+        let running = probed
+            .into_iter()
+            .map(|(name, ctx)| {
+                let r = Running { next_cheap: now, next_thorough: now + ctx.spec.props.is_alive_interval.0, ctx };
+                (name, r)
+            })
+            .collect();
+        GroupWorker {
+            agent,
+            group,
+            running,
+            failures: BTreeMap::new(),
+            gave_up: BTreeSet::new(),
+            not_before: BTreeMap::new(),
+            generation: None,
+        }
+    }
+
+    async fn run(mut self, mut stop: watch::Receiver<bool>) {
+        let mut state_rx = self.agent.db.subscribe();
+        let mut lease_rx = self.agent.lease.subscribe();
+        loop {
+            let stopping = *stop.borrow();
+            let state = self.agent.db.state();
+            let desired = !stopping && self.desired(&state);
+            if desired {
+                self.run_group(&state).await;
+            } else {
+                self.stop_all(&state, stopping).await;
+                let owned_here =
+                    state.groups.get(&self.group).is_some_and(|g| g.owner.as_deref() == Some(self.agent.name()));
+                if self.running.is_empty() && (stopping || !owned_here) {
+                    return;
+                }
+            }
+            tokio::select! {
+                _ = state_rx.changed() => {}
+                _ = lease_rx.changed() => {}
+                _ = stop.changed() => {}
+                _ = tokio::time::sleep(TICK) => {}
+            }
+        }
+    }
+
+    /// Whether this group should run here now.
+    fn desired(&self, state: &State) -> bool {
+        let Some(g) = state.groups.get(&self.group) else { return false };
+        g.owner.as_deref() == Some(self.agent.name())
+            && g.spec.online
+            && g.failed_reason.is_none()
+            && self.agent.may_run()
+    }
+
+    async fn run_group(&mut self, state: &State) {
+        let Some(g) = state.groups.get(&self.group) else { return };
+        if self.generation != Some(g.generation) {
+            // A new placement: earlier local failures do not count against it.
+            self.generation = Some(g.generation);
+            self.failures.clear();
+            self.gave_up.clear();
+            self.not_before.clear();
+        }
+        let order = state.start_order(&self.group);
+
+        // Monitor what runs, at each resource's intervals.
+        let now = Instant::now();
+        let due: Vec<(String, Depth)> = self
+            .running
+            .iter()
+            .filter_map(|(name, r)| {
+                if now >= r.next_thorough {
+                    Some((name.clone(), Depth::Thorough))
+                } else if now >= r.next_cheap {
+                    Some((name.clone(), Depth::Cheap))
+                } else {
+                    None
+                }
+            })
+            .collect();
+        for (name, depth) in due {
+            let Some(r) = self.running.get(&name) else { continue };
+            let ctx = r.ctx.clone();
+            let health = match self.agent.drivers.get(ctx.spec.kind).monitor(&ctx, depth).await {
+                Ok(h) => h,
+                Err(e) => Health::Failed(format!("monitor failed: {e}")),
+            };
+            match health {
+                Health::Running => {
+                    if let Some(r) = self.running.get_mut(&name) {
+                        let now = Instant::now();
+                        r.next_cheap = now + ctx.spec.props.looks_alive_interval.0;
+                        if depth == Depth::Thorough {
+                            r.next_thorough = now + ctx.spec.props.is_alive_interval.0;
+                        }
+                    }
+                }
+                Health::Stopped => self.failed(state, &name, "stopped unexpectedly".to_string()).await,
+                Health::Failed(why) => self.failed(state, &name, why).await,
+            }
+        }
+
+        // Start, in dependency order, whatever should run and does not.
+        for name in &order {
+            if self.running.contains_key(name) || self.gave_up.contains(name) {
+                continue;
+            }
+            if !self.agent.may_run() {
+                return;
+            }
+            let Some(res) = state.resources.get(name) else { continue };
+            let deps_up = res.spec.depends_on.iter().all(|d| self.running.contains_key(d));
+            if !deps_up {
+                continue;
+            }
+            if self.not_before.get(name).is_some_and(|t| Instant::now() < *t) {
+                continue;
+            }
+            let ctx = ctx_for(&self.agent, &res.spec);
+            self.agent.report(name, ResourceState::Starting, None, false);
+            let driver = self.agent.drivers.get(ctx.spec.kind);
+            let timeout = ctx.spec.props.pending_timeout.0;
+            let result = match tokio::time::timeout(timeout, driver.start(&ctx)).await {
+                Ok(r) => r.map_err(|e| e.to_string()),
+                Err(_) => Err(format!("start did not finish within its pending timeout ({})", ctx.spec.props.pending_timeout)),
+            };
+            match result {
+                Ok(()) => {
+                    tracing::info!(resource = %name, group = %self.group, "started");
+                    let now = Instant::now();
+                    let r = Running {
+                        next_cheap: now + ctx.spec.props.looks_alive_interval.0,
+                        next_thorough: now + ctx.spec.props.is_alive_interval.0,
+                        ctx,
+                    };
+                    self.running.insert(name.clone(), r);
+                    self.agent.report(name, ResourceState::Online, None, false);
+                }
+                Err(why) => {
+                    let _ = driver.stop(&ctx).await;
+                    self.failed(state, name, format!("start failed: {why}")).await;
+                }
+            }
+        }
+    }
+
+    /// A resource failed here: stop it and what depends on it, then restart in place or give up.
+    async fn failed(&mut self, state: &State, name: &str, why: String) {
+        tracing::warn!(resource = %name, group = %self.group, %why, "resource failed");
+        let Some(res) = state.resources.get(name) else { return };
+        let props = res.spec.props.clone();
+        // Dependents cannot run without it: stop them first (reverse order), then it.
+        let order = state.start_order(&self.group);
+        let affected = dependents_of(state, &self.group, name);
+        for dep in order.iter().rev().filter(|n| affected.contains(*n)) {
+            self.stop_one(dep, None).await;
+        }
+        if let Some(r) = self.running.remove(name) {
+            let _ = self.agent.drivers.get(r.ctx.spec.kind).stop(&r.ctx).await;
+        }
+        let now = Instant::now();
+        let list = self.failures.entry(name.to_string()).or_default();
+        list.push(now);
+        list.retain(|t| now.duration_since(*t) < props.restart_period.0);
+        let count = list.len();
+        match haven_policy::restart_decision(&props, count) {
+            RestartDecision::Restart { delay_ms } => {
+                self.not_before.insert(name.to_string(), now + Duration::from_millis(delay_ms));
+                let reason = format!(
+                    "{why}; restarting in place (failure {count} of {} allowed within {})",
+                    props.restart_threshold, props.restart_period
+                );
+                self.agent.report(name, ResourceState::Starting, Some(reason), true);
+            }
+            RestartDecision::GiveUp { reason } => {
+                self.gave_up.insert(name.to_string());
+                self.agent.report(name, ResourceState::Failed, Some(format!("{why}; {reason}")), true);
+            }
+        }
+    }
+
+    async fn stop_one(&mut self, name: &str, report: Option<&str>) {
+        let Some(r) = self.running.remove(name) else { return };
+        self.agent.report(name, ResourceState::Stopping, report.map(str::to_string), false);
+        let driver = self.agent.drivers.get(r.ctx.spec.kind);
+        if let Err(e) = driver.stop(&r.ctx).await {
+            tracing::error!(resource = %name, error = %e, "stop failed");
+            // Keep it in the list so the next pass tries again: it must not keep running.
+            self.running.insert(name.to_string(), r);
+            return;
+        }
+        tracing::info!(resource = %name, group = %self.group, "stopped");
+        self.agent.report(name, ResourceState::Offline, report.map(str::to_string), false);
+    }
+
+    async fn stop_all(&mut self, state: &State, agent_stopping: bool) {
+        if self.running.is_empty() {
+            return;
+        }
+        let reason = if agent_stopping {
+            "the agent on this node is shutting down"
+        } else if !self.agent.may_run() {
+            "this node has no lease (cut off from the cluster's quorum)"
+        } else {
+            "the group is no longer placed here or was taken offline"
+        };
+        // Reverse dependency order; resources the state no longer knows go first.
+        let order = state.start_order(&self.group);
+        let mut names: Vec<String> = self.running.keys().filter(|n| !order.contains(n)).cloned().collect();
+        names.extend(order.iter().rev().filter(|n| self.running.contains_key(*n)).cloned());
+        for n in names {
+            self.stop_one(&n, Some(reason)).await;
+        }
+    }
+}
+
+/// Every resource of `group` that depends on `name`, directly or not.
+fn dependents_of(state: &State, group: &str, name: &str) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    let mut frontier = vec![name.to_string()];
+    while let Some(cur) = frontier.pop() {
+        for r in state.group_resources(group) {
+            if r.spec.depends_on.contains(&cur) && out.insert(r.spec.name.clone()) {
+                frontier.push(r.spec.name.clone());
+            }
+        }
+    }
+    out
+}

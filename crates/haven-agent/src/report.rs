@@ -1,0 +1,64 @@
+//! Sends the local resource manager's status reports to the cluster in order, without
+//! making the resource manager wait for the network (self-fencing must never block on a
+//! write that cannot commit). A report that fails is retried until a newer report for the
+//! same resource replaces it.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Duration;
+
+use haven_state::Command;
+use tokio::sync::mpsc;
+
+use crate::{Agent, SubmitError};
+
+pub(crate) struct Reporter {
+    tx: mpsc::UnboundedSender<Command>,
+}
+
+impl Reporter {
+    pub(crate) fn new() -> (Reporter, mpsc::UnboundedReceiver<Command>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        (Reporter { tx }, rx)
+    }
+    pub(crate) fn send(&self, c: Command) {
+        let _ = self.tx.send(c);
+    }
+}
+
+fn resource_of(c: &Command) -> Option<&str> {
+    match c {
+        Command::ReportResource { resource, .. } => Some(resource),
+        _ => None,
+    }
+}
+
+pub(crate) async fn run(agent: Arc<Agent>, mut rx: mpsc::UnboundedReceiver<Command>) {
+    let mut queue: VecDeque<Command> = VecDeque::new();
+    loop {
+        if queue.is_empty() {
+            match rx.recv().await {
+                Some(c) => queue.push_back(c),
+                None => return,
+            }
+        }
+        while let Ok(c) = rx.try_recv() {
+            queue.push_back(c);
+        }
+        let Some(cmd) = queue.pop_front() else { continue };
+        let by = agent.name().to_string();
+        match agent.submit(&by, cmd.clone()).await {
+            Ok(_) => {}
+            // The state machine refused it (e.g. the resource was deleted): nothing to retry.
+            Err(SubmitError::Refused(e)) => tracing::debug!(error = %e, "status report refused"),
+            Err(e) => {
+                let superseded = queue.iter().any(|q| resource_of(q) == resource_of(&cmd));
+                if !superseded {
+                    tracing::debug!(error = %e, "status report not committed; will retry");
+                    queue.push_front(cmd);
+                }
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+        }
+    }
+}

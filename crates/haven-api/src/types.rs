@@ -1,0 +1,125 @@
+//! Request and response bodies of `/api/v1` and of the agents' internal peer routes.
+
+use haven_model::{Capacity, Group, Node, Resource};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+/// Every error response: `{"error": {"code": "...", "message": "...", "field": "..."}}`.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct ErrorDetail {
+    /// `not_found`, `already_exists`, `invalid`, `conflict`, `bad_request`, `too_large`,
+    /// `no_quorum`, `not_initialized`, `unavailable`, `internal`.
+    pub code: String,
+    /// What was wrong, naming the offending value, and what to do.
+    pub message: String,
+    /// The input field at fault, when there is one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+}
+
+/// `GET /api/v1/cluster`: who this agent is and what it knows of the cluster.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct ClusterStatus {
+    /// `None` until `haven cluster init` (or a join) made this node a member.
+    pub name: Option<String>,
+    pub this_node: NodeIdentity,
+    pub leader: Option<NodeIdentity>,
+    pub term: u64,
+    pub voters: Vec<u64>,
+    pub learners: Vec<u64>,
+    /// Whether this node holds a valid lease (may run resources).
+    pub lease_valid: bool,
+    /// Last Raft log index applied on this node.
+    pub applied_index: u64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct NodeIdentity {
+    pub id: u64,
+    pub name: Option<String>,
+    pub address: String,
+}
+
+/// `POST /api/v1/cluster/init`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct InitRequest {
+    /// Cluster name. Default: "haven".
+    #[serde(default)]
+    pub name: Option<String>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct InitResponse {
+    pub name: String,
+    /// Give this to `haven cluster join` on the other nodes.
+    pub join_token: String,
+}
+
+/// `POST /api/v1/cluster/join`: make *this* node join the cluster at `address`.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct JoinRequest {
+    /// `host:port` of any member.
+    pub address: String,
+    pub token: String,
+}
+
+/// `POST /internal/join`: sent by a joining node to a member (forwarded to the leader).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PeerJoin {
+    pub id: u64,
+    pub name: String,
+    pub address: String,
+    pub token: String,
+    pub capacity: Capacity,
+}
+
+/// `POST /internal/heartbeat`: a node renews its lease with the leader.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Heartbeat {
+    pub node: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct HeartbeatReply {
+    pub leader_id: u64,
+    /// The leader's last applied index when it answered: the node acts on its own copy of
+    /// the state only once it has applied at least this far.
+    pub applied_index: u64,
+}
+
+/// A node with the groups it owns.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct NodeView {
+    #[serde(flatten)]
+    pub node: Node,
+    /// `up`, `down` or `paused`.
+    pub status: String,
+    pub groups: Vec<String>,
+    pub leader: bool,
+}
+
+/// A group with its aggregate state and its resources in start order.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct GroupView {
+    #[serde(flatten)]
+    pub group: Group,
+    /// `online`, `offline`, `pending` or `failed`.
+    pub state: String,
+    pub resources: Vec<String>,
+}
+
+pub type ResourceView = Resource;
+
+/// `POST /api/v1/groups/{name}/move`.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MoveRequest {
+    pub node: String,
+}

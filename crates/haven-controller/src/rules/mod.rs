@@ -1,0 +1,89 @@
+//! The controller's rules, one module each, and the dispatch that picks the one rule that
+//! applies to a group in its current situation.
+//!
+//! A rule reads the (projected) state and returns at most one decision; it never applies
+//! it, reads a clock or looks at anything but its arguments.
+
+pub mod drain;
+pub mod failback;
+pub mod failover;
+pub mod liveness;
+pub mod placement;
+pub mod resource_failure;
+
+use std::cmp::Reverse;
+
+use haven_model::Millis;
+use haven_policy::Placement;
+use haven_state::{Command, State};
+
+use crate::{Decision, Rule};
+
+/// What every group rule needs to know about this tick.
+#[derive(Clone, Copy, Debug)]
+pub struct Tick {
+    pub now: Millis,
+    /// The UTC hour of `now`, for failback windows.
+    pub utc_hour: u8,
+}
+
+impl Tick {
+    pub fn new(now: Millis) -> Tick {
+        let hour = (now / 3_600_000) % 24;
+        Tick { now, utc_hour: u8::try_from(hour).unwrap_or(0) }
+    }
+}
+
+/// Group names, highest priority first, then by name: recovery order when capacity is short.
+pub fn groups_by_priority(state: &State) -> Vec<String> {
+    let mut groups: Vec<_> = state.groups.values().collect();
+    groups.sort_by_key(|g| (Reverse(g.spec.priority), g.spec.name.as_str()));
+    groups.into_iter().map(|g| g.spec.name.clone()).collect()
+}
+
+/// The decision for one group, by the first rule that applies to its situation.
+pub fn decide_group(state: &State, group: &str, tick: &Tick) -> Option<Decision> {
+    let g = state.groups.get(group)?;
+    if !g.spec.online {
+        return None;
+    }
+    let Some(owner) = g.owner.as_deref() else {
+        return placement::decide(state, g);
+    };
+    if g.failed_reason.is_some() {
+        return None;
+    }
+    match state.nodes.get(owner) {
+        None => failover::decide(state, g, owner, failover::Lost::Removed, tick),
+        Some(n) if !n.is_up() => failover::decide(state, g, owner, failover::Lost::Down, tick),
+        Some(n) => resource_failure::decide(state, g, owner, tick)
+            .or_else(|| if n.paused { drain::decide(state, g, owner) } else { failback::decide(state, g, tick) }),
+    }
+}
+
+/// `PlaceGroup` with its reason as the decision's `why`.
+pub(crate) fn place(rule: Rule, group: &str, node: Option<&str>, failover: bool, why: String) -> Decision {
+    Decision {
+        rule,
+        command: Command::PlaceGroup {
+            name: group.to_string(),
+            node: node.map(str::to_string),
+            reason: why.clone(),
+            failover,
+        },
+        why,
+    }
+}
+
+/// `FailGroup` with its reason as the decision's `why`.
+pub(crate) fn fail(rule: Rule, group: &str, why: String) -> Decision {
+    Decision { rule, command: Command::FailGroup { name: group.to_string(), reason: why.clone() }, why }
+}
+
+/// `cause; chose "b": preferred owner #1`, or `cause` alone if nothing was chosen.
+pub(crate) fn with_choice(cause: &str, p: &Placement) -> String {
+    match (&p.node, &p.chosen_because) {
+        (Some(n), Some(because)) => format!("{cause}; chose {n:?}: {because}"),
+        _ => cause.to_string(),
+    }
+}

@@ -1,0 +1,549 @@
+//! Scenario regression tests, in the style of Pacemaker's scheduler tests: every
+//! `tests/scenarios/*.scn` file describes a cluster above a `---` line and the expected
+//! decisions below it. See `tests/scenarios/README.md` for the format.
+//!
+//! The cluster is built only through real `haven_state` commands, so a scenario cannot
+//! describe a state the cluster could never be in. Besides the expected text, every
+//! controller scenario checks three invariants: each decision applies and changes the
+//! state, deciding twice gives the same answer, and deciding again after applying the
+//! decisions gives nothing (a fixed point).
+//!
+//! `UPDATE_EXPECT=1 cargo test -p haven-controller --test scenarios` rewrites the part
+//! below `---` with what the code does now; review the diff before committing it.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use haven_controller::{Decision, Observations, Timing, decide};
+use haven_model::{
+    Capacity, Dur, Failback, GroupSpec, Node, NodeLiveness, NodeRole, Priority, ResourceKind, ResourceProps,
+    ResourceSpec, ResourceState, RestartAction,
+};
+use haven_policy::RestartDecision;
+use haven_state::{Command, Request, State};
+
+/// A parsed scenario: the state it builds, the observations, and the queries it asks.
+struct Scenario {
+    state: State,
+    heartbeats: BTreeMap<String, u64>,
+    now: u64,
+    leader_since: u64,
+    timing: Timing,
+    queries: Vec<Query>,
+    setup: String,
+    expected: String,
+}
+
+enum Query {
+    Place { group: String, exclude: Vec<String> },
+    Failover { group: String },
+    Restart { resource: String, failures: Option<usize> },
+    Failback { group: String, hour: Option<u8> },
+}
+
+/// A parse or setup error, already prefixed with `file:line: `.
+type Error = String;
+
+/// One line split into words, where `key=value` pairs may quote their value.
+struct Line<'a> {
+    at: String,
+    words: Vec<String>,
+    options: BTreeMap<String, String>,
+    _text: &'a str,
+}
+
+impl Line<'_> {
+    fn err(&self, msg: impl std::fmt::Display) -> Error {
+        format!("{}: {msg}", self.at)
+    }
+    fn word(&self, i: usize, what: &str) -> Result<&str, Error> {
+        self.words.get(i).map(String::as_str).ok_or_else(|| self.err(format!("missing {what}")))
+    }
+    fn flag(&self, name: &str) -> bool {
+        self.words.iter().skip(1).any(|w| w == name)
+    }
+    fn opt(&self, key: &str) -> Option<&str> {
+        self.options.get(key).map(String::as_str)
+    }
+    fn num<T: std::str::FromStr>(&self, key: &str) -> Result<Option<T>, Error> {
+        self.opt(key).map(|v| v.parse::<T>().map_err(|_| self.err(format!("{key}={v:?} is not a number")))).transpose()
+    }
+    fn list(&self, key: &str) -> Vec<String> {
+        self.opt(key).map(|v| v.split(',').filter(|s| !s.is_empty()).map(str::to_string).collect()).unwrap_or_default()
+    }
+    fn at_time(&self) -> Result<u64, Error> {
+        Ok(self.num("at")?.unwrap_or(0))
+    }
+    /// Options the directive does not know are mistakes, not silently ignored.
+    fn only(&self, known: &[&str]) -> Result<(), Error> {
+        match self.options.keys().find(|k| !known.contains(&k.as_str())) {
+            Some(k) => Err(self.err(format!("unknown option {k:?}; known: {}", known.join(", ")))),
+            None => Ok(()),
+        }
+    }
+}
+
+fn tokenize<'a>(at: String, text: &'a str) -> Result<Line<'a>, Error> {
+    let mut words = Vec::new();
+    let mut options = BTreeMap::new();
+    let mut chars = text.chars().peekable();
+    loop {
+        while chars.peek().is_some_and(|c| c.is_whitespace()) {
+            chars.next();
+        }
+        if chars.peek().is_none() {
+            break;
+        }
+        let mut token = String::new();
+        let mut quoted = false;
+        while let Some(&c) = chars.peek() {
+            if c.is_whitespace() && !quoted {
+                break;
+            }
+            chars.next();
+            if c == '"' {
+                quoted = !quoted;
+            } else {
+                token.push(c);
+            }
+        }
+        if quoted {
+            return Err(format!("{at}: unterminated quote"));
+        }
+        match token.split_once('=') {
+            Some((k, v)) if !words.is_empty() => {
+                options.insert(k.to_string(), v.to_string());
+            }
+            _ => words.push(token),
+        }
+    }
+    Ok(Line { at, words, options, _text: text })
+}
+
+fn apply(state: &mut State, line: &Line, at: u64, command: Command) -> Result<(), Error> {
+    state.apply(&Request::new(at, "scenario", command)).map(|_| ()).map_err(|e| line.err(format!("state refused: {e}")))
+}
+
+fn parse_enum<T: serde::de::DeserializeOwned>(line: &Line, key: &str, value: &str) -> Result<T, Error> {
+    serde_json::from_value(serde_json::Value::String(value.to_string()))
+        .map_err(|_| line.err(format!("{key}={value:?} is not valid")))
+}
+
+fn parse_dur(line: &Line, key: &str) -> Result<Option<Dur>, Error> {
+    line.opt(key).map(|v| Dur::parse(v).map_err(|e| line.err(format!("{key}: {e}")))).transpose()
+}
+
+/// `online@a` → (Online, "a").
+fn parse_status(line: &Line, value: &str) -> Result<(ResourceState, String), Error> {
+    let (state, node) =
+        value.split_once('@').ok_or_else(|| line.err(format!("{value:?} should look like failed@a")))?;
+    Ok((parse_enum(line, "state", state)?, node.to_string()))
+}
+
+fn parse(file: &Path, text: &str) -> Result<Scenario, Error> {
+    let name = file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let mut sc = Scenario {
+        state: State::default(),
+        heartbeats: BTreeMap::new(),
+        now: 0,
+        leader_since: 0,
+        timing: Timing::default(),
+        queries: Vec::new(),
+        setup: String::new(),
+        expected: String::new(),
+    };
+    let mut lines = text.lines().enumerate();
+    let mut separated = false;
+    let mut next_id = 1;
+    for (i, raw) in lines.by_ref() {
+        if raw.trim() == "---" {
+            separated = true;
+            break;
+        }
+        sc.setup.push_str(raw);
+        sc.setup.push('\n');
+        let trimmed = raw.trim();
+        if trimmed.is_empty() || trimmed.starts_with('#') {
+            continue;
+        }
+        let line = tokenize(format!("{}:{}", file.display(), i + 1), trimmed)?;
+        directive(&mut sc, &line, &mut next_id)?;
+    }
+    if !separated {
+        return Err(format!("{name}: no `---` line separating the setup from the expected output"));
+    }
+    sc.expected = lines.map(|(_, l)| l.trim_end()).collect::<Vec<_>>().join("\n").trim_end().to_string();
+    Ok(sc)
+}
+
+fn directive(sc: &mut Scenario, line: &Line, next_id: &mut u64) -> Result<(), Error> {
+    let at = line.at_time()?;
+    match line.word(0, "directive")? {
+        "node" => {
+            line.only(&["cpus", "mem", "since"])?;
+            let name = line.word(1, "node name")?.to_string();
+            let node = Node {
+                id: *next_id,
+                name: name.clone(),
+                address: format!("{name}:7946"),
+                role: if *next_id <= 5 { NodeRole::Voter } else { NodeRole::Learner },
+                liveness: NodeLiveness::Up,
+                paused: false,
+                capacity: Capacity {
+                    cpus: line.num("cpus")?.unwrap_or(8),
+                    memory_mib: line.num("mem")?.unwrap_or(16384),
+                },
+                since: 0,
+            };
+            let command = if sc.state.cluster.is_none() {
+                Command::InitCluster { name: "scenario".into(), join_token: "token".into(), node }
+            } else {
+                Command::AddNode { node }
+            };
+            apply(&mut sc.state, line, 0, command)?;
+            *next_id += 1;
+            if line.flag("down") {
+                let since = line.num("since")?.unwrap_or(0);
+                let command = Command::SetNodeLiveness {
+                    name: name.clone(),
+                    liveness: NodeLiveness::Down,
+                    reason: "setup".into(),
+                };
+                apply(&mut sc.state, line, since, command)?;
+            }
+            if line.flag("paused") {
+                apply(&mut sc.state, line, 0, Command::SetNodePaused { name, paused: true })?;
+            }
+        }
+        "group" => {
+            line.only(&[
+                "owner",
+                "preferred",
+                "possible",
+                "failover_threshold",
+                "failover_period",
+                "failback",
+                "priority",
+                "cpus",
+                "mem",
+                "failed",
+                "at",
+            ])?;
+            let name = line.word(1, "group name")?.to_string();
+            let mut spec = GroupSpec::new(name.clone());
+            spec.preferred_owners = line.list("preferred");
+            spec.possible_owners = line.list("possible");
+            spec.failover_threshold = line.num("failover_threshold")?;
+            if let Some(d) = parse_dur(line, "failover_period")? {
+                spec.failover_period = d;
+            }
+            spec.failback = match line.opt("failback") {
+                None | Some("never") => Failback::Never,
+                Some("immediate") => Failback::Immediate,
+                Some(w) => {
+                    let hours = w.split_once('-').and_then(|(a, b)| Some((a.parse().ok()?, b.parse().ok()?)));
+                    let (start_hour, end_hour) =
+                        hours.ok_or_else(|| line.err(format!("failback={w:?}: write never, immediate or 22-4")))?;
+                    Failback::Window { start_hour, end_hour }
+                }
+            };
+            if let Some(p) = line.opt("priority") {
+                spec.priority = parse_enum::<Priority>(line, "priority", p)?;
+            }
+            spec.cpus = line.num("cpus")?.unwrap_or(0);
+            spec.memory_mib = line.num("mem")?.unwrap_or(0);
+            apply(&mut sc.state, line, at, Command::CreateGroup { spec })?;
+            if let Some(owner) = line.opt("owner") {
+                let command = Command::PlaceGroup {
+                    name: name.clone(),
+                    node: Some(owner.to_string()),
+                    reason: "setup".into(),
+                    failover: false,
+                };
+                apply(&mut sc.state, line, at, command)?;
+            }
+            if line.flag("offline") {
+                apply(&mut sc.state, line, at, Command::SetGroupOnline { name: name.clone(), online: false })?;
+            }
+            if let Some(reason) = line.opt("failed") {
+                apply(&mut sc.state, line, at, Command::FailGroup { name, reason: reason.to_string() })?;
+            }
+        }
+        "resource" => {
+            line.only(&[
+                "group",
+                "action",
+                "restart_threshold",
+                "restart_period",
+                "state",
+                "failures",
+                "reason",
+                "at",
+            ])?;
+            let name = line.word(1, "resource name")?.to_string();
+            let mut props = ResourceProps::default();
+            if let Some(a) = line.opt("action") {
+                props.restart_action = parse_enum::<RestartAction>(line, "action", a)?;
+            }
+            if let Some(t) = line.num("restart_threshold")? {
+                props.restart_threshold = t;
+            }
+            if let Some(d) = parse_dur(line, "restart_period")? {
+                props.restart_period = d;
+            }
+            let spec = ResourceSpec {
+                name: name.clone(),
+                group: line.opt("group").ok_or_else(|| line.err("missing group="))?.to_string(),
+                kind: ResourceKind::Process,
+                params: serde_json::json!({"argv": ["sleep", "infinity"]}),
+                props,
+                depends_on: Vec::new(),
+            };
+            apply(&mut sc.state, line, at, Command::CreateResource { spec })?;
+            if let Some(status) = line.opt("state") {
+                let (state, node) = parse_status(line, status)?;
+                let failures: usize = line.num("failures")?.unwrap_or(0);
+                let reason = line.opt("reason").map(str::to_string);
+                for i in 0..failures.max(1) {
+                    let command = Command::ReportResource {
+                        node: node.clone(),
+                        resource: name.clone(),
+                        state,
+                        reason: reason.clone(),
+                        failure: i < failures,
+                    };
+                    apply(&mut sc.state, line, at, command)?;
+                }
+            }
+        }
+        "place" => {
+            line.only(&["at", "reason"])?;
+            let group = line.word(1, "group name")?.to_string();
+            if line.word(2, "->")? != "->" {
+                return Err(line.err("write `place GROUP -> NODE|none [failover] [at=T]`"));
+            }
+            let node = match line.word(3, "node name")? {
+                "none" => None,
+                n => Some(n.to_string()),
+            };
+            let reason = line.opt("reason").unwrap_or("setup").to_string();
+            let command = Command::PlaceGroup { name: group, node, reason, failover: line.flag("failover") };
+            apply(&mut sc.state, line, at, command)?;
+        }
+        "report" => {
+            line.only(&["reason", "at"])?;
+            let resource = line.word(1, "resource name")?.to_string();
+            let (state, node) = parse_status(line, line.word(2, "state@node")?)?;
+            let reason = line.opt("reason").map(str::to_string);
+            let command = Command::ReportResource { node, resource, state, reason, failure: line.flag("failure") };
+            apply(&mut sc.state, line, at, command)?;
+        }
+        "pause" | "resume" => {
+            let name = line.word(1, "node name")?.to_string();
+            let paused = line.words[0] == "pause";
+            apply(&mut sc.state, line, at, Command::SetNodePaused { name, paused })?;
+        }
+        "heartbeat" => {
+            for (node, t) in &line.options {
+                let t = t.parse().map_err(|_| line.err(format!("heartbeat {node}={t:?} is not a time in ms")))?;
+                sc.heartbeats.insert(node.clone(), t);
+            }
+        }
+        "now" => {
+            line.only(&["leader_since"])?;
+            let now = line.word(1, "time in ms")?;
+            sc.now = now.parse().map_err(|_| line.err(format!("now {now:?} is not a time in ms")))?;
+            sc.leader_since = line.num("leader_since")?.unwrap_or(0);
+        }
+        "timing" => {
+            line.only(&["lease", "margin"])?;
+            sc.timing.lease_ms = line.num("lease")?.unwrap_or(sc.timing.lease_ms);
+            sc.timing.margin_ms = line.num("margin")?.unwrap_or(sc.timing.margin_ms);
+        }
+        "?" => {
+            let group = line.word(2, "group or resource name")?.to_string();
+            let query = match line.word(1, "query")? {
+                "place" => Query::Place { group, exclude: line.list("exclude") },
+                "failover" => Query::Failover { group },
+                "restart" => Query::Restart { resource: group, failures: line.num("failures")? },
+                "failback" => Query::Failback { group, hour: line.num("hour")? },
+                q => return Err(line.err(format!("unknown query {q:?}; ask place, failover, restart or failback"))),
+            };
+            sc.queries.push(query);
+        }
+        d => {
+            return Err(line.err(format!(
+                "unknown directive {d:?}; use node, group, resource, place, report, pause, resume, heartbeat, now, timing or ?"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// The policy's answers to the scenario's `?` queries.
+fn answer(sc: &Scenario) -> Result<String, Error> {
+    let mut out = String::new();
+    for q in &sc.queries {
+        match q {
+            Query::Place { group, exclude } => {
+                let exclude: Vec<&str> = exclude.iter().map(String::as_str).collect();
+                let p = haven_policy::place(&sc.state, group, &exclude);
+                match (&p.node, &p.chosen_because) {
+                    (Some(n), Some(b)) => writeln!(out, "place {group} -> {n}: {b}"),
+                    _ => writeln!(out, "place {group} -> nowhere"),
+                }
+                .ok();
+                if !p.candidates.is_empty() {
+                    writeln!(out, "  candidates: {}", p.candidates.join(", ")).ok();
+                }
+                for e in &p.reasons {
+                    writeln!(out, "  {}: {}", e.node, e.why).ok();
+                }
+            }
+            Query::Failover { group } => {
+                let g = sc.state.groups.get(group).ok_or(format!("? failover: no group {group:?}"))?;
+                match haven_policy::failover_allowed(g, sc.state.nodes.len(), sc.now) {
+                    Ok(()) => writeln!(out, "failover {group}: allowed"),
+                    Err(e) => writeln!(out, "failover {group}: refused: {e}"),
+                }
+                .ok();
+            }
+            Query::Restart { resource, failures } => {
+                let r = sc.state.resources.get(resource).ok_or(format!("? restart: no resource {resource:?}"))?;
+                let props = &r.spec.props;
+                let count =
+                    failures.unwrap_or_else(|| haven_policy::failures_in_period(props, &r.status.failures, sc.now));
+                match haven_policy::restart_decision(props, count) {
+                    RestartDecision::Restart { delay_ms } => {
+                        writeln!(out, "restart {resource} after {count} failures: restart in {delay_ms}ms")
+                    }
+                    RestartDecision::GiveUp { reason } => writeln!(out, "restart {resource}: give up: {reason}"),
+                }
+                .ok();
+            }
+            Query::Failback { group, hour } => {
+                let hour = hour.unwrap_or_else(|| u8::try_from((sc.now / 3_600_000) % 24).unwrap_or(0));
+                match haven_policy::should_fail_back(&sc.state, group, hour) {
+                    Some(n) => writeln!(out, "failback {group} at {hour:02}h -> {n}"),
+                    None => writeln!(out, "failback {group} at {hour:02}h: stay"),
+                }
+                .ok();
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn render(decisions: &[Decision]) -> String {
+    if decisions.is_empty() {
+        return "(nothing to do)\n".to_string();
+    }
+    decisions.iter().map(|d| format!("{d}\n")).collect()
+}
+
+/// Runs the controller and checks its invariants; returns the rendered decisions.
+fn run_controller(sc: &Scenario) -> Result<String, Error> {
+    let obs = Observations { now: sc.now, leader_since: sc.leader_since, last_heartbeat: &sc.heartbeats };
+    let decisions = decide(&sc.state, &obs, &sc.timing);
+    if decide(&sc.state, &obs, &sc.timing) != decisions {
+        return Err("deciding twice on the same input gave different answers".into());
+    }
+    let mut after = sc.state.clone();
+    for d in &decisions {
+        if d.why.is_empty() {
+            return Err(format!("decision without a reason: {d}"));
+        }
+        let before = after.next_event_id;
+        after
+            .apply(&Request::new(sc.now, "controller", d.command.clone()))
+            .map_err(|e| format!("the state refuses decision `{d}`: {e}"))?;
+        if after.next_event_id == before {
+            return Err(format!("decision `{d}` changes nothing"));
+        }
+    }
+    let again = decide(&after, &obs, &sc.timing);
+    if !again.is_empty() {
+        return Err(format!("not a fixed point: deciding again after applying gives\n{}", render(&again)));
+    }
+    Ok(render(&decisions))
+}
+
+/// A line diff (longest common subsequence), `-` expected, `+` actual.
+fn diff(expected: &str, actual: &str) -> String {
+    let a: Vec<&str> = expected.lines().collect();
+    let b: Vec<&str> = actual.lines().collect();
+    let mut lcs = vec![vec![0usize; b.len() + 1]; a.len() + 1];
+    for i in (0..a.len()).rev() {
+        for j in (0..b.len()).rev() {
+            lcs[i][j] = if a[i] == b[j] { lcs[i + 1][j + 1] + 1 } else { lcs[i + 1][j].max(lcs[i][j + 1]) };
+        }
+    }
+    let (mut i, mut j, mut out) = (0, 0, String::new());
+    while i < a.len() || j < b.len() {
+        if i < a.len() && j < b.len() && a[i] == b[j] {
+            writeln!(out, "  {}", a[i]).ok();
+            i += 1;
+            j += 1;
+        } else if i < a.len() && (j == b.len() || lcs[i + 1][j] >= lcs[i][j + 1]) {
+            writeln!(out, "- {}", a[i]).ok();
+            i += 1;
+        } else {
+            writeln!(out, "+ {}", b[j]).ok();
+            j += 1;
+        }
+    }
+    out
+}
+
+fn scenario_files() -> Vec<PathBuf> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/scenarios");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("cannot read {}: {e}", dir.display()))
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "scn"))
+        .collect();
+    files.sort();
+    files
+}
+
+#[test]
+fn scenarios() {
+    let update = std::env::var_os("UPDATE_EXPECT").is_some();
+    let files = scenario_files();
+    assert!(!files.is_empty(), "no scenario files found");
+    let mut failures = Vec::new();
+    for file in &files {
+        let name = file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let text = std::fs::read_to_string(file).unwrap_or_else(|e| panic!("cannot read {}: {e}", file.display()));
+        let outcome = parse(file, &text).and_then(|sc| {
+            let actual = if sc.queries.is_empty() { run_controller(&sc) } else { answer(&sc) }
+                .map_err(|e| format!("{name}: {e}"))?;
+            Ok((sc, actual))
+        });
+        let (sc, actual) = match outcome {
+            Ok(x) => x,
+            Err(e) => {
+                failures.push(e);
+                continue;
+            }
+        };
+        if actual.trim_end() == sc.expected {
+            continue;
+        }
+        if update {
+            std::fs::write(file, format!("{}---\n{actual}", sc.setup))
+                .unwrap_or_else(|e| panic!("cannot write {}: {e}", file.display()));
+            eprintln!("updated {name}");
+        } else {
+            failures.push(format!("{name}: output differs (- expected, + actual):\n{}", diff(&sc.expected, &actual)));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {} scenarios failed (rerun with UPDATE_EXPECT=1 to accept new output):\n\n{}",
+        failures.len(),
+        files.len(),
+        failures.join("\n")
+    );
+}

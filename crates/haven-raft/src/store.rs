@@ -1,0 +1,598 @@
+//! The Raft log and the replicated state machine, persisted in one redb file.
+//!
+//! Layout of `<dir>/raft.redb`:
+//! - `logs`: log index → JSON of the `Entry`.
+//! - `meta`: `vote`, `committed`, `last_purged`, `node_id`.
+//! - `machine`: `last_applied`, `last_membership`, `state` (the JSON of `haven_state::State`)
+//!   and `snapshot_seq`. They are written in one transaction per apply batch, so after a
+//!   restart the state machine is exactly where it was and nothing is applied twice.
+//! - `snapshot`: `meta` and `data` of the current snapshot (`data` is the JSON of `State`).
+//!
+//! Writes that must be durable (log entries, votes, apply batches, snapshots) run on the
+//! blocking thread pool and commit with redb's default, fsync'ed durability. This module
+//! knows nothing about the network or about what commands mean.
+
+use std::fmt::Debug;
+use std::io::Cursor;
+use std::ops::{Deref, RangeBounds};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use haven_state::{Reply, Response, State};
+use openraft::storage::{LogFlushed, LogState, RaftLogStorage, RaftStateMachine, Snapshot};
+use openraft::{
+    AnyError, BasicNode, Entry, EntryPayload, ErrorSubject, ErrorVerb, LogId, OptionalSend, RaftLogReader,
+    RaftSnapshotBuilder, SnapshotMeta, StorageError, StorageIOError, StoredMembership, Vote,
+};
+use redb::{Database, Durability, ReadableDatabase, ReadableTable, Table, TableDefinition, WriteTransaction};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tokio::sync::watch;
+
+use crate::TypeConfig;
+
+/// Name of the database file inside the node's data directory.
+pub const DB_FILE: &str = "raft.redb";
+
+const LOGS: TableDefinition<u64, &[u8]> = TableDefinition::new("logs");
+const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+const MACHINE: TableDefinition<&str, &[u8]> = TableDefinition::new("machine");
+const SNAPSHOT: TableDefinition<&str, &[u8]> = TableDefinition::new("snapshot");
+
+const KEY_VOTE: &str = "vote";
+const KEY_COMMITTED: &str = "committed";
+const KEY_LAST_PURGED: &str = "last_purged";
+const KEY_NODE_ID: &str = "node_id";
+const KEY_LAST_APPLIED: &str = "last_applied";
+const KEY_LAST_MEMBERSHIP: &str = "last_membership";
+const KEY_STATE: &str = "state";
+const KEY_SNAPSHOT_SEQ: &str = "snapshot_seq";
+const KEY_SNAPSHOT_META: &str = "meta";
+const KEY_SNAPSHOT_DATA: &str = "data";
+
+type StorageResult<T> = Result<T, StorageError<u64>>;
+type Membership = StoredMembership<u64, BasicNode>;
+
+/// Why the cluster database file could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error(
+        "cannot open the cluster database {path}: {source}; check that the directory is \
+         writable and that no other haven agent uses the same data directory"
+    )]
+    Open { path: PathBuf, source: redb::Error },
+    #[error(
+        "the cluster database {path} is damaged ({what}: {source}); restore the data \
+         directory from a backup, or remove it and re-join this node to the cluster"
+    )]
+    Corrupt { path: PathBuf, what: &'static str, source: serde_json::Error },
+    #[error(
+        "the data directory {path} belongs to node {stored}, not to node {requested}; start \
+         the agent with node id {stored}, or give node {requested} its own data directory"
+    )]
+    WrongNode { path: PathBuf, stored: u64, requested: u64 },
+}
+
+/// A failed storage operation, before it is wrapped into openraft's `StorageError`.
+#[derive(Debug, thiserror::Error)]
+enum OpError {
+    #[error("redb: {0}")]
+    Redb(#[from] redb::Error),
+    #[error("undecodable record: {0}")]
+    Json(#[from] serde_json::Error),
+    #[error("storage task failed: {0}")]
+    Join(#[from] tokio::task::JoinError),
+}
+
+macro_rules! redb_into_op_error {
+    ($($t:ty),*) => {$(
+        impl From<$t> for OpError {
+            fn from(e: $t) -> Self {
+                OpError::Redb(redb::Error::from(e))
+            }
+        }
+    )*};
+}
+redb_into_op_error!(
+    redb::TransactionError,
+    redb::TableError,
+    redb::StorageError,
+    redb::CommitError,
+    redb::SetDurabilityError
+);
+
+fn storage_error(subject: ErrorSubject<u64>, verb: ErrorVerb, e: OpError) -> StorageError<u64> {
+    StorageIOError::new(subject, verb, AnyError::new(&e)).into()
+}
+
+/// Runs a redb transaction on the blocking pool, so fsyncs do not stall the async workers.
+async fn blocking<T, F>(subject: ErrorSubject<u64>, verb: ErrorVerb, f: F) -> StorageResult<T>
+where
+    T: Send + 'static,
+    F: FnOnce() -> Result<T, OpError> + Send + 'static,
+{
+    let joined = tokio::task::spawn_blocking(f).await;
+    match joined {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(storage_error(subject, verb, e)),
+        Err(e) => Err(storage_error(subject, verb, e.into())),
+    }
+}
+
+fn get_json<T, R>(table: &R, key: &str) -> Result<Option<T>, OpError>
+where
+    T: DeserializeOwned,
+    R: ReadableTable<&'static str, &'static [u8]>,
+{
+    match table.get(key)? {
+        Some(v) => Ok(Some(serde_json::from_slice(v.value())?)),
+        None => Ok(None),
+    }
+}
+
+fn put_json<T: Serialize>(table: &mut Table<&'static str, &'static [u8]>, key: &str, value: &T) -> Result<(), OpError> {
+    let bytes = serde_json::to_vec(value)?;
+    table.insert(key, bytes.as_slice())?;
+    Ok(())
+}
+
+fn write_txn(db: &Database, durable: bool) -> Result<WriteTransaction, OpError> {
+    let mut txn = db.begin_write()?;
+    if !durable {
+        txn.set_durability(Durability::None)?;
+    }
+    Ok(txn)
+}
+
+/// Opens (or creates) `<dir>/raft.redb` and returns the two halves openraft needs.
+///
+/// The state machine is loaded as it was last persisted; nothing is re-applied.
+pub fn open_store(dir: &Path) -> Result<(LogStore, StateMachineStore), StoreError> {
+    let path = dir.join(DB_FILE);
+    let open_err = |source: redb::Error| StoreError::Open { path: path.clone(), source };
+    let corrupt = |what, source| StoreError::Corrupt { path: path.clone(), what, source };
+
+    let db = Database::create(&path).map_err(|e| open_err(e.into()))?;
+
+    // Create every table up front so that read transactions can always open them.
+    let txn = db.begin_write().map_err(|e| open_err(e.into()))?;
+    for table in [META, MACHINE, SNAPSHOT] {
+        txn.open_table(table).map_err(|e| open_err(e.into()))?;
+    }
+    txn.open_table(LOGS).map_err(|e| open_err(e.into()))?;
+    txn.commit().map_err(|e| open_err(e.into()))?;
+
+    let read = db.begin_read().map_err(|e| open_err(e.into()))?;
+    let machine = read.open_table(MACHINE).map_err(|e| open_err(e.into()))?;
+    let load = |key: &'static str| -> Result<Option<Vec<u8>>, StoreError> {
+        let value = machine.get(key).map_err(|e| open_err(e.into()))?;
+        Ok(value.map(|v| v.value().to_vec()))
+    };
+    let last_applied: Option<LogId<u64>> = match load(KEY_LAST_APPLIED)? {
+        Some(b) => serde_json::from_slice(&b).map_err(|e| corrupt("last applied log id", e))?,
+        None => None,
+    };
+    let last_membership: Membership = match load(KEY_LAST_MEMBERSHIP)? {
+        Some(b) => serde_json::from_slice(&b).map_err(|e| corrupt("last membership", e))?,
+        None => Membership::default(),
+    };
+    let state: State = match load(KEY_STATE)? {
+        Some(b) => serde_json::from_slice(&b).map_err(|e| corrupt("state machine", e))?,
+        None => State::default(),
+    };
+    drop(machine);
+    drop(read);
+
+    let db = Arc::new(SharedDb { db, closed: watch::channel(()).0 });
+    let state = Arc::new(state);
+    let (published, _) = watch::channel(state.clone());
+    let log_store = LogStore { db: db.clone(), path: path.clone() };
+    let sm = StateMachineStore { db, last_applied, last_membership, state, published };
+    Ok((log_store, sm))
+}
+
+/// The Raft log, vote and commit index. Cheap to clone: clones share the database.
+#[derive(Clone)]
+pub struct LogStore {
+    db: Arc<SharedDb>,
+    path: PathBuf,
+}
+
+impl LogStore {
+    /// Records which node owns this data directory, or checks that it is `node_id`.
+    ///
+    /// A data directory copied to another node would otherwise vote with a foreign identity.
+    pub fn claim_node_id(&self, node_id: u64) -> Result<(), StoreError> {
+        let path = self.path.clone();
+        let open_err = |source: redb::Error| StoreError::Open { path: path.clone(), source };
+        let txn = self.db.begin_write().map_err(|e| open_err(e.into()))?;
+        {
+            let mut meta = txn.open_table(META).map_err(|e| open_err(e.into()))?;
+            let stored = meta.get(KEY_NODE_ID).map_err(|e| open_err(e.into()))?;
+            let stored = stored.map(|v| v.value().to_vec());
+            let stored: Option<u64> = match stored {
+                Some(v) => Some(serde_json::from_slice(&v).map_err(|source| StoreError::Corrupt {
+                    path: path.clone(),
+                    what: "node id",
+                    source,
+                })?),
+                None => None,
+            };
+            match stored {
+                Some(stored) if stored != node_id => {
+                    return Err(StoreError::WrongNode { path, stored, requested: node_id });
+                }
+                Some(_) => return Ok(()),
+                None => {
+                    let bytes = node_id.to_string().into_bytes();
+                    meta.insert(KEY_NODE_ID, bytes.as_slice()).map_err(|e| open_err(e.into()))?;
+                }
+            }
+        }
+        txn.commit().map_err(|e| open_err(e.into()))?;
+        Ok(())
+    }
+
+    /// A receiver whose `changed()` fails once the database file is closed, that is when the
+    /// log store, the state machine and every reader and snapshot builder are gone.
+    pub fn closed(&self) -> watch::Receiver<()> {
+        self.db.closed.subscribe()
+    }
+
+    fn read_meta<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>, OpError> {
+        let read = self.db.begin_read()?;
+        let meta = read.open_table(META)?;
+        get_json(&meta, key)
+    }
+
+    async fn write_meta<T>(&self, key: &'static str, value: T, durable: bool) -> Result<(), OpError>
+    where
+        T: Serialize + Send + 'static,
+    {
+        let db = self.db.clone();
+        let write = move || -> Result<(), OpError> {
+            let txn = write_txn(&db, durable)?;
+            {
+                let mut meta = txn.open_table(META)?;
+                put_json(&mut meta, key, &value)?;
+            }
+            txn.commit()?;
+            Ok(())
+        };
+        tokio::task::spawn_blocking(write).await?
+    }
+}
+
+/// The open database. Dropping the last handle closes the file and *then* wakes
+/// [`LogStore::closed`] watchers (fields drop in declaration order), so a node can wait
+/// until it may reopen the file.
+struct SharedDb {
+    db: Database,
+    closed: watch::Sender<()>,
+}
+
+impl Deref for SharedDb {
+    type Target = Database;
+    fn deref(&self) -> &Database {
+        &self.db
+    }
+}
+
+fn decode_entry(bytes: &[u8]) -> Result<Entry<TypeConfig>, OpError> {
+    Ok(serde_json::from_slice(bytes)?)
+}
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> StorageResult<Vec<Entry<TypeConfig>>> {
+        let read = || -> Result<Vec<Entry<TypeConfig>>, OpError> {
+            let txn = self.db.begin_read()?;
+            let logs = txn.open_table(LOGS)?;
+            let mut entries = Vec::new();
+            for item in logs.range(range)? {
+                let (_, value) = item?;
+                entries.push(decode_entry(value.value())?);
+            }
+            Ok(entries)
+        };
+        read().map_err(|e| storage_error(ErrorSubject::Logs, ErrorVerb::Read, e))
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for LogStore {
+    type LogReader = LogStore;
+
+    async fn get_log_state(&mut self) -> StorageResult<LogState<TypeConfig>> {
+        let read = || -> Result<LogState<TypeConfig>, OpError> {
+            let txn = self.db.begin_read()?;
+            let meta = txn.open_table(META)?;
+            let last_purged_log_id: Option<LogId<u64>> = get_json(&meta, KEY_LAST_PURGED)?;
+            let logs = txn.open_table(LOGS)?;
+            let last_log_id = match logs.last()? {
+                Some((_, value)) => Some(decode_entry(value.value())?.log_id),
+                None => last_purged_log_id,
+            };
+            Ok(LogState { last_purged_log_id, last_log_id })
+        };
+        read().map_err(|e| storage_error(ErrorSubject::Logs, ErrorVerb::Read, e))
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote<u64>) -> StorageResult<()> {
+        self.write_meta(KEY_VOTE, *vote, true).await.map_err(|e| storage_error(ErrorSubject::Vote, ErrorVerb::Write, e))
+    }
+
+    async fn read_vote(&mut self) -> StorageResult<Option<Vote<u64>>> {
+        self.read_meta(KEY_VOTE).map_err(|e| storage_error(ErrorSubject::Vote, ErrorVerb::Read, e))
+    }
+
+    async fn save_committed(&mut self, committed: Option<LogId<u64>>) -> StorageResult<()> {
+        // Not fsync'ed: it only saves re-applying committed entries after a restart, and the
+        // next durable commit (log append, vote, apply batch) flushes it anyway.
+        self.write_meta(KEY_COMMITTED, committed, false)
+            .await
+            .map_err(|e| storage_error(ErrorSubject::Store, ErrorVerb::Write, e))
+    }
+
+    async fn read_committed(&mut self) -> StorageResult<Option<LogId<u64>>> {
+        let committed: Option<Option<LogId<u64>>> =
+            self.read_meta(KEY_COMMITTED).map_err(|e| storage_error(ErrorSubject::Store, ErrorVerb::Read, e))?;
+        Ok(committed.flatten())
+    }
+
+    async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> StorageResult<()>
+    where
+        I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let mut encoded = Vec::new();
+        for entry in entries {
+            let bytes = serde_json::to_vec(&entry)
+                .map_err(|e| storage_error(ErrorSubject::Log(entry.log_id), ErrorVerb::Write, e.into()))?;
+            encoded.push((entry.log_id.index, bytes));
+        }
+        let db = self.db.clone();
+        blocking(ErrorSubject::Logs, ErrorVerb::Write, move || {
+            let txn = write_txn(&db, true)?;
+            {
+                let mut logs = txn.open_table(LOGS)?;
+                for (index, bytes) in &encoded {
+                    logs.insert(*index, bytes.as_slice())?;
+                }
+            }
+            txn.commit()?;
+            Ok(())
+        })
+        .await?;
+        callback.log_io_completed(Ok(()));
+        Ok(())
+    }
+
+    async fn truncate(&mut self, log_id: LogId<u64>) -> StorageResult<()> {
+        tracing::debug!(%log_id, "truncating the raft log from this entry on");
+        let db = self.db.clone();
+        blocking(ErrorSubject::Logs, ErrorVerb::Delete, move || {
+            let txn = write_txn(&db, true)?;
+            {
+                let mut logs = txn.open_table(LOGS)?;
+                logs.retain_in(log_id.index.., |_, _| false)?;
+            }
+            txn.commit()?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn purge(&mut self, log_id: LogId<u64>) -> StorageResult<()> {
+        tracing::debug!(%log_id, "purging the raft log up to this entry");
+        let db = self.db.clone();
+        blocking(ErrorSubject::Logs, ErrorVerb::Delete, move || {
+            let txn = write_txn(&db, true)?;
+            {
+                let mut meta = txn.open_table(META)?;
+                put_json(&mut meta, KEY_LAST_PURGED, &Some(log_id))?;
+                let mut logs = txn.open_table(LOGS)?;
+                logs.retain_in(..=log_id.index, |_, _| false)?;
+            }
+            txn.commit()?;
+            Ok(())
+        })
+        .await
+    }
+}
+
+/// The replicated state machine: `haven_state::State` plus what openraft needs to know about
+/// it. Every apply batch publishes the new state on a watch channel.
+pub struct StateMachineStore {
+    db: Arc<SharedDb>,
+    last_applied: Option<LogId<u64>>,
+    last_membership: Membership,
+    state: Arc<State>,
+    published: watch::Sender<Arc<State>>,
+}
+
+impl StateMachineStore {
+    /// A receiver that sees the state after every apply batch and snapshot install.
+    pub fn subscribe(&self) -> watch::Receiver<Arc<State>> {
+        self.published.subscribe()
+    }
+
+    /// The state as last applied.
+    pub fn state(&self) -> Arc<State> {
+        self.state.clone()
+    }
+}
+
+fn read_snapshot(db: &Database) -> Result<Option<Snapshot<TypeConfig>>, OpError> {
+    let txn = db.begin_read()?;
+    let table = txn.open_table(SNAPSHOT)?;
+    let meta: Option<SnapshotMeta<u64, BasicNode>> = get_json(&table, KEY_SNAPSHOT_META)?;
+    let data = table.get(KEY_SNAPSHOT_DATA)?.map(|v| v.value().to_vec());
+    match (meta, data) {
+        (Some(meta), Some(data)) => Ok(Some(Snapshot { meta, snapshot: Box::new(Cursor::new(data)) })),
+        _ => Ok(None),
+    }
+}
+
+/// Writes `meta` and `data` as the current snapshot unless a newer one is already stored.
+fn store_snapshot_if_newer(
+    txn: &WriteTransaction,
+    meta: &SnapshotMeta<u64, BasicNode>,
+    data: &[u8],
+) -> Result<(), OpError> {
+    let mut table = txn.open_table(SNAPSHOT)?;
+    let current: Option<SnapshotMeta<u64, BasicNode>> = get_json(&table, KEY_SNAPSHOT_META)?;
+    if current.is_some_and(|c| c.last_log_id > meta.last_log_id) {
+        return Ok(());
+    }
+    put_json(&mut table, KEY_SNAPSHOT_META, meta)?;
+    table.insert(KEY_SNAPSHOT_DATA, data)?;
+    Ok(())
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachineStore {
+    type SnapshotBuilder = SnapshotBuilder;
+
+    async fn applied_state(&mut self) -> StorageResult<(Option<LogId<u64>>, Membership)> {
+        Ok((self.last_applied, self.last_membership.clone()))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> StorageResult<Vec<Response>>
+    where
+        I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let mut replies = Vec::new();
+        let state = Arc::make_mut(&mut self.state);
+        for entry in entries {
+            self.last_applied = Some(entry.log_id);
+            let reply = match entry.payload {
+                EntryPayload::Blank => Ok(Reply::None),
+                EntryPayload::Normal(request) => state.apply(&request),
+                EntryPayload::Membership(membership) => {
+                    self.last_membership = StoredMembership::new(Some(entry.log_id), membership);
+                    Ok(Reply::None)
+                }
+            };
+            replies.push(reply);
+        }
+        if replies.is_empty() {
+            return Ok(replies);
+        }
+
+        let db = self.db.clone();
+        let state = self.state.clone();
+        let last_applied = self.last_applied;
+        let last_membership = self.last_membership.clone();
+        blocking(ErrorSubject::StateMachine, ErrorVerb::Write, move || {
+            let txn = write_txn(&db, true)?;
+            {
+                let mut machine = txn.open_table(MACHINE)?;
+                put_json(&mut machine, KEY_LAST_APPLIED, &last_applied)?;
+                put_json(&mut machine, KEY_LAST_MEMBERSHIP, &last_membership)?;
+                put_json(&mut machine, KEY_STATE, &*state)?;
+            }
+            txn.commit()?;
+            Ok(())
+        })
+        .await?;
+        self.published.send_replace(self.state.clone());
+        Ok(replies)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        SnapshotBuilder {
+            db: self.db.clone(),
+            last_applied: self.last_applied,
+            last_membership: self.last_membership.clone(),
+            state: self.state.clone(),
+        }
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> StorageResult<Box<Cursor<Vec<u8>>>> {
+        Ok(Box::new(Cursor::new(Vec::new())))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta<u64, BasicNode>,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> StorageResult<()> {
+        let subject = ErrorSubject::Snapshot(Some(meta.signature()));
+        let data = snapshot.into_inner();
+        let state: State =
+            serde_json::from_slice(&data).map_err(|e| storage_error(subject.clone(), ErrorVerb::Read, e.into()))?;
+        tracing::info!(snapshot = %meta.snapshot_id, last_log_id = ?meta.last_log_id, "installing a snapshot from the leader");
+
+        let db = self.db.clone();
+        let meta_owned = meta.clone();
+        blocking(subject, ErrorVerb::Write, move || {
+            let txn = write_txn(&db, true)?;
+            store_snapshot_if_newer(&txn, &meta_owned, &data)?;
+            {
+                let mut machine = txn.open_table(MACHINE)?;
+                put_json(&mut machine, KEY_LAST_APPLIED, &meta_owned.last_log_id)?;
+                put_json(&mut machine, KEY_LAST_MEMBERSHIP, &meta_owned.last_membership)?;
+                // The snapshot data is the JSON of `State`; store it as is.
+                machine.insert(KEY_STATE, data.as_slice())?;
+            }
+            txn.commit()?;
+            Ok(())
+        })
+        .await?;
+
+        self.last_applied = meta.last_log_id;
+        self.last_membership = meta.last_membership.clone();
+        self.state = Arc::new(state);
+        self.published.send_replace(self.state.clone());
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> StorageResult<Option<Snapshot<TypeConfig>>> {
+        read_snapshot(&self.db).map_err(|e| storage_error(ErrorSubject::Snapshot(None), ErrorVerb::Read, e))
+    }
+}
+
+/// Builds a snapshot of the state as it was when the builder was made, while the state
+/// machine goes on applying.
+pub struct SnapshotBuilder {
+    db: Arc<SharedDb>,
+    last_applied: Option<LogId<u64>>,
+    last_membership: Membership,
+    state: Arc<State>,
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
+    async fn build_snapshot(&mut self) -> StorageResult<Snapshot<TypeConfig>> {
+        let db = self.db.clone();
+        let state = self.state.clone();
+        let last_log_id = self.last_applied;
+        let last_membership = self.last_membership.clone();
+        let (meta, data) = blocking(ErrorSubject::Snapshot(None), ErrorVerb::Write, move || {
+            let data = serde_json::to_vec(&*state)?;
+            let txn = write_txn(&db, true)?;
+            let seq = {
+                let mut machine = txn.open_table(MACHINE)?;
+                let seq = get_json::<u64, _>(&machine, KEY_SNAPSHOT_SEQ)?.unwrap_or(0) + 1;
+                put_json(&mut machine, KEY_SNAPSHOT_SEQ, &seq)?;
+                seq
+            };
+            let snapshot_id = match last_log_id {
+                Some(id) => format!("{}-{}-{seq}", id.leader_id, id.index),
+                None => format!("--{seq}"),
+            };
+            let meta = SnapshotMeta { last_log_id, last_membership, snapshot_id };
+            store_snapshot_if_newer(&txn, &meta, &data)?;
+            txn.commit()?;
+            Ok((meta, data))
+        })
+        .await?;
+        tracing::info!(snapshot = %meta.snapshot_id, "built a snapshot of the cluster state");
+        Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(data)) })
+    }
+}
