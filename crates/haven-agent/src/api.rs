@@ -167,11 +167,6 @@ fn require_cluster(state: &State) -> Result<(), ApiError> {
     Ok(())
 }
 
-fn leader_name(agent: &Agent, state: &State) -> Option<String> {
-    let (id, _) = agent.db.leader()?;
-    state.node_by_id(id).map(|n| n.name.clone())
-}
-
 #[utoipa::path(get, path = "/api/v1/cluster", tag = "cluster", responses((status = 200, body = ClusterStatus)))]
 async fn cluster_status(AxState(agent): AxState<Arc<Agent>>) -> Json<ClusterStatus> {
     let state = agent.db.state();

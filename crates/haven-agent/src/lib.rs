@@ -70,7 +70,7 @@ impl Agent {
     pub async fn submit(&self, by: &str, command: Command) -> Result<Reply, SubmitError> {
         let req = Request::new(now_ms(), by, command);
         let deadline = tokio::time::Instant::now() + Duration::from_secs(8);
-        let mut last_error = String::from("no leader is elected");
+        let mut last_error;
         loop {
             match self.db.write(req.clone()).await {
                 Ok(resp) => return resp.map_err(SubmitError::Refused),

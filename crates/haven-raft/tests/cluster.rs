@@ -297,3 +297,21 @@ async fn snapshots_compact_the_log_and_bring_lagging_nodes_up_to_date() {
         n.stop().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_data_directory_belongs_to_one_node_id() {
+    let root = tempfile::tempdir().expect("temp dir");
+    let db = ClusterDb::open(root.path(), 7, RaftTuning::default()).await.expect("open as node 7");
+    db.shutdown().await;
+    let wrong = ClusterDb::open(root.path(), 8, RaftTuning::default()).await;
+    match wrong {
+        Err(e @ haven_raft::DbError::Store(haven_raft::store::StoreError::WrongNode { .. })) => {
+            assert!(e.to_string().contains("belongs to node 7"), "{e}");
+        }
+        Err(e) => panic!("expected WrongNode, got {e}"),
+        Ok(_) => panic!("node 8 must not open node 7's data directory"),
+    }
+    let again = ClusterDb::open(root.path(), 7, RaftTuning::default()).await.expect("reopen as node 7");
+    assert!(!again.is_initialized());
+    again.shutdown().await;
+}

@@ -1,0 +1,746 @@
+//! Command-line parsing and the client subcommands. Every client subcommand is one or two
+//! calls of the REST API; nothing here reads the cluster state any other way.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+use haven_api::{Client, ClientError, ClusterStatus, GroupView, InitResponse, NodeView};
+use haven_model::{Failback, GroupSpec, GroupUpdate, HealthCheck, Priority, Resource, ResourceKind};
+use haven_state::Event;
+use serde_json::{Value, json};
+
+use crate::output::{self, Format};
+
+/// Exit status: the agent refused the request (bad input, unknown name, conflict).
+pub const EXIT_REFUSED: u8 = 1;
+/// Exit status: command-line usage error (clap's own).
+pub const EXIT_USAGE: u8 = 2;
+/// Exit status: the agent could not be reached, or the cluster has no quorum.
+pub const EXIT_UNAVAILABLE: u8 = 3;
+
+const AFTER_HELP: &str = "\
+EXIT STATUS:
+  0  success
+  1  the agent refused the request (invalid value, unknown name, conflict); the message says why
+  2  command-line usage error
+  3  the agent is unreachable, or the cluster has no quorum and refuses changes
+
+ENVIRONMENT:
+  HAVEN_SERVER  the agent to talk to (same as --server), e.g. 127.0.0.1:7401";
+
+/// Haven: a failover cluster manager for virtual machines and the services beside them.
+///
+/// Run `haven agent` on every host; use the other subcommands from anywhere to manage
+/// the cluster through any agent's REST API. `haven demo` starts a local 3-node cluster.
+#[derive(Parser, Debug)]
+#[command(name = "haven", version, after_help = AFTER_HELP, propagate_version = true)]
+pub struct Cli {
+    /// Agent to talk to, as host:port or http://host:port.
+    #[arg(long, global = true, env = "HAVEN_SERVER", default_value = "127.0.0.1:7400")]
+    pub server: String,
+    /// Output format of read commands.
+    #[arg(short = 'o', long = "output", global = true, value_enum, default_value = "table")]
+    pub output: Format,
+    #[command(subcommand)]
+    pub command: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Cmd {
+    /// Run the node daemon (one per host).
+    Agent(AgentArgs),
+    /// Create, join and inspect the cluster.
+    #[command(subcommand)]
+    Cluster(ClusterCmd),
+    /// List nodes, pause (drain) and resume them.
+    #[command(subcommand)]
+    Node(NodeCmd),
+    /// Manage groups: resources that run on one node and move together.
+    #[command(subcommand)]
+    Group(GroupCmd),
+    /// Manage resources (processes, later VMs, disks, addresses).
+    #[command(subcommand)]
+    Resource(ResourceCmd),
+    /// Show the cluster's event history: what happened and why.
+    History(HistoryArgs),
+    /// Start a local 3-node cluster with sample groups, and print commands to try.
+    Demo(crate::demo::DemoArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct AgentArgs {
+    /// The node's TOML config file (id, name, listen, state_dir; see docs/OPERATIONS.md).
+    #[arg(long, short = 'c')]
+    pub config: PathBuf,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ClusterCmd {
+    /// Found a new cluster with the agent at --server as its first node; prints the join token.
+    Init {
+        /// Cluster name.
+        #[arg(long, default_value = "haven")]
+        name: String,
+    },
+    /// Make the agent at --server join the cluster that ADDRESS (any member) belongs to.
+    Join {
+        /// host:port of any member of the cluster.
+        address: String,
+        /// The join token printed by `haven cluster init` (or `haven cluster token`).
+        #[arg(long)]
+        token: String,
+    },
+    /// Show the cluster name, leader, members and this agent's lease.
+    Status,
+    /// Print the join token for new nodes.
+    Token,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum NodeCmd {
+    /// List nodes with their status (up, down, paused) and the groups they own.
+    List,
+    /// Show one node.
+    Show { name: String },
+    /// Pause a node: it takes no new groups and its groups move to other nodes (drain).
+    Pause { name: String },
+    /// Resume a paused node.
+    Resume { name: String },
+    /// Remove a node that is down from the cluster.
+    Remove { name: String },
+}
+
+#[derive(Args, Debug, Default)]
+pub struct GroupProps {
+    /// Preferred owners, in order (comma-separated node names).
+    #[arg(long, value_delimiter = ',')]
+    pub preferred_owners: Option<Vec<String>>,
+    /// Nodes allowed to host the group (comma-separated; default: all).
+    #[arg(long, value_delimiter = ',')]
+    pub possible_owners: Option<Vec<String>>,
+    /// Failovers allowed per failover period (default: number of nodes - 1).
+    #[arg(long)]
+    pub failover_threshold: Option<u32>,
+    /// Failover period, e.g. 6h (default 6h).
+    #[arg(long)]
+    pub failover_period: Option<String>,
+    /// Failback policy: never (default), immediate, or a UTC window like 22-6.
+    #[arg(long)]
+    pub failback: Option<String>,
+    /// Recovery priority: high, medium (default), low, none.
+    #[arg(long)]
+    pub priority: Option<String>,
+    /// CPUs the group needs on its owner (default 0).
+    #[arg(long)]
+    pub cpus: Option<u32>,
+    /// Memory in MiB the group needs on its owner (default 0).
+    #[arg(long)]
+    pub memory_mib: Option<u64>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum GroupCmd {
+    /// List groups with their state, owner and preferred owners.
+    List,
+    /// Show one group and its resources.
+    Show { name: String },
+    /// Create a group (started as soon as it has resources, unless --offline).
+    Create {
+        name: String,
+        #[command(flatten)]
+        props: GroupProps,
+        /// Create it offline (do not start it).
+        #[arg(long)]
+        offline: bool,
+    },
+    /// Change a group's properties.
+    Set {
+        name: String,
+        #[command(flatten)]
+        props: GroupProps,
+    },
+    /// Delete a group that has no resources.
+    Delete { name: String },
+    /// Move a group to another node now (its resources stop here and start there).
+    Move {
+        name: String,
+        /// Target node.
+        #[arg(long = "to")]
+        node: String,
+    },
+    /// Bring a group online.
+    Online { name: String },
+    /// Take a group offline (stop its resources).
+    Offline { name: String },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ResourceCmd {
+    /// List resources with their state and node.
+    List {
+        /// Only this group's resources.
+        #[arg(long)]
+        group: Option<String>,
+    },
+    /// Show one resource with its parameters, properties and status.
+    Show { name: String },
+    /// Create a resource. For a process: `haven resource create web --group g -- python3 -m http.server 8080`.
+    Create {
+        name: String,
+        /// The group it belongs to.
+        #[arg(long)]
+        group: String,
+        /// Resource type.
+        #[arg(long = "type", default_value = "process")]
+        kind: String,
+        /// Resources of the same group it depends on (comma-separated).
+        #[arg(long, value_delimiter = ',')]
+        depends_on: Vec<String>,
+        /// Environment variable for the process, KEY=VALUE (repeatable).
+        #[arg(long = "env")]
+        env: Vec<String>,
+        /// Working directory of the process.
+        #[arg(long)]
+        cwd: Option<String>,
+        /// Run the process as this user.
+        #[arg(long)]
+        user: Option<String>,
+        /// Thorough health check: connect to host:port.
+        #[arg(long, conflicts_with_all = ["check_http", "check_cmd"])]
+        check_tcp: Option<String>,
+        /// Thorough health check: GET this http:// URL.
+        #[arg(long, conflicts_with = "check_cmd")]
+        check_http: Option<String>,
+        /// Thorough health check: run this command (via sh -c); exit 0 = healthy.
+        #[arg(long)]
+        check_cmd: Option<String>,
+        /// Property KEY=VALUE, e.g. restart_threshold=5 or looks_alive_interval=1s (repeatable).
+        #[arg(long = "prop")]
+        props: Vec<String>,
+        /// Parameters as a JSON object instead of the flags above.
+        #[arg(long)]
+        params_json: Option<String>,
+        /// The program and its arguments (after --).
+        #[arg(last = true)]
+        argv: Vec<String>,
+    },
+    /// Change a resource's properties or dependencies.
+    Set {
+        name: String,
+        /// Property KEY=VALUE (repeatable).
+        #[arg(long = "prop")]
+        props: Vec<String>,
+        /// Replace the dependency list (comma-separated; empty string for none).
+        #[arg(long, value_delimiter = ',')]
+        depends_on: Option<Vec<String>>,
+        /// Replace the parameters with this JSON object.
+        #[arg(long)]
+        params_json: Option<String>,
+    },
+    /// Delete a resource (its group must be offline or the resource failed).
+    Delete { name: String },
+    /// Forget a resource's failures so it (and its group) can run again.
+    Clear { name: String },
+}
+
+#[derive(Args, Debug)]
+pub struct HistoryArgs {
+    #[arg(long)]
+    pub group: Option<String>,
+    #[arg(long)]
+    pub resource: Option<String>,
+    #[arg(long)]
+    pub node: Option<String>,
+    /// Most recent events to show.
+    #[arg(long, default_value_t = 50)]
+    pub limit: usize,
+}
+
+/// A CLI failure: message plus exit status.
+pub struct Failure {
+    pub code: u8,
+    pub message: String,
+}
+
+impl From<ClientError> for Failure {
+    fn from(e: ClientError) -> Self {
+        let code = match &e {
+            ClientError::Api { status, .. } if *status < 500 => EXIT_REFUSED,
+            _ => EXIT_UNAVAILABLE,
+        };
+        let message = match &e {
+            ClientError::Api { message, field: Some(f), .. } if !message.contains(f.as_str()) => {
+                format!("{message} (field: {f})")
+            }
+            _ => e.to_string(),
+        };
+        Failure { code, message }
+    }
+}
+
+fn usage(message: impl Into<String>) -> Failure {
+    Failure { code: EXIT_USAGE, message: message.into() }
+}
+
+pub async fn run(cli: Cli) -> ExitCode {
+    let result = match cli.command {
+        Cmd::Agent(a) => run_agent(a).await,
+        Cmd::Demo(d) => crate::demo::run(d, cli.output).await,
+        other => {
+            let client = Client::new(&cli.server);
+            client_command(&client, cli.output, other).await
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(f) => {
+            eprintln!("error: {}", f.message);
+            ExitCode::from(f.code)
+        }
+    }
+}
+
+async fn run_agent(a: AgentArgs) -> Result<(), Failure> {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("HAVEN_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn"));
+    use std::io::IsTerminal;
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+    let config = haven_agent::AgentConfig::load(&a.config).map_err(usage)?;
+    let shutdown = async {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => return std::future::pending().await,
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    };
+    haven_agent::run(config, shutdown).await.map_err(|m| Failure { code: EXIT_UNAVAILABLE, message: m })
+}
+
+async fn client_command(c: &Client, fmt: Format, cmd: Cmd) -> Result<(), Failure> {
+    match cmd {
+        Cmd::Cluster(cc) => cluster(c, fmt, cc).await,
+        Cmd::Node(nc) => node(c, fmt, nc).await,
+        Cmd::Group(gc) => group(c, fmt, gc).await,
+        Cmd::Resource(rc) => resource(c, fmt, rc).await,
+        Cmd::History(h) => history(c, fmt, h).await,
+        Cmd::Agent(_) | Cmd::Demo(_) => Ok(()),
+    }
+}
+
+async fn cluster(c: &Client, fmt: Format, cmd: ClusterCmd) -> Result<(), Failure> {
+    match cmd {
+        ClusterCmd::Init { name } => {
+            let r: InitResponse = c.post("/api/v1/cluster/init", &json!({ "name": name })).await?;
+            if fmt == Format::Json {
+                output::json(&r);
+            } else {
+                println!("cluster {:?} created on {}", r.name, c.base());
+                println!("join other nodes with:");
+                println!("  haven --server <new-node> cluster join {} --token {}", strip(c.base()), r.join_token);
+            }
+        }
+        ClusterCmd::Join { address, token } => {
+            let n: NodeView = c.post("/api/v1/cluster/join", &json!({ "address": address, "token": token })).await?;
+            if fmt == Format::Json {
+                output::json(&n);
+            } else {
+                println!("node {:?} joined the cluster as a {:?}", n.node.name, n.node.role);
+            }
+        }
+        ClusterCmd::Status => {
+            let s: ClusterStatus = c.get("/api/v1/cluster").await?;
+            if fmt == Format::Json {
+                output::json(&s);
+            } else {
+                let leader = s
+                    .leader
+                    .as_ref()
+                    .map(|l| format!("{} (id {}, {})", l.name.clone().unwrap_or_default(), l.id, l.address))
+                    .unwrap_or_else(|| "none elected".into());
+                println!("cluster:      {}", s.name.clone().unwrap_or_else(|| "(not initialized)".into()));
+                println!("this node:    {} (id {}, {})", s.this_node.name.clone().unwrap_or_default(), s.this_node.id, s.this_node.address);
+                println!("leader:       {leader}");
+                println!("term:         {}", s.term);
+                println!("voters:       {:?}", s.voters);
+                println!("learners:     {:?}", s.learners);
+                println!("lease valid:  {}", s.lease_valid);
+                println!("applied:      {}", s.applied_index);
+            }
+        }
+        ClusterCmd::Token => {
+            let v: Value = c.get("/api/v1/cluster/token").await?;
+            if fmt == Format::Json {
+                output::json(&v);
+            } else {
+                println!("{}", v["join_token"].as_str().unwrap_or_default());
+            }
+        }
+    }
+    Ok(())
+}
+
+fn strip(base: &str) -> &str {
+    base.trim_start_matches("http://").trim_start_matches("https://")
+}
+
+fn node_rows(nodes: &[NodeView]) -> Vec<Vec<String>> {
+    nodes
+        .iter()
+        .map(|n| {
+            vec![
+                n.node.name.clone(),
+                n.node.id.to_string(),
+                n.status.clone(),
+                format!("{:?}", n.node.role).to_lowercase() + if n.leader { " (leader)" } else { "" },
+                n.node.address.clone(),
+                format!("{} cpu / {} MiB", n.node.capacity.cpus, n.node.capacity.memory_mib),
+                output::list(&n.groups),
+            ]
+        })
+        .collect()
+}
+
+const NODE_HEADER: [&str; 7] = ["NAME", "ID", "STATUS", "ROLE", "ADDRESS", "CAPACITY", "GROUPS"];
+
+async fn node(c: &Client, fmt: Format, cmd: NodeCmd) -> Result<(), Failure> {
+    let one = |n: NodeView| {
+        if fmt == Format::Json {
+            output::json(&n);
+        } else {
+            output::table(&NODE_HEADER, node_rows(&[n]));
+        }
+    };
+    match cmd {
+        NodeCmd::List => {
+            let nodes: Vec<NodeView> = c.get("/api/v1/nodes").await?;
+            if fmt == Format::Json {
+                output::json(&nodes);
+            } else {
+                output::table(&NODE_HEADER, node_rows(&nodes));
+            }
+        }
+        NodeCmd::Show { name } => one(c.get(&format!("/api/v1/nodes/{}", seg(&name))).await?),
+        NodeCmd::Pause { name } => one(c.post(&format!("/api/v1/nodes/{}/pause", seg(&name)), &json!({})).await?),
+        NodeCmd::Resume { name } => one(c.post(&format!("/api/v1/nodes/{}/resume", seg(&name)), &json!({})).await?),
+        NodeCmd::Remove { name } => {
+            let v: Value = c.delete(&format!("/api/v1/nodes/{}", seg(&name))).await?;
+            print_done(fmt, &v, &format!("node {name:?} removed"));
+        }
+    }
+    Ok(())
+}
+
+/// A path segment: names are validated server-side; this only keeps the URL well formed.
+fn seg(s: &str) -> String {
+    s.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.') {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+fn print_done(fmt: Format, v: &Value, text: &str) {
+    if fmt == Format::Json {
+        output::json(v);
+    } else {
+        println!("{text}");
+    }
+}
+
+fn group_rows(groups: &[GroupView]) -> Vec<Vec<String>> {
+    groups
+        .iter()
+        .map(|g| {
+            vec![
+                g.group.spec.name.clone(),
+                g.state.clone(),
+                output::opt(&g.group.owner),
+                output::list(&g.group.spec.preferred_owners),
+                output::list(&g.group.spec.possible_owners),
+                output::list(&g.resources),
+                g.group.failed_reason.clone().unwrap_or_default(),
+            ]
+        })
+        .collect()
+}
+
+const GROUP_HEADER: [&str; 7] = ["NAME", "STATE", "OWNER", "PREFERRED", "POSSIBLE", "RESOURCES", "FAILED"];
+
+fn parse_failback(s: &str) -> Result<Failback, Failure> {
+    match s {
+        "never" => Ok(Failback::Never),
+        "immediate" => Ok(Failback::Immediate),
+        w => {
+            let parts: Vec<&str> = w.split('-').collect();
+            let hours: Option<Vec<u8>> = if parts.len() == 2 { parts.iter().map(|p| p.parse().ok()).collect() } else { None };
+            match hours.as_deref() {
+                Some([a, b]) => Ok(Failback::Window { start_hour: *a, end_hour: *b }),
+                _ => Err(usage(format!(
+                    "--failback {w:?} is not a failback policy; use never, immediate, or a UTC hour window like 22-6"
+                ))),
+            }
+        }
+    }
+}
+
+fn parse_priority(s: &str) -> Result<Priority, Failure> {
+    serde_json::from_value(json!(s))
+        .map_err(|_| usage(format!("--priority {s:?} is not a priority; use high, medium, low or none")))
+}
+
+fn group_update(p: GroupProps) -> Result<GroupUpdate, Failure> {
+    Ok(GroupUpdate {
+        preferred_owners: p.preferred_owners,
+        possible_owners: p.possible_owners,
+        failover_threshold: p.failover_threshold,
+        reset_failover_threshold: false,
+        failover_period: p
+            .failover_period
+            .map(|t| haven_model::Dur::parse(&t).map_err(|e| usage(format!("--failover-period: {e}"))))
+            .transpose()?,
+        failback: p.failback.map(|f| parse_failback(&f)).transpose()?,
+        priority: p.priority.map(|f| parse_priority(&f)).transpose()?,
+        cpus: p.cpus,
+        memory_mib: p.memory_mib,
+    })
+}
+
+async fn group(c: &Client, fmt: Format, cmd: GroupCmd) -> Result<(), Failure> {
+    let one = |g: GroupView| {
+        if fmt == Format::Json {
+            output::json(&g);
+        } else {
+            output::table(&GROUP_HEADER, group_rows(std::slice::from_ref(&g)));
+        }
+    };
+    match cmd {
+        GroupCmd::List => {
+            let groups: Vec<GroupView> = c.get("/api/v1/groups").await?;
+            if fmt == Format::Json {
+                output::json(&groups);
+            } else {
+                output::table(&GROUP_HEADER, group_rows(&groups));
+            }
+        }
+        GroupCmd::Show { name } => {
+            let g: GroupView = c.get(&format!("/api/v1/groups/{}", seg(&name))).await?;
+            if fmt == Format::Json {
+                output::json(&g);
+                return Ok(());
+            }
+            let resources: Vec<Resource> = c.get(&format!("/api/v1/resources?group={}", seg(&name))).await?;
+            let s = &g.group.spec;
+            println!("group:              {}", s.name);
+            println!("state:              {}", g.state);
+            println!("current owner:      {}", output::opt(&g.group.owner));
+            println!("preferred owners:   {}", output::list(&s.preferred_owners));
+            println!("possible owners:    {}", if s.possible_owners.is_empty() { "all nodes".into() } else { s.possible_owners.join(",") });
+            let threshold = s.failover_threshold.map(|t| t.to_string()).unwrap_or_else(|| "nodes - 1".into());
+            println!("failover threshold: {threshold} per {}", s.failover_period);
+            println!("failback:           {}", serde_json::to_string(&s.failback).unwrap_or_default());
+            println!("priority:           {:?}", s.priority);
+            if let Some(f) = &g.group.failed_reason {
+                println!("failed:             {f}");
+            }
+            println!();
+            resource_table(&resources);
+        }
+        GroupCmd::Create { name, props, offline } => {
+            let u = group_update(props)?;
+            let mut spec = u.applied_to(&GroupSpec::new(name));
+            spec.online = !offline;
+            one(c.post("/api/v1/groups", &spec).await?);
+        }
+        GroupCmd::Set { name, props } => {
+            let u = group_update(props)?;
+            one(c.patch(&format!("/api/v1/groups/{}", seg(&name)), &u).await?);
+        }
+        GroupCmd::Delete { name } => {
+            let v: Value = c.delete(&format!("/api/v1/groups/{}", seg(&name))).await?;
+            print_done(fmt, &v, &format!("group {name:?} deleted"));
+        }
+        GroupCmd::Move { name, node } => {
+            one(c.post(&format!("/api/v1/groups/{}/move", seg(&name)), &json!({ "node": node })).await?)
+        }
+        GroupCmd::Online { name } => one(c.post(&format!("/api/v1/groups/{}/online", seg(&name)), &json!({})).await?),
+        GroupCmd::Offline { name } => one(c.post(&format!("/api/v1/groups/{}/offline", seg(&name)), &json!({})).await?),
+    }
+    Ok(())
+}
+
+fn resource_table(resources: &[Resource]) {
+    let rows = resources
+        .iter()
+        .map(|r| {
+            vec![
+                r.spec.name.clone(),
+                r.spec.kind.as_str().to_string(),
+                r.spec.group.clone(),
+                format!("{:?}", r.status.state).to_lowercase(),
+                output::opt(&r.status.node),
+                output::list(&r.spec.depends_on),
+                r.status.reason.clone().unwrap_or_default(),
+            ]
+        })
+        .collect();
+    output::table(&["NAME", "TYPE", "GROUP", "STATE", "NODE", "DEPENDS ON", "REASON"], rows);
+}
+
+fn parse_props(props: &[String]) -> Result<serde_json::Map<String, Value>, Failure> {
+    let mut map = serde_json::Map::new();
+    for p in props {
+        let Some((k, v)) = p.split_once('=') else {
+            return Err(usage(format!("--prop {p:?} is not KEY=VALUE, e.g. --prop restart_threshold=5")));
+        };
+        // Numbers stay numbers; everything else is a string (durations like 5s, actions).
+        let value = v.parse::<u64>().map(Value::from).unwrap_or_else(|_| Value::from(v));
+        map.insert(k.trim().to_string(), value);
+    }
+    Ok(map)
+}
+
+async fn resource(c: &Client, fmt: Format, cmd: ResourceCmd) -> Result<(), Failure> {
+    let one = |r: Resource| {
+        if fmt == Format::Json {
+            output::json(&r);
+        } else {
+            resource_table(std::slice::from_ref(&r));
+        }
+    };
+    match cmd {
+        ResourceCmd::List { group } => {
+            let path = match &group {
+                Some(g) => format!("/api/v1/resources?group={}", seg(g)),
+                None => "/api/v1/resources".to_string(),
+            };
+            let resources: Vec<Resource> = c.get(&path).await?;
+            if fmt == Format::Json {
+                output::json(&resources);
+            } else {
+                resource_table(&resources);
+            }
+        }
+        ResourceCmd::Show { name } => {
+            let r: Resource = c.get(&format!("/api/v1/resources/{}", seg(&name))).await?;
+            if fmt == Format::Json {
+                output::json(&r);
+                return Ok(());
+            }
+            resource_table(std::slice::from_ref(&r));
+            println!();
+            println!("params: {}", serde_json::to_string(&r.spec.params).unwrap_or_default());
+            println!("props:  {}", serde_json::to_string(&r.spec.props).unwrap_or_default());
+            if !r.status.failures.is_empty() {
+                let times: Vec<String> = r.status.failures.iter().map(|t| output::time(*t)).collect();
+                println!("recent failures: {}", times.join(", "));
+            }
+        }
+        ResourceCmd::Create {
+            name,
+            group,
+            kind,
+            depends_on,
+            env,
+            cwd,
+            user,
+            check_tcp,
+            check_http,
+            check_cmd,
+            props,
+            params_json,
+            argv,
+        } => {
+            let kind: ResourceKind = serde_json::from_value(json!(kind))
+                .map_err(|_| usage(format!("--type {kind:?} is not a resource type; the types are: process")))?;
+            let params = match params_json {
+                Some(text) => serde_json::from_str::<Value>(&text)
+                    .map_err(|e| usage(format!("--params-json is not valid JSON: {e}")))?,
+                None => {
+                    if argv.is_empty() {
+                        return Err(usage(
+                            "a process resource needs a command after --, e.g. `haven resource create web --group g -- sleep infinity`",
+                        ));
+                    }
+                    let mut envs = BTreeMap::new();
+                    for e in env {
+                        let Some((k, v)) = e.split_once('=') else {
+                            return Err(usage(format!("--env {e:?} is not KEY=VALUE")));
+                        };
+                        envs.insert(k.to_string(), v.to_string());
+                    }
+                    let check = if let Some(a) = check_tcp {
+                        Some(HealthCheck::Tcp { address: a, timeout: haven_model::Dur::from_secs(5) })
+                    } else if let Some(u) = check_http {
+                        Some(HealthCheck::Http { url: u, timeout: haven_model::Dur::from_secs(5) })
+                    } else {
+                        check_cmd.map(|cmd| HealthCheck::Command {
+                            argv: vec!["sh".into(), "-c".into(), cmd],
+                            timeout: haven_model::Dur::from_secs(5),
+                        })
+                    };
+                    json!({ "argv": argv, "env": envs, "cwd": cwd, "user": user, "check": check })
+                }
+            };
+            let mut body = json!({
+                "name": name, "group": group, "type": kind, "params": params, "depends_on": depends_on,
+            });
+            let props = parse_props(&props)?;
+            if !props.is_empty() {
+                body["props"] = Value::Object(props);
+            }
+            one(c.post("/api/v1/resources", &body).await?);
+        }
+        ResourceCmd::Set { name, props, depends_on, params_json } => {
+            let mut body = json!({});
+            let props = parse_props(&props)?;
+            if !props.is_empty() {
+                body["props"] = Value::Object(props);
+            }
+            if let Some(d) = depends_on {
+                let d: Vec<String> = d.into_iter().filter(|s| !s.is_empty()).collect();
+                body["depends_on"] = json!(d);
+            }
+            if let Some(text) = params_json {
+                body["params"] = serde_json::from_str::<Value>(&text)
+                    .map_err(|e| usage(format!("--params-json is not valid JSON: {e}")))?;
+            }
+            one(c.patch(&format!("/api/v1/resources/{}", seg(&name)), &body).await?);
+        }
+        ResourceCmd::Delete { name } => {
+            let v: Value = c.delete(&format!("/api/v1/resources/{}", seg(&name))).await?;
+            print_done(fmt, &v, &format!("resource {name:?} deleted"));
+        }
+        ResourceCmd::Clear { name } => one(c.post(&format!("/api/v1/resources/{}/clear", seg(&name)), &json!({})).await?),
+    }
+    Ok(())
+}
+
+async fn history(c: &Client, fmt: Format, h: HistoryArgs) -> Result<(), Failure> {
+    let mut q = vec![format!("limit={}", h.limit)];
+    for (k, v) in [("group", &h.group), ("resource", &h.resource), ("node", &h.node)] {
+        if let Some(v) = v {
+            q.push(format!("{k}={}", seg(v)));
+        }
+    }
+    let events: Vec<Event> = c.get(&format!("/api/v1/history?{}", q.join("&"))).await?;
+    if fmt == Format::Json {
+        output::json(&events);
+    } else {
+        let rows = events.iter().map(|e| vec![output::time(e.at), e.kind.clone(), e.by.clone(), e.message.clone()]).collect();
+        output::table(&["TIME", "EVENT", "BY", "MESSAGE"], rows);
+    }
+    Ok(())
+}
