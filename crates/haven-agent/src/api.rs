@@ -115,15 +115,48 @@ type ApiResult<T> = Result<Json<T>, ApiError>;
 #[openapi(
     info(title = "Haven API", description = "Failover cluster manager for virtual machines and services"),
     paths(
-        cluster_status, cluster_init, cluster_join, cluster_token,
-        list_nodes, get_node, pause_node, resume_node, remove_node,
-        list_groups, create_group, get_group, update_group, delete_group, move_group, group_online, group_offline,
-        list_resources, create_resource, get_resource, update_resource, delete_resource, clear_resource,
+        cluster_status,
+        cluster_init,
+        cluster_join,
+        cluster_token,
+        list_nodes,
+        get_node,
+        pause_node,
+        resume_node,
+        remove_node,
+        list_groups,
+        create_group,
+        get_group,
+        update_group,
+        delete_group,
+        move_group,
+        group_online,
+        group_offline,
+        list_resources,
+        create_resource,
+        get_resource,
+        update_resource,
+        delete_resource,
+        clear_resource,
         history
     ),
     components(schemas(
-        ErrorBody, ErrorDetail, ClusterStatus, NodeIdentity, InitRequest, InitResponse, JoinRequest, NodeView,
-        GroupView, MoveRequest, GroupSpec, GroupUpdate, ResourceSpec, ResourceUpdate, Resource, Event
+        ErrorBody,
+        ErrorDetail,
+        ClusterStatus,
+        NodeIdentity,
+        InitRequest,
+        InitResponse,
+        JoinRequest,
+        NodeView,
+        GroupView,
+        MoveRequest,
+        GroupSpec,
+        GroupUpdate,
+        ResourceSpec,
+        ResourceUpdate,
+        Resource,
+        Event
     ))
 )]
 pub struct ApiDoc;
@@ -219,9 +252,7 @@ async fn cluster_init(AxState(agent): AxState<Arc<Agent>>, Body(req): Body<InitR
         capacity: agent.config.capacity(),
         since: now_ms(),
     };
-    agent
-        .submit("operator", Command::InitCluster { name: name.clone(), join_token: join_token.clone(), node })
-        .await?;
+    agent.submit("operator", Command::InitCluster { name: name.clone(), join_token: join_token.clone(), node }).await?;
     Ok(Json(InitResponse { name, join_token }))
 }
 
@@ -276,7 +307,12 @@ fn node_view(agent: &Agent, state: &State, n: &Node) -> NodeView {
     NodeView {
         node: n.clone(),
         status: n.status().to_string(),
-        groups: state.groups.values().filter(|g| g.owner.as_deref() == Some(&n.name)).map(|g| g.spec.name.clone()).collect(),
+        groups: state
+            .groups
+            .values()
+            .filter(|g| g.owner.as_deref() == Some(&n.name))
+            .map(|g| g.spec.name.clone())
+            .collect(),
         leader: agent.db.leader().map(|(id, _)| id) == Some(n.id),
     }
 }
@@ -296,7 +332,10 @@ async fn list_nodes(AxState(agent): AxState<Arc<Agent>>) -> ApiResult<Vec<NodeVi
 #[utoipa::path(get, path = "/api/v1/nodes/{name}", tag = "nodes", responses((status = 200, body = NodeView), (status = 404, body = ErrorBody)))]
 async fn get_node(AxState(agent): AxState<Arc<Agent>>, Path(name): Path<String>) -> ApiResult<NodeView> {
     let state = agent.db.state();
-    let n = state.nodes.get(&name).ok_or_else(|| SubmitError::Refused(haven_state::StateError::not_found("node", &name)))?;
+    let n = state
+        .nodes
+        .get(&name)
+        .ok_or_else(|| SubmitError::Refused(haven_state::StateError::not_found("node", &name)))?;
     Ok(Json(node_view(&agent, &state, n)))
 }
 
@@ -322,7 +361,10 @@ async fn resume_node(AxState(agent): AxState<Arc<Agent>>, Path(name): Path<Strin
 #[utoipa::path(delete, path = "/api/v1/nodes/{name}", tag = "nodes", responses((status = 200), (status = 409, body = ErrorBody)))]
 async fn remove_node(AxState(agent): AxState<Arc<Agent>>, Path(name): Path<String>) -> ApiResult<serde_json::Value> {
     let state = agent.db.state();
-    let node = state.nodes.get(&name).ok_or_else(|| SubmitError::Refused(haven_state::StateError::not_found("node", &name)))?;
+    let node = state
+        .nodes
+        .get(&name)
+        .ok_or_else(|| SubmitError::Refused(haven_state::StateError::not_found("node", &name)))?;
     if node.is_up() {
         return Err(ApiError::new(
             409,
@@ -427,10 +469,10 @@ async fn list_resources(
 ) -> ApiResult<Vec<Resource>> {
     let state = agent.db.state();
     require_cluster(&state)?;
-    if let Some(g) = &f.group {
-        if !state.groups.contains_key(g) {
-            return Err(SubmitError::Refused(haven_state::StateError::not_found("group", g)).into());
-        }
+    if let Some(g) = &f.group
+        && !state.groups.contains_key(g)
+    {
+        return Err(SubmitError::Refused(haven_state::StateError::not_found("group", g)).into());
     }
     Ok(Json(
         state.resources.values().filter(|r| f.group.as_ref().is_none_or(|g| &r.spec.group == g)).cloned().collect(),
@@ -474,7 +516,10 @@ async fn update_resource(
 }
 
 #[utoipa::path(delete, path = "/api/v1/resources/{name}", tag = "resources", responses((status = 200), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
-async fn delete_resource(AxState(agent): AxState<Arc<Agent>>, Path(name): Path<String>) -> ApiResult<serde_json::Value> {
+async fn delete_resource(
+    AxState(agent): AxState<Arc<Agent>>,
+    Path(name): Path<String>,
+) -> ApiResult<serde_json::Value> {
     agent.submit("operator", Command::DeleteResource { name: name.clone() }).await?;
     Ok(Json(serde_json::json!({"deleted": name})))
 }
@@ -519,7 +564,12 @@ async fn metrics(AxState(agent): AxState<Arc<Agent>>) -> impl IntoResponse {
     line("haven_lease_valid", "1 if this node holds a valid lease", "", u64::from(agent.lease.valid()));
     line("haven_raft_term", "current Raft term", "", m.current_term);
     line("haven_raft_applied_index", "last applied Raft log index", "", m.last_applied.map(|l| l.index).unwrap_or(0));
-    line("haven_nodes_up", "nodes up in the cluster state", "", state.nodes.values().filter(|n| n.is_up()).count() as u64);
+    line(
+        "haven_nodes_up",
+        "nodes up in the cluster state",
+        "",
+        state.nodes.values().filter(|n| n.is_up()).count() as u64,
+    );
     line("haven_groups", "groups in the cluster state", "", state.groups.len() as u64);
     let owned = state.groups.values().filter(|g| g.owner.as_deref() == Some(agent.name())).count() as u64;
     line("haven_groups_owned", "groups this node owns", "", owned);

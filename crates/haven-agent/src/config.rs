@@ -75,8 +75,8 @@ impl Timing {
 
 impl AgentConfig {
     pub fn load(path: &Path) -> Result<AgentConfig, String> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| format!("cannot read config file {}: {e}", path.display()))?;
+        let text =
+            std::fs::read_to_string(path).map_err(|e| format!("cannot read config file {}: {e}", path.display()))?;
         let cfg: AgentConfig =
             toml::from_str(&text).map_err(|e| format!("config file {} is not valid: {e}", path.display()))?;
         cfg.validate().map_err(|e| format!("config file {}: {e}", path.display()))?;

@@ -240,7 +240,9 @@ impl GroupWorker {
             let timeout = ctx.spec.props.pending_timeout.0;
             let result = match tokio::time::timeout(timeout, driver.start(&ctx)).await {
                 Ok(r) => r.map_err(|e| e.to_string()),
-                Err(_) => Err(format!("start did not finish within its pending timeout ({})", ctx.spec.props.pending_timeout)),
+                Err(_) => {
+                    Err(format!("start did not finish within its pending timeout ({})", ctx.spec.props.pending_timeout))
+                }
             };
             match result {
                 Ok(()) => {

@@ -115,10 +115,17 @@ async fn join(AxState(agent): AxState<Arc<Agent>>, Json(j): Json<PeerJoin>) -> R
         return Err(ApiError::new(
             409,
             "conflict",
-            format!("node id {} is already used by node {:?}; give the new node another id in its config", j.id, other.name),
+            format!(
+                "node id {} is already used by node {:?}; give the new node another id in its config",
+                j.id, other.name
+            ),
         ));
     }
-    agent.db.add_learner(j.id, j.address.clone()).await.map_err(|e| ApiError::new(503, "unavailable", e.to_string()))?;
+    agent
+        .db
+        .add_learner(j.id, j.address.clone())
+        .await
+        .map_err(|e| ApiError::new(503, "unavailable", e.to_string()))?;
     let voters: BTreeSet<u64> = {
         let m = agent.db.raft().metrics().borrow().clone();
         m.membership_config.membership().voter_ids().collect()
@@ -150,11 +157,18 @@ async fn join(AxState(agent): AxState<Arc<Agent>>, Json(j): Json<PeerJoin>) -> R
 pub async fn forward_join(client: &reqwest::Client, addr: &str, j: &PeerJoin) -> Result<Node, ApiError> {
     let url = format!("http://{addr}/internal/join");
     let resp = client.post(&url).json(j).send().await.map_err(|e| {
-        ApiError::new(502, "unavailable", format!("cannot reach {addr} to join: {e}; check the address and that its agent runs"))
+        ApiError::new(
+            502,
+            "unavailable",
+            format!("cannot reach {addr} to join: {e}; check the address and that its agent runs"),
+        )
     })?;
     let status = resp.status().as_u16();
     if status == 200 {
-        return resp.json().await.map_err(|e| ApiError::new(502, "unavailable", format!("bad answer from {addr}: {e}")));
+        return resp
+            .json()
+            .await
+            .map_err(|e| ApiError::new(502, "unavailable", format!("bad answer from {addr}: {e}")));
     }
     match resp.json::<haven_api::ErrorBody>().await {
         Ok(b) => Err(ApiError { status, code: b.error.code, message: b.error.message, field: b.error.field }),

@@ -12,7 +12,9 @@ use crate::ErrorBody;
 pub enum ClientError {
     #[error("{message}")]
     Api { status: u16, code: String, message: String, field: Option<String> },
-    #[error("cannot reach the Haven agent at {url}: {reason}; is `haven agent` running there? (set --server or HAVEN_SERVER)")]
+    #[error(
+        "cannot reach the Haven agent at {url}: {reason}; is `haven agent` running there? (set --server or HAVEN_SERVER)"
+    )]
     Unreachable { url: String, reason: String },
     #[error("unexpected answer from {url}: {reason}")]
     Protocol { url: String, reason: String },
@@ -79,15 +81,21 @@ impl Client {
 
     async fn send<T: DeserializeOwned>(&self, req: reqwest::RequestBuilder, path: &str) -> Result<T, ClientError> {
         let url = self.url(path);
-        let resp = req.send().await.map_err(|e| ClientError::Unreachable { url: self.base.clone(), reason: root_cause(&e) })?;
+        let resp = req
+            .send()
+            .await
+            .map_err(|e| ClientError::Unreachable { url: self.base.clone(), reason: root_cause(&e) })?;
         let status = resp.status().as_u16();
-        let bytes = resp.bytes().await.map_err(|e| ClientError::Unreachable { url: url.clone(), reason: root_cause(&e) })?;
+        let bytes =
+            resp.bytes().await.map_err(|e| ClientError::Unreachable { url: url.clone(), reason: root_cause(&e) })?;
         if (200..300).contains(&status) {
             let body: &[u8] = if bytes.is_empty() { b"null" } else { &bytes };
             return serde_json::from_slice(body).map_err(|e| ClientError::Protocol { url, reason: e.to_string() });
         }
         match serde_json::from_slice::<ErrorBody>(&bytes) {
-            Ok(b) => Err(ClientError::Api { status, code: b.error.code, message: b.error.message, field: b.error.field }),
+            Ok(b) => {
+                Err(ClientError::Api { status, code: b.error.code, message: b.error.message, field: b.error.field })
+            }
             Err(_) => Err(ClientError::Api {
                 status,
                 code: "http".into(),

@@ -176,6 +176,8 @@ pub enum GroupCmd {
     Offline { name: String },
 }
 
+// Parsed once per run; the size of the largest variant does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand, Debug)]
 pub enum ResourceCmd {
     /// List resources with their state and node.
@@ -367,7 +369,12 @@ async fn cluster(c: &Client, fmt: Format, cmd: ClusterCmd) -> Result<(), Failure
                     .map(|l| format!("{} (id {}, {})", l.name.clone().unwrap_or_default(), l.id, l.address))
                     .unwrap_or_else(|| "none elected".into());
                 println!("cluster:      {}", s.name.clone().unwrap_or_else(|| "(not initialized)".into()));
-                println!("this node:    {} (id {}, {})", s.this_node.name.clone().unwrap_or_default(), s.this_node.id, s.this_node.address);
+                println!(
+                    "this node:    {} (id {}, {})",
+                    s.this_node.name.clone().unwrap_or_default(),
+                    s.this_node.id,
+                    s.this_node.address
+                );
                 println!("leader:       {leader}");
                 println!("term:         {}", s.term);
                 println!("voters:       {:?}", s.voters);
@@ -485,7 +492,8 @@ fn parse_failback(s: &str) -> Result<Failback, Failure> {
         "immediate" => Ok(Failback::Immediate),
         w => {
             let parts: Vec<&str> = w.split('-').collect();
-            let hours: Option<Vec<u8>> = if parts.len() == 2 { parts.iter().map(|p| p.parse().ok()).collect() } else { None };
+            let hours: Option<Vec<u8>> =
+                if parts.len() == 2 { parts.iter().map(|p| p.parse().ok()).collect() } else { None };
             match hours.as_deref() {
                 Some([a, b]) => Ok(Failback::Window { start_hour: *a, end_hour: *b }),
                 _ => Err(usage(format!(
@@ -547,7 +555,10 @@ async fn group(c: &Client, fmt: Format, cmd: GroupCmd) -> Result<(), Failure> {
             println!("state:              {}", g.state);
             println!("current owner:      {}", output::opt(&g.group.owner));
             println!("preferred owners:   {}", output::list(&s.preferred_owners));
-            println!("possible owners:    {}", if s.possible_owners.is_empty() { "all nodes".into() } else { s.possible_owners.join(",") });
+            println!(
+                "possible owners:    {}",
+                if s.possible_owners.is_empty() { "all nodes".into() } else { s.possible_owners.join(",") }
+            );
             let threshold = s.failover_threshold.map(|t| t.to_string()).unwrap_or_else(|| "nodes - 1".into());
             println!("failover threshold: {threshold} per {}", s.failover_period);
             println!("failback:           {}", serde_json::to_string(&s.failback).unwrap_or_default());
@@ -576,7 +587,9 @@ async fn group(c: &Client, fmt: Format, cmd: GroupCmd) -> Result<(), Failure> {
             one(c.post(&format!("/api/v1/groups/{}/move", seg(&name)), &json!({ "node": node })).await?)
         }
         GroupCmd::Online { name } => one(c.post(&format!("/api/v1/groups/{}/online", seg(&name)), &json!({})).await?),
-        GroupCmd::Offline { name } => one(c.post(&format!("/api/v1/groups/{}/offline", seg(&name)), &json!({})).await?),
+        GroupCmd::Offline { name } => {
+            one(c.post(&format!("/api/v1/groups/{}/offline", seg(&name)), &json!({})).await?)
+        }
     }
     Ok(())
 }
@@ -723,7 +736,9 @@ async fn resource(c: &Client, fmt: Format, cmd: ResourceCmd) -> Result<(), Failu
             let v: Value = c.delete(&format!("/api/v1/resources/{}", seg(&name))).await?;
             print_done(fmt, &v, &format!("resource {name:?} deleted"));
         }
-        ResourceCmd::Clear { name } => one(c.post(&format!("/api/v1/resources/{}/clear", seg(&name)), &json!({})).await?),
+        ResourceCmd::Clear { name } => {
+            one(c.post(&format!("/api/v1/resources/{}/clear", seg(&name)), &json!({})).await?)
+        }
     }
     Ok(())
 }
@@ -739,7 +754,8 @@ async fn history(c: &Client, fmt: Format, h: HistoryArgs) -> Result<(), Failure>
     if fmt == Format::Json {
         output::json(&events);
     } else {
-        let rows = events.iter().map(|e| vec![output::time(e.at), e.kind.clone(), e.by.clone(), e.message.clone()]).collect();
+        let rows =
+            events.iter().map(|e| vec![output::time(e.at), e.kind.clone(), e.by.clone(), e.message.clone()]).collect();
         output::table(&["TIME", "EVENT", "BY", "MESSAGE"], rows);
     }
     Ok(())

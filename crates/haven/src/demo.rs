@@ -66,7 +66,10 @@ pub async fn run(args: DemoArgs, fmt: Format) -> Result<(), Failure> {
         None => {}
     }
     if !(1..=9).contains(&args.nodes) {
-        return Err(Failure { code: EXIT_USAGE, message: format!("--nodes {} is out of range; use 1 to 9", args.nodes) });
+        return Err(Failure {
+            code: EXIT_USAGE,
+            message: format!("--nodes {} is out of range; use 1 to 9", args.nodes),
+        });
     }
     let (dir, _tmp) = match &args.dir {
         Some(d) => {
@@ -159,7 +162,9 @@ async fn start(args: &DemoArgs, cluster: &mut DemoCluster, fmt: Format) -> Resul
         if std::net::TcpListener::bind(&addr).is_err() {
             return Err(Failure {
                 code: EXIT_USAGE,
-                message: format!("port {addr} is in use; pick other ports with --base-port (node i uses base-port + i)"),
+                message: format!(
+                    "port {addr} is in use; pick other ports with --base-port (node i uses base-port + i)"
+                ),
             });
         }
         let nd = node_dir(&cluster.dir, i);
@@ -181,7 +186,8 @@ async fn start(args: &DemoArgs, cluster: &mut DemoCluster, fmt: Format) -> Resul
         .await?;
     }
     let (_, first_addr, first) = &clients[0];
-    let init: InitResponse = first.post("/api/v1/cluster/init", &json!({"name": "demo"})).await.map_err(Failure::from)?;
+    let init: InitResponse =
+        first.post("/api/v1/cluster/init", &json!({"name": "demo"})).await.map_err(Failure::from)?;
     for (_, _, c) in &clients[1..] {
         let _: NodeView = c
             .post("/api/v1/cluster/join", &json!({"address": first_addr, "token": init.join_token}))
@@ -205,17 +211,31 @@ async fn start(args: &DemoArgs, cluster: &mut DemoCluster, fmt: Format) -> Resul
     println!("Haven demo: {} nodes on loopback, state and logs in {dir}\n", clients.len());
     crate::output::table(
         &["NODE", "STATUS", "ADDRESS", "GROUPS"],
-        nodes.iter().map(|n| vec![n.node.name.clone(), n.status.clone(), n.node.address.clone(), output::list(&n.groups)]).collect(),
+        nodes
+            .iter()
+            .map(|n| vec![n.node.name.clone(), n.status.clone(), n.node.address.clone(), output::list(&n.groups)])
+            .collect(),
     );
     println!();
     crate::output::table(
         &["GROUP", "STATE", "OWNER", "RESOURCES"],
         groups
             .iter()
-            .map(|g| vec![g.group.spec.name.clone(), g.state.clone(), output::opt(&g.group.owner), output::list(&g.resources)])
+            .map(|g| {
+                vec![
+                    g.group.spec.name.clone(),
+                    g.state.clone(),
+                    output::opt(&g.group.owner),
+                    output::list(&g.resources),
+                ]
+            })
             .collect(),
     );
-    let web_owner = groups.iter().find(|g| g.group.spec.name == "web").and_then(|g| g.group.owner.clone()).unwrap_or("node1".into());
+    let web_owner = groups
+        .iter()
+        .find(|g| g.group.spec.name == "web")
+        .and_then(|g| g.group.owner.clone())
+        .unwrap_or("node1".into());
     let other = nodes.iter().map(|n| n.node.name.clone()).find(|n| *n != web_owner).unwrap_or("node2".into());
     println!(
         "\nTry, in another terminal:\n\
@@ -308,8 +328,10 @@ fn spawn_agent(nd: &Path) -> Result<Child, Failure> {
 /// SIGKILLs every process in the node's session: the agent and everything it started.
 pub fn kill_node(dir: &Path, node: &str) -> Result<(), Failure> {
     let pid_file = dir.join(node).join("agent.pid");
-    let text = std::fs::read_to_string(&pid_file)
-        .map_err(|e| Failure { code: EXIT_USAGE, message: format!("cannot read {}: {e}; is {node:?} a node of this demo?", pid_file.display()) })?;
+    let text = std::fs::read_to_string(&pid_file).map_err(|e| Failure {
+        code: EXIT_USAGE,
+        message: format!("cannot read {}: {e}; is {node:?} a node of this demo?", pid_file.display()),
+    })?;
     let sid: i32 = text.trim().parse().map_err(|_| fail(format!("{} does not hold a pid", pid_file.display())))?;
     let killed = kill_session(sid);
     println!("killed {node}: {killed} processes (agent session {sid})");
