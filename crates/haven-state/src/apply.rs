@@ -72,7 +72,7 @@ pub(crate) fn apply(s: &mut State, req: &Request) -> Response {
             if !owned.is_empty() {
                 return Err(StateError::conflict(format!(
                     "node {name:?} still owns groups {}; move them first (`haven node pause {name} --drain`)",
-                    owned.join(", ")
+                    quoted(&owned)
                 )));
             }
             s.nodes.remove(name);
@@ -135,7 +135,7 @@ pub(crate) fn apply(s: &mut State, req: &Request) -> Response {
             if !members.is_empty() {
                 return Err(StateError::conflict(format!(
                     "group {name:?} still has resources {}; delete them first (`haven resource delete <name>`)",
-                    members.join(", ")
+                    quoted(&members)
                 )));
             }
             s.groups.remove(name);
@@ -303,7 +303,7 @@ pub(crate) fn apply(s: &mut State, req: &Request) -> Response {
             if !dependents.is_empty() {
                 return Err(StateError::conflict(format!(
                     "resources {} depend on {name:?}; delete them or remove the dependency first",
-                    dependents.join(", ")
+                    quoted(&dependents)
                 )));
             }
             if !matches!(r.status.state, ResourceState::Offline | ResourceState::Failed) {
@@ -380,6 +380,11 @@ pub(crate) fn apply(s: &mut State, req: &Request) -> Response {
             Ok(Reply::Resource(reply))
         }
     }
+}
+
+/// `"a", "b"`: names as the operator typed them.
+fn quoted(names: &[String]) -> String {
+    names.iter().map(|n| format!("{n:?}")).collect::<Vec<_>>().join(", ")
 }
 
 fn require_cluster(s: &State) -> Result<(), StateError> {
