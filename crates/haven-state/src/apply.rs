@@ -12,9 +12,6 @@ use crate::{Command, Event, HISTORY_LIMIT, Reply, Request, Response, SCHEMA_VERS
 pub(crate) fn apply(s: &mut State, req: &Request) -> Response {
     let at = req.at;
     let by = req.by.as_str();
-    if s.schema_version == 0 {
-        s.schema_version = SCHEMA_VERSION;
-    }
     match &req.command {
         Command::Noop => Ok(Reply::None),
         Command::InitCluster { name, join_token, node } => {
@@ -26,6 +23,7 @@ pub(crate) fn apply(s: &mut State, req: &Request) -> Response {
             }
             haven_model::validate_name("cluster name", name)?;
             haven_model::validate_name("node name", &node.name)?;
+            s.schema_version = SCHEMA_VERSION;
             s.cluster = Some(crate::ClusterInfo { name: name.clone(), join_token: join_token.clone(), created_at: at });
             s.nodes.insert(node.name.clone(), node.clone());
             event(
@@ -71,7 +69,7 @@ pub(crate) fn apply(s: &mut State, req: &Request) -> Response {
                 s.groups.values().filter(|g| g.owner.as_deref() == Some(name)).map(|g| g.spec.name.clone()).collect();
             if !owned.is_empty() {
                 return Err(StateError::conflict(format!(
-                    "node {name:?} still owns groups {}; move them first (`haven node pause {name} --drain`)",
+                    "node {name:?} still owns groups {}; move them first (`haven node pause {name}` drains it)",
                     quoted(&owned)
                 )));
             }

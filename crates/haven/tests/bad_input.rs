@@ -91,7 +91,11 @@ async fn bad_input_is_refused_with_a_named_value_and_changes_nothing() {
 
     // Unknown node, unknown group, unknown resource.
     assert_refused(c.post("/api/v1/groups/g/move", &json!({"node": "nosuch"})).await, 404, "\"nosuch\"");
-    assert_refused(c.post("/api/v1/groups", &json!({"name": "h", "preferred_owners": ["ghost"]})).await, 404, "\"ghost\"");
+    assert_refused(
+        c.post("/api/v1/groups", &json!({"name": "h", "preferred_owners": ["ghost"]})).await,
+        404,
+        "\"ghost\"",
+    );
     assert_refused(c.get("/api/v1/groups/nogroup").await, 404, "\"nogroup\"");
     assert_refused(c.post("/api/v1/groups/nogroup/online", &json!({})).await, 404, "\"nogroup\"");
     let in_missing_group = json!({"name": "c", "group": "nogroup", "type": "process", "params": {"argv": ["true"]}});
@@ -100,7 +104,11 @@ async fn bad_input_is_refused_with_a_named_value_and_changes_nothing() {
     assert_refused(c.post("/api/v1/nodes/nonode/pause", &json!({})).await, 404, "\"nonode\"");
 
     // Invalid property values.
-    assert_refused(c.patch("/api/v1/resources/a", &json!({"props": {"restart_period": "forever"}})).await, 400, "\"forever\"");
+    assert_refused(
+        c.patch("/api/v1/resources/a", &json!({"props": {"restart_period": "forever"}})).await,
+        400,
+        "\"forever\"",
+    );
     assert_refused(c.patch("/api/v1/resources/a", &json!({"props": {"restart_threshold": -1}})).await, 400, "-1");
     assert_refused(c.patch("/api/v1/resources/a", &json!({"props": {"restartz": 1}})).await, 400, "restartz");
     assert_refused(c.patch("/api/v1/groups/g", &json!({"failover_period": "soon"})).await, 400, "\"soon\"");
