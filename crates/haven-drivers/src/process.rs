@@ -399,6 +399,7 @@ impl ResourceDriver for ProcessDriver {
         let mut cmd = launch.command(&params.argv);
         // Its own process group (so stop can end its whole tree), same session as the agent.
         cmd.stdin(Stdio::null()).stdout(log).stderr(log_err).process_group(0);
+        sys::die_with_agent(&mut cmd);
         let started = Instant::now();
         let mut child = cmd.spawn().map_err(|source| DriverError::Spawn {
             resource: resource.clone(),

@@ -84,3 +84,27 @@ mod tests {
         assert_eq!(lookup_user("bad\0name").expect("lookup"), None);
     }
 }
+
+/// Makes the child get SIGKILL when the agent dies (PR_SET_PDEATHSIG), so a resource never
+/// outlives the agent that is accountable for it: an agent that is gone cannot renew its
+/// lease, and its node's groups will be started elsewhere.
+///
+/// The signal is tied to the spawning *thread*; the agent spawns from tokio worker threads,
+/// which live as long as the agent's runtime.
+pub(crate) fn die_with_agent(cmd: &mut tokio::process::Command) {
+    let agent = std::process::id() as libc::pid_t;
+    // SAFETY: the closure runs in the forked child before exec and only makes
+    // async-signal-safe system calls (prctl, getppid); it allocates nothing.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            // The agent may have died between fork and prctl: then do not start at all.
+            if libc::getppid() != agent {
+                return Err(io::Error::other("the agent exited while starting the resource"));
+            }
+            Ok(())
+        });
+    }
+}

@@ -424,3 +424,26 @@ fn validate_names_the_bad_field() {
     let e = d.validate(&spec("x", json!({"argv": ["sleep"], "cwd": "relative/dir"}))).expect_err("relative cwd");
     assert_eq!(e.field, "params.cwd");
 }
+
+/// A resource never outlives the agent that started it: when the agent (here, the thread
+/// and runtime that spawned it, which is what PR_SET_PDEATHSIG follows) goes away, the
+/// resource's process is killed, so nobody else ever starts a second copy beside it.
+#[tokio::test]
+async fn resource_dies_with_the_agent_that_started_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let c = ctx(&dir, spec("orphan", json!({"argv": ["sleep", "1000"]})));
+    let c2 = c.clone();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+        rt.block_on(async {
+            let drivers = Drivers::new();
+            drivers.get(ResourceKind::Process).start(&c2).await.expect("start");
+            // Leak the driver so dropping it cannot be what stops the process.
+            std::mem::forget(drivers);
+        });
+    })
+    .join()
+    .expect("agent thread");
+    let pid = recorded_pid(&c);
+    eventually("the orphaned process to be killed", || async move { (!alive(pid)).then_some(()) }).await;
+}

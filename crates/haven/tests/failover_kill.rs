@@ -7,8 +7,7 @@ mod common;
 use std::path::Path;
 
 use common::{Lab, alive, cwd_of, pid_in, processes_in};
-use haven_api::GroupView;
-use haven_model::ResourceView;
+use haven_api::{GroupView, ResourceView};
 use serde_json::json;
 
 /// The `start <pid> <cwd>` lines the resource wrote, one per start.
@@ -73,14 +72,24 @@ async fn killed_owner_fails_over_and_does_not_start_again_when_back() {
     assert_eq!(after_failover.len(), 2, "one start on {a_name}, one on {s}: {after_failover:?}");
     assert_eq!(after_failover[1], (pid_s, run_dir.display().to_string()));
 
-    // The dead node comes back with the state it had.
+    // The dead node comes back. From the moment it starts, and while it catches up from a
+    // stale copy of the state that still places g on it, it must not start r.
+    let run_dirs: Vec<_> = (0..3).map(|i| lab.node(i).run_dir("r")).collect();
+    let only_one_r = || {
+        let running: Vec<i32> = run_dirs.iter().flat_map(|d| processes_in(d)).collect();
+        if running == vec![pid_s] { Ok(()) } else { Err(format!("processes of r: {running:?}, expected only {pid_s}")) }
+    };
     lab.restart_node(a).await;
-    lab.wait_until(&format!("{a_name} up again, as a survivor and {a_name} itself see it"), 20, async || {
+    lab.wait_until(&format!("{a_name} up and caught up, as a survivor and {a_name} itself see it"), 20, async || {
+        if let Err(why) = only_one_r() {
+            panic!("while {a_name} rejoined: {why}\n{}", lab.logs_tail());
+        }
         let survivor_sees = lab
             .node_list(survivors[0])
             .await
             .is_some_and(|ns| ns.iter().any(|n| n.node.name == a_name && n.status == "up"));
-        survivor_sees && lab.sees_all_up(a, 3).await
+        let caught_up = lab.group(a, "g").await.is_some_and(|g| g.group.owner.as_deref() == Some(s.as_str()));
+        survivor_sees && caught_up && lab.sees_all_up(a, 3).await
     })
     .await;
     let specs = |groups: Vec<GroupView>| groups.into_iter().map(|g| g.group.spec).collect::<Vec<_>>();
@@ -98,7 +107,6 @@ async fn killed_owner_fails_over_and_does_not_start_again_when_back() {
     );
 
     // Two leases and more: the group stays where it is and only one copy of r runs.
-    let run_dirs: Vec<_> = (0..3).map(|i| lab.node(i).run_dir("r")).collect();
     lab.hold_for(&format!("g stays on {s} and exactly one r process runs (pid {pid_s})"), 4.0, async || {
         for view in [a, si] {
             let g = lab.group(view, "g").await.ok_or("cannot read g")?;
@@ -106,11 +114,7 @@ async fn killed_owner_fails_over_and_does_not_start_again_when_back() {
                 return Err(format!("{} sees g owned by {:?}", lab.name(view), g.group.owner));
             }
         }
-        let running: Vec<i32> = run_dirs.iter().flat_map(|d| processes_in(d)).collect();
-        if running != vec![pid_s] {
-            return Err(format!("processes of r: {running:?}, expected only {pid_s}"));
-        }
-        Ok(())
+        only_one_r()
     })
     .await;
     assert_eq!(starts(&evidence), after_failover, "r was started again after {a_name} came back");

@@ -102,8 +102,11 @@ impl Lab {
         for i in 0..n {
             lab.wait_answering(i).await;
         }
-        let init: InitResponse =
-            lab.nodes[0].client.post("/api/v1/cluster/init", &json!({"name": "lab"})).await.expect("cluster init failed");
+        let init: InitResponse = lab.nodes[0]
+            .client
+            .post("/api/v1/cluster/init", &json!({"name": "lab"}))
+            .await
+            .expect("cluster init failed");
         for i in 1..n {
             let _: NodeView = lab.nodes[i]
                 .client
