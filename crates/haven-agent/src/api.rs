@@ -16,7 +16,9 @@ use haven_api::{
     ClusterStatus, ErrorBody, ErrorDetail, GroupView, InitRequest, InitResponse, JoinRequest, MoveRequest,
     NodeIdentity, NodeView, PeerJoin,
 };
-use haven_model::{GroupSpec, GroupUpdate, Node, NodeLiveness, NodeRole, Resource, ResourceSpec, ResourceUpdate};
+use haven_model::{
+    FenceConfig, GroupSpec, GroupUpdate, Node, NodeLiveness, NodeRole, Resource, ResourceSpec, ResourceUpdate,
+};
 use haven_state::{Command, ErrorCode, Event, Reply, State};
 use serde::Deserialize;
 use utoipa::OpenApi;
@@ -172,6 +174,7 @@ pub fn router(agent: Arc<Agent>) -> Router {
         .route("/nodes/{name}", get(get_node).delete(remove_node))
         .route("/nodes/{name}/pause", post(pause_node))
         .route("/nodes/{name}/resume", post(resume_node))
+        .route("/nodes/{name}/fence", axum::routing::put(set_fence).delete(remove_fence))
         .route("/groups", get(list_groups).post(create_group))
         .route("/groups/{name}", get(get_group).patch(update_group).delete(delete_group))
         .route("/groups/{name}/move", post(move_group))
@@ -314,7 +317,39 @@ fn node_view(agent: &Agent, state: &State, n: &Node) -> NodeView {
             .map(|g| g.spec.name.clone())
             .collect(),
         leader: agent.db.leader().map(|(id, _)| id) == Some(n.id),
+        fence: state.fencing.get(&n.name).map(redact),
+        fence_status: state.fence_status.get(&n.name).cloned(),
     }
+}
+
+/// A fence config fit to show: parameters that look like secrets are masked.
+fn redact(c: &FenceConfig) -> FenceConfig {
+    let mut c = c.clone();
+    for (k, v) in c.params.iter_mut() {
+        if k.contains("pass") || k.contains("secret") || k.contains("key") {
+            *v = "********".into();
+        }
+    }
+    c
+}
+
+#[utoipa::path(put, path = "/api/v1/nodes/{name}/fence", tag = "nodes", request_body = FenceConfig,
+    responses((status = 200, body = NodeView), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+async fn set_fence(
+    AxState(agent): AxState<Arc<Agent>>,
+    Path(name): Path<String>,
+    Body(config): Body<FenceConfig>,
+) -> ApiResult<NodeView> {
+    config.validate().map_err(|e| SubmitError::Refused(e.into()))?;
+    agent.submit("operator", Command::SetFence { node: name.clone(), config: Some(config) }).await?;
+    get_node(AxState(agent), Path(name)).await
+}
+
+#[utoipa::path(delete, path = "/api/v1/nodes/{name}/fence", tag = "nodes",
+    responses((status = 200, body = NodeView), (status = 404, body = ErrorBody)))]
+async fn remove_fence(AxState(agent): AxState<Arc<Agent>>, Path(name): Path<String>) -> ApiResult<NodeView> {
+    agent.submit("operator", Command::SetFence { node: name.clone(), config: None }).await?;
+    get_node(AxState(agent), Path(name)).await
 }
 
 fn group_view(state: &State, name: &str) -> Option<GroupView> {

@@ -16,6 +16,7 @@ pub async fn run(agent: Arc<Agent>, mut stop: watch::Receiver<bool>) {
     };
     // (term, when this node became leader in that term)
     let mut leadership: Option<(u64, u64)> = None;
+    let mut fences = crate::fence::FenceRuns::default();
     loop {
         tokio::select! {
             _ = tokio::time::sleep(tick) => {}
@@ -23,7 +24,9 @@ pub async fn run(agent: Arc<Agent>, mut stop: watch::Receiver<bool>) {
         }
         let term = agent.db.raft().metrics().borrow().current_term;
         if !agent.is_leader() {
-            leadership = None;
+            if leadership.take().is_some() {
+                fences.abort_all();
+            }
             continue;
         }
         let leader_since = match leadership {
@@ -51,5 +54,6 @@ pub async fn run(agent: Arc<Agent>, mut stop: watch::Receiver<bool>) {
                 break;
             }
         }
+        fences.start_pending(&agent, &agent.db.state());
     }
 }

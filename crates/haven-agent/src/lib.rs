@@ -15,6 +15,7 @@
 pub mod api;
 pub mod config;
 pub mod control;
+pub mod fence;
 pub mod lease;
 pub mod lrm;
 pub mod peer;

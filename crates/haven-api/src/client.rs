@@ -63,6 +63,9 @@ impl Client {
     pub async fn post<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> Result<T, ClientError> {
         self.send(self.http.post(self.url(path)).json(body), path).await
     }
+    pub async fn put<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> Result<T, ClientError> {
+        self.send(self.http.put(self.url(path)).json(body), path).await
+    }
     pub async fn patch<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> Result<T, ClientError> {
         self.send(self.http.patch(self.url(path)).json(body), path).await
     }

@@ -103,6 +103,11 @@ pub struct NodeView {
     pub status: String,
     pub groups: Vec<String>,
     pub leader: bool,
+    /// The node's fence agent, with secret-looking parameters (`*pass*`) hidden.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fence: Option<haven_model::FenceConfig>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fence_status: Option<haven_state::FenceStatus>,
 }
 
 /// A group with its aggregate state and its resources in start order.

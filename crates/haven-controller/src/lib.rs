@@ -65,6 +65,8 @@ pub enum Rule {
     Drain,
     /// Rule 6: a more preferred owner is available and the group's failback allows it.
     Failback,
+    /// Rule 7: a down owner with a fence agent is fenced before its groups are recovered.
+    Fencing,
 }
 
 /// One command for the Raft log and why it was decided. `why` is the same text as the
@@ -91,6 +93,7 @@ impl fmt::Display for Decision {
                 write!(f, "place {name} -> {to}{kind}: {}", self.why)
             }
             Command::FailGroup { name, .. } => write!(f, "fail {name}: {}", self.why),
+            Command::RequestFence { node, .. } => write!(f, "fence {node}: {}", self.why),
             other => write!(f, "{other:?}: {}", self.why),
         }
     }

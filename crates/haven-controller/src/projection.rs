@@ -32,6 +32,8 @@ impl Projection {
             resources: state.resources.clone(),
             history: VecDeque::new(),
             next_event_id: state.next_event_id,
+            fencing: state.fencing.clone(),
+            fence_status: state.fence_status.clone(),
         };
         Projection { state, now, decisions: Vec::new() }
     }

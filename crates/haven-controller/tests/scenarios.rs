@@ -339,6 +339,30 @@ fn directive(sc: &mut Scenario, line: &Line, next_id: &mut u64) -> Result<(), Er
             let command = Command::ReportResource { node, resource, state, reason, failure: line.flag("failure") };
             apply(&mut sc.state, line, at, command)?;
         }
+        "fence" => {
+            // fence NODE agent=fence_x | fence NODE requested | fence NODE ok | fence NODE failed [reason=".."]
+            line.only(&["agent", "reason", "at"])?;
+            let node = line.word(1, "node name")?.to_string();
+            let command = match (line.opt("agent"), line.words.get(2).map(String::as_str)) {
+                (Some(agent), None) => {
+                    let config = haven_model::FenceConfig {
+                        agent: agent.to_string(),
+                        params: BTreeMap::new(),
+                        action: haven_model::FenceAction::Off,
+                        timeout: Dur::from_secs(60),
+                    };
+                    Command::SetFence { node, config: Some(config) }
+                }
+                (None, Some("requested")) => Command::RequestFence { node, reason: "setup".into() },
+                (None, Some("ok")) => Command::RecordFence { node, ok: true, message: "setup".into() },
+                (None, Some("failed")) => {
+                    let message = line.opt("reason").unwrap_or("setup").to_string();
+                    Command::RecordFence { node, ok: false, message }
+                }
+                _ => return Err(line.err("write `fence NODE agent=PROG` or `fence NODE requested|ok|failed [at=T]`")),
+            };
+            apply(&mut sc.state, line, at, command)?;
+        }
         "pause" | "resume" => {
             let name = line.word(1, "node name")?.to_string();
             let paused = line.words[0] == "pause";

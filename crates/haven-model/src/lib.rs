@@ -8,6 +8,7 @@
 pub mod deps;
 pub mod duration;
 pub mod error;
+pub mod fence;
 pub mod group;
 pub mod name;
 pub mod node;
@@ -15,6 +16,7 @@ pub mod resource;
 
 pub use duration::Dur;
 pub use error::InvalidInput;
+pub use fence::{FenceAction, FenceConfig};
 pub use group::{Failback, Group, GroupSpec, GroupUpdate, Priority};
 pub use name::validate_name;
 pub use node::{Capacity, Node, NodeLiveness, NodeRole};

@@ -353,6 +353,9 @@ pub(crate) fn apply(s: &mut State, req: &Request) -> Response {
             }
             Ok(Reply::Resource(reply))
         }
+        Command::SetFence { .. } | Command::RequestFence { .. } | Command::RecordFence { .. } => {
+            apply_fence(s, at, by, &req.command)
+        }
         Command::ClearFailures { resource: name } => {
             let r = resource_mut(s, name)?;
             r.status.failures.clear();
@@ -383,6 +386,75 @@ pub(crate) fn apply(s: &mut State, req: &Request) -> Response {
 /// `"a", "b"`: names as the operator typed them.
 fn quoted(names: &[String]) -> String {
     names.iter().map(|n| format!("{n:?}")).collect::<Vec<_>>().join(", ")
+}
+
+fn apply_fence(s: &mut State, at: u64, by: &str, command: &Command) -> Response {
+    match command {
+        Command::SetFence { node: name, config } => {
+            node(s, name)?;
+            match config {
+                Some(c) => {
+                    c.validate()?;
+                    s.fencing.insert(name.clone(), c.clone());
+                    let msg = format!("node {name:?} will be fenced with {} (action {})", c.agent, c.action.as_str());
+                    event(s, at, by, "fence-configured", Some(name), None, None, msg);
+                }
+                None => {
+                    if s.fencing.remove(name).is_none() {
+                        return Ok(Reply::None);
+                    }
+                    s.fence_status.remove(name);
+                    event(
+                        s,
+                        at,
+                        by,
+                        "fence-removed",
+                        Some(name),
+                        None,
+                        None,
+                        format!("node {name:?} has no fence agent now"),
+                    );
+                }
+            }
+            Ok(Reply::None)
+        }
+        Command::RequestFence { node: name, reason } => {
+            let since = node(s, name)?.since;
+            if !s.fencing.contains_key(name) {
+                return Err(StateError::conflict(format!("node {name:?} has no fence agent configured")));
+            }
+            let st = s.fence_status.entry(name.clone()).or_default();
+            if st.requested_at.is_some_and(|t| t >= since) || st.fenced_at.is_some_and(|t| t >= since) {
+                return Ok(Reply::None);
+            }
+            st.requested_at = Some(at);
+            event(s, at, by, "fence-requested", Some(name), None, None, format!("fencing node {name:?}: {reason}"));
+            Ok(Reply::None)
+        }
+        Command::RecordFence { node: name, ok, message } => {
+            node(s, name)?;
+            let st = s.fence_status.entry(name.clone()).or_default();
+            st.last_attempt_at = Some(at);
+            let (kind, msg) = if *ok {
+                st.fenced_at = Some(at);
+                st.failures = 0;
+                st.last_error = None;
+                ("node-fenced", format!("node {name:?} fenced: {message}"))
+            } else {
+                st.failures += 1;
+                st.requested_at = None;
+                st.last_error = Some(message.clone());
+                let n = st.failures;
+                (
+                    "fence-failed",
+                    format!("fencing node {name:?} failed (attempt {n}), will retry; its groups wait: {message}"),
+                )
+            };
+            event(s, at, by, kind, Some(name), None, None, msg);
+            Ok(Reply::None)
+        }
+        _ => Ok(Reply::None),
+    }
 }
 
 fn require_cluster(s: &State) -> Result<(), StateError> {

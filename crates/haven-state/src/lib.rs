@@ -12,7 +12,8 @@ mod error;
 use std::collections::{BTreeMap, VecDeque};
 
 use haven_model::{
-    Group, GroupSpec, GroupUpdate, Millis, Node, NodeLiveness, Resource, ResourceSpec, ResourceState, ResourceUpdate,
+    FenceConfig, Group, GroupSpec, GroupUpdate, Millis, Node, NodeLiveness, Resource, ResourceSpec, ResourceState,
+    ResourceUpdate,
 };
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -59,6 +60,27 @@ pub struct State {
     pub resources: BTreeMap<String, Resource>,
     pub history: VecDeque<Event>,
     pub next_event_id: u64,
+    /// Fence agent per node, for nodes that have one.
+    #[serde(default)]
+    pub fencing: BTreeMap<String, FenceConfig>,
+    /// Fencing progress per node.
+    #[serde(default)]
+    pub fence_status: BTreeMap<String, FenceStatus>,
+}
+
+/// Where fencing a node stands. Times are compared with the node's `since` (when it went
+/// down): only a fence that succeeded after that makes its groups safe to recover.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct FenceStatus {
+    /// When the controller last asked for the node to be fenced (cleared by a failure, so
+    /// that it asks again).
+    pub requested_at: Option<Millis>,
+    /// When a fence agent last reported success.
+    pub fenced_at: Option<Millis>,
+    /// Failed attempts since the last success.
+    pub failures: u32,
+    pub last_attempt_at: Option<Millis>,
+    pub last_error: Option<String>,
 }
 
 /// A command with the time and author the proposer stamped on it.
@@ -160,6 +182,22 @@ pub enum Command {
     ClearFailures {
         resource: String,
     },
+    /// Operator: set (or, with `None`, remove) the fence agent of a node.
+    SetFence {
+        node: String,
+        config: Option<FenceConfig>,
+    },
+    /// Controller: a lost node must be fenced before its groups are recovered.
+    RequestFence {
+        node: String,
+        reason: String,
+    },
+    /// The leader's fence executor: how the fence agent's run ended.
+    RecordFence {
+        node: String,
+        ok: bool,
+        message: String,
+    },
 }
 
 /// What a successful command returns: the object it created or changed, if any.
@@ -178,6 +216,12 @@ impl State {
     /// Applies one committed request. On error nothing changed.
     pub fn apply(&mut self, req: &Request) -> Response {
         apply::apply(self, req)
+    }
+
+    /// Whether `node` is known to be fenced since it last went down.
+    pub fn fenced_since_down(&self, node: &str) -> bool {
+        let Some(n) = self.nodes.get(node) else { return false };
+        self.fence_status.get(node).and_then(|f| f.fenced_at).is_some_and(|t| t >= n.since)
     }
 
     pub fn node_by_id(&self, id: u64) -> Option<&Node> {

@@ -110,6 +110,27 @@ pub enum NodeCmd {
     Resume { name: String },
     /// Remove a node that is down from the cluster.
     Remove { name: String },
+    /// Set how the cluster fences NAME (through a standard fence agent such as fence_ipmilan)
+    /// before it recovers NAME's groups elsewhere. With a fence agent set, a lost node's
+    /// groups wait until the agent reports success; failures are retried, never ignored.
+    Fence {
+        name: String,
+        /// Fence agent program (name in PATH or absolute path), e.g. fence_ipmilan.
+        #[arg(long, required_unless_present = "remove")]
+        agent: Option<String>,
+        /// Agent parameter KEY=VALUE, passed on its stdin (repeatable), e.g. --param ip=10.0.0.9.
+        #[arg(long = "param")]
+        params: Vec<String>,
+        /// What to do to the node: off or reboot.
+        #[arg(long, default_value = "off")]
+        action: String,
+        /// How long the agent may take.
+        #[arg(long, default_value = "60s")]
+        timeout: String,
+        /// Remove the node's fence agent instead.
+        #[arg(long, conflicts_with = "agent")]
+        remove: bool,
+    },
 }
 
 #[derive(Args, Debug, Default)]
@@ -435,9 +456,63 @@ async fn node(c: &Client, fmt: Format, cmd: NodeCmd) -> Result<(), Failure> {
                 output::table(&NODE_HEADER, node_rows(&nodes));
             }
         }
-        NodeCmd::Show { name } => one(c.get(&format!("/api/v1/nodes/{}", seg(&name))).await?),
+        NodeCmd::Show { name } => {
+            let n: NodeView = c.get(&format!("/api/v1/nodes/{}", seg(&name))).await?;
+            if fmt == Format::Json {
+                output::json(&n);
+            } else {
+                let fence = n.fence.clone();
+                let status = n.fence_status.clone();
+                output::table(&NODE_HEADER, node_rows(&[n]));
+                if let Some(f) = fence {
+                    let params: Vec<String> = f.params.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                    println!(
+                        "\nfence agent: {} {} (action {}, timeout {})",
+                        f.agent,
+                        params.join(" "),
+                        f.action.as_str(),
+                        f.timeout
+                    );
+                }
+                if let Some(st) = status {
+                    println!("last fenced: {}", st.fenced_at.map(output::time).unwrap_or_else(|| "never".into()));
+                    if let Some(e) = st.last_error {
+                        println!("last fence failure ({} in a row): {e}", st.failures);
+                    }
+                }
+            }
+        }
         NodeCmd::Pause { name } => one(c.post(&format!("/api/v1/nodes/{}/pause", seg(&name)), &json!({})).await?),
         NodeCmd::Resume { name } => one(c.post(&format!("/api/v1/nodes/{}/resume", seg(&name)), &json!({})).await?),
+        NodeCmd::Fence { name, agent, params, action, timeout, remove } => {
+            let path = format!("/api/v1/nodes/{}/fence", seg(&name));
+            let n: NodeView = if remove {
+                c.delete(&path).await?
+            } else {
+                let mut map = serde_json::Map::new();
+                for p in &params {
+                    let Some((k, v)) = p.split_once('=') else {
+                        return Err(usage(format!("--param {p:?} is not KEY=VALUE, e.g. --param ip=10.0.0.9")));
+                    };
+                    map.insert(k.to_string(), Value::from(v));
+                }
+                let body = json!({"agent": agent, "params": map, "action": action, "timeout": timeout});
+                c.put(&path, &body).await?
+            };
+            if fmt == Format::Json {
+                output::json(&n);
+            } else {
+                match &n.fence {
+                    Some(f) => println!(
+                        "node {name:?} is fenced with {} (action {}, timeout {})",
+                        f.agent,
+                        f.action.as_str(),
+                        f.timeout
+                    ),
+                    None => println!("node {name:?} has no fence agent"),
+                }
+            }
+        }
         NodeCmd::Remove { name } => {
             let v: Value = c.delete(&format!("/api/v1/nodes/{}", seg(&name))).await?;
             print_done(fmt, &v, &format!("node {name:?} removed"));

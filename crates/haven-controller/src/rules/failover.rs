@@ -4,12 +4,13 @@
 //! (so the dead node no longer owns it) and rule 2 takes over.
 //!
 //! Safety rests on rule 1: a node is down only after its lease plus the margin ran out, so
-//! the old owner has stopped its resources (self-fence) before they start elsewhere.
+//! the old owner has stopped its resources (self-fence) before they start elsewhere. When
+//! the node has a fence agent, recovery also waits until fencing it succeeded (rule 7).
 
 use haven_model::Group;
 use haven_state::State;
 
-use crate::rules::{Tick, fail, place, with_choice};
+use crate::rules::{Tick, fail, fencing, place, with_choice};
 use crate::{Decision, Rule};
 
 /// How the owner was lost.
@@ -26,6 +27,11 @@ pub(crate) fn decide(state: &State, g: &Group, owner: &str, lost: Lost, tick: &T
         Lost::Down => format!("node {owner:?} is down"),
         Lost::Removed => format!("node {owner:?} is no longer a cluster member"),
     };
+    if lost == Lost::Down
+        && let Some(wait) = fencing::before_recovery(state, owner, &cause, tick)
+    {
+        return wait;
+    }
     if let Err(refused) = haven_policy::failover_allowed(g, state.nodes.len(), tick.now) {
         return Some(fail(Rule::Failover, name, format!("{cause}; {refused}")));
     }

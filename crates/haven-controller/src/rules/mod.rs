@@ -7,6 +7,7 @@
 pub mod drain;
 pub mod failback;
 pub mod failover;
+pub mod fencing;
 pub mod liveness;
 pub mod placement;
 pub mod resource_failure;

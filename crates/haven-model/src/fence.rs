@@ -1,0 +1,99 @@
+//! Node fencing through standard fence agents (`fence_*` programs of the fence-agents
+//! project): the agent reads `key=value` lines on stdin (`action=off`, its parameters) and
+//! exits 0 on success. Haven fences a node that stopped answering before it recovers the
+//! node's groups elsewhere, when a fence agent is configured for that node.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use crate::{Dur, InvalidInput};
+
+/// What the fence agent is asked to do to a lost node.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum FenceAction {
+    /// Default: power it off (it stays off until an operator brings it back).
+    #[default]
+    Off,
+    /// Power-cycle it (it comes back and rejoins).
+    Reboot,
+}
+
+impl FenceAction {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            FenceAction::Off => "off",
+            FenceAction::Reboot => "reboot",
+        }
+    }
+}
+
+fn d_fence_timeout() -> Dur {
+    Dur::from_secs(60)
+}
+
+/// How to fence one node.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FenceConfig {
+    /// The fence agent program: a name found in PATH (e.g. `fence_ipmilan`) or an absolute path.
+    pub agent: String,
+    /// Parameters passed on stdin as `key=value` lines (e.g. `ip`, `username`, `password`,
+    /// `plug`). `action` is set by Haven.
+    #[serde(default)]
+    pub params: BTreeMap<String, String>,
+    /// Default: off.
+    #[serde(default)]
+    pub action: FenceAction,
+    /// How long the agent may take. Default: 60s.
+    #[serde(default = "d_fence_timeout")]
+    pub timeout: Dur,
+}
+
+impl FenceConfig {
+    pub fn validate(&self) -> Result<(), InvalidInput> {
+        let a = self.agent.trim();
+        if a.is_empty() {
+            return Err(InvalidInput::new("agent", "is empty; name a fence agent such as \"fence_ipmilan\""));
+        }
+        if a.contains('/') && !a.starts_with('/') {
+            return Err(InvalidInput::new(
+                "agent",
+                format!("{a:?} is a relative path; give a program name found in PATH or an absolute path"),
+            ));
+        }
+        for (k, v) in &self.params {
+            let ok_key = !k.is_empty() && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+            if !ok_key {
+                return Err(InvalidInput::new(
+                    "params",
+                    format!("{k:?} is not a fence parameter name; use letters, digits, '_' and '-'"),
+                ));
+            }
+            if k == "action" {
+                return Err(InvalidInput::new(
+                    "params.action",
+                    "is set by Haven; choose it with the `action` field (off or reboot)",
+                ));
+            }
+            if v.contains('\n') || v.contains('\0') {
+                return Err(InvalidInput::new(format!("params.{k}"), "must be one line"));
+            }
+        }
+        if self.timeout.as_millis() < 1000 {
+            return Err(InvalidInput::new("timeout", format!("{} is too short; use at least 1s", self.timeout)));
+        }
+        Ok(())
+    }
+
+    /// The stdin text for `action`: `action=<action>` then the parameters, one per line.
+    pub fn stdin_for(&self, action: &str) -> String {
+        let mut text = format!("action={action}\n");
+        for (k, v) in &self.params {
+            text.push_str(&format!("{k}={v}\n"));
+        }
+        text
+    }
+}
