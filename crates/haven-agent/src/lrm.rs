@@ -152,12 +152,25 @@ impl GroupWorker {
                     return;
                 }
             }
+            // Wake exactly when the lease ends: self-fencing must not wait for a tick.
+            let lease_end = self.agent.lease.valid_until().unwrap_or_else(|| Instant::now() + TICK);
             tokio::select! {
                 _ = state_rx.changed() => {}
                 _ = lease_rx.changed() => {}
                 _ = stop.changed() => {}
                 _ = tokio::time::sleep(TICK) => {}
+                _ = tokio::time::sleep_until(lease_end), if !self.running.is_empty() => {}
             }
+        }
+    }
+
+    /// Runs `op` unless the lease ends first (then `None`: the caller returns and the next
+    /// pass self-fences).
+    async fn within_lease<T>(&self, op: impl std::future::Future<Output = T>) -> Option<T> {
+        let end = self.agent.lease.valid_until()?;
+        tokio::select! {
+            out = op => Some(out),
+            _ = tokio::time::sleep_until(end) => None,
         }
     }
 
@@ -199,7 +212,11 @@ impl GroupWorker {
         for (name, depth) in due {
             let Some(r) = self.running.get(&name) else { continue };
             let ctx = r.ctx.clone();
-            let health = match self.agent.drivers.get(ctx.spec.kind).monitor(&ctx, depth).await {
+            let Some(result) = self.within_lease(self.agent.drivers.get(ctx.spec.kind).monitor(&ctx, depth)).await
+            else {
+                return;
+            };
+            let health = match result {
                 Ok(h) => h,
                 Err(e) => Health::Failed(format!("monitor failed: {e}")),
             };
@@ -238,7 +255,13 @@ impl GroupWorker {
             self.agent.report(name, ResourceState::Starting, None, false);
             let driver = self.agent.drivers.get(ctx.spec.kind);
             let timeout = ctx.spec.props.pending_timeout.0;
-            let result = match tokio::time::timeout(timeout, driver.start(&ctx)).await {
+            let Some(started) = self.within_lease(tokio::time::timeout(timeout, driver.start(&ctx))).await else {
+                // The lease ended mid-start: whatever the start got running must not stay.
+                tracing::warn!(resource = %name, "lease ended during start; killing what it started");
+                let _ = driver.stop_within(&ctx, Duration::ZERO).await;
+                return;
+            };
+            let result = match started {
                 Ok(r) => r.map_err(|e| e.to_string()),
                 Err(_) => {
                     Err(format!("start did not finish within its pending timeout ({})", ctx.spec.props.pending_timeout))
@@ -300,10 +323,19 @@ impl GroupWorker {
     }
 
     async fn stop_one(&mut self, name: &str, report: Option<&str>) {
+        self.stop_one_within(name, report, None).await
+    }
+
+    /// Stops one resource; with `grace`, the graceful part is cut short (self-fencing).
+    async fn stop_one_within(&mut self, name: &str, report: Option<&str>, grace: Option<Duration>) {
         let Some(r) = self.running.remove(name) else { return };
         self.agent.report(name, ResourceState::Stopping, report.map(str::to_string), false);
         let driver = self.agent.drivers.get(r.ctx.spec.kind);
-        if let Err(e) = driver.stop(&r.ctx).await {
+        let stopped = match grace {
+            Some(g) => driver.stop_within(&r.ctx, g).await,
+            None => driver.stop(&r.ctx).await,
+        };
+        if let Err(e) = stopped {
             tracing::error!(resource = %name, error = %e, "stop failed");
             // Keep it in the list so the next pass tries again: it must not keep running.
             self.running.insert(name.to_string(), r);
@@ -317,19 +349,28 @@ impl GroupWorker {
         if self.running.is_empty() {
             return;
         }
+        let fencing = !agent_stopping && !self.agent.lease.valid();
         let reason = if agent_stopping {
             "the agent on this node is shutting down"
+        } else if fencing {
+            "self-fence: this node's lease ended (cut off from the cluster's quorum)"
         } else if !self.agent.may_run() {
-            "this node has no lease (cut off from the cluster's quorum)"
+            "this node has not caught up with the cluster state yet"
         } else {
             "the group is no longer placed here or was taken offline"
         };
+        // Self-fencing has no time for graceful stops: the rest of the cluster may start
+        // these resources once the margin after our lease has passed.
+        let grace = fencing.then_some(Duration::ZERO);
+        if fencing {
+            tracing::warn!(group = %self.group, "lease lost: killing this group's resources");
+        }
         // Reverse dependency order; resources the state no longer knows go first.
         let order = state.start_order(&self.group);
         let mut names: Vec<String> = self.running.keys().filter(|n| !order.contains(n)).cloned().collect();
         names.extend(order.iter().rev().filter(|n| self.running.contains_key(*n)).cloned());
         for n in names {
-            self.stop_one(&n, Some(reason)).await;
+            self.stop_one_within(&n, Some(reason), grace).await;
         }
     }
 }

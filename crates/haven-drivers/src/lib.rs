@@ -68,6 +68,12 @@ pub trait ResourceDriver: Send + Sync {
     async fn start(&self, ctx: &ResourceCtx) -> Result<(), DriverError>;
     /// Takes the resource offline. Not running: `Ok`. On `Ok` it is not running.
     async fn stop(&self, ctx: &ResourceCtx) -> Result<(), DriverError>;
+    /// Like `stop`, but the graceful part may take at most `grace` before the resource is
+    /// killed (zero: kill at once). Self-fencing uses it to be done before the lease ends.
+    async fn stop_within(&self, ctx: &ResourceCtx, grace: std::time::Duration) -> Result<(), DriverError> {
+        let _ = grace;
+        self.stop(ctx).await
+    }
     /// Looks at the resource. `Err` means the driver could not look, not that it is down.
     async fn monitor(&self, ctx: &ResourceCtx, depth: Depth) -> Result<Health, DriverError>;
     /// Checks the type-specific parameters without touching the node.

@@ -276,6 +276,7 @@ impl ProcessDriver {
         params: Option<&ProcessParams>,
         record: PidRecord,
         leader_pgrp: Option<i32>,
+        grace: Option<Duration>,
     ) -> Result<(), DriverError> {
         let pid = record.pid;
         // Signal the group the process leads. If the leader is gone, the kernel keeps its
@@ -297,10 +298,12 @@ impl ProcessDriver {
             return Ok(());
         }
         let command = params.map_or_else(|| format!("pid {pid}"), |p| show_command(&p.argv));
-        let grace = ctx.spec.props.pending_timeout.0.min(MAX_TERM_GRACE);
-        self.signal(ctx, target, libc::SIGTERM, "SIGTERM")?;
-        if self.wait_gone(ctx, record, target, grace).await?.is_empty() {
-            return Ok(());
+        let grace = grace.unwrap_or(ctx.spec.props.pending_timeout.0.min(MAX_TERM_GRACE));
+        if !grace.is_zero() {
+            self.signal(ctx, target, libc::SIGTERM, "SIGTERM")?;
+            if self.wait_gone(ctx, record, target, grace).await?.is_empty() {
+                return Ok(());
+            }
         }
         tracing::warn!(resource = %ctx.spec.name, pid, "still running {} after SIGTERM; sending SIGKILL", Dur(grace));
         self.signal(ctx, target, libc::SIGKILL, "SIGKILL")?;
@@ -332,6 +335,16 @@ impl ProcessDriver {
     }
 
     async fn stop_inner(&self, ctx: &ResourceCtx, params: Option<&ProcessParams>) -> Result<(), DriverError> {
+        self.stop_with(ctx, params, None).await
+    }
+
+    /// Stops it; `grace` overrides how long SIGTERM may take before SIGKILL.
+    async fn stop_with(
+        &self,
+        ctx: &ResourceCtx,
+        params: Option<&ProcessParams>,
+        grace: Option<Duration>,
+    ) -> Result<(), DriverError> {
         match self.inspect(ctx)? {
             Found::Nothing => {}
             Found::Reused { reason } => {
@@ -340,9 +353,9 @@ impl ProcessDriver {
             Found::Unreadable { reason } => {
                 tracing::warn!(resource = %ctx.spec.name, "{reason}; removing it");
             }
-            Found::Running { record, pgrp } => self.terminate(ctx, params, record, Some(pgrp)).await?,
+            Found::Running { record, pgrp } => self.terminate(ctx, params, record, Some(pgrp), grace).await?,
             // Its children may still be running in its group.
-            Found::Exited { record, .. } => self.terminate(ctx, params, record, None).await?,
+            Found::Exited { record, .. } => self.terminate(ctx, params, record, None, grace).await?,
         }
         pidfile::remove(&ctx.run_dir).map_err(|source| DriverError::PidFile {
             resource: ctx.spec.name.clone(),
@@ -510,6 +523,11 @@ impl ResourceDriver for ProcessDriver {
         // Stopping must work even if the definition became invalid since the start.
         let params = Self::params(&ctx.spec).ok();
         self.stop_inner(ctx, params.as_ref()).await
+    }
+
+    async fn stop_within(&self, ctx: &ResourceCtx, grace: Duration) -> Result<(), DriverError> {
+        let params = Self::params(&ctx.spec).ok();
+        self.stop_with(ctx, params.as_ref(), Some(grace)).await
     }
 
     async fn monitor(&self, ctx: &ResourceCtx, depth: Depth) -> Result<Health, DriverError> {
