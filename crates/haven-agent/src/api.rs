@@ -232,6 +232,13 @@ async fn cluster_status(AxState(agent): AxState<Arc<Agent>>) -> Json<ClusterStat
 #[utoipa::path(post, path = "/api/v1/cluster/init", tag = "cluster", request_body = InitRequest,
     responses((status = 200, body = InitResponse), (status = 409, body = ErrorBody)))]
 async fn cluster_init(AxState(agent): AxState<Arc<Agent>>, Body(req): Body<InitRequest>) -> ApiResult<InitResponse> {
+    if agent.config.witness {
+        return Err(ApiError::new(
+            409,
+            "conflict",
+            "a witness cannot found a cluster; run `haven cluster init` on a data node, then join the witness to it",
+        ));
+    }
     let name = req.name.unwrap_or_else(|| "haven".to_string());
     haven_model::validate_name("name", &name).map_err(|e| SubmitError::Refused(e.into()))?;
     if agent.db.is_initialized() {
@@ -281,6 +288,7 @@ async fn cluster_join(AxState(agent): AxState<Arc<Agent>>, Body(req): Body<JoinR
         address: agent.config.advertise(),
         token: req.token,
         capacity: agent.config.capacity(),
+        witness: agent.config.witness,
     };
     let node = crate::peer::forward_join(&agent.peers, &address, &join).await?;
     // Wait (bounded) until this node has received the state that lists it.

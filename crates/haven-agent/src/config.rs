@@ -28,6 +28,9 @@ pub struct AgentConfig {
     /// What this node can host. Default: the host's CPUs and memory.
     #[serde(default)]
     pub capacity: Option<Capacity>,
+    /// Run as a witness: a voting member that hosts no resources (`haven witness` sets it).
+    #[serde(default)]
+    pub witness: bool,
 }
 
 /// Lease and heartbeat timing. A profile sets all values; explicit values override it.
@@ -123,6 +126,9 @@ impl AgentConfig {
 
     /// The configured capacity, or what the host has.
     pub fn capacity(&self) -> Capacity {
+        if self.witness {
+            return Capacity { cpus: 0, memory_mib: 0 };
+        }
         self.capacity.unwrap_or_else(host_capacity)
     }
 }

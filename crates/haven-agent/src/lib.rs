@@ -175,7 +175,12 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Res
         tokio::spawn(lease::run(agent.clone(), stop_rx.clone())),
         tokio::spawn(control::run(agent.clone(), stop_rx.clone())),
     ];
-    let lrm = tokio::spawn(lrm::run(agent.clone(), stop_rx.clone()));
+    // A witness votes and renews its lease but never runs resources.
+    let lrm = if agent.config.witness {
+        tokio::spawn(async {})
+    } else {
+        tokio::spawn(lrm::run(agent.clone(), stop_rx.clone()))
+    };
 
     let (server_stop_tx, mut server_stop) = tokio::sync::watch::channel(false);
     let server = tokio::spawn(async move {

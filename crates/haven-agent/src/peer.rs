@@ -130,11 +130,11 @@ async fn join(AxState(agent): AxState<Arc<Agent>>, Json(j): Json<PeerJoin>) -> R
         let m = agent.db.raft().metrics().borrow().clone();
         m.membership_config.membership().voter_ids().collect()
     };
-    let role = if voters.len() < MAX_VOTERS {
+    let role = if j.witness || voters.len() < MAX_VOTERS {
         let mut v = voters.clone();
         v.insert(j.id);
         agent.db.change_membership(v).await.map_err(|e| ApiError::new(503, "unavailable", e.to_string()))?;
-        NodeRole::Voter
+        if j.witness { NodeRole::Witness } else { NodeRole::Voter }
     } else {
         NodeRole::Learner
     };

@@ -78,6 +78,9 @@ pub struct PeerJoin {
     pub address: String,
     pub token: String,
     pub capacity: Capacity,
+    /// Joins as a witness: votes, hosts nothing.
+    #[serde(default)]
+    pub witness: bool,
 }
 
 /// `POST /internal/heartbeat`: a node renews its lease with the leader.

@@ -6,12 +6,16 @@ use utoipa::ToSchema;
 use crate::Millis;
 
 /// Whether a node takes part in Raft votes. The first five nodes are voters, the rest
-/// learners (they replicate the cluster state and run resources but do not vote).
+/// learners (they replicate the cluster state and run resources but do not vote); a
+/// witness always votes and never hosts groups.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum NodeRole {
     Voter,
     Learner,
+    /// A voter that runs no resources (`haven witness`): the tie-breaker of two-node
+    /// clusters, like a file-share witness.
+    Witness,
 }
 
 /// Liveness as decided by the cluster (from heartbeats), not by the node itself.

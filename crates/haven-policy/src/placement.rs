@@ -70,6 +70,9 @@ pub fn node_usage(state: &State, node: &str, except_group: &str) -> NodeUsage {
 /// Why `node` cannot host `group`, or `None` if it can.
 fn ineligible(group: &Group, node: &Node, usage: &NodeUsage, exclude: &[&str]) -> Option<String> {
     let spec = &group.spec;
+    if node.role == haven_model::NodeRole::Witness {
+        return Some("a witness (votes, runs no resources)".to_string());
+    }
     if !spec.possible_owners.is_empty() && !spec.possible_owners.contains(&node.name) {
         return Some("not a possible owner".to_string());
     }

@@ -51,6 +51,9 @@ pub struct Cli {
 pub enum Cmd {
     /// Run the node daemon (one per host).
     Agent(AgentArgs),
+    /// Run a witness: a small voting member that hosts no resources, the tie-breaker that
+    /// lets a two-node cluster keep quorum when one node fails. Same config file as an agent.
+    Witness(AgentArgs),
     /// Create, join and inspect the cluster.
     #[command(subcommand)]
     Cluster(ClusterCmd),
@@ -309,7 +312,8 @@ fn usage(message: impl Into<String>) -> Failure {
 
 pub async fn run(cli: Cli) -> ExitCode {
     let result = match cli.command {
-        Cmd::Agent(a) => run_agent(a).await,
+        Cmd::Agent(a) => run_agent(a, false).await,
+        Cmd::Witness(a) => run_agent(a, true).await,
         Cmd::Demo(d) => crate::demo::run(d, cli.output).await,
         other => {
             let client = Client::new(&cli.server);
@@ -325,7 +329,7 @@ pub async fn run(cli: Cli) -> ExitCode {
     }
 }
 
-async fn run_agent(a: AgentArgs) -> Result<(), Failure> {
+async fn run_agent(a: AgentArgs, witness: bool) -> Result<(), Failure> {
     let filter = tracing_subscriber::EnvFilter::try_from_env("HAVEN_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn"));
     use std::io::IsTerminal;
@@ -334,7 +338,8 @@ async fn run_agent(a: AgentArgs) -> Result<(), Failure> {
         .with_target(false)
         .with_ansi(std::io::stderr().is_terminal())
         .init();
-    let config = haven_agent::AgentConfig::load(&a.config).map_err(usage)?;
+    let mut config = haven_agent::AgentConfig::load(&a.config).map_err(usage)?;
+    config.witness |= witness;
     let shutdown = async {
         let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
             Ok(s) => s,
@@ -355,7 +360,7 @@ async fn client_command(c: &Client, fmt: Format, cmd: Cmd) -> Result<(), Failure
         Cmd::Group(gc) => group(c, fmt, gc).await,
         Cmd::Resource(rc) => resource(c, fmt, rc).await,
         Cmd::History(h) => history(c, fmt, h).await,
-        Cmd::Agent(_) | Cmd::Demo(_) => Ok(()),
+        Cmd::Agent(_) | Cmd::Witness(_) | Cmd::Demo(_) => Ok(()),
     }
 }
 
