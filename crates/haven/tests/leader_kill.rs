@@ -112,9 +112,9 @@ async fn writes_survive_the_leader_dying_and_the_old_leader_catches_up() {
     })
     .await;
     let owners = |gs: Vec<GroupView>| gs.into_iter().map(|g| (g.group.spec.name, g.group.owner)).collect::<Vec<_>>();
-    assert_eq!(
-        owners(lab.groups(l).await.expect("groups")),
-        owners(lab.groups(survivors[0]).await.expect("groups")),
-        "{dead} and the survivors disagree on where groups are"
-    );
+    lab.wait_until(&format!("{dead} and the survivors to agree on where every group is"), 10, async || {
+        let back = lab.groups(l).await.map(owners);
+        back.is_some() && back == lab.groups(survivors[0]).await.map(owners)
+    })
+    .await;
 }

@@ -30,7 +30,7 @@ const LOG_TAIL_LINES: usize = 25;
 pub struct LabNode {
     pub id: u64,
     pub name: String,
-    /// `127.0.0.1:port`, the agent's API and peer address.
+    /// `127.a.b.i:7400`, the agent's API and peer address.
     pub addr: String,
     /// `<lab>/<name>`: config, log and the state directory.
     pub dir: PathBuf,
@@ -67,6 +67,8 @@ pub struct Lab {
     /// Every session this lab started (agent pids), killed on drop.
     sessions: Vec<i32>,
     started: Instant,
+    /// `127.a.b`, the lab's addresses: tags its progress lines when labs run side by side.
+    net: String,
 }
 
 impl Lab {
@@ -74,10 +76,11 @@ impl Lab {
     /// profile) without starting anything.
     pub fn new(n: usize) -> Lab {
         let tmp = tempfile::Builder::new().prefix("haven-lab-").tempdir().expect("cannot create the lab directory");
+        let net = free_loopback_net(n);
         let mut nodes = Vec::new();
         for i in 1..=n {
             let name = format!("node{i}");
-            let addr = format!("127.0.0.1:{}", free_port());
+            let addr = format!("{net}.{i}:{LAB_PORT}");
             let dir = tmp.path().join(&name);
             std::fs::create_dir_all(&dir).expect("cannot create a node directory");
             let config = format!(
@@ -88,8 +91,8 @@ impl Lab {
             let client = Client::with_timeout(&addr, Duration::from_secs(10));
             nodes.push(LabNode { id: i as u64, name, addr, dir, client, child: None });
         }
-        println!("[lab] {n} nodes in {}", tmp.path().display());
-        Lab { tmp: Some(tmp), nodes, sessions: Vec::new(), started: Instant::now() }
+        println!("[lab {net}] {n} nodes in {}", tmp.path().display());
+        Lab { tmp: Some(tmp), nodes, sessions: Vec::new(), started: Instant::now(), net }
     }
 
     /// Starts `n` agents, founds a cluster on node 1 and joins the others to it through the
@@ -181,7 +184,7 @@ impl Lab {
         }
         let child = cmd.spawn().expect("cannot start haven agent");
         let pid = child.id() as i32;
-        println!("[lab {:6.2}s] started {} (agent pid {pid}, {})", self.t(), node.name, node.addr);
+        println!("[lab {} {:6.2}s] started {} (agent pid {pid}, {})", self.net, self.t(), node.name, node.addr);
         self.sessions.push(pid);
         self.nodes[i].child = Some(child);
     }
@@ -203,7 +206,12 @@ impl Lab {
         let killed = kill_session(sid);
         let _ = child.wait();
         self.sessions.retain(|s| *s != sid);
-        println!("[lab {:6.2}s] killed {}: {killed} processes (session {sid})", self.t(), self.nodes[i].name);
+        println!(
+            "[lab {} {:6.2}s] killed {}: {killed} processes (session {sid})",
+            self.net,
+            self.t(),
+            self.nodes[i].name
+        );
     }
 
     /// Starts a killed or stopped node's agent again (same config and state) and waits
@@ -229,7 +237,7 @@ impl Lab {
             unsafe {
                 libc::kill(child.id() as i32, libc::SIGTERM);
             }
-            println!("[lab {:6.2}s] SIGTERM to {}", self.t(), self.nodes[i].name);
+            println!("[lab {} {:6.2}s] SIGTERM to {}", self.net, self.t(), self.nodes[i].name);
         }
         let deadline = Instant::now() + Duration::from_secs(20);
         let mut leftovers = 0;
@@ -255,7 +263,8 @@ impl Lab {
             kill_session(sid);
             self.sessions.retain(|s| *s != sid);
             println!(
-                "[lab {:6.2}s] {} stopped ({status}); {left} processes left in its session",
+                "[lab {} {:6.2}s] {} stopped ({status}); {left} processes left in its session",
+                self.net,
                 self.t(),
                 self.nodes[i].name
             );
@@ -266,12 +275,12 @@ impl Lab {
     /// Polls `check` every 100 ms until it yields a value, for at most `limit_s` seconds;
     /// on timeout panics naming `what`, with the agents' last log lines.
     pub async fn wait_for<T>(&self, what: &str, limit_s: u64, mut check: impl AsyncFnMut() -> Option<T>) -> T {
-        println!("[lab {:6.2}s] waiting for {what} (up to {limit_s}s)", self.t());
+        println!("[lab {} {:6.2}s] waiting for {what} (up to {limit_s}s)", self.net, self.t());
         let begun = Instant::now();
         let deadline = begun + Duration::from_secs(limit_s);
         loop {
             if let Some(v) = check().await {
-                println!("[lab {:6.2}s] ok after {:.2}s: {what}", self.t(), begun.elapsed().as_secs_f64());
+                println!("[lab {} {:6.2}s] ok after {:.2}s: {what}", self.net, self.t(), begun.elapsed().as_secs_f64());
                 return v;
             }
             if Instant::now() >= deadline {
@@ -289,7 +298,7 @@ impl Lab {
     /// Asserts that `check` holds at every poll for `secs` seconds (things that must *not*
     /// happen, such as a second start); panics at the first poll where it does not.
     pub async fn hold_for(&self, what: &str, secs: f64, mut check: impl AsyncFnMut() -> Result<(), String>) {
-        println!("[lab {:6.2}s] checking for {secs}s that {what}", self.t());
+        println!("[lab {} {:6.2}s] checking for {secs}s that {what}", self.net, self.t());
         let deadline = Instant::now() + Duration::from_secs_f64(secs);
         let mut polls = 0;
         while Instant::now() < deadline {
@@ -299,7 +308,7 @@ impl Lab {
             polls += 1;
             tokio::time::sleep(POLL).await;
         }
-        println!("[lab {:6.2}s] held for {secs}s ({polls} polls): {what}", self.t());
+        println!("[lab {} {:6.2}s] held for {secs}s ({polls} polls): {what}", self.net, self.t());
     }
 
     /// The last lines of every agent's log, for failure messages.
@@ -408,15 +417,32 @@ impl Drop for Lab {
         if std::thread::panicking()
             && let Some(tmp) = self.tmp.take()
         {
-            println!("[lab] the test failed; kept {} for its logs", tmp.keep().display());
+            println!("[lab {}] the test failed; kept {} for its logs", self.net, tmp.keep().display());
         }
     }
 }
 
-/// A port that was free a moment ago on 127.0.0.1.
-fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("cannot bind 127.0.0.1:0");
-    l.local_addr().expect("a bound socket has an address").port()
+/// Every lab node listens on this port, each on an address of its own. It is below the
+/// kernel's ephemeral range (32768 and up by default), so no outgoing connection can take
+/// it while a killed node is down and the node gets its address back when it restarts.
+const LAB_PORT: u16 = 7400;
+
+/// A random `127.a.b` whose addresses `127.a.b.1..=n` are free on [`LAB_PORT`], so labs
+/// running side by side (cargo runs test binaries in turn, nextest in parallel) never
+/// share an address. Linux routes all of 127.0.0.0/8 to the loopback interface.
+fn free_loopback_net(n: usize) -> String {
+    for _ in 0..50 {
+        let mut r = [0u8; 2];
+        std::fs::File::open("/dev/urandom")
+            .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut r))
+            .expect("cannot read /dev/urandom");
+        let net = format!("127.{}.{}", r[0].max(1), r[1]);
+        let free = (1..=n).all(|i| std::net::TcpListener::bind(format!("{net}.{i}:{LAB_PORT}")).is_ok());
+        if free {
+            return net;
+        }
+    }
+    panic!("found no free 127.a.b.1..{n} addresses on port {LAB_PORT} in 50 tries");
 }
 
 // ---- processes, seen through /proc ----
