@@ -255,14 +255,26 @@ async fn start(args: &DemoArgs, cluster: &mut DemoCluster, fmt: Format) -> Resul
     Ok(())
 }
 
+/// Whether `program` is found in PATH.
+fn in_path(program: &str) -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|paths| std::env::split_paths(&paths).any(|dir| dir.join(program).is_file()))
+}
+
 async fn create_samples(c: &Client) -> Result<(), Failure> {
+    // A web server whose health check is a real HTTP GET, if python3 is there to serve it.
+    let web_params = if in_path("python3") {
+        json!({"argv": ["python3", "-m", "http.server", "18080", "--bind", "127.0.0.1"],
+               "check": {"kind": "http", "url": "http://127.0.0.1:18080/"}})
+    } else {
+        println!("note: python3 is not installed, so the sample web group runs `sleep infinity` instead of a web server");
+        json!({"argv": ["sleep", "infinity"]})
+    };
     let calls: Vec<(&str, serde_json::Value)> = vec![
         ("/api/v1/groups", json!({"name": "web", "preferred_owners": ["node1"]})),
         (
             "/api/v1/resources",
-            json!({"name": "web-server", "group": "web", "type": "process",
-                   "params": {"argv": ["python3", "-m", "http.server", "18080", "--bind", "127.0.0.1"],
-                              "check": {"kind": "http", "url": "http://127.0.0.1:18080/"}},
+            json!({"name": "web-server", "group": "web", "type": "process", "params": web_params,
                    "props": {"is_alive_interval": "10s", "looks_alive_interval": "1s"}}),
         ),
         ("/api/v1/groups", json!({"name": "batch"})),
