@@ -65,13 +65,19 @@ impl Timing {
             _ => return None,
         };
         let ms = |x: u64| Duration::from_millis(x * scale);
+        // openraft 0.9 makes a follower that heard from a leader wait its "leader lease"
+        // (= election_max) *plus* a random election timeout (election_min..election_max),
+        // checked every 1.5 heartbeats, before it stands for election: here 0.5-0.75 s
+        // after the last heartbeat (aggressive). That, one vote round and one renewal
+        // must fit well inside the lease, or losing the leader's node makes every other
+        // node self-fence.
         Some(Timing {
             renew_interval: ms(250),
             lease: ms(1500),
             margin: ms(500),
             raft_heartbeat: ms(100),
-            election_min: ms(400),
-            election_max: ms(800),
+            election_min: ms(200),
+            election_max: ms(300),
         })
     }
 }

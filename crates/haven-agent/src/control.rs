@@ -41,6 +41,7 @@ pub async fn run(agent: Arc<Agent>, mut stop: watch::Receiver<bool>) {
                 since
             }
         };
+        let _tick = agent.control_lock.lock().await;
         if agent.db.ensure_leader().await.is_err() {
             continue;
         }

@@ -88,8 +88,14 @@ pub async fn run(agent: Arc<Agent>, mut stop: watch::Receiver<bool>) {
             was_valid = valid;
         }
         let next = started + interval;
+        // A new leader is renewed with at once: after the leader's node is lost, the first
+        // renewal with its successor must not wait for the next tick (nor, in `renew_once`,
+        // for a request to the lost leader to time out), or every lease runs out.
+        let leader_before = agent.db.leader().map(|(id, _)| id);
+        let mut metrics = agent.db.raft().metrics();
         tokio::select! {
             _ = tokio::time::sleep_until(next) => {}
+            Ok(_) = metrics.wait_for(|m| m.current_leader.is_some() && m.current_leader != leader_before) => {}
             _ = stop.wait_for(|s| *s) => return,
         }
         if !agent.lease.valid() && was_valid {
@@ -109,15 +115,44 @@ async fn renew_once(agent: &Agent) -> Option<HeartbeatReply> {
     if leader_id == agent.db.node_id() {
         tokio::time::timeout(timeout, grant(agent, &hb)).await.ok()?.ok()
     } else {
-        peer::send_heartbeat(&agent.peers, &addr, &hb, timeout).await
+        // Give up on this leader as soon as another one is known (see `run`).
+        let mut metrics = agent.db.raft().metrics();
+        tokio::select! {
+            reply = peer::send_heartbeat(&agent.peers, &addr, &hb, timeout) => reply,
+            Ok(_) = metrics.wait_for(|m| m.current_leader != Some(leader_id)) => None,
+        }
     }
 }
 
+/// Why the leader did not renew a lease.
+#[derive(Debug, thiserror::Error)]
+pub enum GrantError {
+    #[error(transparent)]
+    NotLeader(#[from] haven_raft::WriteError),
+    #[error(
+        "node {0:?} is marked down in the cluster state; its renewal is noted and it gets a lease again once the controller has marked it up"
+    )]
+    MarkedDown(String),
+}
+
 /// Leader side: grant a lease renewal only after a quorum confirmed this node still leads.
-pub async fn grant(agent: &Agent, hb: &Heartbeat) -> Result<HeartbeatReply, haven_raft::WriteError> {
+///
+/// Two rules close the race the simulator found (`haven-sim`, seed 425 before the fix):
+/// - the grant holds the controller's lock, so it cannot fall between a controller tick
+///   reading the heartbeats ("node X is silent, move its groups") and those moves being
+///   committed — X would otherwise get a fresh lease while the state still names it owner;
+/// - a node the committed state marks down gets its heartbeat recorded (so the controller
+///   marks it up) but no lease, so it starts nothing until its groups' new placements are
+///   committed and visible to it.
+pub async fn grant(agent: &Agent, hb: &Heartbeat) -> Result<HeartbeatReply, GrantError> {
+    let _tick = agent.control_lock.lock().await;
     agent.db.ensure_leader().await?;
     let applied_index = agent.applied_index();
     agent.heartbeats.lock().unwrap_or_else(|e| e.into_inner()).insert(hb.node.clone(), crate::now_ms());
+    let state = agent.db.state();
+    if state.nodes.get(&hb.node).is_some_and(|n| !n.is_up()) {
+        return Err(GrantError::MarkedDown(hb.node.clone()));
+    }
     Ok(HeartbeatReply { leader_id: agent.db.node_id(), applied_index })
 }
 

@@ -46,6 +46,10 @@ pub struct Agent {
     pub lease: lease::LeaseKeeper,
     /// Leader side: when each node's last heartbeat arrived (ms), during this term.
     pub heartbeats: Mutex<BTreeMap<String, u64>>,
+    /// Held by the controller from reading the heartbeats until its decisions are committed,
+    /// and by every lease grant: a renewal lands either before a tick looks or after what
+    /// the tick decided is committed, never in between (see `lease::grant`).
+    pub control_lock: tokio::sync::Mutex<()>,
     pub drivers: haven_drivers::Drivers,
     reports: report::Reporter,
 }
@@ -160,6 +164,7 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Res
         db,
         peers,
         heartbeats: Mutex::new(BTreeMap::new()),
+        control_lock: tokio::sync::Mutex::new(()),
         drivers: haven_drivers::Drivers::new(),
         reports,
     });

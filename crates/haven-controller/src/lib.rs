@@ -117,7 +117,7 @@ const MAX_PASSES: usize = 8;
 pub fn decide(state: &State, obs: &Observations, timing: &Timing) -> Vec<Decision> {
     let mut p = Projection::new(state, obs.now);
     rules::liveness::decide(&mut p, obs, timing);
-    let tick = rules::Tick::new(obs.now);
+    let tick = rules::Tick::with_timing(obs.now, timing);
     for _ in 0..MAX_PASSES {
         let before = p.len();
         for group in rules::groups_by_priority(p.state()) {

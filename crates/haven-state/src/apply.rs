@@ -325,6 +325,24 @@ pub(crate) fn apply(s: &mut State, req: &Request) -> Response {
             if !changed && !failure && r.status.reason == *reason {
                 return Ok(Reply::Resource(r.clone()));
             }
+            // A late "stopped" from a node that no longer owns the group must not hide that
+            // another node runs the resource: the controller reads the status to know
+            // whether a move may start the group elsewhere.
+            let owner = s.groups.get(&r.spec.group).and_then(|g| g.owner.as_deref());
+            let stale = owner != Some(reporter.as_str())
+                && r.status.node.as_deref().is_some_and(|n| n != reporter)
+                && matches!(state, ResourceState::Offline | ResourceState::Stopping | ResourceState::Failed);
+            if stale {
+                let msg = format!(
+                    "resource {name:?} is {} on {reporter:?} (a node that no longer owns it; its status stays as {:?} reported)",
+                    format!("{state:?}").to_lowercase(),
+                    r.status.node.as_deref().unwrap_or("")
+                );
+                let group_name = r.spec.group.clone();
+                let reply = r.clone();
+                event(s, at, by, "resource-report-stale", Some(reporter), Some(&group_name), Some(name), msg);
+                return Ok(Reply::Resource(reply));
+            }
             let group_name = r.spec.group.clone();
             let r = resource_mut(s, name)?;
             if *failure {

@@ -15,6 +15,7 @@ pub mod resource_failure;
 use std::cmp::Reverse;
 
 use haven_model::Millis;
+use haven_model::ResourceState;
 use haven_policy::Placement;
 use haven_state::{Command, State};
 
@@ -26,12 +27,21 @@ pub struct Tick {
     pub now: Millis,
     /// The UTC hour of `now`, for failback windows.
     pub utc_hour: u8,
+    /// Lease + margin: after this long, a node that was told to stop a group has either
+    /// applied that (and reported its stop) or lost its lease (and killed the group).
+    pub lease_and_margin: Millis,
 }
 
 impl Tick {
+    /// A tick with the default lease timing.
     pub fn new(now: Millis) -> Tick {
+        Tick::with_timing(now, &crate::Timing::default())
+    }
+
+    pub fn with_timing(now: Millis, timing: &crate::Timing) -> Tick {
         let hour = (now / 3_600_000) % 24;
-        Tick { now, utc_hour: u8::try_from(hour).unwrap_or(0) }
+        let lease_and_margin = timing.lease_ms.saturating_add(timing.margin_ms);
+        Tick { now, utc_hour: u8::try_from(hour).unwrap_or(0), lease_and_margin }
     }
 }
 
@@ -49,7 +59,7 @@ pub fn decide_group(state: &State, group: &str, tick: &Tick) -> Option<Decision>
         return None;
     }
     let Some(owner) = g.owner.as_deref() else {
-        return placement::decide(state, g);
+        return placement::decide(state, g, tick);
     };
     if g.failed_reason.is_some() {
         return None;
@@ -60,6 +70,17 @@ pub fn decide_group(state: &State, group: &str, tick: &Tick) -> Option<Decision>
         Some(n) => resource_failure::decide(state, g, owner, tick)
             .or_else(|| if n.paused { drain::decide(state, g, owner) } else { failback::decide(state, g, tick) }),
     }
+}
+
+/// A resource of `group` that `node` reports starting, online or stopping, if any.
+pub(crate) fn running_on<'a>(state: &'a State, group: &'a str, node: &str) -> Option<&'a str> {
+    state
+        .group_resources(group)
+        .find(|r| {
+            r.status.node.as_deref() == Some(node)
+                && matches!(r.status.state, ResourceState::Starting | ResourceState::Online | ResourceState::Stopping)
+        })
+        .map(|r| r.spec.name.as_str())
 }
 
 /// `PlaceGroup` with its reason as the decision's `why`.

@@ -1,0 +1,113 @@
+//! One simulated node: its clock, its applied copy of the cluster state, its lease keeper,
+//! its leader-side bookkeeping (used only while it leads), its status-report queue and one
+//! LRM worker per group.
+//!
+//! Plain data: the simulator (`sim`) drives it. What survives a crash is what the agent
+//! keeps on disk — the applied state (Raft log and state machine in redb); everything else
+//! (lease, heartbeats seen, queued reports, workers) is lost, and every resource it ran is
+//! gone (the process driver ties resources to the agent's life).
+
+use std::collections::{BTreeMap, VecDeque};
+
+use haven_state::{Command, Request, State};
+
+use crate::clock::{Clock, Micros};
+use crate::lrm::{Op, Worker};
+
+#[derive(Debug)]
+pub struct Node {
+    pub name: String,
+    pub clock: Clock,
+    pub alive: bool,
+    /// Bumped at every crash and restart; events of an older incarnation are ignored.
+    pub incarnation: u64,
+    /// The node's own copy of the committed state and how many log entries it applied.
+    pub applied: State,
+    pub applied_index: usize,
+    pub lease: Lease,
+    pub leader_side: LeaderSide,
+    /// Status reports not yet committed, oldest first, and whether one is in flight.
+    pub reports: VecDeque<Command>,
+    pub report_in_flight: bool,
+    pub workers: BTreeMap<String, Worker>,
+    /// Per group: the driver call in progress and its id.
+    pub busy: BTreeMap<String, (Op, u64)>,
+}
+
+/// The lease keeper (`haven-agent` `lease.rs`), in this node's local µs.
+#[derive(Debug, Default)]
+pub struct Lease {
+    pub valid_until: Option<u64>,
+    /// The leader's applied index when it granted the lease.
+    pub min_applied: usize,
+    /// The renewal in flight: (sequence, local send time).
+    pub outstanding: Option<(u64, u64)>,
+    pub next_seq: u64,
+    /// Whether the lease was valid at the last look (for the trace only).
+    pub was_valid: bool,
+}
+
+/// What the node keeps while it is the leader (`Agent::heartbeats` and the controller
+/// loop's `leadership`).
+#[derive(Debug, Default)]
+pub struct LeaderSide {
+    /// Per node: the leader's clock (ms) when it granted that node's last renewal.
+    pub heartbeats: BTreeMap<String, u64>,
+    /// (term, leader_since in ms) as the controller loop first saw this leadership.
+    pub leadership: Option<(u64, u64)>,
+    /// Controller decisions of this tick not yet committed.
+    pub committing: bool,
+}
+
+impl Node {
+    pub fn new(name: String, clock: Clock, setup: &[Request], groups: &[String]) -> Node {
+        let mut applied = State::default();
+        for r in setup {
+            let _ = applied.apply(r);
+        }
+        Node {
+            name,
+            clock,
+            alive: true,
+            incarnation: 0,
+            applied,
+            applied_index: setup.len(),
+            lease: Lease::default(),
+            leader_side: LeaderSide::default(),
+            reports: VecDeque::new(),
+            report_in_flight: false,
+            workers: groups.iter().map(|g| (g.clone(), Worker::default())).collect(),
+            busy: BTreeMap::new(),
+        }
+    }
+
+    pub fn local(&self, t: Micros) -> u64 {
+        self.clock.local(t)
+    }
+
+    /// `LeaseKeeper::may_run`: a valid lease and the state the leader had at the grant.
+    pub fn may_run(&self, t: Micros) -> bool {
+        self.lease_valid(t) && self.applied_index >= self.lease.min_applied
+    }
+
+    pub fn lease_valid(&self, t: Micros) -> bool {
+        self.lease.valid_until.is_some_and(|u| self.local(t) < u)
+    }
+
+    /// A crash: everything in memory is gone; the applied state stays on disk.
+    pub fn crash(&mut self) {
+        self.alive = false;
+        self.incarnation += 1;
+        self.lease = Lease { next_seq: self.lease.next_seq, ..Lease::default() };
+        self.leader_side = LeaderSide::default();
+        self.reports.clear();
+        self.report_in_flight = false;
+        self.workers.values_mut().for_each(|w| *w = Worker::default());
+        self.busy.clear();
+    }
+
+    pub fn restart(&mut self) {
+        self.alive = true;
+        self.incarnation += 1;
+    }
+}

@@ -1,0 +1,999 @@
+//! The discrete-event loop: a queue of timed events, the handlers that move the nodes, the
+//! cluster database and the network forward, and the invariant checks after every event.
+//!
+//! Handlers mirror the agent's tasks: the lease keeper (`RenewTick`, `RenewReply`,
+//! `RenewTimeout`), the leader's `grant` (`RenewArrive`, `GrantDone`), the controller loop
+//! (`ControllerTick`, `ControllerCommit`), Raft replication (`Apply`), the LRM (`lrm_eval`,
+//! `OpDone`) and the status reporter (`ReportSend`, `ReportArrive`, `ReportRetry`). Faults
+//! come from `scenario`. Nothing here decides placement or liveness: that is the real
+//! `haven_controller::decide`.
+
+use std::cmp::Ordering;
+use std::collections::{BinaryHeap, VecDeque};
+
+use haven_controller::{Decision, Observations, Timing};
+use haven_state::{Command, Request};
+
+use crate::clock::{Clock, EPOCH_US, Micros};
+use crate::cluster_db::ClusterDb;
+use crate::invariants::{Running, Violation, check_liveness};
+use crate::lrm::{Op, Report, Step, View};
+use crate::network::{NORMAL_DELAY_US, Network};
+use crate::node::Node;
+use crate::rng::Rng;
+use crate::scenario::{self, Fault};
+use crate::{BrokenRule, Options, Outcome, Stats};
+
+/// `12.345s`: simulated true time as the trace shows it.
+pub fn fmt_time(t: Micros) -> String {
+    format!("{}.{:03}s", t / 1_000_000, (t / 1000) % 1000)
+}
+
+const MS: u64 = 1000;
+
+#[derive(Debug)]
+enum Ev {
+    RenewTick {
+        node: usize,
+        inc: u64,
+    },
+    RenewArrive {
+        node: usize,
+        leader: usize,
+        term: u64,
+        seq: u64,
+    },
+    GrantDone {
+        node: usize,
+        leader: usize,
+        leader_inc: u64,
+        seq: u64,
+    },
+    RenewReply {
+        node: usize,
+        inc: u64,
+        seq: u64,
+        min_applied: usize,
+    },
+    RenewTimeout {
+        node: usize,
+        inc: u64,
+        seq: u64,
+    },
+    ControllerTick {
+        node: usize,
+        inc: u64,
+        term: u64,
+    },
+    ControllerCommit {
+        node: usize,
+        inc: u64,
+        term: u64,
+        decisions: VecDeque<Decision>,
+    },
+    Apply {
+        node: usize,
+        inc: u64,
+        upto: usize,
+    },
+    LrmWake {
+        node: usize,
+        inc: u64,
+    },
+    /// The node's lease may have ended: cut short starts, then self-fence.
+    LeaseEnd {
+        node: usize,
+        inc: u64,
+    },
+    OpDone {
+        node: usize,
+        inc: u64,
+        group: usize,
+        id: u64,
+    },
+    ReportSend {
+        node: usize,
+        inc: u64,
+    },
+    ReportArrive {
+        node: usize,
+        inc: u64,
+        leader: usize,
+        cmd: Box<Command>,
+    },
+    ReportRetry {
+        node: usize,
+        inc: u64,
+        cmd: Box<Command>,
+    },
+    Election,
+    NextFault,
+    NextResourceFault,
+    Heal,
+    Restart {
+        node: usize,
+    },
+    LossEnd,
+    SlowEnd,
+    QuietStart,
+    End,
+}
+
+struct Entry {
+    at: Micros,
+    seq: u64,
+    ev: Ev,
+}
+
+impl PartialEq for Entry {
+    fn eq(&self, o: &Self) -> bool {
+        (self.at, self.seq) == (o.at, o.seq)
+    }
+}
+impl Eq for Entry {}
+impl PartialOrd for Entry {
+    fn partial_cmp(&self, o: &Self) -> Option<Ordering> {
+        Some(self.cmp(o))
+    }
+}
+impl Ord for Entry {
+    /// Reversed: the heap pops the earliest event, ties in scheduling order.
+    fn cmp(&self, o: &Self) -> Ordering {
+        (o.at, o.seq).cmp(&(self.at, self.seq))
+    }
+}
+
+pub(crate) struct Sim {
+    opts: Options,
+    rng: Rng,
+    now: Micros,
+    queue: BinaryHeap<Entry>,
+    seq: u64,
+    nodes: Vec<Node>,
+    names: Vec<String>,
+    groups: Vec<String>,
+    db: ClusterDb,
+    net: Network,
+    running: Running,
+    /// The controller's timing (normally the nodes' lease and margin).
+    timing: Timing,
+    election_pending: bool,
+    faults_on: bool,
+    op_seq: u64,
+    done: bool,
+    trace: Option<Vec<String>>,
+    violations: Vec<Violation>,
+    stats: Stats,
+}
+
+impl Sim {
+    pub(crate) fn new(seed: u64, opts: &Options) -> Sim {
+        let mut rng = Rng::new(seed);
+        let scenario = scenario::generate(&mut rng, opts.nodes);
+        let p = opts.profile;
+        let nodes: Vec<Node> = scenario
+            .nodes
+            .iter()
+            .map(|name| {
+                let offset = EPOCH_US + rng.range(0, 1_000_000);
+                let drift = p.drift_ppm as i64;
+                let clock = Clock::new(offset, rng.range(0, 2 * drift as u64) as i64 - drift);
+                Node::new(name.clone(), clock, &scenario.setup, &scenario.groups)
+            })
+            .collect();
+        let timing = match opts.broken {
+            Some(BrokenRule::SkipLeaseWait) => Timing { lease_ms: 2 * p.renew_ms, margin_ms: 0 },
+            _ => Timing { lease_ms: p.lease_ms, margin_ms: p.margin_ms },
+        };
+        let n = nodes.len();
+        let mut sim = Sim {
+            opts: opts.clone(),
+            rng,
+            now: 0,
+            queue: BinaryHeap::new(),
+            seq: 0,
+            names: scenario.nodes.clone(),
+            groups: scenario.groups.clone(),
+            nodes,
+            db: ClusterDb::new(scenario.setup),
+            net: Network::new(n),
+            running: Running::default(),
+            timing,
+            election_pending: false,
+            faults_on: true,
+            op_seq: 0,
+            done: false,
+            trace: opts.trace.then(Vec::new),
+            violations: Vec::new(),
+            stats: Stats::default(),
+        };
+        sim.note(|s| {
+            let clocks: Vec<String> =
+                s.nodes.iter().map(|n| format!("{} {:+}ppm", n.name, n.clock.rate_ppm())).collect();
+            let groups: Vec<String> =
+                s.db.state
+                    .groups
+                    .values()
+                    .map(|g| {
+                        let rs: Vec<String> =
+                            s.db.state
+                                .group_resources(&g.spec.name)
+                                .map(|r| {
+                                    format!(
+                                        "{}(threshold {}, {:?})",
+                                        r.spec.name, r.spec.props.restart_threshold, r.spec.props.restart_action
+                                    )
+                                })
+                                .collect();
+                        format!(
+                            "{}: [{}] preferred {:?} possible {:?}",
+                            g.spec.name,
+                            rs.join(" "),
+                            g.spec.preferred_owners,
+                            g.spec.possible_owners
+                        )
+                    })
+                    .collect();
+            format!(
+                "scenario: profile {} (renew {}ms, lease {}ms, margin {}ms, election {}-{}ms); clocks {}; groups {}",
+                s.opts.profile.name,
+                p.renew_ms,
+                p.lease_ms,
+                p.margin_ms,
+                p.election_min_ms,
+                p.election_max_ms,
+                clocks.join(", "),
+                groups.join("; ")
+            )
+        });
+        let first = sim.rng.below(n);
+        sim.become_leader(first);
+        for i in 0..n {
+            let d = sim.rng.range(0, p.renew_ms * MS);
+            sim.at(d, Ev::RenewTick { node: i, inc: 0 });
+        }
+        let d = sim.rng.range(1_000, 3_000) * MS;
+        sim.at(d, Ev::NextFault);
+        let d = sim.rng.range(1_000, 5_000) * MS;
+        sim.at(d, Ev::NextResourceFault);
+        sim.at(opts.fault_ms * MS, Ev::QuietStart);
+        sim.at((opts.fault_ms + opts.quiet_ms) * MS, Ev::End);
+        sim
+    }
+
+    pub(crate) fn run(mut self, seed: u64) -> Outcome {
+        while let Some(e) = self.queue.pop() {
+            debug_assert!(e.at >= self.now);
+            self.now = e.at;
+            self.stats.events += 1;
+            self.handle(e.ev);
+            if let Err(m) = self.db.check_acknowledged_cheap() {
+                self.violate("lost-write", m);
+            }
+            if self.done {
+                break;
+            }
+        }
+        Outcome { seed, violations: self.violations, trace: self.trace.unwrap_or_default(), stats: self.stats }
+    }
+
+    // ----- plumbing -------------------------------------------------------------------
+
+    fn at(&mut self, at: Micros, ev: Ev) {
+        self.seq += 1;
+        self.queue.push(Entry { at: at.max(self.now), seq: self.seq, ev });
+    }
+
+    fn after(&mut self, delay: Micros, ev: Ev) {
+        self.at(self.now + delay, ev);
+    }
+
+    fn note(&mut self, line: impl FnOnce(&Sim) -> String) {
+        if self.trace.is_some() {
+            let text = format!("{:>9}  {}", fmt_time(self.now), line(self));
+            if let Some(t) = self.trace.as_mut() {
+                t.push(text);
+            }
+        }
+    }
+
+    fn violate(&mut self, invariant: &'static str, message: String) {
+        let v = Violation { invariant, at: self.now, message };
+        self.note(|_| format!("VIOLATION {v}"));
+        self.violations.push(v);
+        self.done = true;
+    }
+
+    fn live(&self, node: usize, inc: u64) -> bool {
+        self.nodes[node].alive && self.nodes[node].incarnation == inc
+    }
+
+    fn has_quorum(&self, node: usize) -> bool {
+        let n = self.nodes.len();
+        self.nodes[node].alive
+            && (0..n).filter(|m| self.nodes[*m].alive && self.net.connected(node, *m)).count() > n / 2
+    }
+
+    fn lease_us(&self) -> u64 {
+        self.opts.profile.lease_ms * MS
+    }
+
+    fn write_latency(&mut self) -> Micros {
+        self.rng.range(500, 5_000)
+    }
+
+    // ----- events ---------------------------------------------------------------------
+
+    fn handle(&mut self, ev: Ev) {
+        match ev {
+            Ev::RenewTick { node, inc } => self.renew_tick(node, inc),
+            Ev::RenewArrive { node, leader, term, seq } => {
+                // `grant`: answer only after a quorum round proves leadership.
+                let l = &self.nodes[leader];
+                if !l.alive || self.db.leader != Some(leader) || self.db.term != term || !self.has_quorum(leader) {
+                    return;
+                }
+                let leader_inc = l.incarnation;
+                let (lo, hi) = self.net.delay_us;
+                let round = 2 * self.rng.range(lo, hi);
+                self.after(round, Ev::GrantDone { node, leader, leader_inc, seq });
+            }
+            Ev::GrantDone { node, leader, leader_inc, seq } => {
+                if !self.live(leader, leader_inc) {
+                    return;
+                }
+                if self.opts.broken != Some(BrokenRule::UnguardedGrant) && self.nodes[leader].leader_side.committing {
+                    // A grant waits for the controller's tick to commit (`lease::grant`).
+                    self.after(MS, Ev::GrantDone { node, leader, leader_inc, seq });
+                    return;
+                }
+                let received = self.nodes[leader].clock.local_ms(self.now);
+                let name = self.names[node].clone();
+                self.nodes[leader].leader_side.heartbeats.insert(name, received);
+                let down = self.db.state.nodes.get(&self.names[node]).is_some_and(|n| !n.is_up());
+                if self.opts.broken != Some(BrokenRule::UnguardedGrant) && down {
+                    return; // heartbeat recorded (the controller marks it up), no lease yet
+                }
+                // After ensure_leader the leader has applied everything committed.
+                let min_applied = self.db.len();
+                let inc = self.nodes[node].incarnation;
+                if let Some(d) = self.net.send(&mut self.rng, leader, node) {
+                    self.after(d, Ev::RenewReply { node, inc, seq, min_applied });
+                }
+            }
+            Ev::RenewReply { node, inc, seq, min_applied } => self.renew_reply(node, inc, seq, min_applied),
+            Ev::RenewTimeout { node, inc, seq } => {
+                if !self.live(node, inc) {
+                    return;
+                }
+                let n = &mut self.nodes[node];
+                if let Some((s, sent)) = n.lease.outstanding
+                    && s == seq
+                {
+                    n.lease.outstanding = None;
+                    let next = n.clock.true_at(sent + self.opts.profile.renew_ms * MS);
+                    self.at(next, Ev::RenewTick { node, inc });
+                }
+            }
+            Ev::ControllerTick { node, inc, term } => self.controller_tick(node, inc, term),
+            Ev::ControllerCommit { node, inc, term, decisions } => self.controller_commit(node, inc, term, decisions),
+            Ev::Apply { node, inc, upto } => {
+                if !self.live(node, inc) {
+                    return;
+                }
+                let upto = upto.min(self.db.len());
+                let n = &mut self.nodes[node];
+                if upto <= n.applied_index {
+                    return;
+                }
+                for i in n.applied_index..upto {
+                    let _ = n.applied.apply(self.db.entry(i));
+                }
+                n.applied_index = upto;
+                self.lrm_eval(node);
+            }
+            Ev::LrmWake { node, inc } => {
+                if self.live(node, inc) {
+                    self.lrm_eval(node);
+                }
+            }
+            Ev::LeaseEnd { node, inc } => self.lease_end(node, inc),
+            Ev::OpDone { node, inc, group, id } => self.op_done(node, inc, group, id),
+            Ev::ReportSend { node, inc } => self.report_send(node, inc),
+            Ev::ReportArrive { node, inc, leader, cmd } => self.report_arrive(node, inc, leader, cmd),
+            Ev::ReportRetry { node, inc, cmd } => {
+                if !self.live(node, inc) {
+                    return;
+                }
+                let n = &mut self.nodes[node];
+                let superseded = n.reports.iter().any(|q| resource_of(q) == resource_of(&cmd));
+                if !superseded {
+                    n.reports.push_front(*cmd);
+                }
+                n.report_in_flight = false;
+                self.report_send(node, inc);
+            }
+            Ev::Election => self.election(),
+            Ev::NextFault => self.next_fault(),
+            Ev::NextResourceFault => self.resource_fault(),
+            Ev::Heal => {
+                self.net.heal();
+                self.note(|_| "network healed".to_string());
+                self.topology_changed();
+            }
+            Ev::Restart { node } => self.restart(node),
+            Ev::LossEnd => {
+                self.net.loss = 0.0;
+                self.note(|_| "message loss ends".to_string());
+            }
+            Ev::SlowEnd => {
+                self.net.delay_us = NORMAL_DELAY_US;
+                self.note(|_| "network fast again".to_string());
+            }
+            Ev::QuietStart => {
+                self.faults_on = false;
+                self.net.heal();
+                self.net.loss = 0.0;
+                self.net.delay_us = NORMAL_DELAY_US;
+                self.note(|_| "quiet period: faults stop, network healed, crashed nodes restart".to_string());
+                for i in 0..self.nodes.len() {
+                    self.restart(i);
+                }
+                self.topology_changed();
+            }
+            Ev::End => self.end(),
+        }
+    }
+
+    // ----- lease keeper (node side) ---------------------------------------------------
+
+    fn renew_tick(&mut self, node: usize, inc: u64) {
+        if !self.live(node, inc) || self.nodes[node].lease.outstanding.is_some() {
+            return;
+        }
+        let p = self.opts.profile;
+        let n = &mut self.nodes[node];
+        let sent = n.local(self.now);
+        let Some(leader) = self.db.leader else {
+            let next = n.clock.true_at(sent + p.renew_ms * MS);
+            self.at(next, Ev::RenewTick { node, inc });
+            return;
+        };
+        let seq = n.lease.next_seq;
+        n.lease.next_seq += 1;
+        n.lease.outstanding = Some((seq, sent));
+        // `renew_once` gives up waiting after lease / 2.
+        let timeout = n.clock.true_at(sent + p.lease_ms * MS / 2);
+        self.at(timeout, Ev::RenewTimeout { node, inc, seq });
+        let term = self.db.term;
+        if let Some(d) = self.net.send(&mut self.rng, node, leader) {
+            self.after(d, Ev::RenewArrive { node, leader, term, seq });
+        }
+    }
+
+    fn renew_reply(&mut self, node: usize, inc: u64, seq: u64, min_applied: usize) {
+        if !self.live(node, inc) {
+            return;
+        }
+        let lease = self.lease_us() * 99 / 100;
+        let renew = self.opts.profile.renew_ms * MS;
+        let from_receipt = self.opts.broken == Some(BrokenRule::LeaseFromReceipt);
+        let now = self.now;
+        let n = &mut self.nodes[node];
+        let Some((s, sent)) = n.lease.outstanding else { return };
+        if s != seq {
+            return;
+        }
+        n.lease.outstanding = None;
+        let start = if from_receipt { n.local(now) } else { sent };
+        let until = start + lease;
+        n.lease.valid_until = Some(until);
+        n.lease.min_applied = min_applied;
+        let next = n.clock.true_at(sent + renew);
+        // The agent's workers wake exactly at the lease end (self-fencing waits for no tick).
+        let expiry = n.clock.true_at(until);
+        self.at(next, Ev::RenewTick { node, inc });
+        self.at(expiry, Ev::LeaseEnd { node, inc });
+        self.lrm_eval(node);
+    }
+
+    // ----- leader, elections, controller ---------------------------------------------
+
+    fn become_leader(&mut self, node: usize) {
+        self.db.leader = Some(node);
+        self.db.term += 1;
+        self.stats.elections += 1;
+        let term = self.db.term;
+        self.note(|s| format!("{} elected leader (term {term})", s.names[node]));
+        if let Err(m) = self.db.check_acknowledged() {
+            self.violate("lost-write", m);
+        }
+        let inc = self.nodes[node].incarnation;
+        let first_tick = self.rng.range(0, self.opts.profile.renew_ms * MS / 2);
+        self.after(first_tick, Ev::ControllerTick { node, inc, term });
+        self.replicate();
+    }
+
+    fn topology_changed(&mut self) {
+        let ok = self.db.leader.is_some_and(|l| self.has_quorum(l));
+        if !ok && !self.election_pending {
+            self.election_pending = true;
+            let p = self.opts.profile;
+            let d = self.rng.range(p.election_min_ms, p.election_max_ms) * MS;
+            self.after(d, Ev::Election);
+        }
+        self.replicate();
+    }
+
+    fn election(&mut self) {
+        self.election_pending = false;
+        if self.db.leader.is_some_and(|l| self.has_quorum(l)) {
+            return;
+        }
+        let candidates: Vec<usize> = (0..self.nodes.len()).filter(|i| self.has_quorum(*i)).collect();
+        if candidates.is_empty() {
+            self.note(|_| "election: no majority can meet; no leader".to_string());
+            return; // retried at the next heal or restart
+        }
+        let c = candidates[self.rng.below(candidates.len())];
+        self.become_leader(c);
+    }
+
+    fn controller_tick(&mut self, node: usize, inc: u64, term: u64) {
+        if !self.live(node, inc) || self.db.leader != Some(node) || self.db.term != term {
+            return; // no longer leader: the loop idles
+        }
+        let tick = self.opts.profile.renew_ms * MS / 2;
+        let next = self.nodes[node].clock.after(self.now, tick);
+        self.at(next, Ev::ControllerTick { node, inc, term });
+        let now_ms = self.nodes[node].clock.local_ms(self.now);
+        let n = &mut self.nodes[node];
+        if n.leader_side.committing {
+            return;
+        }
+        let leader_since = match n.leader_side.leadership {
+            Some((t, since)) if t == term => since,
+            _ => {
+                n.leader_side.heartbeats.clear();
+                n.leader_side.leadership = Some((term, now_ms));
+                now_ms
+            }
+        };
+        if !self.has_quorum(node) {
+            return;
+        }
+        let obs = Observations { now: now_ms, leader_since, last_heartbeat: &self.nodes[node].leader_side.heartbeats };
+        let decisions: VecDeque<Decision> = haven_controller::decide(&self.db.state, &obs, &self.timing).into();
+        if decisions.is_empty() {
+            return;
+        }
+        self.nodes[node].leader_side.committing = true;
+        let d = self.write_latency();
+        self.after(d, Ev::ControllerCommit { node, inc, term, decisions });
+    }
+
+    fn controller_commit(&mut self, node: usize, inc: u64, term: u64, mut decisions: VecDeque<Decision>) {
+        if !self.live(node, inc) {
+            return;
+        }
+        if self.db.leader != Some(node) || self.db.term != term || !self.has_quorum(node) {
+            self.nodes[node].leader_side.committing = false;
+            self.note(|s| format!("{}: controller decisions not committed (no quorum)", s.names[node]));
+            return;
+        }
+        let Some(d) = decisions.pop_front() else {
+            self.nodes[node].leader_side.committing = false;
+            return;
+        };
+        let at = self.nodes[node].clock.local_ms(self.now);
+        let (index, resp) = self.db.commit(Request::new(at, "controller", d.command.clone()));
+        if let Command::PlaceGroup { failover: true, .. } = d.command {
+            self.stats.failovers += 1;
+        }
+        self.stats.commits += 1;
+        self.note(|s| format!("{}: commit #{index} controller: {d}", s.names[node]));
+        if let Err(e) = resp {
+            self.violate("controller-contract", format!("the state refused the controller's decision {d}: {e}"));
+            return;
+        }
+        self.replicate();
+        if decisions.is_empty() {
+            self.nodes[node].leader_side.committing = false;
+        } else {
+            let d = self.write_latency();
+            self.after(d, Ev::ControllerCommit { node, inc, term, decisions });
+        }
+    }
+
+    /// Raft replication: every live node the leader reaches receives the log up to the
+    /// commit index after its own delay.
+    fn replicate(&mut self) {
+        let Some(leader) = self.db.leader else { return };
+        if !self.nodes[leader].alive {
+            return;
+        }
+        let upto = self.db.len();
+        for i in 0..self.nodes.len() {
+            let n = &self.nodes[i];
+            if !n.alive || n.applied_index >= upto || !self.net.connected(leader, i) {
+                continue;
+            }
+            let inc = n.incarnation;
+            let d = if i == leader {
+                self.rng.range(50, 1000)
+            } else {
+                let (lo, hi) = self.net.delay_us;
+                self.rng.range(lo, hi) + self.rng.range(100, 2_000)
+            };
+            self.after(d, Ev::Apply { node: i, inc, upto });
+        }
+    }
+
+    // ----- local resource manager -------------------------------------------------------
+
+    fn lrm_eval(&mut self, node: usize) {
+        if !self.nodes[node].alive {
+            return;
+        }
+        let now = self.now;
+        let valid = self.nodes[node].lease_valid(now);
+        if valid != self.nodes[node].lease.was_valid {
+            self.nodes[node].lease.was_valid = valid;
+            self.note(|s| format!("{}: lease {}", s.names[node], if valid { "acquired" } else { "lost" }));
+        }
+        for gi in 0..self.groups.len() {
+            let n = &mut self.nodes[node];
+            let group = &self.groups[gi];
+            if n.busy.contains_key(group) {
+                continue;
+            }
+            let view = View {
+                me: &n.name,
+                group,
+                state: &n.applied,
+                may_run: n.lease_valid(now) && n.applied_index >= n.lease.min_applied,
+                lease_valid: n.lease_valid(now),
+                now: n.clock.local(now),
+            };
+            let mut reports = Vec::new();
+            let worker = n.workers.get_mut(group).expect("a worker per group");
+            let step = worker.next_step(&view, &mut reports);
+            self.queue_reports(node, reports);
+            match step {
+                Step::Idle { wake_at: Some(w) } => {
+                    let t = self.nodes[node].clock.true_at(w);
+                    let inc = self.nodes[node].incarnation;
+                    self.at(t, Ev::LrmWake { node, inc });
+                }
+                Step::Idle { wake_at: None } => {}
+                Step::Begin(op) => self.begin_op(node, gi, op),
+            }
+            if self.done {
+                return;
+            }
+        }
+    }
+
+    fn lease_end(&mut self, node: usize, inc: u64) {
+        if !self.live(node, inc) || self.nodes[node].lease_valid(self.now) {
+            return;
+        }
+        // `within_lease`: a start still running at the lease end is abandoned and what it
+        // started is killed at once.
+        let starting: Vec<(String, String)> = self.nodes[node]
+            .busy
+            .iter()
+            .filter_map(|(g, (op, _))| match op {
+                Op::Start(r) => Some((g.clone(), r.clone())),
+                _ => None,
+            })
+            .collect();
+        for (g, r) in starting {
+            let n = &mut self.nodes[node];
+            n.busy.remove(&g);
+            n.workers.get_mut(&g).expect("a worker per group").start_cut_short(&r);
+            self.running.end(&r, node);
+            self.note(|s| format!("{}: lease ended during the start of {r}; killed it", s.names[node]));
+        }
+        self.lrm_eval(node);
+    }
+
+    fn begin_op(&mut self, node: usize, group: usize, op: Op) {
+        let d = match op {
+            Op::Start(_) => self.rng.range(50, 500),
+            Op::Stop { kill: true, .. } => self.rng.range(1, 20),
+            Op::Stop { .. } | Op::StopFailed(_) => self.rng.range(10, 300),
+        } * MS;
+        let res = op.resource().to_string();
+        let verb = match op {
+            Op::Start(_) => "starts",
+            Op::Stop { kill: true, .. } => "kills (self-fence)",
+            Op::Stop { .. } => "stops",
+            Op::StopFailed(_) => "stops failed",
+        };
+        self.note(|s| format!("{}: {verb} {res} (takes {}ms)", s.names[node], d / MS));
+        if let Op::Start(_) = op {
+            self.stats.starts += 1;
+            if let Err(v) = self.running.begin(self.now, &res, node, &self.names) {
+                let detail = self.explain_owners(&res);
+                self.violate(v.invariant, format!("{}; {detail}", v.message));
+            }
+        }
+        self.op_seq += 1;
+        let id = self.op_seq;
+        let inc = self.nodes[node].incarnation;
+        self.nodes[node].busy.insert(self.groups[group].clone(), (op, id));
+        self.after(d, Ev::OpDone { node, inc, group, id });
+    }
+
+    /// What each node believed when two of them ran one resource (for the violation).
+    fn explain_owners(&self, resource: &str) -> String {
+        let group = self.db.state.resources.get(resource).map(|r| r.spec.group.clone()).unwrap_or_default();
+        let parts: Vec<String> = self
+            .running
+            .nodes_running(resource)
+            .into_iter()
+            .map(|i| {
+                let n = &self.nodes[i];
+                let owner = n.applied.groups.get(&group).and_then(|g| g.owner.clone()).unwrap_or("-".into());
+                let lease = match n.lease.valid_until {
+                    Some(u) => format!("lease until local {}", fmt_time(u.saturating_sub(n.clock.local(0)))),
+                    None => "no lease".to_string(),
+                };
+                format!(
+                    "{}: applied #{} says owner {owner}, {lease}, may_run {}",
+                    n.name,
+                    n.applied_index,
+                    n.may_run(self.now)
+                )
+            })
+            .collect();
+        let owner = self.db.state.groups.get(&group).and_then(|g| g.owner.clone()).unwrap_or("-".into());
+        format!("committed owner of {group}: {owner}; {}", parts.join("; "))
+    }
+
+    fn op_done(&mut self, node: usize, inc: u64, group: usize, id: u64) {
+        if !self.live(node, inc) {
+            return;
+        }
+        let gname = self.groups[group].clone();
+        let Some((op, op_id)) = self.nodes[node].busy.remove(&gname) else { return };
+        if op_id != id {
+            self.nodes[node].busy.insert(gname, (op, op_id));
+            return;
+        }
+        let start_fails = matches!(op, Op::Start(_)) && self.faults_on && self.rng.chance(0.03);
+        let mut reports = Vec::new();
+        let worker = self.nodes[node].workers.get_mut(&gname).expect("a worker per group");
+        if start_fails {
+            worker.start_failed(op.resource());
+        } else {
+            worker.finish(&op, &mut reports);
+        }
+        if matches!(op, Op::Stop { .. } | Op::StopFailed(_)) {
+            self.running.end(op.resource(), node);
+        }
+        let res = op.resource().to_string();
+        self.note(|s| {
+            let what = match (&op, start_fails) {
+                (Op::Start(_), true) => "start failed",
+                (Op::Start(_), false) => "online",
+                _ => "stopped",
+            };
+            format!("{}: {res} {what}", s.names[node])
+        });
+        self.queue_reports(node, reports);
+        self.lrm_eval(node);
+    }
+
+    fn resource_fault(&mut self) {
+        if !self.faults_on {
+            return;
+        }
+        let d = self.rng.range(1_000, 6_000) * MS;
+        self.after(d, Ev::NextResourceFault);
+        let mut candidates = Vec::new();
+        for (i, n) in self.nodes.iter().enumerate().filter(|(_, n)| n.alive) {
+            for (g, w) in &n.workers {
+                let busy = n.busy.get(g).map(|(op, _)| op.resource().to_string());
+                for r in &w.running {
+                    if !w.broken.contains_key(r) && busy.as_deref() != Some(r.as_str()) {
+                        candidates.push((i, g.clone(), r.clone()));
+                    }
+                }
+            }
+        }
+        if candidates.is_empty() {
+            return;
+        }
+        let (node, group, res) = candidates[self.rng.below(candidates.len())].clone();
+        let n = &mut self.nodes[node];
+        let local = n.local(self.now);
+        let detect = local + self.rng.range(0, 1_000) * MS;
+        n.workers.get_mut(&group).expect("a worker per group").broken.insert(res.clone(), detect);
+        let t = n.clock.true_at(detect);
+        let inc = n.incarnation;
+        self.at(t, Ev::LrmWake { node, inc });
+        self.note(|s| format!("fault: {res} breaks on {}", s.names[node]));
+    }
+
+    // ----- status reports -------------------------------------------------------------
+
+    fn queue_reports(&mut self, node: usize, reports: Vec<Report>) {
+        if reports.is_empty() {
+            return;
+        }
+        let n = &mut self.nodes[node];
+        for r in reports {
+            n.reports.push_back(Command::ReportResource {
+                node: n.name.clone(),
+                resource: r.resource,
+                state: r.state,
+                reason: r.reason,
+                failure: r.failure,
+            });
+        }
+        if !n.report_in_flight {
+            let inc = n.incarnation;
+            self.after(0, Ev::ReportSend { node, inc });
+        }
+    }
+
+    fn report_send(&mut self, node: usize, inc: u64) {
+        if !self.live(node, inc) || self.nodes[node].report_in_flight {
+            return;
+        }
+        let Some(cmd) = self.nodes[node].reports.pop_front() else { return };
+        self.nodes[node].report_in_flight = true;
+        let sent = match self.db.leader {
+            Some(leader) => self.net.send(&mut self.rng, node, leader).map(|d| (leader, d)),
+            None => None,
+        };
+        match sent {
+            Some((leader, d)) => {
+                let d = d + self.write_latency();
+                self.after(d, Ev::ReportArrive { node, inc, leader, cmd: Box::new(cmd) });
+            }
+            None => self.after(500 * MS, Ev::ReportRetry { node, inc, cmd: Box::new(cmd) }),
+        }
+    }
+
+    fn report_arrive(&mut self, node: usize, inc: u64, leader: usize, cmd: Box<Command>) {
+        let ok = self.nodes[leader].alive && self.db.leader == Some(leader) && self.has_quorum(leader);
+        if !ok {
+            if self.live(node, inc) {
+                self.after(250 * MS, Ev::ReportRetry { node, inc, cmd });
+            }
+            return;
+        }
+        let at = self.nodes[node].clock.local_ms(self.now);
+        let by = self.names[node].clone();
+        let line = self.trace.is_some().then(|| describe_report(&cmd));
+        let (index, _) = self.db.commit(Request::new(at, by, *cmd));
+        self.stats.commits += 1;
+        if let Some(line) = line {
+            self.note(|s| format!("{}: commit #{index} report: {line}", s.names[node]));
+        }
+        self.replicate();
+        if self.live(node, inc) {
+            self.nodes[node].report_in_flight = false;
+            self.report_send(node, inc);
+        }
+    }
+
+    // ----- faults -----------------------------------------------------------------------
+
+    fn next_fault(&mut self) {
+        if !self.faults_on {
+            return;
+        }
+        let (gap, fault) =
+            scenario::next_fault(&mut self.rng, self.nodes.len(), self.opts.profile.name == "aggressive");
+        self.after(gap * MS, Ev::NextFault);
+        match fault {
+            Fault::Partition { sides, heal_after_ms } => {
+                if self.net.partitioned() {
+                    return;
+                }
+                self.net.split(sides);
+                self.note(|s| format!("fault: partition {} for {heal_after_ms}ms", s.net.describe(&s.names)));
+                self.after(heal_after_ms * MS, Ev::Heal);
+                self.topology_changed();
+            }
+            Fault::Crash { node, restart_after_ms } => self.crash(node, restart_after_ms),
+            Fault::CrashLeader { restart_after_ms } => {
+                if let Some(l) = self.db.leader {
+                    self.crash(l, restart_after_ms);
+                }
+            }
+            Fault::Loss { rate, for_ms } => {
+                self.net.loss = rate;
+                self.note(|_| format!("fault: lose {:.0}% of messages for {for_ms}ms", rate * 100.0));
+                self.after(for_ms * MS, Ev::LossEnd);
+            }
+            Fault::Slow { max_ms, for_ms } => {
+                self.net.delay_us = (200, max_ms * MS);
+                self.note(|_| format!("fault: one-way delays up to {max_ms}ms for {for_ms}ms"));
+                self.after(for_ms * MS, Ev::SlowEnd);
+            }
+        }
+    }
+
+    fn crash(&mut self, node: usize, restart_after_ms: u64) {
+        if !self.nodes[node].alive {
+            return;
+        }
+        self.nodes[node].crash();
+        self.running.crash(node);
+        if self.db.leader == Some(node) {
+            self.db.leader = None; // a restarted node comes back as a follower
+        }
+        self.note(|s| format!("fault: {} crashes (restarts in {restart_after_ms}ms)", s.names[node]));
+        self.after(restart_after_ms * MS, Ev::Restart { node });
+        self.topology_changed();
+    }
+
+    fn restart(&mut self, node: usize) {
+        if self.nodes[node].alive {
+            return;
+        }
+        self.nodes[node].restart();
+        let inc = self.nodes[node].incarnation;
+        self.note(|s| format!("{} restarts (applied #{}, runs nothing)", s.names[node], s.nodes[node].applied_index));
+        let d = self.rng.range(0, self.opts.profile.renew_ms * MS);
+        self.after(d, Ev::RenewTick { node, inc });
+        self.topology_changed();
+    }
+
+    // ----- end of run -------------------------------------------------------------------
+
+    fn end(&mut self) {
+        if let Err(m) = self.db.check_acknowledged() {
+            self.violate("lost-write", m);
+            return;
+        }
+        for n in self.nodes.iter().filter(|n| n.alive && n.applied_index == self.db.len()) {
+            if n.applied != self.db.state {
+                let name = n.name.clone();
+                self.violate("replica-divergence", format!("{name}'s applied state differs from the committed one"));
+                return;
+            }
+        }
+        let online_on = |res: &str| -> Vec<usize> {
+            let group = self.db.state.resources.get(res).map(|r| r.spec.group.as_str()).unwrap_or("");
+            (0..self.nodes.len())
+                .filter(|i| {
+                    let n = &self.nodes[*i];
+                    let stopping =
+                        n.busy.get(group).is_some_and(|(op, _)| op.resource() == res && !matches!(op, Op::Start(_)));
+                    n.alive && n.workers.get(group).is_some_and(|w| w.running.contains(res)) && !stopping
+                })
+                .collect()
+        };
+        let (violations, left_failed) = check_liveness(&self.db.state, &self.names, online_on, self.now);
+        self.stats.left_failed += left_failed;
+        for v in violations {
+            self.note(|_| format!("VIOLATION {v}"));
+            self.violations.push(v);
+        }
+        self.done = true;
+    }
+}
+
+fn resource_of(c: &Command) -> Option<&str> {
+    match c {
+        Command::ReportResource { resource, .. } => Some(resource),
+        _ => None,
+    }
+}
+
+fn describe_report(c: &Command) -> String {
+    match c {
+        Command::ReportResource { resource, state, reason, failure, .. } => {
+            let f = if *failure { " (failure)" } else { "" };
+            let why = reason.as_ref().map(|r| format!(": {r}")).unwrap_or_default();
+            format!("{resource} {state:?}{f}{why}")
+        }
+        other => format!("{other:?}"),
+    }
+}
