@@ -294,7 +294,7 @@ impl GroupWorker {
         let props = res.spec.props.clone();
         // Dependents cannot run without it: stop them first (reverse order), then it.
         let order = state.start_order(&self.group);
-        let affected = dependents_of(state, &self.group, name);
+        let affected = state.dependents_of(&self.group, name);
         for dep in order.iter().rev().filter(|n| affected.contains(*n)) {
             self.stop_one(dep, None).await;
         }
@@ -373,18 +373,4 @@ impl GroupWorker {
             self.stop_one_within(&n, Some(reason), grace).await;
         }
     }
-}
-
-/// Every resource of `group` that depends on `name`, directly or not.
-fn dependents_of(state: &State, group: &str, name: &str) -> BTreeSet<String> {
-    let mut out = BTreeSet::new();
-    let mut frontier = vec![name.to_string()];
-    while let Some(cur) = frontier.pop() {
-        for r in state.group_resources(group) {
-            if r.spec.depends_on.contains(&cur) && out.insert(r.spec.name.clone()) {
-                frontier.push(r.spec.name.clone());
-            }
-        }
-    }
-    out
 }

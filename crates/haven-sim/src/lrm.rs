@@ -106,7 +106,7 @@ impl Worker {
     pub fn next_step(&mut self, v: &View, reports: &mut Vec<Report>) -> Step {
         if let Some((name, why)) = self.failing.clone() {
             let order = v.state.start_order(v.group);
-            let affected = dependents_of(v.state, v.group, &name);
+            let affected = v.state.dependents_of(v.group, &name);
             if let Some(dep) = order.iter().rev().find(|n| affected.contains(*n) && self.running.contains(*n)) {
                 return self.begin_stop(dep, None, false, reports);
             }
@@ -259,18 +259,4 @@ impl Worker {
             }
         }
     }
-}
-
-/// Every resource of `group` that depends on `name`, directly or not.
-fn dependents_of(state: &State, group: &str, name: &str) -> BTreeSet<String> {
-    let mut out = BTreeSet::new();
-    let mut frontier = vec![name.to_string()];
-    while let Some(cur) = frontier.pop() {
-        for r in state.group_resources(group) {
-            if r.spec.depends_on.contains(&cur) && out.insert(r.spec.name.clone()) {
-                frontier.push(r.spec.name.clone());
-            }
-        }
-    }
-    out
 }

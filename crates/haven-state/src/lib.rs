@@ -241,6 +241,20 @@ impl State {
         haven_model::deps::start_order(&deps).unwrap_or_else(|_| deps.keys().cloned().collect())
     }
 
+    /// Every resource of `group` that depends on `name`, directly or not.
+    pub fn dependents_of(&self, group: &str, name: &str) -> std::collections::BTreeSet<String> {
+        let mut out = std::collections::BTreeSet::new();
+        let mut frontier = vec![name.to_string()];
+        while let Some(cur) = frontier.pop() {
+            for r in self.group_resources(group) {
+                if r.spec.depends_on.contains(&cur) && out.insert(r.spec.name.clone()) {
+                    frontier.push(r.spec.name.clone());
+                }
+            }
+        }
+        out
+    }
+
     /// A group's aggregate state: failed if it was left failed or any resource failed,
     /// online if every resource is online, offline if none is running, else pending.
     pub fn group_state(&self, group: &str) -> &'static str {
