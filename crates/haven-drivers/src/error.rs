@@ -105,4 +105,17 @@ pub enum DriverError {
          inspect them with `ps -o pid,stat,wchan,cmd -p <pid>` and fix the cause"
     )]
     StillRunning { resource: String, command: String, pids: Vec<i32>, waited: Dur },
+
+    /// A `disk` resource's volume cannot be found, claimed or exposed; the message says why
+    /// and what to do.
+    #[error("resource {resource:?}: {message}")]
+    Volume { resource: String, message: String },
+
+    /// A `vm-config` resource's definition cannot be read, validated or registered.
+    #[error("resource {resource:?}: {message}")]
+    VmDefinition { resource: String, message: String },
+
+    /// A `vm` resource cannot be started, stopped or looked at.
+    #[error("resource {resource:?}: {message}")]
+    Vm { resource: String, message: String },
 }

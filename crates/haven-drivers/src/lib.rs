@@ -8,19 +8,25 @@
 //! run directory (`<state-dir>/run/<resource>`).
 
 mod check;
+pub mod disk;
 mod error;
 mod pidfile;
 pub mod process;
 mod procfs;
 mod sys;
+pub mod vm;
+pub mod vm_config;
 
 use std::path::{Path, PathBuf};
 
 use async_trait::async_trait;
 use haven_model::{InvalidInput, ResourceKind, ResourceSpec};
 
+pub use disk::DiskDriver;
 pub use error::DriverError;
 pub use process::ProcessDriver;
+pub use vm::{VmDriver, vm_status};
+pub use vm_config::{VmConfigDriver, load_definition};
 
 /// What a driver gets to act on one resource.
 #[derive(Clone, Debug)]
@@ -31,13 +37,26 @@ pub struct ResourceCtx {
     /// `<state-dir>/run/<resource>`: the driver's files for this resource (pid file, output
     /// log). Created by the driver if missing.
     pub run_dir: PathBuf,
+    /// The agent's state directory: volumes are exposed under `<state-dir>/volumes`, VM
+    /// definitions registered under `<state-dir>/vms`.
+    pub state_dir: PathBuf,
+    /// The placement generation of the resource's group on this node (the fencing token a
+    /// `disk` records in its claim, so an older owner cannot take the volume back).
+    pub generation: u64,
 }
 
 impl ResourceCtx {
-    /// The context of `spec` on `node`, with its run directory under `state_dir`.
+    /// The context of `spec` on `node`, with its run directory under `state_dir`, at
+    /// generation 0 (see `with_generation`).
     pub fn new(node: impl Into<String>, spec: ResourceSpec, state_dir: &Path) -> Self {
         let run_dir = state_dir.join("run").join(&spec.name);
-        ResourceCtx { node: node.into(), spec, run_dir }
+        ResourceCtx { node: node.into(), spec, run_dir, state_dir: state_dir.to_path_buf(), generation: 0 }
+    }
+
+    /// The same context at placement generation `generation`.
+    pub fn with_generation(mut self, generation: u64) -> Self {
+        self.generation = generation;
+        self
     }
 }
 
@@ -85,6 +104,9 @@ pub trait ResourceDriver: Send + Sync {
 #[derive(Default)]
 pub struct Drivers {
     process: ProcessDriver,
+    disk: DiskDriver,
+    vm_config: VmConfigDriver,
+    vm: VmDriver,
 }
 
 impl Drivers {
@@ -95,7 +117,15 @@ impl Drivers {
     pub fn get(&self, kind: ResourceKind) -> &dyn ResourceDriver {
         match kind {
             ResourceKind::Process => &self.process,
+            ResourceKind::Disk => &self.disk,
+            ResourceKind::VmConfig => &self.vm_config,
+            ResourceKind::Vm => &self.vm,
         }
+    }
+
+    /// The `vm` driver itself, for what only VMs do (status, guest control).
+    pub fn vm(&self) -> &VmDriver {
+        &self.vm
     }
 
     /// What is really running, for an agent that just started: a cheap monitor whose

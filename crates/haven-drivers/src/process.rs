@@ -184,6 +184,15 @@ impl ProcessDriver {
                     log.display()
                 ),
             },
+            // Ours, but the kernel has not released it yet (a multi-threaded process whose
+            // other threads are still being torn down), or it died after we asked.
+            Some(st) if st.is_dead() && self.poll_child(&ctx.run_dir, record).is_some() => {
+                let what = match self.poll_child(&ctx.run_dir, record).flatten() {
+                    Some(status) => describe_exit(status),
+                    None => "is exiting (its exit status is not known yet)".to_string(),
+                };
+                Found::Exited { record, reason: format!("process {pid} {what}; its output is in {}", log.display()) }
+            }
             Some(st) if st.is_dead() => Found::Exited {
                 record,
                 reason: format!(
@@ -651,7 +660,7 @@ fn open_log(path: &Path, command: &str) -> io::Result<(File, u64)> {
 }
 
 /// The last lines the program wrote since `offset`, for a start failure message.
-fn output_since(path: &Path, offset: u64) -> String {
+pub(crate) fn output_since(path: &Path, offset: u64) -> String {
     let read = || -> io::Result<String> {
         let mut f = File::open(path)?;
         let len = f.metadata()?.len();

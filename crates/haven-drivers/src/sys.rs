@@ -72,19 +72,6 @@ pub(crate) fn lookup_user(name: &str) -> io::Result<Option<Account>> {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn root_exists_and_nonsense_does_not() {
-        let root = lookup_user("root").expect("lookup root").expect("root exists");
-        assert_eq!(root.uid, 0);
-        assert_eq!(lookup_user("no-such-user-haven-test").expect("lookup"), None);
-        assert_eq!(lookup_user("bad\0name").expect("lookup"), None);
-    }
-}
-
 /// Makes the child get SIGKILL when the agent dies (PR_SET_PDEATHSIG), so a resource never
 /// outlives the agent that is accountable for it: an agent that is gone cannot renew its
 /// lease, and its node's groups will be started elsewhere.
@@ -106,5 +93,18 @@ pub(crate) fn die_with_agent(cmd: &mut tokio::process::Command) {
             }
             Ok(())
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn root_exists_and_nonsense_does_not() {
+        let root = lookup_user("root").expect("lookup root").expect("root exists");
+        assert_eq!(root.uid, 0);
+        assert_eq!(lookup_user("no-such-user-haven-test").expect("lookup"), None);
+        assert_eq!(lookup_user("bad\0name").expect("lookup"), None);
     }
 }

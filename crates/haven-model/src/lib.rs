@@ -6,6 +6,7 @@
 //! the agent, the CLI, the simulator and the OpenAPI document.
 
 pub mod deps;
+pub mod disk;
 pub mod duration;
 pub mod error;
 pub mod fence;
@@ -13,7 +14,9 @@ pub mod group;
 pub mod name;
 pub mod node;
 pub mod resource;
+pub mod vm;
 
+pub use disk::{DiskBackend, DiskParams};
 pub use duration::Dur;
 pub use error::InvalidInput;
 pub use fence::{FenceAction, FenceConfig};
@@ -23,6 +26,10 @@ pub use node::{Capacity, Node, NodeLiveness, NodeRole};
 pub use resource::{
     HealthCheck, ProcessParams, Resource, ResourceKind, ResourceProps, ResourceSpec, ResourceState, ResourceStatus,
     ResourceUpdate, RestartAction,
+};
+pub use vm::{
+    Accel, DefinitionFormat, DiskInterface, ImageFormat, NicMode, NicModel, VmBoot, VmConfigParams, VmDefinition,
+    VmDisk, VmNic, VmParams, VmStatus,
 };
 
 /// Milliseconds since the Unix epoch. The pure crates take time as an argument in this

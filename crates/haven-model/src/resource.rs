@@ -1,4 +1,4 @@
-//! Resources: the things a group runs (a process, later a VM, a disk, an address), their
+//! Resources: the things a group runs (a process, a VM, its definition, a disk), their
 //! type-specific parameters, and the properties that govern health checks and restarts.
 
 use std::collections::BTreeMap;
@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use crate::{Dur, InvalidInput, Millis, validate_name};
+use crate::{DiskParams, Dur, InvalidInput, Millis, VmConfigParams, VmParams, validate_name};
 
 /// The resource types Haven knows. Each has a driver in `haven-drivers`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, ToSchema)]
@@ -14,12 +14,21 @@ use crate::{Dur, InvalidInput, Millis, validate_name};
 pub enum ResourceKind {
     /// A long-running command with health checks.
     Process,
+    /// A QEMU guest (`VmParams`), defined by its `vm-config` resource.
+    Vm,
+    /// A VM definition file on a cluster volume, registered on the node (`VmConfigParams`).
+    VmConfig,
+    /// A shared volume with a stable id, owned by one node at a time (`DiskParams`).
+    Disk,
 }
 
 impl ResourceKind {
     pub fn as_str(&self) -> &'static str {
         match self {
             ResourceKind::Process => "process",
+            ResourceKind::Vm => "vm",
+            ResourceKind::VmConfig => "vm-config",
+            ResourceKind::Disk => "disk",
         }
     }
 }
@@ -209,7 +218,7 @@ pub struct ResourceSpec {
     pub group: String,
     #[serde(rename = "type")]
     pub kind: ResourceKind,
-    /// Type-specific parameters (for `process`: see `ProcessParams`).
+    /// Type-specific parameters: `ProcessParams`, `VmParams`, `VmConfigParams` or `DiskParams`.
     #[schema(value_type = Object)]
     pub params: serde_json::Value,
     #[serde(default)]
@@ -235,11 +244,29 @@ impl ResourceSpec {
         self.props.validate()?;
         match self.kind {
             ResourceKind::Process => self.process_params()?.validate(),
+            ResourceKind::Vm => self.vm_params()?.validate(),
+            ResourceKind::VmConfig => self.vm_config_params()?.validate(),
+            ResourceKind::Disk => self.disk_params()?.validate(),
         }
     }
 
     /// The typed parameters of a `process` resource; the error names the field.
     pub fn process_params(&self) -> Result<ProcessParams, InvalidInput> {
+        parse_params(&self.params)
+    }
+
+    /// The typed parameters of a `vm` resource.
+    pub fn vm_params(&self) -> Result<VmParams, InvalidInput> {
+        parse_params(&self.params)
+    }
+
+    /// The typed parameters of a `vm-config` resource.
+    pub fn vm_config_params(&self) -> Result<VmConfigParams, InvalidInput> {
+        parse_params(&self.params)
+    }
+
+    /// The typed parameters of a `disk` resource.
+    pub fn disk_params(&self) -> Result<DiskParams, InvalidInput> {
         parse_params(&self.params)
     }
 }

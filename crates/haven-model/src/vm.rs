@@ -1,0 +1,417 @@
+//! Virtual machines: the parameters of the `vm` and `vm-config` resources, the VM
+//! definition file a `vm-config` points at (`VmDefinition`, TOML or JSON), and the status
+//! a node reports about a running VM (`VmStatus`).
+//!
+//! Pure: parsing and validation of text only. Whether the files a definition names exist
+//! is checked by the `vm-config` driver on the node that registers it.
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use crate::{Dur, InvalidInput, validate_name};
+
+/// Parameters of a `vm-config` resource.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct VmConfigParams {
+    /// The VM definition file (`.toml` or `.json`), on a cluster volume:
+    /// `<state-dir>/volumes/<volume-name>/…`.
+    pub path: String,
+}
+
+impl VmConfigParams {
+    pub fn validate(&self) -> Result<(), InvalidInput> {
+        if !self.path.starts_with('/') {
+            return Err(InvalidInput::new(
+                "params.path",
+                format!(
+                    "{:?} is not an absolute path; write the path on the cluster volume, like \
+                     \"/var/lib/haven/volumes/vol1/web/vm.toml\"",
+                    self.path
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn d_heartbeat_timeout() -> Dur {
+    Dur::from_secs(5)
+}
+fn d_shutdown_timeout() -> Dur {
+    Dur::from_secs(30)
+}
+fn d_boot_timeout() -> Dur {
+    Dur::from_secs(120)
+}
+
+/// Parameters of a `vm` resource.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct VmParams {
+    /// The name of its `vm-config` resource (same group; the vm should depend on it).
+    pub config: String,
+    /// The thorough check fails when the guest's last heartbeat is older than this (only
+    /// for definitions with `heartbeat = true`). Default: 5s.
+    #[serde(default = "d_heartbeat_timeout")]
+    pub heartbeat_timeout: Dur,
+    /// How long a graceful stop waits for the guest to power off after the ACPI power
+    /// button before QEMU is told to quit. Default: 30s.
+    #[serde(default = "d_shutdown_timeout")]
+    pub shutdown_timeout: Dur,
+    /// How long after start the guest may take to send its first heartbeat. Default: 2m.
+    #[serde(default = "d_boot_timeout")]
+    pub boot_timeout: Dur,
+}
+
+impl VmParams {
+    pub fn validate(&self) -> Result<(), InvalidInput> {
+        validate_name("params.config", &self.config)?;
+        if self.heartbeat_timeout.as_millis() < 500 {
+            return Err(InvalidInput::new(
+                "params.heartbeat_timeout",
+                format!(
+                    "{} is too short; the guest sends a heartbeat every second, use at least 500ms",
+                    self.heartbeat_timeout
+                ),
+            ));
+        }
+        if self.boot_timeout.as_millis() < 1000 {
+            return Err(InvalidInput::new(
+                "params.boot_timeout",
+                format!("{} is too short; use at least 1s", self.boot_timeout),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Which hardware acceleration a VM runs with.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Accel {
+    /// KVM if a short probe shows it works on this node, else TCG. Default.
+    #[default]
+    Auto,
+    /// Hardware virtualisation; the VM fails to start where KVM does not work.
+    Kvm,
+    /// Software emulation: works everywhere, much slower.
+    Tcg,
+}
+
+impl Accel {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Accel::Auto => "auto",
+            Accel::Kvm => "kvm",
+            Accel::Tcg => "tcg",
+        }
+    }
+}
+
+/// Disk image format.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ImageFormat {
+    #[default]
+    Raw,
+    /// qcow2, possibly with a chain of backing files (differencing disks).
+    Qcow2,
+}
+
+/// How a disk is attached to the guest.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum DiskInterface {
+    #[default]
+    Virtio,
+    Ide,
+}
+
+/// One disk of a VM.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct VmDisk {
+    /// The image file: absolute, or relative to the definition file's directory.
+    pub path: String,
+    /// Default: raw.
+    #[serde(default)]
+    pub format: ImageFormat,
+    /// Default: virtio.
+    #[serde(default)]
+    pub interface: DiskInterface,
+}
+
+/// What a network card is connected to.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum NicMode {
+    /// QEMU's user-mode network (NAT, no inbound connections). Default.
+    #[default]
+    User,
+    /// A card with no network behind it (cable unplugged).
+    None,
+}
+
+/// Emulated network card model.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum NicModel {
+    /// virtio-net. Default.
+    #[default]
+    Virtio,
+    E1000,
+}
+
+/// One network card of a VM.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct VmNic {
+    #[serde(default)]
+    pub mode: NicMode,
+    #[serde(default)]
+    pub model: NicModel,
+    /// `52:54:00:xx:xx:xx`; default: chosen by QEMU.
+    #[serde(default)]
+    pub mac: Option<String>,
+}
+
+/// How a VM boots: a kernel (with optional initrd and command line), or one of its disks.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct VmBoot {
+    /// Kernel image (absolute, or relative to the definition file).
+    #[serde(default)]
+    pub kernel: Option<String>,
+    #[serde(default)]
+    pub initrd: Option<String>,
+    #[serde(default)]
+    pub cmdline: Option<String>,
+    /// Boot from `disks[disk]` through the firmware.
+    #[serde(default)]
+    pub disk: Option<usize>,
+}
+
+/// A VM definition: the file a `vm-config` resource points at.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct VmDefinition {
+    /// The VM's name, unique on a node.
+    pub name: String,
+    /// Virtual CPUs, at least 1.
+    pub vcpus: u32,
+    /// Memory in MiB, at least 16.
+    pub memory_mib: u64,
+    #[serde(default)]
+    pub disks: Vec<VmDisk>,
+    /// Network cards; may be empty.
+    #[serde(default)]
+    pub nics: Vec<VmNic>,
+    pub boot: VmBoot,
+    /// The guest prints `heartbeat <name> <boot_id> <seq>` lines on its second serial port
+    /// (ttyS1), which the thorough check watches. Default: false.
+    #[serde(default)]
+    pub heartbeat: bool,
+    /// Default: auto.
+    #[serde(default)]
+    pub accel: Accel,
+}
+
+/// The syntax of a definition file, chosen by its extension.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DefinitionFormat {
+    Toml,
+    Json,
+}
+
+impl DefinitionFormat {
+    /// `.json` is JSON; anything else is read as TOML.
+    pub fn for_path(path: &str) -> DefinitionFormat {
+        if path.to_ascii_lowercase().ends_with(".json") { DefinitionFormat::Json } else { DefinitionFormat::Toml }
+    }
+}
+
+/// Most vCPUs accepted.
+pub const MAX_VCPUS: u32 = 255;
+/// Least memory accepted, in MiB.
+pub const MIN_MEMORY_MIB: u64 = 16;
+
+impl VmDefinition {
+    /// Parses and validates a definition; the error's field is the path inside the file
+    /// (`disks[0].format`, `memory_mib`).
+    pub fn parse(text: &str, format: DefinitionFormat) -> Result<VmDefinition, InvalidInput> {
+        let def: VmDefinition = match format {
+            DefinitionFormat::Json => {
+                let mut de = serde_json::Deserializer::from_str(text);
+                serde_path_to_error::deserialize(&mut de).map_err(|e| {
+                    let field = field_of(e.path());
+                    InvalidInput::new(field, e.into_inner().to_string())
+                })?
+            }
+            DefinitionFormat::Toml => {
+                let de = toml::Deserializer::parse(text).map_err(|e| syntax_error(&e))?;
+                serde_path_to_error::deserialize(de).map_err(|e| {
+                    let field = field_of(e.path());
+                    let inner = e.into_inner();
+                    if field == "definition" {
+                        syntax_error(&inner)
+                    } else {
+                        InvalidInput::new(field, inner.message().to_string())
+                    }
+                })?
+            }
+        };
+        def.validate()?;
+        Ok(def)
+    }
+
+    /// Checks the values (not the files they name).
+    pub fn validate(&self) -> Result<(), InvalidInput> {
+        validate_name("name", &self.name)?;
+        if self.vcpus == 0 || self.vcpus > MAX_VCPUS {
+            return Err(InvalidInput::new("vcpus", format!("{} is out of range; use 1 to {MAX_VCPUS}", self.vcpus)));
+        }
+        if self.memory_mib < MIN_MEMORY_MIB {
+            return Err(InvalidInput::new(
+                "memory_mib",
+                format!("{} is too small; use at least {MIN_MEMORY_MIB}", self.memory_mib),
+            ));
+        }
+        for (i, d) in self.disks.iter().enumerate() {
+            if d.path.trim().is_empty() {
+                return Err(InvalidInput::new(format!("disks[{i}].path"), "is empty; give the image file"));
+            }
+        }
+        for (i, n) in self.nics.iter().enumerate() {
+            if let Some(mac) = &n.mac
+                && !is_mac(mac)
+            {
+                return Err(InvalidInput::new(
+                    format!("nics[{i}].mac"),
+                    format!("{mac:?} is not a MAC address; write it like \"52:54:00:12:34:56\""),
+                ));
+            }
+        }
+        let b = &self.boot;
+        match (&b.kernel, b.disk) {
+            (Some(_), Some(_)) => {
+                return Err(InvalidInput::new(
+                    "boot",
+                    "gives both kernel and disk; boot either a kernel (kernel, initrd, cmdline) or a disk (disk = <index>)",
+                ));
+            }
+            (None, None) => {
+                return Err(InvalidInput::new(
+                    "boot",
+                    "says nothing; give a kernel (kernel = \"vmlinuz\", with optional initrd and cmdline) or a disk \
+                     (disk = 0)",
+                ));
+            }
+            (Some(k), None) if k.trim().is_empty() => {
+                return Err(InvalidInput::new("boot.kernel", "is empty; give the kernel image file"));
+            }
+            (None, Some(i)) if i >= self.disks.len() => {
+                return Err(InvalidInput::new(
+                    "boot.disk",
+                    format!("{i} is not a disk of this VM; it has {} disk(s), numbered from 0", self.disks.len()),
+                ));
+            }
+            (None, Some(_)) if b.initrd.is_some() || b.cmdline.is_some() => {
+                return Err(InvalidInput::new(
+                    "boot",
+                    "initrd and cmdline only go with kernel; remove them to boot from a disk",
+                ));
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+}
+
+fn field_of(path: &serde_path_to_error::Path) -> String {
+    let p = path.to_string();
+    if p == "." || p.is_empty() { "definition".to_string() } else { p }
+}
+
+fn syntax_error(e: &toml::de::Error) -> InvalidInput {
+    // The full message quotes the offending line; keep it on one line for error chains.
+    let text = e.to_string().lines().map(str::trim).filter(|l| !l.is_empty()).collect::<Vec<_>>().join(" ");
+    InvalidInput::new("definition", text)
+}
+
+fn is_mac(text: &str) -> bool {
+    let parts: Vec<&str> = text.split(':').collect();
+    parts.len() == 6 && parts.iter().all(|p| p.len() == 2 && p.chars().all(|c| c.is_ascii_hexdigit()))
+}
+
+/// What a node reports about a VM it runs.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct VmStatus {
+    /// The accelerator it runs with: `kvm` or `tcg`.
+    pub accel: Accel,
+    /// Why that accelerator (the definition asked for it, or what the KVM probe saw).
+    pub reason_for_accel: String,
+    /// The QEMU process.
+    pub pid: i32,
+    /// Time since the guest's last heartbeat; none if it has sent none (or has no channel).
+    pub last_heartbeat_age: Option<Dur>,
+    /// Sequence number of the last heartbeat.
+    pub last_heartbeat_seq: Option<u64>,
+    /// The guest's boot id from its last heartbeat (changes when the guest reboots).
+    pub guest_boot_id: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+name = "web"
+vcpus = 1
+memory_mib = 256
+heartbeat = true
+[boot]
+kernel = "vmlinuz"
+initrd = "initrd.img"
+cmdline = "console=ttyS0"
+[[disks]]
+path = "data.img"
+"#;
+
+    fn err(text: &str) -> InvalidInput {
+        VmDefinition::parse(text, DefinitionFormat::Toml).unwrap_err()
+    }
+
+    #[test]
+    fn parses_with_defaults() {
+        let d = VmDefinition::parse(GOOD, DefinitionFormat::Toml).unwrap();
+        assert_eq!(d.accel, Accel::Auto);
+        assert_eq!(d.disks[0].format, ImageFormat::Raw);
+        assert_eq!(d.disks[0].interface, DiskInterface::Virtio);
+        assert!(d.nics.is_empty());
+        let json = serde_json::to_string(&d).unwrap();
+        assert_eq!(VmDefinition::parse(&json, DefinitionFormat::Json).unwrap(), d);
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let e = err(&GOOD.replace("memory_mib = 256", "memory_mib = 0"));
+        assert_eq!(e.to_string(), "invalid memory_mib: 0 is too small; use at least 16");
+        let e = err(&GOOD.replace("vcpus = 1", "vcpus = 0"));
+        assert_eq!(e.field, "vcpus");
+        let e = err(&GOOD.replace("path = \"data.img\"", "path = \"data.img\"\nformat = \"vhd\""));
+        assert_eq!(e.field, "disks[0].format", "{e}");
+        let e = err(&GOOD.replace("heartbeat = true", "heartbeat = true\ncolour = 1"));
+        assert!(e.message.contains("unknown field `colour`"), "{e}");
+        let e = err(&GOOD.replace("kernel = \"vmlinuz\"", "disk = 3"));
+        assert_eq!(e.field, "boot.disk", "{e}");
+        let e = err(&GOOD.replace("vcpus = 1", "vcpus = \"two\""));
+        assert_eq!(e.field, "vcpus", "{e}");
+        let e = VmDefinition::parse(
+            r#"{"name": "x", "vcpus": 1, "memory_mib": 64, "boot": {"kernel": 1}}"#,
+            DefinitionFormat::Json,
+        )
+        .unwrap_err();
+        assert_eq!(e.field, "boot.kernel", "{e}");
+    }
+}
