@@ -140,9 +140,15 @@ type ApiResult<T> = Result<Json<T>, ApiError>;
         update_resource,
         delete_resource,
         clear_resource,
-        history
+        history,
+        crate::vm_api::list_vms,
+        crate::vm_api::get_vm,
+        crate::vm_api::guest_control
     ),
     components(schemas(
+        crate::vm_api::VmView,
+        crate::vm_api::GuestControl,
+        haven_model::VmStatus,
         ErrorBody,
         ErrorDetail,
         ClusterStatus,
@@ -184,6 +190,9 @@ pub fn router(agent: Arc<Agent>) -> Router {
         .route("/resources/{name}", get(get_resource).patch(update_resource).delete(delete_resource))
         .route("/resources/{name}/clear", post(clear_resource))
         .route("/history", get(history))
+        .route("/vms", get(crate::vm_api::list_vms))
+        .route("/vms/{name}", get(crate::vm_api::get_vm))
+        .route("/vms/{name}/guest-control", post(crate::vm_api::guest_control))
         .fallback(|| async { ApiError::new(404, "not_found", "no such API route; see /api/v1/openapi.json") });
     Router::new()
         .nest(haven_api::API_PREFIX, v1)

@@ -20,6 +20,7 @@ pub mod lease;
 pub mod lrm;
 pub mod peer;
 mod report;
+pub mod vm_api;
 
 use std::collections::BTreeMap;
 use std::future::Future;

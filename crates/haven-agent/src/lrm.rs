@@ -75,7 +75,7 @@ async fn probe(agent: &Agent) -> BTreeMap<String, BTreeMap<String, ResourceCtx>>
     let state = agent.db.state();
     let mut found: BTreeMap<String, BTreeMap<String, ResourceCtx>> = BTreeMap::new();
     for r in state.resources.values() {
-        let ctx = ctx_for(agent, &r.spec);
+        let ctx = ctx_for(agent, &state, &r.spec);
         match agent.drivers.probe(&ctx).await {
             Health::Running => {
                 tracing::info!(resource = %r.spec.name, "probe: running here");
@@ -92,8 +92,11 @@ async fn probe(agent: &Agent) -> BTreeMap<String, BTreeMap<String, ResourceCtx>>
     found
 }
 
-fn ctx_for(agent: &Agent, spec: &ResourceSpec) -> ResourceCtx {
-    ResourceCtx::new(agent.name(), spec.clone(), &agent.config.state_dir)
+/// The driver's view of a resource; the group's placement generation is the fencing token
+/// that storage claims carry, so a stale owner's claim is refused.
+pub(crate) fn ctx_for(agent: &Agent, state: &State, spec: &ResourceSpec) -> ResourceCtx {
+    let generation = state.groups.get(&spec.group).map(|g| g.generation).unwrap_or(0);
+    ResourceCtx::new(agent.name(), spec.clone(), &agent.config.state_dir).with_generation(generation)
 }
 
 struct Running {
@@ -251,7 +254,7 @@ impl GroupWorker {
             if self.not_before.get(name).is_some_and(|t| Instant::now() < *t) {
                 continue;
             }
-            let ctx = ctx_for(&self.agent, &res.spec);
+            let ctx = ctx_for(&self.agent, state, &res.spec);
             self.agent.report(name, ResourceState::Starting, None, false);
             let driver = self.agent.drivers.get(ctx.spec.kind);
             let timeout = ctx.spec.props.pending_timeout.0;

@@ -66,6 +66,9 @@ pub enum Cmd {
     /// Manage resources (processes, later VMs, disks, addresses).
     #[command(subcommand)]
     Resource(ResourceCmd),
+    /// Virtual machines: list them with owner, accelerator and guest heartbeat.
+    #[command(subcommand)]
+    Vm(VmCmd),
     /// Show the cluster's event history: what happened and why.
     History(HistoryArgs),
     /// Start a local 3-node cluster with sample groups, and print commands to try.
@@ -271,6 +274,16 @@ pub enum ResourceCmd {
     Clear { name: String },
 }
 
+#[derive(Subcommand, Debug)]
+pub enum VmCmd {
+    /// List VMs: group, current owner, state, accelerator (kvm/tcg) and heartbeat age.
+    List,
+    /// Show one VM, with why it runs on its accelerator.
+    Show { name: String },
+    /// Send a line to the guest's control channel (the test guest: freeze, thaw, poweroff).
+    Control { name: String, line: String },
+}
+
 #[derive(Args, Debug)]
 pub struct HistoryArgs {
     #[arg(long)]
@@ -360,6 +373,7 @@ async fn client_command(c: &Client, fmt: Format, cmd: Cmd) -> Result<(), Failure
         Cmd::Group(gc) => group(c, fmt, gc).await,
         Cmd::Resource(rc) => resource(c, fmt, rc).await,
         Cmd::History(h) => history(c, fmt, h).await,
+        Cmd::Vm(v) => vm(c, fmt, v).await,
         Cmd::Agent(_) | Cmd::Witness(_) | Cmd::Demo(_) => Ok(()),
     }
 }
@@ -756,11 +770,18 @@ async fn resource(c: &Client, fmt: Format, cmd: ResourceCmd) -> Result<(), Failu
             params_json,
             argv,
         } => {
-            let kind: ResourceKind = serde_json::from_value(json!(kind))
-                .map_err(|_| usage(format!("--type {kind:?} is not a resource type; the types are: process")))?;
+            let kind: ResourceKind = serde_json::from_value(json!(kind)).map_err(|_| {
+                usage(format!("--type {kind:?} is not a resource type; the types are: process, vm, vm-config, disk"))
+            })?;
             let params = match params_json {
                 Some(text) => serde_json::from_str::<Value>(&text)
                     .map_err(|e| usage(format!("--params-json is not valid JSON: {e}")))?,
+                None if kind != ResourceKind::Process => {
+                    return Err(usage(format!(
+                        "a {} resource takes its parameters as JSON: --params-json '{{...}}' (see `haven vm --help` for VMs)",
+                        kind.as_str()
+                    )));
+                }
                 None => {
                     if argv.is_empty() {
                         return Err(usage(
@@ -818,6 +839,58 @@ async fn resource(c: &Client, fmt: Format, cmd: ResourceCmd) -> Result<(), Failu
         }
         ResourceCmd::Clear { name } => {
             one(c.post(&format!("/api/v1/resources/{}/clear", seg(&name)), &json!({})).await?)
+        }
+    }
+    Ok(())
+}
+
+fn vm_rows(vms: &[haven_agent::vm_api::VmView]) -> Vec<Vec<String>> {
+    vms.iter()
+        .map(|v| {
+            let rt = v.runtime.as_ref();
+            vec![
+                v.name.clone(),
+                v.group.clone(),
+                output::opt(&v.owner),
+                format!("{:?}", v.resource.status.state).to_lowercase(),
+                rt.map(|r| format!("{:?}", r.accel).to_lowercase()).unwrap_or_else(|| "-".into()),
+                rt.and_then(|r| r.last_heartbeat_age).map(|d| format!("{d} ago")).unwrap_or_else(|| "-".into()),
+            ]
+        })
+        .collect()
+}
+
+const VM_HEADER: [&str; 6] = ["NAME", "GROUP", "OWNER", "STATE", "ACCEL", "HEARTBEAT"];
+
+async fn vm(c: &Client, fmt: Format, cmd: VmCmd) -> Result<(), Failure> {
+    use haven_agent::vm_api::VmView;
+    match cmd {
+        VmCmd::List => {
+            let vms: Vec<VmView> = c.get("/api/v1/vms").await?;
+            if fmt == Format::Json {
+                output::json(&vms);
+            } else {
+                output::table(&VM_HEADER, vm_rows(&vms));
+            }
+        }
+        VmCmd::Show { name } => {
+            let v: VmView = c.get(&format!("/api/v1/vms/{}", seg(&name))).await?;
+            if fmt == Format::Json {
+                output::json(&v);
+            } else {
+                output::table(&VM_HEADER, vm_rows(std::slice::from_ref(&v)));
+                if let Some(rt) = &v.runtime {
+                    println!("\nqemu pid {}; accelerator: {}", rt.pid, rt.reason_for_accel);
+                }
+                if let Some(r) = &v.resource.status.reason {
+                    println!("last reason: {r}");
+                }
+            }
+        }
+        VmCmd::Control { name, line } => {
+            let v: Value =
+                c.post(&format!("/api/v1/vms/{}/guest-control", seg(&name)), &json!({ "line": line })).await?;
+            print_done(fmt, &v, &format!("sent {line:?} to the guest of {name:?}"));
         }
     }
     Ok(())

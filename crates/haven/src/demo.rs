@@ -257,8 +257,7 @@ async fn start(args: &DemoArgs, cluster: &mut DemoCluster, fmt: Format) -> Resul
 
 /// Whether `program` is found in PATH.
 fn in_path(program: &str) -> bool {
-    std::env::var_os("PATH")
-        .is_some_and(|paths| std::env::split_paths(&paths).any(|dir| dir.join(program).is_file()))
+    std::env::var_os("PATH").is_some_and(|paths| std::env::split_paths(&paths).any(|dir| dir.join(program).is_file()))
 }
 
 async fn create_samples(c: &Client) -> Result<(), Failure> {
@@ -267,7 +266,9 @@ async fn create_samples(c: &Client) -> Result<(), Failure> {
         json!({"argv": ["python3", "-m", "http.server", "18080", "--bind", "127.0.0.1"],
                "check": {"kind": "http", "url": "http://127.0.0.1:18080/"}})
     } else {
-        println!("note: python3 is not installed, so the sample web group runs `sleep infinity` instead of a web server");
+        println!(
+            "note: python3 is not installed, so the sample web group runs `sleep infinity` instead of a web server"
+        );
         json!({"argv": ["sleep", "infinity"]})
     };
     let calls: Vec<(&str, serde_json::Value)> = vec![
