@@ -147,6 +147,9 @@ async fn bad_input_is_refused_with_a_named_value_and_changes_nothing() {
         }
     }
     assert!(saw_413, "never received the 413 answer to an oversized body");
+    // The agent closes a connection whose body it did not read; a pooled connection may
+    // be that one, closed under the next request. Go on with fresh connections.
+    let c = Client::new(&agent.addr);
 
     // Conflicts: deleting what others depend on, a group that has resources.
     assert_refused(c.delete("/api/v1/resources/a").await, 409, "\"b\"");

@@ -90,10 +90,18 @@ async fn restarts_in_place_up_to_the_threshold_then_fails_over() {
             .iter()
             .find(|e| e.kind == "group-failover")
             .unwrap_or_else(|| panic!("{source}: no group-failover event: {events:#?}"));
-        assert_eq!(failover.node.as_deref(), Some(owner.as_str()), "{source}: {failover:?}");
+        // Two steps: the group is unplaced (node2 stops it), then placed on the new owner.
+        assert_eq!(failover.node, None, "{source}: the failover first takes g off node2: {failover:?}");
         assert!(failover.message.contains("resource \"r\""), "{source}: the failover names r: {failover:?}");
         assert!(failover.message.contains("node2"), "{source}: the failover names the old owner: {failover:?}");
         assert_eq!(failover.by, "controller");
+        let placed = events
+            .iter()
+            .find(|e| {
+                e.id > failover.id && e.group.as_deref() == Some("g") && e.node.as_deref() == Some(owner.as_str())
+            })
+            .unwrap_or_else(|| panic!("{source}: no event placing g on {owner} after the failover: {events:#?}"));
+        assert!(placed.kind == "group-placed" || placed.kind == "group-failover", "{source}: {placed:?}");
     }
     assert_eq!(cli_events.len(), api_events.len(), "the CLI and the API show the same history");
 }

@@ -7,6 +7,10 @@
 //! lines of every agent's log. Dropping the [`Lab`] SIGKILLs every session it started, so
 //! no process outlives a test, even one that panicked (its directory is then kept and its
 //! path printed, for the logs).
+//!
+//! [`Lab::start_netns`] and [`Lab::start_with`] put each node in a network namespace of its
+//! own, wired to a bridge in the root namespace, so a test can cut nodes off for real
+//! ([`Lab::isolate`], [`Lab::separate`]) and heal them; dropping the lab deletes them.
 #![allow(dead_code, unsafe_code)]
 
 use std::os::unix::process::CommandExt;
@@ -35,6 +39,10 @@ pub struct LabNode {
     /// `<lab>/<name>`: config, log and the state directory.
     pub dir: PathBuf,
     pub client: Client,
+    /// Runs `haven witness` (votes, hosts nothing) rather than `haven agent`.
+    pub witness: bool,
+    /// The network namespace it runs in, if the lab uses them.
+    pub netns: Option<String>,
     /// The running agent, if any. Its pid is also its session id.
     child: Option<Child>,
 }
@@ -58,6 +66,20 @@ impl LabNode {
     pub fn is_running(&self) -> bool {
         self.child.is_some()
     }
+
+    /// Whether the agent process this lab started is alive (not exited, not a zombie).
+    pub fn agent_alive(&self) -> bool {
+        self.child.as_ref().is_some_and(|c| alive(c.id() as i32))
+    }
+}
+
+/// What a lab node runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// `haven agent`: a data node.
+    Agent,
+    /// `haven witness`: a voting member that hosts nothing.
+    Witness,
 }
 
 /// A cluster of real agents on loopback, in a temporary directory.
@@ -67,21 +89,39 @@ pub struct Lab {
     /// Every session this lab started (agent pids), killed on drop.
     sessions: Vec<i32>,
     started: Instant,
-    /// `127.a.b`, the lab's addresses: tags its progress lines when labs run side by side.
+    /// `127.a.b` (or `10.a.b` with namespaces), the lab's addresses: tags its progress
+    /// lines when labs run side by side.
     net: String,
+    /// The namespaces, veths and bridge, when the lab uses them; deleted on drop (after the
+    /// processes are killed).
+    netns: Option<Netns>,
 }
 
 impl Lab {
     /// Writes the configs of `n` nodes (`node1`..`noden`, ids 1..n, the `aggressive` timing
     /// profile) without starting anything.
     pub fn new(n: usize) -> Lab {
+        let nodes: Vec<(String, Role)> = (1..=n).map(|i| (format!("node{i}"), Role::Agent)).collect();
+        Lab::create(&nodes, false).expect("a loopback lab needs no privileges")
+    }
+
+    /// Writes the configs of `nodes` (ids 1.. in order, the `aggressive` timing profile),
+    /// on loopback or each in a network namespace of its own, without starting anything.
+    /// `Err` (with the reason) only if network namespaces are wanted and cannot be made.
+    fn create(nodes: &[(String, Role)], netns: bool) -> Result<Lab, String> {
+        let n = nodes.len();
         let tmp = tempfile::Builder::new().prefix("haven-lab-").tempdir().expect("cannot create the lab directory");
-        let net = free_loopback_net(n);
-        let mut nodes = Vec::new();
-        for i in 1..=n {
-            let name = format!("node{i}");
+        let (net, ns) = if netns {
+            let ns = Netns::create(n)?;
+            (ns.subnet.clone(), Some(ns))
+        } else {
+            (free_loopback_net(n), None)
+        };
+        let mut lab_nodes = Vec::new();
+        for (k, (name, role)) in nodes.iter().enumerate() {
+            let i = k + 1;
             let addr = format!("{net}.{i}:{LAB_PORT}");
-            let dir = tmp.path().join(&name);
+            let dir = tmp.path().join(name);
             std::fs::create_dir_all(&dir).expect("cannot create a node directory");
             let config = format!(
                 "id = {i}\nname = \"{name}\"\nlisten = \"{addr}\"\nstate_dir = \"{}\"\n\n[timing]\nprofile = \"aggressive\"\n",
@@ -89,16 +129,61 @@ impl Lab {
             );
             std::fs::write(dir.join("agent.toml"), config).expect("cannot write an agent config");
             let client = Client::with_timeout(&addr, Duration::from_secs(10));
-            nodes.push(LabNode { id: i as u64, name, addr, dir, client, child: None });
+            lab_nodes.push(LabNode {
+                id: i as u64,
+                name: name.clone(),
+                addr,
+                dir,
+                client,
+                witness: *role == Role::Witness,
+                netns: ns.as_ref().map(|ns| ns.namespaces[k].clone()),
+                child: None,
+            });
         }
-        println!("[lab {net}] {n} nodes in {}", tmp.path().display());
-        Lab { tmp: Some(tmp), nodes, sessions: Vec::new(), started: Instant::now(), net }
+        let how = match &ns {
+            Some(ns) => format!("each in a network namespace, bridge {}", ns.bridge),
+            None => "on loopback".to_string(),
+        };
+        println!("[lab {net}] {n} nodes {how}, in {}", tmp.path().display());
+        Ok(Lab { tmp: Some(tmp), nodes: lab_nodes, sessions: Vec::new(), started: Instant::now(), net, netns: ns })
+    }
+
+    /// [`Lab::start`] with every node in a network namespace of its own (`node1`..`noden`).
+    /// `None` (with the reason printed) when this host cannot make network namespaces
+    /// (not root): the caller skips its test.
+    pub async fn start_netns(n: usize) -> Option<Lab> {
+        let names: Vec<String> = (1..=n).map(|i| format!("node{i}")).collect();
+        let nodes: Vec<(&str, Role)> = names.iter().map(|s| (s.as_str(), Role::Agent)).collect();
+        Lab::start_with(&nodes, true).await
+    }
+
+    /// Starts the named nodes (the first one, a data node, founds the cluster; the others
+    /// join it), on loopback or in network namespaces, and waits until every node sees all
+    /// of them up, a leader and its own lease. `None` only when namespaces are wanted and
+    /// this host cannot make them (the reason is printed).
+    pub async fn start_with(nodes: &[(&str, Role)], netns: bool) -> Option<Lab> {
+        assert!(nodes.first().is_some_and(|(_, r)| *r == Role::Agent), "the first lab node must be a data node");
+        let owned: Vec<(String, Role)> = nodes.iter().map(|(n, r)| (n.to_string(), *r)).collect();
+        match Lab::create(&owned, netns) {
+            Ok(lab) => Some(lab.found().await),
+            Err(why) => {
+                println!("SKIPPED: this test needs network namespaces: {why}");
+                None
+            }
+        }
     }
 
     /// Starts `n` agents, founds a cluster on node 1 and joins the others to it through the
     /// REST API, and waits until every node sees all nodes up, a leader and its own lease.
     pub async fn start(n: usize) -> Lab {
-        let mut lab = Lab::new(n);
+        Lab::new(n).found().await
+    }
+
+    /// Starts every agent, founds the cluster on node 0, joins the others, and waits until
+    /// every node sees all nodes up, a leader and its own lease.
+    async fn found(self) -> Lab {
+        let n = self.nodes.len();
+        let mut lab = self;
         for i in 0..n {
             lab.spawn(i);
         }
@@ -166,23 +251,36 @@ impl Lab {
             .expect("cannot open an agent log");
         let log2 = log.try_clone().expect("cannot clone a log handle");
         let mut cmd = Command::new(HAVEN);
-        cmd.arg("agent")
+        cmd.arg(if node.witness { "witness" } else { "agent" })
             .arg("--config")
             .arg(node.dir.join("agent.toml"))
             .env("HAVEN_LOG", "info,openraft=warn")
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(log2);
-        // SAFETY: setsid(2) is async-signal-safe and touches no memory of the parent.
+        // The namespace to enter, opened here: the child only calls setns(2) on it.
+        let ns_file = node.netns.as_ref().map(|ns| {
+            std::fs::File::open(format!("/run/netns/{ns}"))
+                .unwrap_or_else(|e| panic!("cannot open network namespace {ns}: {e}"))
+        });
+        let ns_fd = ns_file.as_ref().map(std::os::fd::AsRawFd::as_raw_fd);
+        // SAFETY: setsid(2) and setns(2) are async-signal-safe system calls and touch no
+        // memory of the parent; `ns_fd` stays open until `spawn` returns.
         unsafe {
-            cmd.pre_exec(|| {
+            cmd.pre_exec(move || {
                 if libc::setsid() < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                if let Some(fd) = ns_fd
+                    && libc::setns(fd, libc::CLONE_NEWNET) < 0
+                {
                     return Err(std::io::Error::last_os_error());
                 }
                 Ok(())
             });
         }
         let child = cmd.spawn().expect("cannot start haven agent");
+        drop(ns_file);
         let pid = child.id() as i32;
         println!("[lab {} {:6.2}s] started {} (agent pid {pid}, {})", self.net, self.t(), node.name, node.addr);
         self.sessions.push(pid);
@@ -327,6 +425,52 @@ impl Lab {
         out
     }
 
+    // ---- network faults (labs with network namespaces only) ----
+
+    fn netns(&self) -> &Netns {
+        self.netns
+            .as_ref()
+            .expect("this lab runs on loopback; start it with Lab::start_netns or Lab::start_with(.., true)")
+    }
+
+    /// Cuts node `i` off from every other node and from the test process: its veth's end
+    /// on the bridge goes down, so its packets (and everyone's packets to it) are lost, as
+    /// when a host's cable is pulled. Its processes keep running.
+    pub fn isolate(&self, i: usize) {
+        let veth = &self.netns().host_veths[i];
+        ip(&["link", "set", veth, "down"]).unwrap_or_else(|e| panic!("cannot isolate {}: {e}", self.nodes[i].name));
+        println!("[lab {} {:6.2}s] isolated {} (link {veth} down)", self.net, self.t(), self.nodes[i].name);
+    }
+
+    /// Undoes [`Lab::isolate`].
+    pub fn heal(&self, i: usize) {
+        let veth = &self.netns().host_veths[i];
+        ip(&["link", "set", veth, "up"]).unwrap_or_else(|e| panic!("cannot heal {}: {e}", self.nodes[i].name));
+        println!("[lab {} {:6.2}s] healed {} (link {veth} up)", self.net, self.t(), self.nodes[i].name);
+    }
+
+    /// Separates the nodes in `which` from each other while each still reaches every other
+    /// node and the test process (a partial partition): their ports on the bridge become
+    /// isolated ports, which forward only to and from ports that are not.
+    pub fn separate(&self, which: &[usize]) {
+        for &i in which {
+            let veth = &self.netns().host_veths[i];
+            bridge_port_isolated(veth, true);
+        }
+        let names: Vec<&str> = which.iter().map(|i| self.name(*i)).collect();
+        println!("[lab {} {:6.2}s] separated {} from each other", self.net, self.t(), names.join(" | "));
+    }
+
+    /// Undoes [`Lab::separate`].
+    pub fn reconnect(&self, which: &[usize]) {
+        for &i in which {
+            let veth = &self.netns().host_veths[i];
+            bridge_port_isolated(veth, false);
+        }
+        let names: Vec<&str> = which.iter().map(|i| self.name(*i)).collect();
+        println!("[lab {} {:6.2}s] reconnected {}", self.net, self.t(), names.join(", "));
+    }
+
     // ---- reads through the API (None when the node cannot answer) ----
 
     pub async fn status(&self, i: usize) -> Option<ClusterStatus> {
@@ -445,6 +589,132 @@ fn free_loopback_net(n: usize) -> String {
     panic!("found no free 127.a.b.1..{n} addresses on port {LAB_PORT} in 50 tries");
 }
 
+// ---- network namespaces ----
+
+/// One network namespace per node (`haven-<tag>-<i>`, address `10.a.b.<i>/24` on its
+/// `eth0`, `lo` up), each wired by a veth pair (`hv<tag>h<i>` in the root namespace) to the
+/// bridge `hvb<tag>`, which holds `10.a.b.254` so the test process reaches every node.
+/// Dropping it deletes them all (also while a failed test unwinds).
+struct Netns {
+    /// `10.a.b`
+    subnet: String,
+    bridge: String,
+    namespaces: Vec<String>,
+    host_veths: Vec<String>,
+    bridge_made: bool,
+}
+
+impl Netns {
+    /// `Err` if the first `ip netns add` fails (not root, no `ip`): the caller skips. Any
+    /// later failure panics (what was made so far is deleted by the drop).
+    fn create(n: usize) -> Result<Netns, String> {
+        let (tag, subnet) = free_netns_names();
+        let mut ns = Netns {
+            subnet: subnet.clone(),
+            bridge: format!("hvb{tag}"),
+            namespaces: Vec::new(),
+            host_veths: Vec::new(),
+            bridge_made: false,
+        };
+        for i in 1..=n {
+            let name = format!("haven-{tag}-{i}");
+            if let Err(e) = ip(&["netns", "add", &name]) {
+                if i == 1 {
+                    return Err(format!("`ip netns add {name}` failed: {e}"));
+                }
+                panic!("`ip netns add {name}` failed: {e}");
+            }
+            ns.namespaces.push(name);
+        }
+        let must = |args: &[&str]| ip(args).unwrap_or_else(|e| panic!("`ip {}` failed: {e}", args.join(" ")));
+        must(&["link", "add", &ns.bridge, "type", "bridge"]);
+        ns.bridge_made = true;
+        must(&["addr", "add", &format!("{subnet}.254/24"), "dev", &ns.bridge]);
+        must(&["link", "set", &ns.bridge, "up"]);
+        for i in 1..=n {
+            let netns = ns.namespaces[i - 1].clone();
+            let veth = format!("hv{tag}h{i}");
+            must(&["link", "add", &veth, "type", "veth", "peer", "name", "eth0", "netns", &netns]);
+            ns.host_veths.push(veth.clone());
+            must(&["link", "set", &veth, "master", &ns.bridge, "up"]);
+            must(&["-n", &netns, "addr", "add", &format!("{subnet}.{i}/24"), "dev", "eth0"]);
+            must(&["-n", &netns, "link", "set", "eth0", "up"]);
+            must(&["-n", &netns, "link", "set", "lo", "up"]);
+        }
+        Ok(ns)
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        // Deleting one end of a veth pair deletes the other; then the (empty) namespaces.
+        for v in &self.host_veths {
+            if let Err(e) = ip(&["link", "del", v]) {
+                println!("warning: cannot delete veth {v}: {e}");
+            }
+        }
+        for ns in &self.namespaces {
+            if let Err(e) = ip(&["netns", "del", ns]) {
+                println!("warning: cannot delete network namespace {ns}: {e}");
+            }
+        }
+        if self.bridge_made
+            && let Err(e) = ip(&["link", "del", &self.bridge])
+        {
+            println!("warning: cannot delete bridge {}: {e}", self.bridge);
+        }
+    }
+}
+
+/// Runs `ip ARGS`; `Err` with its stderr if it fails.
+fn ip(args: &[&str]) -> Result<(), String> {
+    let out = Command::new("ip").args(args).stdin(Stdio::null()).output().map_err(|e| format!("cannot run ip: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!("{}: {}", out.status, String::from_utf8_lossy(&out.stderr).trim()))
+    }
+}
+
+fn bridge_port_isolated(veth: &str, on: bool) {
+    let state = if on { "on" } else { "off" };
+    let out = Command::new("bridge")
+        .args(["link", "set", "dev", veth, "isolated", state])
+        .stdin(Stdio::null())
+        .output()
+        .expect("cannot run bridge (iproute2)");
+    assert!(
+        out.status.success(),
+        "`bridge link set dev {veth} isolated {state}` failed: {}",
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+}
+
+/// A random tag (for namespace and interface names) and a `10.a.b` subnet that no
+/// interface or route of this host uses, so labs running side by side never collide.
+fn free_netns_names() -> (String, String) {
+    let text = |args: &[&str]| {
+        Command::new("ip")
+            .args(args)
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default()
+    };
+    let used = format!("{}{}{}", text(&["-o", "-4", "addr"]), text(&["-4", "route"]), text(&["netns", "list"]));
+    for _ in 0..50 {
+        let mut r = [0u8; 5];
+        std::fs::File::open("/dev/urandom")
+            .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut r))
+            .expect("cannot read /dev/urandom");
+        let subnet = format!("10.{}.{}", 64 + r[0] % 128, r[1]);
+        let tag = format!("{:02x}{:02x}{:02x}", r[2], r[3], r[4]);
+        if !used.contains(&format!("{subnet}.")) && !used.contains(&tag) {
+            return (tag, subnet);
+        }
+    }
+    panic!("found no free 10.a.b subnet for the lab in 50 tries");
+}
+
 // ---- processes, seen through /proc ----
 
 /// The pid recorded in a resource's pid file (`<run_dir>/pid`: "<pid> <start time>").
@@ -515,4 +785,85 @@ fn kill_session(sid: i32) -> usize {
         std::thread::sleep(Duration::from_millis(20));
     }
     total
+}
+
+// ---- evidence written by the resource itself ----
+
+/// A shell loop for a `process` resource that appends `<cwd> <shell pid> <ns since the
+/// epoch>` to `file` about every 10 ms for as long as it runs: which copy of the resource
+/// ran where and when, in its own words. A copy killed with SIGKILL leaves no "stopped"
+/// line; its last line is as close to its end as the evidence can say.
+pub fn evidence_script(file: &Path) -> String {
+    format!("while :; do echo \"$(pwd) $$ $(date +%s%N)\" >> {}; sleep 0.01; done", file.display())
+}
+
+/// One copy of a resource (one shell, in one run directory), as its evidence shows it.
+#[derive(Clone, Debug)]
+pub struct Stint {
+    pub dir: PathBuf,
+    pub pid: i32,
+    pub first_ns: u128,
+    pub last_ns: u128,
+    pub lines: usize,
+}
+
+/// The copies that wrote to `file`, by their first line.
+pub fn stints(file: &Path) -> Vec<Stint> {
+    let text = std::fs::read_to_string(file).unwrap_or_default();
+    let mut out: Vec<Stint> = Vec::new();
+    for line in text.lines() {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        let (Some(dir), Some(pid), Some(t)) =
+            (f.first(), f.get(1).and_then(|p| p.parse().ok()), f.get(2).and_then(|t| t.parse::<u128>().ok()))
+        else {
+            continue; // a line being written as we read
+        };
+        match out.iter_mut().find(|s| s.pid == pid && s.dir == Path::new(dir)) {
+            Some(s) => {
+                s.first_ns = s.first_ns.min(t);
+                s.last_ns = s.last_ns.max(t);
+                s.lines += 1;
+            }
+            None => out.push(Stint { dir: PathBuf::from(dir), pid, first_ns: t, last_ns: t, lines: 1 }),
+        }
+    }
+    out.sort_by_key(|s| s.first_ns);
+    out
+}
+
+/// Lines written from `dir` (a run directory), by every copy that ran there.
+pub fn lines_from(file: &Path, dir: &Path) -> usize {
+    stints(file).iter().filter(|s| s.dir == dir).map(|s| s.lines).sum()
+}
+
+/// Asserts that no two copies in `file` ever ran at the same time: each copy's last line
+/// comes before the next copy's first. Returns the shortest gap between copies, in ms.
+pub fn assert_no_overlap(file: &Path) -> f64 {
+    let all = stints(file);
+    let listing = || {
+        all.iter()
+            .map(|s| {
+                format!("  {} (pid {}): {} lines, {} .. {}", s.dir.display(), s.pid, s.lines, s.first_ns, s.last_ns)
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    let mut min_gap = f64::INFINITY;
+    for pair in all.windows(2) {
+        let (a, b) = (&pair[0], &pair[1]);
+        assert!(
+            a.last_ns < b.first_ns,
+            "two copies ran at once: {} (pid {}) wrote until {}, after {} (pid {}) began at {}\n{}",
+            a.dir.display(),
+            a.pid,
+            a.last_ns,
+            b.dir.display(),
+            b.pid,
+            b.first_ns,
+            listing()
+        );
+        min_gap = min_gap.min((b.first_ns - a.last_ns) as f64 / 1e6);
+    }
+    println!("evidence: {} copies, none overlapping (shortest gap {min_gap:.0} ms)\n{}", all.len(), listing());
+    min_gap
 }
