@@ -166,11 +166,19 @@ impl VmConfigDriver {
     }
 }
 
+/// Where `params.path` is on this node: a relative path (`<volume-name>/…`) is under this
+/// node's `<state-dir>/volumes/`, so one definition works on every node whatever its
+/// state directory; an absolute path is taken as it is.
+pub fn definition_path(ctx: &ResourceCtx, path: &str) -> PathBuf {
+    let p = Path::new(path);
+    if p.is_absolute() { p.to_path_buf() } else { ctx.state_dir.join("volumes").join(p) }
+}
+
 #[async_trait]
 impl ResourceDriver for VmConfigDriver {
     async fn start(&self, ctx: &ResourceCtx) -> Result<(), DriverError> {
         let params = Self::params(&ctx.spec)?;
-        let path = PathBuf::from(&params.path);
+        let path = definition_path(ctx, &params.path);
         Self::check_on_volume(ctx, &path)?;
         let text = fs::read_to_string(&path)
             .map_err(|e| Self::err(ctx, format!("cannot read definition {}: {e}", path.display())))?;
@@ -200,7 +208,8 @@ impl ResourceDriver for VmConfigDriver {
         {
             let _ = fs::remove_file(&old_path);
         }
-        let reg = Registration { resource: ctx.spec.name.clone(), path: params.path.clone(), text, definition };
+        let path = path.to_string_lossy().into_owned();
+        let reg = Registration { resource: ctx.spec.name.clone(), path, text, definition };
         let write = || -> io::Result<()> {
             let dir = registry_dir(&ctx.state_dir);
             fs::create_dir_all(&dir)?;

@@ -14,19 +14,21 @@ use crate::{Dur, InvalidInput, validate_name};
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct VmConfigParams {
-    /// The VM definition file (`.toml` or `.json`), on a cluster volume:
-    /// `<state-dir>/volumes/<volume-name>/…`.
+    /// The VM definition file (`.toml` or `.json`), on a cluster volume: either relative to
+    /// the volumes directory, `<volume-name>/…` (the same on every node, whatever its
+    /// state directory), or absolute, `<state-dir>/volumes/<volume-name>/…`.
     pub path: String,
 }
 
 impl VmConfigParams {
     pub fn validate(&self) -> Result<(), InvalidInput> {
-        if !self.path.starts_with('/') {
+        let relative_escape = !self.path.starts_with('/') && self.path.split('/').any(|c| c == ".." || c.is_empty());
+        if self.path.trim().is_empty() || relative_escape || (!self.path.starts_with('/') && !self.path.contains('/')) {
             return Err(InvalidInput::new(
                 "params.path",
                 format!(
-                    "{:?} is not an absolute path; write the path on the cluster volume, like \
-                     \"/var/lib/haven/volumes/vol1/web/vm.toml\"",
+                    "{:?} is not a path on a cluster volume; write it as \"<volume-name>/<file>\", e.g. \
+                     \"vol1/web/vm.toml\", or as an absolute path under the volumes directory",
                     self.path
                 ),
             ));
