@@ -1,0 +1,1 @@
+"""Helpers of Haven's benchmarks (standard library only). See bench/README.md."""
