@@ -17,11 +17,13 @@ pub async fn run(agent: Arc<Agent>, mut stop: watch::Receiver<bool>) {
     // (term, when this node became leader in that term)
     let mut leadership: Option<(u64, u64)> = None;
     let mut fences = crate::fence::FenceRuns::default();
+    let mut next_wake = tick;
     loop {
         tokio::select! {
-            _ = tokio::time::sleep(tick) => {}
+            _ = tokio::time::sleep(next_wake) => {}
             _ = stop.wait_for(|s| *s) => return,
         }
+        next_wake = tick;
         let term = agent.db.raft().metrics().borrow().current_term;
         if !agent.is_leader() {
             if leadership.take().is_some() {
@@ -56,5 +58,26 @@ pub async fn run(agent: Arc<Agent>, mut stop: watch::Receiver<bool>) {
             }
         }
         fences.start_pending(&agent, &agent.db.state());
+        // Wake when the next lease (plus margin) runs out rather than up to a tick later:
+        // detection time is what a failover costs.
+        if let Some(deadline) = next_lease_deadline(&agent.db.state(), &heartbeats, leader_since, &timing) {
+            let wait = std::time::Duration::from_millis(deadline.saturating_sub(now_ms()) + 1);
+            next_wake = wait.clamp(std::time::Duration::from_millis(5), tick);
+        }
     }
+}
+
+/// When the first node that is up in `state` would be declared down if it renews no more.
+fn next_lease_deadline(
+    state: &haven_state::State,
+    heartbeats: &std::collections::BTreeMap<String, u64>,
+    leader_since: u64,
+    timing: &haven_controller::Timing,
+) -> Option<u64> {
+    state
+        .nodes
+        .values()
+        .filter(|n| n.is_up())
+        .map(|n| heartbeats.get(&n.name).copied().unwrap_or(0).max(leader_since) + timing.lease_ms + timing.margin_ms)
+        .min()
 }
