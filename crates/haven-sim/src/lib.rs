@@ -108,8 +108,11 @@ impl Profile {
         renew_ms: 500,
         lease_ms: 3000,
         margin_ms: 1000,
-        election_min_ms: 800,
-        election_max_ms: 1600,
+        // The agent's raft election timeout is 400-600 ms, and openraft 0.9 waits its leader
+        // lease (the timeout's max) on top: a follower stands 1.0-1.2 s after it last heard
+        // from the leader.
+        election_min_ms: 1000,
+        election_max_ms: 1200,
         drift_ppm: 5000,
     };
     /// Half of each.
@@ -118,8 +121,8 @@ impl Profile {
         renew_ms: 250,
         lease_ms: 1500,
         margin_ms: 500,
-        election_min_ms: 400,
-        election_max_ms: 800,
+        election_min_ms: 500,
+        election_max_ms: 600,
         drift_ppm: 5000,
     };
 
