@@ -168,12 +168,18 @@ impl GroupWorker {
     }
 
     /// Runs `op` unless the lease ends first (then `None`: the caller returns and the next
-    /// pass self-fences).
+    /// pass self-fences). Renewals while `op` runs extend it: only a lease that really
+    /// ended (was not renewed in time) cuts it short, so a start longer than one lease
+    /// (a VM, a KVM probe) can finish.
     async fn within_lease<T>(&self, op: impl std::future::Future<Output = T>) -> Option<T> {
-        let end = self.agent.lease.valid_until()?;
-        tokio::select! {
-            out = op => Some(out),
-            _ = tokio::time::sleep_until(end) => None,
+        let mut op = std::pin::pin!(op);
+        loop {
+            let end = self.agent.lease.valid_until()?;
+            tokio::select! {
+                out = &mut op => return Some(out),
+                // Look again: renewed meanwhile, or ended.
+                _ = tokio::time::sleep_until(end) => {}
+            }
         }
     }
 

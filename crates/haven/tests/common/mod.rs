@@ -240,6 +240,11 @@ impl Lab {
         self.started.elapsed().as_secs_f64()
     }
 
+    /// Prints a progress line of the test, tagged and timed like the lab's own.
+    pub fn note(&self, what: &str) {
+        println!("[lab {} {:6.2}s] {what}", self.net, self.t());
+    }
+
     /// Starts node `i`'s agent in a session of its own, appending to its `agent.log`.
     pub fn spawn(&mut self, i: usize) {
         assert!(self.nodes[i].child.is_none(), "{} is already running", self.nodes[i].name);

@@ -1,0 +1,506 @@
+//! Lab: a real QEMU guest (the test guest of `scripts/build-test-guest`) in a group
+//! `disk` → `vm-config` → `vm` on a shared directory volume, run by real agents.
+//!
+//! - Its node dies whole (agent and QEMU, SIGKILL): the VM boots on a survivor, the
+//!   volume's claim moves to the new owner at a higher placement generation, and the
+//!   guest's own records on its data disk show one writer at a time.
+//! - Its QEMU alone is killed, then its guest stops heartbeating (`haven vm control vm1
+//!   freeze`): each time the VM is restarted in place, as a new guest boot, and the history
+//!   says why.
+//!
+//! QEMU runs under TCG here (no usable KVM), where a boot takes 5–15 s: every wait is
+//! generous but bounded, and one VM runs at a time. The tests skip (with a message) only
+//! when `qemu-system-x86_64` is not installed.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::{HAVEN, Lab, alive, pid_in, processes_in, sigkill};
+use haven_agent::vm_api::VmView;
+use haven_api::{GroupView, ResourceView};
+use haven_model::{Accel, ResourceState};
+use haven_state::Event;
+use serde_json::json;
+
+const GROUP: &str = "g";
+const DISK: &str = "vol1-disk";
+const CONFIG: &str = "vm1-config";
+const VM: &str = "vm1";
+const VOLUME_ID: &str = "lab-vol-1";
+const VOLUME_NAME: &str = "vol1";
+
+/// Longest a VM may take from being placed to its first heartbeat: KVM probe (3 s),
+/// QEMU start, and a TCG boot on a loaded 2-core machine.
+const BOOT_LIMIT_S: u64 = 90;
+
+fn qemu_installed() -> bool {
+    Command::new("qemu-system-x86_64")
+        .arg("--version")
+        .stdout(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// The test guest's directory (vmlinuz, initrd.img), built by `scripts/build-test-guest`
+/// if missing.
+fn test_guest() -> PathBuf {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/build-test-guest");
+    let out = Command::new(&script).output().expect("cannot run scripts/build-test-guest");
+    assert!(out.status.success(), "building the test guest failed: {}", String::from_utf8_lossy(&out.stderr));
+    let dir = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim().lines().last().unwrap_or_default());
+    assert!(dir.join("vmlinuz").exists() && dir.join("initrd.img").exists(), "no test guest in {}", dir.display());
+    dir
+}
+
+/// Runs a program that must succeed; panics with its stderr.
+fn run(program: &str, args: &[&str]) -> std::process::Output {
+    let out = Command::new(program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {program} (install e2fsprogs / qemu-system-x86): {e}"));
+    assert!(
+        out.status.success(),
+        "`{program} {}` failed ({}): {}",
+        args.join(" "),
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// The shared volume of the lab, `<lab>/shared/vol1`: its `.haven-volume`, an ext4 data
+/// image `data.img` (the guest's /dev/vda) and the VM definition `vm1.toml`, all on it.
+/// Every node reaches it at the same path, as with NFS.
+fn make_volume(lab: &Lab, guest: &Path) -> PathBuf {
+    let volume = lab.dir().join("shared").join(VOLUME_NAME);
+    std::fs::create_dir_all(&volume).expect("cannot create the shared volume");
+    std::fs::write(volume.join(".haven-volume"), format!("{VOLUME_ID}\n")).expect("cannot write .haven-volume");
+    let image = volume.join("data.img");
+    std::fs::File::create(&image).and_then(|f| f.set_len(32 << 20)).expect("cannot create data.img");
+    run("mkfs.ext4", &["-q", "-F", &image.to_string_lossy()]);
+    // The guest appends its alive lines without syncing; short writeback times (set on the
+    // kernel command line) get them onto the disk within a few seconds, so the records of
+    // a guest killed with its node are nearly complete.
+    let definition = format!(
+        r#"name = "{VM}"
+vcpus = 1
+memory_mib = 192
+heartbeat = true
+[boot]
+kernel = "{kernel}"
+initrd = "{initrd}"
+cmdline = "console=ttyS0 haven.name={VM} quiet sysctl.vm.dirty_expire_centisecs=100 sysctl.vm.dirty_writeback_centisecs=100"
+[[disks]]
+path = "data.img"
+"#,
+        kernel = guest.join("vmlinuz").display(),
+        initrd = guest.join("initrd.img").display(),
+    );
+    std::fs::write(volume.join("vm1.toml"), definition).expect("cannot write the VM definition");
+    lab.note(&format!("shared volume {VOLUME_ID} at {} (data.img, vm1.toml)", volume.display()));
+    volume
+}
+
+/// Creates group `g` (offline) preferring `owner`, with `vol1-disk` → `vm1-config` →
+/// `vm1`, then brings it online.
+async fn create_vm_group(lab: &Lab, volume: &Path, owner: &str) {
+    let c = lab.client(0).clone();
+    let _: GroupView = c
+        .post("/api/v1/groups", &json!({"name": GROUP, "preferred_owners": [owner], "online": false}))
+        .await
+        .expect("create group");
+    let _: ResourceView = c
+        .post(
+            "/api/v1/resources",
+            &json!({"name": DISK, "group": GROUP, "type": "disk",
+                    "params": {"backend": "dir", "volume_id": VOLUME_ID, "volume_name": VOLUME_NAME,
+                               "path": volume.to_string_lossy()}}),
+        )
+        .await
+        .expect("create the disk resource");
+    let _: ResourceView = c
+        .post(
+            "/api/v1/resources",
+            &json!({"name": CONFIG, "group": GROUP, "type": "vm-config",
+                    "params": {"path": format!("{VOLUME_NAME}/vm1.toml")}, "depends_on": [DISK]}),
+        )
+        .await
+        .expect("create the vm-config resource");
+    let _: ResourceView = c
+        .post(
+            "/api/v1/resources",
+            &json!({"name": VM, "group": GROUP, "type": "vm",
+                    "params": {"config": CONFIG, "heartbeat_timeout": "3s", "shutdown_timeout": "2s",
+                               "boot_timeout": "60s"},
+                    "props": {"looks_alive_interval": "500ms", "is_alive_interval": "1s", "restart_delay": "200ms"},
+                    "depends_on": [CONFIG]}),
+        )
+        .await
+        .expect("create the vm resource");
+    let _: GroupView = c.post(&format!("/api/v1/groups/{GROUP}/online"), &json!({})).await.expect("group online");
+    lab.note(&format!("group {GROUP}: {DISK} -> {CONFIG} -> {VM}, preferring {owner}, online"));
+}
+
+/// `GET /api/v1/vms/vm1` through node `i` (forwarded to the owner for the runtime).
+async fn vm_view(lab: &Lab, i: usize) -> Option<VmView> {
+    lab.client(i).get(&format!("/api/v1/vms/{VM}")).await.ok()
+}
+
+/// What a running guest shows through node `i`: (owner, boot id, heartbeat seq), once the
+/// group is online on its owner and the guest has sent a heartbeat.
+async fn heartbeat(lab: &Lab, i: usize) -> Option<(String, String, u64)> {
+    let owner = lab.online_on(i, GROUP).await?;
+    let v = vm_view(lab, i).await?;
+    let rt = v.runtime?;
+    (v.owner.as_deref() == Some(owner.as_str())).then_some(())?;
+    Some((owner, rt.guest_boot_id?, rt.last_heartbeat_seq?))
+}
+
+/// Waits until the guest with `boot_id`, seen through node `i`, has sent heartbeat `seq`
+/// or later; returns the seq.
+async fn wait_seq(lab: &Lab, i: usize, boot_id: &str, seq: u64) -> u64 {
+    lab.wait_for(&format!("guest {boot_id} to reach heartbeat seq {seq}"), 60, async || {
+        let (_, b, s) = heartbeat(lab, i).await?;
+        assert_eq!(b, boot_id, "the guest rebooted while it should have kept running");
+        (s >= seq).then_some(s)
+    })
+    .await
+}
+
+/// The volume's `.haven-claim`: (node, generation).
+fn claim(volume: &Path) -> (String, u64) {
+    let path = volume.join(".haven-claim");
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{text:?} is no claim: {e}"));
+    let node = v["node"].as_str().expect("a claim names its node").to_string();
+    let generation = v["generation"].as_u64().expect("a claim has a generation");
+    (node, generation)
+}
+
+async fn group_generation(lab: &Lab, i: usize) -> u64 {
+    lab.group(i, GROUP).await.expect("read the group").group.generation
+}
+
+/// Takes the group offline and waits until every resource is offline and no QEMU runs on
+/// any node, so nothing writes to the volume any more.
+async fn take_offline(lab: &Lab, via: usize) {
+    let _: GroupView =
+        lab.client(via).post(&format!("/api/v1/groups/{GROUP}/offline"), &json!({})).await.expect("group offline");
+    let run_dirs: Vec<PathBuf> = (0..lab.nodes.len()).map(|i| lab.node(i).run_dir(VM)).collect();
+    lab.wait_until("the group offline: every resource offline, no QEMU left on any node", 40, async || {
+        for r in [VM, CONFIG, DISK] {
+            if lab.resource(via, r).await.is_none_or(|v| v.status.state != ResourceState::Offline) {
+                return false;
+            }
+        }
+        run_dirs.iter().all(|d| processes_in(d).is_empty())
+    })
+    .await;
+}
+
+/// A `boot <boot_id> <epoch> <name>` line of `boots.log`.
+#[derive(Debug)]
+struct Boot {
+    id: String,
+    epoch: u64,
+}
+
+/// An `alive <boot_id> <seq> <epoch>` line of `alive.log`.
+#[derive(Debug)]
+struct Alive {
+    id: String,
+    seq: u64,
+    epoch: u64,
+}
+
+/// Reads `boots.log` and `alive.log` from the data image without mounting it: a copy gets
+/// its journal replayed by `e2fsck` (as the next mount would), then `debugfs` reads it.
+fn guest_records(lab: &Lab, image: &Path) -> (Vec<Boot>, Vec<Alive>) {
+    let copy = lab.dir().join("inspect.img");
+    std::fs::copy(image, &copy).expect("cannot copy data.img");
+    let copy_s = copy.to_string_lossy().into_owned();
+    let fsck = Command::new("e2fsck").args(["-f", "-y", &copy_s]).output().expect("cannot run e2fsck");
+    // 0: clean, 1: fixed (a replayed journal counts).
+    assert!(
+        matches!(fsck.status.code(), Some(0 | 1)),
+        "e2fsck found the guest's filesystem damaged ({}): {}{}",
+        fsck.status,
+        String::from_utf8_lossy(&fsck.stdout),
+        String::from_utf8_lossy(&fsck.stderr)
+    );
+    let cat = |file: &str| {
+        String::from_utf8_lossy(&run("debugfs", &["-R", &format!("cat /{file}"), &copy_s]).stdout).into_owned()
+    };
+    let boots_text = cat("boots.log");
+    let alive_text = cat("alive.log");
+    let boots = boots_text
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.len() == 4 && f[0] == "boot").then(|| {
+                assert_eq!(f[3], VM, "a boot line of another guest: {l:?}");
+                Boot { id: f[1].to_string(), epoch: f[2].parse().expect("an epoch") }
+            })
+        })
+        .collect();
+    let alive = alive_text
+        .lines()
+        .map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            assert!(f.len() == 4 && f[0] == "alive", "unexpected line in alive.log: {l:?}");
+            Alive { id: f[1].to_string(), seq: f[2].parse().expect("a seq"), epoch: f[3].parse().expect("an epoch") }
+        })
+        .collect();
+    println!("boots.log:\n{boots_text}alive.log: {} lines", alive_text.lines().count());
+    (boots, alive)
+}
+
+/// Asserts that the guest boots `expected` (boot ids, in order) are exactly the boots on
+/// the disk, and that they wrote one at a time: in `alive.log` every line of a boot comes
+/// after every line of the boots before it, and no boot's alive line is later (by the
+/// guest's clock) than the next boot's boot line. Returns the alive lines per boot.
+fn assert_one_writer_at_a_time(boots: &[Boot], alive: &[Alive], expected: &[&str]) -> Vec<usize> {
+    let ids: Vec<&str> = boots.iter().map(|b| b.id.as_str()).collect();
+    assert_eq!(ids, expected, "the boots on the data disk are not the guests the API showed");
+    let index = |id: &str| {
+        ids.iter().position(|b| *b == id).unwrap_or_else(|| panic!("alive.log has lines of unknown boot {id}"))
+    };
+    let mut last = 0;
+    let mut counts = vec![0; ids.len()];
+    for (n, a) in alive.iter().enumerate() {
+        let k = index(&a.id);
+        assert!(
+            k >= last,
+            "alive.log line {} (boot {}, seq {}) comes after lines of the later boot {}: two guests wrote at once",
+            n + 1,
+            a.id,
+            a.seq,
+            ids[last]
+        );
+        last = k;
+        counts[k] += 1;
+        if let Some(next) = boots.get(k + 1) {
+            assert!(
+                a.epoch <= next.epoch,
+                "boot {} wrote alive seq {} at {} after boot {} had started at {}: two guests wrote at once",
+                a.id,
+                a.seq,
+                a.epoch,
+                next.id,
+                next.epoch
+            );
+        }
+    }
+    for (k, b) in boots.iter().enumerate() {
+        let of: Vec<&Alive> = alive.iter().filter(|a| a.id == b.id).collect();
+        let (first, last) = (of.first().map(|a| (a.seq, a.epoch)), of.last().map(|a| (a.seq, a.epoch)));
+        println!(
+            "boot {k} {} at {}: {} alive lines, first (seq, epoch) {first:?}, last {last:?}",
+            b.id, b.epoch, counts[k]
+        );
+    }
+    counts
+}
+
+/// The history of the group through node `i`.
+async fn history(lab: &Lab, i: usize) -> Vec<Event> {
+    lab.client(i).get(&format!("/api/v1/history?group={GROUP}&limit=1000")).await.expect("history")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vm_fails_over_when_its_node_dies_and_one_guest_writes_at_a_time() {
+    if !qemu_installed() {
+        println!("SKIPPED: qemu-system-x86_64 is not installed");
+        return;
+    }
+    let guest = test_guest();
+    let mut lab = Lab::start(3).await;
+    let volume = make_volume(&lab, &guest);
+    // A follower owns the VM, so the leader (and the controller) survive its death.
+    let leader = lab.leader_seen_by(0).await.expect("a leader");
+    let a = (0..3).find(|i| lab.node(*i).id != leader).expect("a follower");
+    let a_name = lab.name(a).to_string();
+    create_vm_group(&lab, &volume, &a_name).await;
+
+    let (owner, boot1, seq) = lab
+        .wait_for(&format!("{VM} online on {a_name} with a guest heartbeat"), BOOT_LIMIT_S, async || {
+            heartbeat(&lab, 0).await
+        })
+        .await;
+    assert_eq!(owner, a_name, "the VM should start on its preferred owner");
+    lab.note(&format!("guest {boot1} heartbeats on {a_name} (seq {seq})"));
+
+    // The accelerator and why, through the API and the CLI.
+    let view = vm_view(&lab, 0).await.expect("the VM view");
+    let rt = view.runtime.clone().expect("a runtime");
+    lab.note(&format!("accelerator {}: {}", rt.accel.as_str(), rt.reason_for_accel));
+    assert!(matches!(rt.accel, Accel::Kvm | Accel::Tcg), "{rt:?}");
+    assert!(rt.reason_for_accel.contains("KVM"), "the reason should say what the KVM probe saw: {rt:?}");
+    if std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm").is_err() {
+        assert_eq!(rt.accel, Accel::Tcg, "no usable /dev/kvm here: {rt:?}");
+    }
+    let qemu_a = pid_in(&lab.node(a).run_dir(VM)).expect("a QEMU pid file on the owner");
+    assert_eq!(rt.pid, qemu_a, "the API's QEMU pid is the pid file's");
+    assert!(alive(qemu_a), "QEMU {qemu_a} on {a_name} is not running");
+    let other = (a + 1) % 3;
+    let shown = lab.cli_json(other, &["vm", "show", VM]).await;
+    assert_eq!(shown["owner"], json!(a_name), "`haven vm show` through {}: {shown}", lab.name(other));
+    assert_eq!(shown["runtime"]["accel"], json!(rt.accel.as_str()), "{shown}");
+    assert_eq!(shown["runtime"]["reason_for_accel"], json!(rt.reason_for_accel), "{shown}");
+    let listed = lab.cli_json(other, &["vm", "list"]).await;
+    assert!(listed.as_array().is_some_and(|l| l.len() == 1 && l[0]["name"] == json!(VM)), "{listed}");
+
+    // Heartbeats advance; let the guest write a good stretch of alive lines to its disk.
+    let seq = wait_seq(&lab, other, &boot1, seq + 12).await;
+    let generation_a = group_generation(&lab, 0).await;
+    assert_eq!(claim(&volume), (a_name.clone(), generation_a), "the volume's claim before the failure");
+
+    lab.note(&format!("killing {a_name} whole: its agent and QEMU {qemu_a} (guest {boot1} at seq {seq})"));
+    lab.kill_node(a);
+    assert!(!alive(qemu_a), "killing {a_name} whole must kill its QEMU {qemu_a}");
+    let survivors: Vec<usize> = (0..3).filter(|i| *i != a).collect();
+
+    let (s, boot2, seq2) = lab
+        .wait_for(&format!("{VM} online on a survivor, heartbeating as a new guest"), BOOT_LIMIT_S, async || {
+            let (owner, boot, seq) = heartbeat(&lab, survivors[0]).await?;
+            (owner != a_name && boot != boot1).then_some((owner, boot, seq))
+        })
+        .await;
+    lab.note(&format!("guest {boot2} heartbeats on {s} (seq {seq2})"));
+    let si = lab.index_of(&s);
+    assert!(survivors.contains(&si));
+    lab.wait_until(&format!("the other survivor to see guest {boot2} on {s} too"), 10, async || {
+        heartbeat(&lab, survivors[1]).await.is_some_and(|(o, b, _)| o == s && b == boot2)
+    })
+    .await;
+    let generation_s = group_generation(&lab, si).await;
+    let (claim_node, claim_generation) = claim(&volume);
+    assert_eq!(claim_node, s, "the volume is claimed by the new owner");
+    assert!(
+        claim_generation > generation_a,
+        "the new claim's generation {claim_generation} must be above the old {generation_a}"
+    );
+    assert_eq!(claim_generation, generation_s, "the claim carries the group's placement generation");
+    let qemu_s = pid_in(&lab.node(si).run_dir(VM)).expect("a QEMU pid file on the new owner");
+    assert!(alive(qemu_s));
+    let vm = lab.resource(si, VM).await.expect("the vm resource");
+    assert_eq!((vm.status.state, vm.status.node.as_deref()), (ResourceState::Online, Some(s.as_str())));
+    wait_seq(&lab, si, &boot2, seq2 + 8).await;
+
+    // Nothing writes once the group is offline; then the guests' own records.
+    take_offline(&lab, si).await;
+    let (boots, alive_lines) = guest_records(&lab, &volume.join("data.img"));
+    let counts = assert_one_writer_at_a_time(&boots, &alive_lines, &[&boot1, &boot2]);
+    assert!(counts[0] > 0, "the first guest's alive lines never reached its disk: {alive_lines:?}");
+    assert!(counts[1] > 0, "the second guest's alive lines never reached its disk: {alive_lines:?}");
+    lab.note(&format!(
+        "two boots on the disk ({boot1} on {a_name}, {boot2} on {s}), {} and {} alive lines, one writer at a time",
+        counts[0], counts[1]
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vm_restarts_in_place_when_qemu_dies_or_its_guest_stops_heartbeating() {
+    if !qemu_installed() {
+        println!("SKIPPED: qemu-system-x86_64 is not installed");
+        return;
+    }
+    let guest = test_guest();
+    let lab = Lab::start(3).await;
+    let volume = make_volume(&lab, &guest);
+    let a = 1;
+    let a_name = lab.name(a).to_string();
+    let other = 2;
+    create_vm_group(&lab, &volume, &a_name).await;
+    let (owner, boot1, _) = lab
+        .wait_for(&format!("{VM} online on {a_name} with a guest heartbeat"), BOOT_LIMIT_S, async || {
+            heartbeat(&lab, 0).await
+        })
+        .await;
+    assert_eq!(owner, a_name);
+    let generation = group_generation(&lab, 0).await;
+    let run_dir = lab.node(a).run_dir(VM);
+
+    // 1. QEMU alone dies.
+    let qemu1 = pid_in(&run_dir).expect("a QEMU pid file");
+    assert!(alive(qemu1));
+    lab.note(&format!("guest {boot1} heartbeats on {a_name}; SIGKILL to its QEMU {qemu1} only"));
+    sigkill(qemu1);
+    let (boot2, qemu2) = lab
+        .wait_for(&format!("{VM} restarted in place on {a_name} as a new guest"), BOOT_LIMIT_S, async || {
+            let (owner, boot, _) = heartbeat(&lab, other).await?;
+            assert_eq!(owner, a_name, "a restart in place must not move the group");
+            let pid = pid_in(&run_dir)?;
+            (boot != boot1 && pid != qemu1 && alive(pid)).then_some((boot, pid))
+        })
+        .await;
+    lab.note(&format!("guest {boot2} heartbeats on {a_name} (QEMU {qemu2})"));
+    assert!(!alive(qemu1));
+    let events = history(&lab, other).await;
+    let failed = events
+        .iter()
+        .find(|e| e.kind == "resource-failed" && e.resource.as_deref() == Some(VM))
+        .unwrap_or_else(|| panic!("no resource-failed event for {VM}: {events:#?}"));
+    println!("history: {}", failed.message);
+    assert_eq!(failed.node.as_deref(), Some(a_name.as_str()), "{failed:?}");
+    assert!(
+        failed.message.contains(&format!("QEMU of VM \"{VM}\": process {qemu1}")),
+        "the reason names the dead QEMU: {failed:?}"
+    );
+    assert!(failed.message.contains("restarting in place (failure 1 of 3"), "{failed:?}");
+    let online = events
+        .iter()
+        .find(|e| e.id > failed.id && e.kind == "resource-online" && e.resource.as_deref() == Some(VM))
+        .unwrap_or_else(|| panic!("no resource-online event for {VM} after its failure: {events:#?}"));
+    assert_eq!(online.node.as_deref(), Some(a_name.as_str()), "{online:?}");
+
+    // 2. The guest hangs: QEMU runs, the heartbeat stops; only the thorough check sees it.
+    let seq = wait_seq(&lab, other, &boot2, 2).await;
+    let sent = lab.cli_json(other, &["vm", "control", VM, "freeze"]).await;
+    assert_eq!(sent["node"], json!(a_name), "the control line is forwarded to the owner: {sent}");
+    lab.note(&format!("froze the heartbeat of guest {boot2} at seq {seq} (`{HAVEN} vm control {VM} freeze`)"));
+    let boot3 = lab
+        .wait_for(
+            &format!("{VM} restarted in place on {a_name} after its heartbeat stopped"),
+            BOOT_LIMIT_S,
+            async || {
+                let (owner, boot, _) = heartbeat(&lab, other).await?;
+                assert_eq!(owner, a_name, "a restart in place must not move the group");
+                (boot != boot2 && boot != boot1).then_some(boot)
+            },
+        )
+        .await;
+    lab.note(&format!("guest {boot3} heartbeats on {a_name}"));
+    assert!(!alive(qemu2), "the hung guest's QEMU {qemu2} must be stopped");
+    let events = history(&lab, other).await;
+    let hung = events
+        .iter()
+        .find(|e| e.id > online.id && e.kind == "resource-failed" && e.resource.as_deref() == Some(VM))
+        .unwrap_or_else(|| panic!("no resource-failed event for the hung guest: {events:#?}"));
+    println!("history: {}", hung.message);
+    assert_eq!(hung.node.as_deref(), Some(a_name.as_str()), "{hung:?}");
+    assert!(
+        hung.message.contains("sent no heartbeat for") && hung.message.contains(&boot2),
+        "the reason names the missing heartbeat of the hung guest: {hung:?}"
+    );
+    assert!(hung.message.contains("heartbeat_timeout 3s"), "{hung:?}");
+    assert!(hung.message.contains("restarting in place (failure 2 of 3"), "{hung:?}");
+    assert!(
+        events.iter().any(|e| e.id > hung.id && e.kind == "resource-online" && e.resource.as_deref() == Some(VM)),
+        "no resource-online event for {VM} after the hung guest: {events:#?}"
+    );
+    let vm = lab.resource(other, VM).await.expect("the vm resource");
+    assert_eq!(vm.status.failures.len(), 2, "two failures recorded: {:?}", vm.status);
+    assert_eq!(group_generation(&lab, other).await, generation, "restarts in place keep the placement");
+    assert_eq!(claim(&volume), (a_name.clone(), generation), "the volume stays claimed by {a_name}");
+
+    wait_seq(&lab, other, &boot3, 3).await;
+
+    // Three boots on the disk, one after the other.
+    take_offline(&lab, other).await;
+    let (boots, alive_lines) = guest_records(&lab, &volume.join("data.img"));
+    let counts = assert_one_writer_at_a_time(&boots, &alive_lines, &[&boot1, &boot2, &boot3]);
+    lab.note(&format!("three boots on the disk, {counts:?} alive lines, one writer at a time"));
+}
