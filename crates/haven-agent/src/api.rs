@@ -143,11 +143,13 @@ type ApiResult<T> = Result<Json<T>, ApiError>;
         history,
         crate::vm_api::list_vms,
         crate::vm_api::get_vm,
-        crate::vm_api::guest_control
+        crate::vm_api::guest_control,
+        crate::vm_api::edit_definition
     ),
     components(schemas(
         crate::vm_api::VmView,
         crate::vm_api::GuestControl,
+        crate::vm_api::DefinitionEdit,
         haven_model::VmStatus,
         ErrorBody,
         ErrorDetail,
@@ -193,6 +195,7 @@ pub fn router(agent: Arc<Agent>) -> Router {
         .route("/vms", get(crate::vm_api::list_vms))
         .route("/vms/{name}", get(crate::vm_api::get_vm))
         .route("/vms/{name}/guest-control", post(crate::vm_api::guest_control))
+        .route("/vms/{name}/definition", axum::routing::put(crate::vm_api::edit_definition))
         .fallback(|| async { ApiError::new(404, "not_found", "no such API route; see /api/v1/openapi.json") });
     Router::new()
         .nest(haven_api::API_PREFIX, v1)

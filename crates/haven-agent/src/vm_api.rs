@@ -116,3 +116,89 @@ pub async fn guest_control(
         .map_err(|e| ApiError::new(409, "conflict", e.to_string()))?;
     Ok(Json(serde_json::json!({"sent": req.line, "vm": name, "node": agent.name()})))
 }
+
+/// `PUT /api/v1/vms/{name}/definition`: the new text of the VM's definition file.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DefinitionEdit {
+    /// The whole file, in the file's own syntax (TOML, or JSON for a `.json` file).
+    pub text: String,
+}
+
+/// Where the definition of `vm` lives on shared storage, seen from this node: its
+/// `vm-config` path is `<volume>/<file>`, and the group's `dir` disk resource for that
+/// volume says which shared directory holds it.
+fn definition_file(agent: &Agent, vm: &Resource) -> Result<std::path::PathBuf, ApiError> {
+    let state = agent.db.state();
+    let invalid = |e: haven_model::InvalidInput| ApiError::from(SubmitError::Refused(e.into()));
+    let config_name = vm.spec.vm_params().map_err(invalid)?.config;
+    let config = state.resources.get(&config_name).ok_or_else(|| {
+        ApiError::from(SubmitError::Refused(haven_state::StateError::not_found("resource", &config_name)))
+    })?;
+    let path = config.spec.vm_config_params().map_err(invalid)?.path;
+    let Some((volume, rest)) = path.split_once('/').filter(|_| !path.starts_with('/')) else {
+        return Err(ApiError::new(
+            409,
+            "conflict",
+            format!(
+                "the definition path {path:?} of {config_name:?} is absolute; only a volume-relative path \
+                 (<volume>/<file>) can be edited through the API — edit the file on the volume's owner"
+            ),
+        ));
+    };
+    let disk = state.group_resources(&vm.spec.group).find_map(|r| {
+        let p = r.spec.disk_params().ok()?;
+        (p.volume_name == volume).then_some(p)
+    });
+    match disk {
+        Some(p) if p.backend == haven_model::DiskBackend::Dir => {
+            Ok(std::path::Path::new(p.path.as_deref().unwrap_or("/")).join(rest))
+        }
+        Some(_) => Err(ApiError::new(
+            409,
+            "conflict",
+            format!(
+                "volume {volume:?} is a block device, mounted only while its disk resource is online; \
+                 edit {rest} on the node that owns it"
+            ),
+        )),
+        None => Err(ApiError::new(
+            409,
+            "conflict",
+            format!("group {:?} has no disk resource for volume {volume:?} named in {path:?}", vm.spec.group),
+        )),
+    }
+}
+
+#[utoipa::path(put, path = "/api/v1/vms/{name}/definition", tag = "vms", request_body = DefinitionEdit,
+    responses((status = 200), (status = 400, body = haven_api::ErrorBody), (status = 409, body = haven_api::ErrorBody)))]
+pub async fn edit_definition(
+    AxState(agent): AxState<Arc<Agent>>,
+    Path(name): Path<String>,
+    Body(edit): Body<DefinitionEdit>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    use haven_model::ResourceState::{Online, Starting, Stopping};
+    let vm = vm_resource(&agent, &name)?;
+    if matches!(vm.status.state, Online | Starting | Stopping) {
+        let node = vm.status.node.clone().unwrap_or_default();
+        return Err(ApiError::new(
+            409,
+            "conflict",
+            format!(
+                "VM {name:?} is {} on node {node:?}; its definition can only change while it is offline: \
+                 run `haven group offline {}`, edit, then bring the group online (the change applies at its next start)",
+                format!("{:?}", vm.status.state).to_lowercase(),
+                vm.spec.group
+            ),
+        ));
+    }
+    let file = definition_file(&agent, &vm)?;
+    haven_drivers::definition_from_text(&file, &edit.text)
+        .map_err(|e| ApiError::from(SubmitError::Refused(e.into())))?;
+    let tmp = file.with_extension("haven-edit.tmp");
+    std::fs::write(&tmp, &edit.text)
+        .and_then(|()| std::fs::rename(&tmp, &file))
+        .map_err(|e| ApiError::new(500, "internal", format!("cannot write {}: {e}", file.display())))?;
+    tracing::info!(vm = %name, file = %file.display(), "VM definition edited");
+    Ok(Json(serde_json::json!({"vm": name, "file": file, "applies": "at the VM's next start"})))
+}

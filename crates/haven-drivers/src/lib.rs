@@ -26,7 +26,7 @@ pub use disk::DiskDriver;
 pub use error::DriverError;
 pub use process::ProcessDriver;
 pub use vm::{VmDriver, vm_status};
-pub use vm_config::{VmConfigDriver, load_definition};
+pub use vm_config::{VmConfigDriver, definition_from_text, load_definition};
 
 /// What a driver gets to act on one resource.
 #[derive(Clone, Debug)]

@@ -41,7 +41,9 @@ pub fn load_definition(path: &Path) -> Result<VmDefinition, InvalidInput> {
     definition_from_text(path, &text)
 }
 
-fn definition_from_text(path: &Path, text: &str) -> Result<VmDefinition, InvalidInput> {
+/// Parses and validates definition `text` as if it were the file at `path` (relative paths
+/// are resolved against its directory and must exist).
+pub fn definition_from_text(path: &Path, text: &str) -> Result<VmDefinition, InvalidInput> {
     let mut def = VmDefinition::parse(text, DefinitionFormat::for_path(&path.to_string_lossy()))?;
     let base = path.parent().unwrap_or(Path::new("/"));
     let resolve = |field: String, p: &mut String| -> Result<(), InvalidInput> {

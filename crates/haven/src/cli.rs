@@ -282,6 +282,14 @@ pub enum VmCmd {
     Show { name: String },
     /// Send a line to the guest's control channel (the test guest: freeze, thaw, poweroff).
     Control { name: String, line: String },
+    /// Replace the VM's definition file with FILE (validated; refused while the VM runs;
+    /// applies at its next start).
+    Edit {
+        name: String,
+        /// The new definition (TOML, or JSON if the VM's file is .json).
+        #[arg(long)]
+        file: PathBuf,
+    },
 }
 
 #[derive(Args, Debug)]
@@ -886,6 +894,12 @@ async fn vm(c: &Client, fmt: Format, cmd: VmCmd) -> Result<(), Failure> {
                     println!("last reason: {r}");
                 }
             }
+        }
+        VmCmd::Edit { name, file } => {
+            let text =
+                std::fs::read_to_string(&file).map_err(|e| usage(format!("cannot read {}: {e}", file.display())))?;
+            let v: Value = c.put(&format!("/api/v1/vms/{}/definition", seg(&name)), &json!({ "text": text })).await?;
+            print_done(fmt, &v, &format!("definition of {name:?} updated; it applies at the VM's next start"));
         }
         VmCmd::Control { name, line } => {
             let v: Value =

@@ -498,9 +498,51 @@ async fn vm_restarts_in_place_when_qemu_dies_or_its_guest_stops_heartbeating() {
 
     wait_seq(&lab, other, &boot3, 3).await;
 
+    // Its definition cannot change while it runs.
+    let original = std::fs::read_to_string(volume.join("vm1.toml")).expect("vm1.toml");
+    let edit = |text: String| {
+        let client = lab.client(other).clone();
+        async move {
+            client.put::<_, serde_json::Value>(&format!("/api/v1/vms/{VM}/definition"), &json!({ "text": text })).await
+        }
+    };
+    let refused = |r: Result<serde_json::Value, haven_api::ClientError>, status: u16, needle: &str| match r {
+        Err(haven_api::ClientError::Api { status: s, message, .. }) => {
+            assert_eq!(s, status, "{message}");
+            assert!(message.contains(needle), "{message:?} should mention {needle:?}");
+        }
+        other => panic!("expected a refusal naming {needle:?}, got {other:?}"),
+    };
+    let smaller = original.replace("memory_mib = 192", "memory_mib = 160");
+    refused(edit(smaller.clone()).await, 409, "can only change while it is offline");
+    assert_eq!(std::fs::read_to_string(volume.join("vm1.toml")).expect("vm1.toml"), original);
+
     // Three boots on the disk, one after the other.
     take_offline(&lab, other).await;
     let (boots, alive_lines) = guest_records(&lab, &volume.join("data.img"));
     let counts = assert_one_writer_at_a_time(&boots, &alive_lines, &[&boot1, &boot2, &boot3]);
     lab.note(&format!("three boots on the disk, {counts:?} alive lines, one writer at a time"));
+
+    // Offline, invalid definitions are refused with the field named; a valid one is written
+    // and used at the next start.
+    refused(edit(original.replace("memory_mib = 192", "memory_mib = 0")).await, 400, "memory_mib");
+    refused(edit(original.replace("vcpus = 1", "vcpus = 1\ncolour = \"red\"")).await, 400, "colour");
+    refused(edit(original.replace("path = \"data.img\"", "path = \"missing.img\"")).await, 400, "disks[0].path");
+    assert_eq!(std::fs::read_to_string(volume.join("vm1.toml")).expect("vm1.toml"), original);
+    edit(smaller.clone()).await.expect("a valid edit while offline");
+    assert_eq!(std::fs::read_to_string(volume.join("vm1.toml")).expect("vm1.toml"), smaller);
+    let _: serde_json::Value =
+        lab.client(other).post(&format!("/api/v1/groups/{GROUP}/online"), &json!({})).await.expect("group online");
+    let pid = lab
+        .wait_for("the VM to start again with the edited definition", 90, async || {
+            vm_view(&lab, other).await.and_then(|v| v.runtime).map(|r| r.pid)
+        })
+        .await;
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).expect("QEMU's command line");
+    let args: Vec<String> = cmdline.split(|b| *b == 0).map(|a| String::from_utf8_lossy(a).into_owned()).collect();
+    assert!(
+        args.windows(2).any(|w| w[0] == "-m" && w[1].starts_with("160")),
+        "QEMU runs with the new memory: {args:?}"
+    );
+    lab.note("definition edits: refused while running, invalid ones named, a valid one used at the next start");
 }
