@@ -144,7 +144,8 @@ type ApiResult<T> = Result<Json<T>, ApiError>;
         crate::vm_api::list_vms,
         crate::vm_api::get_vm,
         crate::vm_api::guest_control,
-        crate::vm_api::edit_definition
+        crate::vm_api::edit_definition,
+        crate::vm_api::console
     ),
     components(schemas(
         crate::vm_api::VmView,
@@ -195,6 +196,7 @@ pub fn router(agent: Arc<Agent>) -> Router {
         .route("/vms", get(crate::vm_api::list_vms))
         .route("/vms/{name}", get(crate::vm_api::get_vm))
         .route("/vms/{name}/guest-control", post(crate::vm_api::guest_control))
+        .route("/vms/{name}/console", get(crate::vm_api::console))
         .route("/vms/{name}/definition", axum::routing::put(crate::vm_api::edit_definition))
         .fallback(|| async { ApiError::new(404, "not_found", "no such API route; see /api/v1/openapi.json") });
     Router::new()

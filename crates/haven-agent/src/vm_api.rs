@@ -202,3 +202,31 @@ pub async fn edit_definition(
     tracing::info!(vm = %name, file = %file.display(), "VM definition edited");
     Ok(Json(serde_json::json!({"vm": name, "file": file, "applies": "at the VM's next start"})))
 }
+
+/// `GET /api/v1/vms/{name}/console`: the end of the guest's serial console log (up to
+/// 64 KiB), from the node that runs it.
+#[utoipa::path(get, path = "/api/v1/vms/{name}/console", tag = "vms",
+    responses((status = 200, body = String), (status = 404, body = haven_api::ErrorBody), (status = 409, body = haven_api::ErrorBody)))]
+pub async fn console(AxState(agent): AxState<Arc<Agent>>, Path(name): Path<String>) -> Result<Json<String>, ApiError> {
+    let r = vm_resource(&agent, &name)?;
+    if let Some(addr) = elsewhere(&agent, &r) {
+        let client = haven_api::Client::with_timeout(&addr, std::time::Duration::from_secs(5));
+        return client
+            .get::<String>(&format!("/api/v1/vms/{name}/console"))
+            .await
+            .map(Json)
+            .map_err(|e| ApiError::new(e.status().unwrap_or(502), "unavailable", e.to_string()));
+    }
+    let state = agent.db.state();
+    let ctx = crate::lrm::ctx_for(&agent, &state, &r.spec);
+    let path = ctx.run_dir.join("console.log");
+    let bytes = std::fs::read(&path).map_err(|e| {
+        ApiError::new(
+            409,
+            "conflict",
+            format!("no console log for VM {name:?} on node {:?} ({e}); has it started here?", agent.name()),
+        )
+    })?;
+    let tail = &bytes[bytes.len().saturating_sub(64 * 1024)..];
+    Ok(Json(String::from_utf8_lossy(tail).into_owned()))
+}

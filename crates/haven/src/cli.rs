@@ -280,6 +280,12 @@ pub enum VmCmd {
     List,
     /// Show one VM, with why it runs on its accelerator.
     Show { name: String },
+    /// Start a VM: bring its group online (its disks and configuration first).
+    Start { name: String },
+    /// Stop a VM: take its group offline (the guest is asked to power off, then stopped).
+    Stop { name: String },
+    /// Print the end of the VM's serial console log, from the node that runs it.
+    Console { name: String },
     /// Send a line to the guest's control channel (the test guest: freeze, thaw, poweroff).
     Control { name: String, line: String },
     /// Replace the VM's definition file with FILE (validated; refused while the VM runs;
@@ -870,6 +876,18 @@ fn vm_rows(vms: &[haven_agent::vm_api::VmView]) -> Vec<Vec<String>> {
 
 const VM_HEADER: [&str; 6] = ["NAME", "GROUP", "OWNER", "STATE", "ACCEL", "HEARTBEAT"];
 
+/// A VM starts and stops with its group: `action` is `online` or `offline`.
+async fn vm_power(c: &Client, fmt: Format, name: &str, action: &str) -> Result<(), Failure> {
+    let v: haven_agent::vm_api::VmView = c.get(&format!("/api/v1/vms/{}", seg(name))).await?;
+    let g: GroupView = c.post(&format!("/api/v1/groups/{}/{action}", seg(&v.group)), &json!({})).await?;
+    if fmt == Format::Json {
+        output::json(&g);
+    } else {
+        println!("VM {name:?}: group {:?} is being brought {action} (`haven vm list` shows progress)", v.group);
+    }
+    Ok(())
+}
+
 async fn vm(c: &Client, fmt: Format, cmd: VmCmd) -> Result<(), Failure> {
     use haven_agent::vm_api::VmView;
     match cmd {
@@ -893,6 +911,16 @@ async fn vm(c: &Client, fmt: Format, cmd: VmCmd) -> Result<(), Failure> {
                 if let Some(r) = &v.resource.status.reason {
                     println!("last reason: {r}");
                 }
+            }
+        }
+        VmCmd::Start { name } => vm_power(c, fmt, &name, "online").await?,
+        VmCmd::Stop { name } => vm_power(c, fmt, &name, "offline").await?,
+        VmCmd::Console { name } => {
+            let text: String = c.get(&format!("/api/v1/vms/{}/console", seg(&name))).await?;
+            if fmt == Format::Json {
+                output::json(&json!({ "vm": name, "console": text }));
+            } else {
+                print!("{text}");
             }
         }
         VmCmd::Edit { name, file } => {
