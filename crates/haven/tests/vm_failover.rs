@@ -351,6 +351,10 @@ async fn vm_fails_over_when_its_node_dies_and_one_guest_writes_at_a_time() {
     assert_eq!(shown["runtime"]["reason_for_accel"], json!(rt.reason_for_accel), "{shown}");
     let listed = lab.cli_json(other, &["vm", "list"]).await;
     assert!(listed.as_array().is_some_and(|l| l.len() == 1 && l[0]["name"] == json!(VM)), "{listed}");
+    // The guest's serial console, fetched from its owner through another node.
+    let console = lab.cli_json(other, &["vm", "console", VM]).await;
+    let text = console["console"].as_str().unwrap_or_default();
+    assert!(text.contains(&format!("haven-guest: booted {VM} boot_id={boot1}")), "console: {text:?}");
 
     // Heartbeats advance; let the guest write a good stretch of alive lines to its disk.
     let seq = wait_seq(&lab, other, &boot1, seq + 12).await;
