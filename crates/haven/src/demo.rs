@@ -195,7 +195,19 @@ async fn start(args: &DemoArgs, cluster: &mut DemoCluster, fmt: Format) -> Resul
             .map_err(Failure::from)?;
     }
     create_samples(first).await?;
-    wait_for("the sample groups to come online", Duration::from_secs(60), || async {
+    let with_vm = match prepare_vm_volume(&cluster.dir) {
+        Ok(volume) => {
+            create_vm_sample(first, &volume).await?;
+            println!("sample VM: a test guest (Debian cloud kernel + busybox) in group \"vm\", booting under QEMU");
+            true
+        }
+        Err(why) => {
+            println!("no sample VM: {why}; the demo runs process resources only");
+            false
+        }
+    };
+    let limit = if with_vm { 180 } else { 60 };
+    wait_for("the sample groups to come online", Duration::from_secs(limit), || async {
         let groups: Vec<GroupView> = first.get("/api/v1/groups").await.unwrap_or_default();
         !groups.is_empty() && groups.iter().all(|g| g.state == "online")
     })
@@ -248,6 +260,8 @@ async fn start(args: &DemoArgs, cluster: &mut DemoCluster, fmt: Format) -> Resul
          \x20 haven demo kill {web_owner} --dir {dir}            # a node dies: web fails over\n\
          \x20 haven demo restart {web_owner} --dir {dir}         # it comes back and rejoins\n\
          \x20 haven history --group web                          # what happened and why\n\
+         \x20 haven vm list                                      # the sample VM (if QEMU is installed)\n\
+         \x20 haven vm console vm                                # its serial console\n\
          \x20 haven -o json group list\n\
          \nThe API is at http://{first_addr}/api/v1 (OpenAPI: /api/v1/openapi.json).\n\
          Press Ctrl-C to stop the demo and clean up."
@@ -289,6 +303,71 @@ async fn create_samples(c: &Client) -> Result<(), Failure> {
             json!({"name": "worker", "group": "batch", "type": "process", "depends_on": ["queue"],
                    "params": {"argv": ["sh", "-c", "while :; do date >> worker.log; sleep 1; done"]},
                    "props": {"looks_alive_interval": "1s"}}),
+        ),
+    ];
+    for (path, body) in calls {
+        let _: serde_json::Value = c.post(path, &body).await.map_err(Failure::from)?;
+    }
+    Ok(())
+}
+
+/// A shared volume for the sample VM under the demo directory: `.haven-volume`, an ext4
+/// data disk and the VM's definition, using the test guest built by
+/// `scripts/build-test-guest`. `Err` says why there is no VM (no QEMU, no guest, …).
+fn prepare_vm_volume(dir: &Path) -> Result<PathBuf, String> {
+    if !in_path("qemu-system-x86_64") {
+        return Err("qemu-system-x86_64 is not installed (Debian: apt-get install qemu-system-x86)".into());
+    }
+    if !in_path("mkfs.ext4") {
+        return Err("mkfs.ext4 is not installed (Debian: apt-get install e2fsprogs)".into());
+    }
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/build-test-guest");
+    if !script.is_file() {
+        return Err(format!("the test guest's build script {} is not here", script.display()));
+    }
+    println!("building (or reusing) the test guest with {} ...", script.display());
+    let out = Command::new(&script).output().map_err(|e| format!("cannot run {}: {e}", script.display()))?;
+    if !out.status.success() {
+        return Err(format!("{} failed: {}", script.display(), String::from_utf8_lossy(&out.stderr).trim()));
+    }
+    let guest = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim().lines().last().unwrap_or_default());
+    let volume = dir.join("shared").join("vol1");
+    std::fs::create_dir_all(&volume).map_err(|e| format!("cannot create {}: {e}", volume.display()))?;
+    std::fs::write(volume.join(".haven-volume"), "demo-vol-1\n").map_err(|e| e.to_string())?;
+    let image = volume.join("data.img");
+    std::fs::File::create(&image).and_then(|f| f.set_len(32 << 20)).map_err(|e| e.to_string())?;
+    let mkfs = Command::new("mkfs.ext4").args(["-q", "-F"]).arg(&image).output().map_err(|e| e.to_string())?;
+    if !mkfs.status.success() {
+        return Err(format!("mkfs.ext4 failed: {}", String::from_utf8_lossy(&mkfs.stderr).trim()));
+    }
+    let definition = format!(
+        "name = \"vm\"\nvcpus = 1\nmemory_mib = 192\nheartbeat = true\n[boot]\nkernel = \"{}\"\ninitrd = \"{}\"\n\
+         cmdline = \"console=ttyS0 haven.name=vm quiet\"\n[[disks]]\npath = \"data.img\"\n",
+        guest.join("vmlinuz").display(),
+        guest.join("initrd.img").display()
+    );
+    std::fs::write(volume.join("vm.toml"), definition).map_err(|e| e.to_string())?;
+    Ok(volume)
+}
+
+async fn create_vm_sample(c: &Client, volume: &Path) -> Result<(), Failure> {
+    let calls: Vec<(&str, serde_json::Value)> = vec![
+        ("/api/v1/groups", json!({"name": "vm", "preferred_owners": ["node2"]})),
+        (
+            "/api/v1/resources",
+            json!({"name": "vol1", "group": "vm", "type": "disk",
+                   "params": {"backend": "dir", "volume_id": "demo-vol-1", "volume_name": "vol1",
+                              "path": volume.to_string_lossy()}}),
+        ),
+        (
+            "/api/v1/resources",
+            json!({"name": "vm-config", "group": "vm", "type": "vm-config",
+                   "params": {"path": "vol1/vm.toml"}, "depends_on": ["vol1"]}),
+        ),
+        (
+            "/api/v1/resources",
+            json!({"name": "vm", "group": "vm", "type": "vm", "params": {"config": "vm-config"},
+                   "props": {"looks_alive_interval": "1s", "is_alive_interval": "5s"}, "depends_on": ["vm-config"]}),
         ),
     ];
     for (path, body) in calls {
