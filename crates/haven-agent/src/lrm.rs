@@ -184,12 +184,17 @@ impl GroupWorker {
     }
 
     /// Whether this group should run here now.
+    ///
+    /// Keeping resources running needs a valid lease; *starting* one also needs this node
+    /// to have caught up with the state the leader had at the grant (checked before each
+    /// start in `run_group`). Requiring the catch-up here too would stop everything
+    /// whenever a renewal arrives a few log entries ahead of this node's apply.
     fn desired(&self, state: &State) -> bool {
         let Some(g) = state.groups.get(&self.group) else { return false };
         g.owner.as_deref() == Some(self.agent.name())
             && g.spec.online
             && g.failed_reason.is_none()
-            && self.agent.may_run()
+            && self.agent.lease.valid()
     }
 
     async fn run_group(&mut self, state: &State) {
