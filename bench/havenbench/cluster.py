@@ -29,7 +29,8 @@ class Healthy:
     """A steady state: every node up with a lease, the group online on `owner`, its service
     answering there from the copy with pid `pid`."""
 
-    def __init__(self, owner, leader, generation, pid, stale=None):
+    def __init__(self, owner, leader, generation, pid, stale=None, seen=None):
+        self.seen = seen  # the workload's probe answer from the owner
         self.stale = stale  # a resource status reported by another node than the owner (agent bug)
         self.owner = owner
         self.leader = leader
@@ -190,7 +191,7 @@ class Cluster:
         seen = self.workload.probe(self.node(owner).ip, timeout=0.5)
         if not seen or seen[0] != owner or not pid_alive(seen[1]):
             return None, f"service on {owner} ({self.node(owner).ip}): answered {seen}"
-        return Healthy(owner, leader, g["generation"], seen[1], stale), None
+        return Healthy(owner, leader, g["generation"], seen[1], stale, seen), None
 
     def wait_healthy(self, limit=120, settle=1.0):
         """Waits for a steady state that still holds `settle` seconds later."""

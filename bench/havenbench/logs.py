@@ -5,7 +5,9 @@ Steps, in seconds after the fault (first matching line after it):
   elected   a survivor became Raft leader (only when the old owner was the leader)
   down      the leader's controller declared the node down (lease + margin expired)
   placed    the controller placed the group on another node (failover)
-  started   the new owner's LRM finished starting the resource (process up + check passed)
+  started   the new owner's LRM finished starting the resource (process up + check passed;
+            vm: QMP reports the VM running)
+  disk, config (vm workload) the new owner's LRM started the volume / the VM definition
 Also: any survivor that lost its own lease meanwhile (it should not).
 """
 
@@ -37,9 +39,18 @@ def _lines_after(path, t0_ns):
         return
 
 
+def _started_re(resource):
+    # "resource=vm1" must not match "resource=vm1-config"
+    return re.compile(r"\sstarted\b.*\bresource=" + re.escape(resource) + r"(\s|$)|\bresource="
+                      + re.escape(resource) + r"(\s|$).*\sstarted\b")
+
+
 def breakdown(cluster, t0_ns, victim, new_owner):
     steps = {}
     resource = cluster.workload.resource
+    started = {"started": _started_re(resource)}
+    for key, name in getattr(cluster.workload, "log_resources", {}).items():
+        started[key] = _started_re(name)
 
     def first(key, t):
         if key not in steps:
@@ -60,12 +71,14 @@ def breakdown(cluster, t0_ns, victim, new_owner):
                 first("placed", t)
             elif "lease lost" in line:
                 first(f"lease_lost_on_{node.name}", t)
-            elif node.name == new_owner and " started" in line and f"resource={resource}" in line:
-                first("started", t)
+            elif node.name == new_owner and " started" in line:
+                for key, rx in started.items():
+                    if rx.search(line):
+                        first(key, t)
     return steps
 
 
-ORDER = ["fenced", "elected", "down", "placed", "started"]
+ORDER = ["fenced", "elected", "down", "placed", "disk", "config", "qemu", "started", "beat", "guest"]
 
 
 def describe(steps):

@@ -5,15 +5,24 @@ A workload is a small class with:
   group, resource          the names it creates
   node_env(node)           extra environment for that node's agent (inherited by resources)
   create(api)              creates the group and its resources through the REST API
-  probe(ip, timeout)       (node name, pid) if the service answers on that node's address, else None
-  evidence                 an Evidence reader of the copies' liveness lines (see evidence.py)
+  probe(ip, timeout)       (node name, pid, ...) if the service answers on that node's address, else None
+  before_fault(cluster, h) called right before the fault, `h` the healthy state
+  noticed(seen, node)      called once the new copy is seen (is_new)
+  is_new(seen, node, old)  whether `seen` (a probe's answer from `node`) is a new copy on that node,
+                           `old` being the probe's answer from the failed owner before the fault
+  safety(r, victim)        the per-run safety check: sets r.safe and r.safety (a sentence)
+  final_check(cluster)     after the last run: a list of safety problems (empty if none)
+  default_runs             --runs when not given
+  service_label            what the "service" time is called in the output
 
-A later `vm` workload adds a class here and an entry in WORKLOADS.
+`ProcessWorkload` is the Python TCP service (service.py); `VmWorkload` a QEMU guest
+(vm_workload.py).
 """
 
 import os
 import socket
 import sys
+import time
 
 from .evidence import Evidence
 
@@ -25,6 +34,9 @@ class ProcessWorkload:
     group = "bench"
     resource = "svc"
     port = 18080
+    default_runs = 10
+    service_label = "service"
+    log_resources = {}
 
     def __init__(self, workdir, mode):
         self.mode = mode
@@ -87,5 +99,38 @@ class ProcessWorkload:
             return None
         return parts[0], int(parts[1])
 
+    def before_fault(self, cluster, h):
+        self.evidence.read()
 
-WORKLOADS = {"process": ProcessWorkload}
+    def is_new(self, seen, node, old):
+        return seen[0] == node
+
+    def noticed(self, seen, node):
+        pass
+
+    def safety(self, r, victim):
+        """The old copy must be gone (killed, or self-fenced), and its last evidence line
+        must come before the new copy's first."""
+        time.sleep(0.05)  # let the new copy's lines reach the file
+        old = self.evidence.by_pid(r.old_pid, victim.name)
+        new = self.evidence.by_pid(r.new_pid, r.service_node) if r.new_pid else None
+        old_last = None if old is None else (old.last - r.t0_wall) / 1e9
+        new_first = None if new is None else (new.first - r.t0_wall) / 1e9
+        r.safe = old is not None and new is not None and not r.old_alive and old.last < new.first
+        if r.safe:
+            r.safety = f"overlap check OK (old copy's last line {old_last:+.3f} s, new copy's first {new_first:+.3f} s)"
+        elif r.old_alive:
+            r.safety = f"overlap check FAILED: the old copy (pid {r.old_pid}) is still running"
+        elif old_last is None or new_first is None:
+            r.safety = "overlap check FAILED: no evidence lines of the old or the new copy"
+        else:
+            r.safety = f"overlap check FAILED: old copy's last line {old_last:+.3f} s >= new copy's first {new_first:+.3f} s"
+
+    def final_check(self, cluster):
+        return [f"copies {a} and {b} ran at the same time (evidence {self.evidence_path})"
+                for a, b in self.evidence.overlaps()]
+
+
+from .vm_workload import VmWorkload  # noqa: E402
+
+WORKLOADS = {"process": ProcessWorkload, "vm": VmWorkload}
