@@ -182,6 +182,18 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Res
         tokio::spawn(control::run(agent.clone(), stop_rx.clone())),
     ];
     // A witness votes and renews its lease but never runs resources.
+    // Probe KVM in the background so the first VM start does not pay for it.
+    let has_qemu = std::env::var_os("PATH")
+        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join("qemu-system-x86_64").is_file()));
+    if has_qemu && !agent.config.witness {
+        let a = agent.clone();
+        tokio::spawn(async move {
+            let scratch = a.config.state_dir.join("run");
+            let _ = std::fs::create_dir_all(&scratch);
+            let verdict = a.drivers.vm().probe_accelerator(&scratch).await;
+            tracing::info!(%verdict, "VM accelerator for accel = \"auto\"");
+        });
+    }
     let lrm = if agent.config.witness {
         tokio::spawn(async {})
     } else {

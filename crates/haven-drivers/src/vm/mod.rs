@@ -211,6 +211,16 @@ impl VmDriver {
         Self::default()
     }
 
+    /// Runs the KVM probe now (once per process) so that the first VM start does not wait
+    /// for it (up to 3 s where KVM hangs), and returns the verdict for the log: which
+    /// accelerator `accel = "auto"` VMs will get here, and why.
+    pub async fn probe_accelerator(&self, scratch: &std::path::Path) -> String {
+        match accel::choose(haven_model::Accel::Auto, scratch).await {
+            Ok(c) => format!("{}: {}", c.accel.as_str(), c.reason),
+            Err(e) => e,
+        }
+    }
+
     fn params(spec: &ResourceSpec) -> Result<VmParams, DriverError> {
         let invalid = |source| DriverError::InvalidParams { resource: spec.name.clone(), source };
         let params = spec.vm_params().map_err(invalid)?;
