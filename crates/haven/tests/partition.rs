@@ -7,7 +7,7 @@
 
 mod common;
 
-use common::{Lab, alive, assert_no_overlap, evidence_script, lines_from, pid_in, processes_in, stints};
+use common::{Lab, alive, assert_no_overlap, lines_from, pid_in, processes_in, stints};
 use haven_api::{GroupView, ResourceView};
 use serde_json::json;
 
@@ -30,17 +30,8 @@ async fn isolated_owner_stops_before_the_majority_starts_its_group(owner_is_lead
     let a_name = lab.name(a).to_string();
     let a_id = lab.node(a).id;
     let survivors: Vec<usize> = (0..3).filter(|i| *i != a).collect();
+    lab.create_evidence_group(survivors[0], &a_name, &evidence).await;
     let c = lab.client(survivors[0]).clone();
-    let _: GroupView = c.post("/api/v1/groups", &json!({"name": "g", "preferred_owners": [a_name]})).await.unwrap();
-    let _: ResourceView = c
-        .post(
-            "/api/v1/resources",
-            &json!({"name": "r", "group": "g", "type": "process",
-                    "params": {"argv": ["sh", "-c", evidence_script(&evidence)]},
-                    "props": {"looks_alive_interval": "200ms"}}),
-        )
-        .await
-        .unwrap();
     // A bystander: group h on a survivor must keep running through all of it (losing the
     // leader's node must not make the others self-fence).
     let b_name = lab.name(survivors[1]).to_string();

@@ -8,10 +8,9 @@ mod common;
 
 use std::path::PathBuf;
 
-use common::{Lab, Role, alive, assert_no_overlap, evidence_script, lines_from, pid_in, processes_in, stints};
-use haven_api::{GroupView, NodeView, ResourceView};
+use common::{Lab, Role, alive, assert_no_overlap, lines_from, pid_in, processes_in, stints};
+use haven_api::NodeView;
 use haven_model::NodeRole;
-use serde_json::json;
 
 const D1: usize = 0;
 const D2: usize = 1;
@@ -33,17 +32,7 @@ async fn start(owner: impl FnOnce(u64) -> usize) -> Option<(Lab, PathBuf)> {
     let leader = lab.leader_seen_by(W).await.expect("a leader");
     let o = owner(leader);
     let o_name = lab.name(o).to_string();
-    let c = lab.client(D1).clone();
-    let _: GroupView = c.post("/api/v1/groups", &json!({"name": "g", "preferred_owners": [o_name]})).await.unwrap();
-    let _: ResourceView = c
-        .post(
-            "/api/v1/resources",
-            &json!({"name": "r", "group": "g", "type": "process",
-                    "params": {"argv": ["sh", "-c", evidence_script(&evidence)]},
-                    "props": {"looks_alive_interval": "200ms"}}),
-        )
-        .await
-        .unwrap();
+    lab.create_evidence_group(D1, &o_name, &evidence).await;
     let run_o = lab.node(o).run_dir("r");
     lab.wait_until(&format!("g online on {o_name}, its evidence flowing"), 20, async || {
         lab.online_on(W, "g").await.as_deref() == Some(o_name.as_str()) && lines_from(&evidence, &run_o) >= 3

@@ -527,6 +527,23 @@ impl Lab {
         Some(owner)
     }
 
+    /// Creates, through node `via`, group `g` preferring `owner` with one `process`
+    /// resource `r` that appends evidence lines to `evidence` (see [`evidence_script`]).
+    pub async fn create_evidence_group(&self, via: usize, owner: &str, evidence: &Path) {
+        let c = self.client(via).clone();
+        let _: GroupView =
+            c.post("/api/v1/groups", &json!({"name": "g", "preferred_owners": [owner]})).await.expect("create group g");
+        let _: ResourceView = c
+            .post(
+                "/api/v1/resources",
+                &json!({"name": "r", "group": "g", "type": "process",
+                        "params": {"argv": ["sh", "-c", evidence_script(evidence)]},
+                        "props": {"looks_alive_interval": "200ms"}}),
+            )
+            .await
+            .expect("create resource r");
+    }
+
     /// Runs the CLI against node `i` with `-o json` and returns its parsed output; panics
     /// (with stderr) if it fails.
     pub async fn cli_json(&self, i: usize, args: &[&str]) -> Value {
