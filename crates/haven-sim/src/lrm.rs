@@ -91,9 +91,11 @@ pub struct Worker {
 }
 
 impl Worker {
+    /// As the agent's `GroupWorker::desired`: keeping resources needs a valid lease;
+    /// starting one also needs `may_run` (checked before every start).
     fn desired(&self, v: &View) -> bool {
         let Some(g) = v.state.groups.get(v.group) else { return false };
-        g.owner.as_deref() == Some(v.me) && g.spec.online && g.failed_reason.is_none() && v.may_run
+        g.owner.as_deref() == Some(v.me) && g.spec.online && g.failed_reason.is_none() && v.lease_valid
     }
 
     /// Marks a resource whose start failed: it is handled like a detected failure.
