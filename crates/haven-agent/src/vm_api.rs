@@ -230,3 +230,105 @@ pub async fn console(AxState(agent): AxState<Arc<Agent>>, Path(name): Path<Strin
     let tail = &bytes[bytes.len().saturating_sub(64 * 1024)..];
     Ok(Json(String::from_utf8_lossy(tail).into_owned()))
 }
+
+/// `POST /api/v1/vms`: make a VM highly available in an existing group — write its
+/// definition on the group's volume and create its `vm-config` and `vm` resources.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct VmCreate {
+    /// The group (must exist, with a `dir` disk resource for `volume`).
+    pub group: String,
+    /// The `disk` resource whose volume holds the definition (and, usually, the images).
+    pub volume: String,
+    /// Written to `<volume>/<name>/vm.toml`; relative paths in it are relative to that
+    /// directory. Its `name` names the VM and its resources (`<name>`, `<name>-config`).
+    pub definition: haven_model::VmDefinition,
+}
+
+#[utoipa::path(post, path = "/api/v1/vms", tag = "vms", request_body = VmCreate,
+    responses((status = 200, body = VmView), (status = 400, body = haven_api::ErrorBody), (status = 404, body = haven_api::ErrorBody), (status = 409, body = haven_api::ErrorBody)))]
+pub async fn create_vm(
+    AxState(agent): AxState<Arc<Agent>>,
+    Body(req): Body<VmCreate>,
+) -> Result<Json<VmView>, ApiError> {
+    use haven_model::{DiskBackend, ResourceProps, ResourceSpec};
+    let refused = |e: haven_model::InvalidInput| ApiError::from(SubmitError::Refused(e.into()));
+    let name = req.definition.name.clone();
+    haven_model::validate_name("definition.name", &name).map_err(refused)?;
+    let config_name = format!("{name}-config");
+    let state = agent.db.state();
+    if !state.groups.contains_key(&req.group) {
+        return Err(SubmitError::Refused(haven_state::StateError::not_found_in("group", "group", &req.group)).into());
+    }
+    for taken in [&name, &config_name] {
+        if state.resources.contains_key(taken) {
+            return Err(SubmitError::Refused(haven_state::StateError::exists("resource", taken)).into());
+        }
+    }
+    let disk = state.resources.get(&req.volume).filter(|r| r.spec.group == req.group).ok_or_else(|| {
+        ApiError::new(
+            404,
+            "not_found",
+            format!("group {:?} has no disk resource named {:?}; create it first (type disk)", req.group, req.volume),
+        )
+    })?;
+    let params = disk.spec.disk_params().map_err(|_| {
+        ApiError::new(
+            400,
+            "invalid",
+            format!("resource {:?} is a {} resource, not a disk", req.volume, disk.spec.kind.as_str()),
+        )
+    })?;
+    if params.backend != DiskBackend::Dir {
+        return Err(ApiError::new(
+            409,
+            "conflict",
+            format!(
+                "volume {:?} is a block device; write the definition on it from its owner node",
+                params.volume_name
+            ),
+        ));
+    }
+    let dir = std::path::Path::new(params.path.as_deref().unwrap_or("/")).join(&name);
+    let file = dir.join("vm.toml");
+    if file.exists() {
+        return Err(ApiError::new(
+            409,
+            "conflict",
+            format!("{} already exists; pick another VM name or edit it with `haven vm edit`", file.display()),
+        ));
+    }
+    let text = toml::to_string(&req.definition)
+        .map_err(|e| ApiError::new(400, "invalid", format!("cannot write the definition as TOML: {e}")))?;
+    std::fs::create_dir_all(&dir)
+        .map_err(|e| ApiError::new(500, "internal", format!("cannot create {}: {e}", dir.display())))?;
+    if let Err(e) = haven_drivers::definition_from_text(&file, &text) {
+        let _ = std::fs::remove_dir(&dir); // only if we left it empty
+        return Err(refused(e));
+    }
+    std::fs::write(&file, &text)
+        .map_err(|e| ApiError::new(500, "internal", format!("cannot write {}: {e}", file.display())))?;
+    let resources = [
+        ResourceSpec {
+            name: config_name.clone(),
+            group: req.group.clone(),
+            kind: ResourceKind::VmConfig,
+            params: serde_json::json!({"path": format!("{}/{name}/vm.toml", params.volume_name)}),
+            props: ResourceProps::default(),
+            depends_on: vec![req.volume.clone()],
+        },
+        ResourceSpec {
+            name: name.clone(),
+            group: req.group.clone(),
+            kind: ResourceKind::Vm,
+            params: serde_json::json!({"config": config_name}),
+            props: ResourceProps::default(),
+            depends_on: vec![config_name.clone()],
+        },
+    ];
+    for spec in resources {
+        agent.submit("operator", haven_state::Command::CreateResource { spec }).await?;
+    }
+    let r = vm_resource(&agent, &name)?;
+    Ok(Json(view(&agent, r).await))
+}

@@ -286,6 +286,46 @@ pub enum VmCmd {
     Stop { name: String },
     /// Print the end of the VM's serial console log, from the node that runs it.
     Console { name: String },
+    /// Create a highly available VM in GROUP: write its definition to
+    /// <volume>/<name>/vm.toml and create its vm-config and vm resources.
+    Create {
+        name: String,
+        #[command(flatten)]
+        place: VmPlace,
+        #[arg(long, default_value_t = 1)]
+        vcpus: u32,
+        #[arg(long, default_value_t = 512)]
+        memory_mib: u64,
+        /// A disk image: PATH[,format=raw|qcow2][,if=virtio|ide]; relative paths are relative
+        /// to <volume>/<name>/ (repeatable; the first is the boot disk without --kernel).
+        #[arg(long = "disk")]
+        disks: Vec<String>,
+        #[arg(long)]
+        kernel: Option<String>,
+        #[arg(long)]
+        initrd: Option<String>,
+        #[arg(long)]
+        cmdline: Option<String>,
+        /// The guest writes a heartbeat line on its second serial port every second.
+        #[arg(long)]
+        heartbeat: bool,
+        /// auto (kvm if it works, else tcg), kvm or tcg.
+        #[arg(long, default_value = "auto")]
+        accel: String,
+    },
+    /// Import an existing QEMU VM from its command line (after --): -m, -smp, -drive/-hda,
+    /// -kernel/-initrd/-append, -accel/-enable-kvm, -nic/-netdev user|none; other options are
+    /// listed as ignored.
+    Import {
+        name: String,
+        #[command(flatten)]
+        place: VmPlace,
+        /// The guest writes a heartbeat line on its second serial port every second.
+        #[arg(long)]
+        heartbeat: bool,
+        #[arg(last = true, required = true)]
+        qemu: Vec<String>,
+    },
     /// Send a line to the guest's control channel (the test guest: freeze, thaw, poweroff).
     Control { name: String, line: String },
     /// Replace the VM's definition file with FILE (validated; refused while the VM runs;
@@ -296,6 +336,16 @@ pub enum VmCmd {
         #[arg(long)]
         file: PathBuf,
     },
+}
+
+#[derive(Args, Debug)]
+pub struct VmPlace {
+    /// The group the VM joins (it must exist and have a disk resource for --volume).
+    #[arg(long)]
+    pub group: String,
+    /// The disk resource whose volume holds the definition.
+    #[arg(long)]
+    pub volume: String,
 }
 
 #[derive(Args, Debug)]
@@ -876,6 +926,120 @@ fn vm_rows(vms: &[haven_agent::vm_api::VmView]) -> Vec<Vec<String>> {
 
 const VM_HEADER: [&str; 6] = ["NAME", "GROUP", "OWNER", "STATE", "ACCEL", "HEARTBEAT"];
 
+async fn vm_create(c: &Client, fmt: Format, place: VmPlace, definition: Value) -> Result<(), Failure> {
+    let body = json!({"group": place.group, "volume": place.volume, "definition": definition});
+    let v: haven_agent::vm_api::VmView = c.post("/api/v1/vms", &body).await?;
+    if fmt == Format::Json {
+        output::json(&v);
+    } else {
+        println!(
+            "VM {:?} created in group {:?} (resources {:?} and {:?}); start it with `haven vm start {}`",
+            v.name,
+            v.group,
+            format!("{}-config", v.name),
+            v.name,
+            v.name
+        );
+    }
+    Ok(())
+}
+
+/// `PATH[,format=raw|qcow2][,if=virtio|ide]` → a definition's disk.
+fn parse_disk(text: &str) -> Result<Value, Failure> {
+    let mut parts = text.split(',');
+    let path = parts.next().unwrap_or_default();
+    let mut disk = json!({ "path": path });
+    for p in parts {
+        match p.split_once('=') {
+            Some(("format", f)) => disk["format"] = json!(f),
+            Some(("if", i)) | Some(("interface", i)) => disk["interface"] = json!(i),
+            _ => return Err(usage(format!("--disk {text:?}: {p:?} is not format=… or if=…"))),
+        }
+    }
+    Ok(disk)
+}
+
+/// A VM definition from a QEMU command line, and the options it does not carry over.
+fn definition_from_qemu(argv: &[String]) -> Result<(Value, Vec<String>), Failure> {
+    let mut def = json!({"vcpus": 1, "memory_mib": 128, "disks": [], "nics": [], "boot": {}, "accel": "auto"});
+    let mut ignored = Vec::new();
+    let mut disks = Vec::new();
+    // Skip the program name; then options, most with one value.
+    let args: Vec<String> = argv.iter().skip_while(|a| !a.starts_with('-')).cloned().collect();
+    let mut it = args.into_iter().peekable();
+    fn value(it: &mut std::iter::Peekable<std::vec::IntoIter<String>>, opt: &str) -> Result<String, Failure> {
+        it.next().ok_or_else(|| usage(format!("QEMU option {opt} needs a value")))
+    }
+    while let Some(opt) = it.next() {
+        let opt = opt.as_str();
+        match opt {
+            "-m" => {
+                let v = value(&mut it, opt)?;
+                let v = v.trim_start_matches("size=").split(',').next().unwrap_or_default().to_string();
+                let (num, mult) = match v.chars().last() {
+                    Some('G' | 'g') => (&v[..v.len() - 1], 1024),
+                    Some('M' | 'm') => (&v[..v.len() - 1], 1),
+                    _ => (v.as_str(), 1),
+                };
+                let mib: u64 = num.parse().map_err(|_| usage(format!("-m {v:?} is not a memory size")))?;
+                def["memory_mib"] = json!(mib * mult);
+            }
+            "-smp" => {
+                let v = value(&mut it, opt)?;
+                let n = v.split(',').find_map(|p| p.strip_prefix("cpus=").or(p.parse::<u32>().ok().map(|_| p)));
+                let n: u32 =
+                    n.and_then(|n| n.parse().ok()).ok_or_else(|| usage(format!("-smp {v:?}: no cpu count")))?;
+                def["vcpus"] = json!(n);
+            }
+            "-drive" => {
+                let v = value(&mut it, opt)?;
+                let mut disk = json!({});
+                for p in v.split(',') {
+                    match p.split_once('=') {
+                        Some(("file", f)) => disk["path"] = json!(f),
+                        Some(("format", f)) => disk["format"] = json!(f),
+                        Some(("if", i)) => disk["interface"] = json!(i),
+                        _ => ignored.push(format!("-drive …{p}")),
+                    }
+                }
+                disks.push(disk);
+            }
+            "-hda" => disks.push(json!({"path": value(&mut it, opt)?, "interface": "ide"})),
+            "-kernel" => def["boot"]["kernel"] = json!(value(&mut it, opt)?),
+            "-initrd" => def["boot"]["initrd"] = json!(value(&mut it, opt)?),
+            "-append" => def["boot"]["cmdline"] = json!(value(&mut it, opt)?),
+            "-enable-kvm" => def["accel"] = json!("kvm"),
+            "-accel" => def["accel"] = json!(value(&mut it, opt)?.split(',').next().unwrap_or("auto")),
+            "-nic" | "-netdev" => {
+                let v = value(&mut it, opt)?;
+                let mode = if v.starts_with("none") {
+                    "none"
+                } else if v.starts_with("user") {
+                    "user"
+                } else {
+                    ignored.push(format!("{opt} {v}"));
+                    continue;
+                };
+                if let Some(nics) = def["nics"].as_array_mut() {
+                    nics.push(json!({"mode": mode}));
+                }
+            }
+            other => {
+                // Options with a value: keep them together in the "ignored" list.
+                let takes_value = it.peek().is_some_and(|n| !n.starts_with('-'));
+                let shown =
+                    if takes_value { format!("{other} {}", it.next().unwrap_or_default()) } else { other.to_string() };
+                ignored.push(shown);
+            }
+        }
+    }
+    if def["boot"]["kernel"].is_null() && !disks.is_empty() {
+        def["boot"]["disk"] = json!(0);
+    }
+    def["disks"] = json!(disks);
+    Ok((def, ignored))
+}
+
 /// A VM starts and stops with its group: `action` is `online` or `offline`.
 async fn vm_power(c: &Client, fmt: Format, name: &str, action: &str) -> Result<(), Failure> {
     let v: haven_agent::vm_api::VmView = c.get(&format!("/api/v1/vms/{}", seg(name))).await?;
@@ -915,6 +1079,23 @@ async fn vm(c: &Client, fmt: Format, cmd: VmCmd) -> Result<(), Failure> {
         }
         VmCmd::Start { name } => vm_power(c, fmt, &name, "online").await?,
         VmCmd::Stop { name } => vm_power(c, fmt, &name, "offline").await?,
+        VmCmd::Create { name, place, vcpus, memory_mib, disks, kernel, initrd, cmdline, heartbeat, accel } => {
+            let disks = disks.iter().map(|d| parse_disk(d)).collect::<Result<Vec<_>, _>>()?;
+            let boot = json!({"kernel": kernel, "initrd": initrd, "cmdline": cmdline,
+                               "disk": if kernel.is_none() && !disks.is_empty() { Some(0) } else { None }});
+            let definition = json!({"name": name, "vcpus": vcpus, "memory_mib": memory_mib, "disks": disks,
+                                    "boot": boot, "heartbeat": heartbeat, "accel": accel});
+            vm_create(c, fmt, place, definition).await?;
+        }
+        VmCmd::Import { name, place, heartbeat, qemu } => {
+            let (mut definition, ignored) = definition_from_qemu(&qemu)?;
+            definition["name"] = json!(name);
+            definition["heartbeat"] = json!(heartbeat);
+            if !ignored.is_empty() {
+                eprintln!("note: QEMU options not carried over: {}", ignored.join(" "));
+            }
+            vm_create(c, fmt, place, definition).await?;
+        }
         VmCmd::Console { name } => {
             let text: String = c.get(&format!("/api/v1/vms/{}/console", seg(&name))).await?;
             if fmt == Format::Json {
