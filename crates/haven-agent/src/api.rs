@@ -433,14 +433,23 @@ async fn remove_node(AxState(agent): AxState<Arc<Agent>>, Path(name): Path<Strin
         ));
     }
     let id = node.id;
+    // The voter set can only change on the leader: let it do the whole removal.
+    if !agent.is_leader() {
+        let Some((_, addr)) = agent.db.leader() else {
+            return Err(ApiError::new(503, "unavailable", "no leader is elected right now; retry in a moment"));
+        };
+        let client = haven_api::Client::new(&addr);
+        return client.delete(&format!("/api/v1/nodes/{name}")).await.map(Json).map_err(|e| match e {
+            haven_api::ClientError::Api { status, code, message, field } => ApiError { status, code, message, field },
+            other => ApiError::new(502, "unavailable", other.to_string()),
+        });
+    }
     agent.submit("operator", Command::RemoveNode { name: name.clone() }).await?;
     let voters: std::collections::BTreeSet<u64> = {
         let m = agent.db.raft().metrics().borrow().clone();
         m.membership_config.membership().voter_ids().filter(|v| *v != id).collect()
     };
-    if agent.is_leader() {
-        agent.db.change_membership(voters).await.map_err(|e| ApiError::new(503, "unavailable", e.to_string()))?;
-    }
+    agent.db.change_membership(voters).await.map_err(|e| ApiError::new(503, "unavailable", e.to_string()))?;
     Ok(Json(serde_json::json!({"removed": name})))
 }
 
