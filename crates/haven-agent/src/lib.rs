@@ -16,6 +16,7 @@ pub mod api;
 pub mod config;
 pub mod control;
 pub mod fence;
+pub mod host;
 pub mod lease;
 pub mod lrm;
 pub mod peer;
@@ -183,9 +184,7 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Res
     ];
     // A witness votes and renews its lease but never runs resources.
     // Probe KVM in the background so the first VM start does not pay for it.
-    let has_qemu = std::env::var_os("PATH")
-        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join("qemu-system-x86_64").is_file()));
-    if has_qemu && !agent.config.witness {
+    if host::in_path("qemu-system-x86_64") && !agent.config.witness {
         let a = agent.clone();
         tokio::spawn(async move {
             let scratch = a.config.state_dir.join("run");

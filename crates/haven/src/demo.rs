@@ -269,14 +269,9 @@ async fn start(args: &DemoArgs, cluster: &mut DemoCluster, fmt: Format) -> Resul
     Ok(())
 }
 
-/// Whether `program` is found in PATH.
-fn in_path(program: &str) -> bool {
-    std::env::var_os("PATH").is_some_and(|paths| std::env::split_paths(&paths).any(|dir| dir.join(program).is_file()))
-}
-
 async fn create_samples(c: &Client) -> Result<(), Failure> {
     // A web server whose health check is a real HTTP GET, if python3 is there to serve it.
-    let web_params = if in_path("python3") {
+    let web_params = if haven_agent::host::in_path("python3") {
         json!({"argv": ["python3", "-m", "http.server", "18080", "--bind", "127.0.0.1"],
                "check": {"kind": "http", "url": "http://127.0.0.1:18080/"}})
     } else {
@@ -315,10 +310,10 @@ async fn create_samples(c: &Client) -> Result<(), Failure> {
 /// data disk and the VM's definition, using the test guest built by
 /// `scripts/build-test-guest`. `Err` says why there is no VM (no QEMU, no guest, …).
 fn prepare_vm_volume(dir: &Path) -> Result<PathBuf, String> {
-    if !in_path("qemu-system-x86_64") {
+    if !haven_agent::host::in_path("qemu-system-x86_64") {
         return Err("qemu-system-x86_64 is not installed (Debian: apt-get install qemu-system-x86)".into());
     }
-    if !in_path("mkfs.ext4") {
+    if !haven_agent::host::in_path("mkfs.ext4") {
         return Err("mkfs.ext4 is not installed (Debian: apt-get install e2fsprogs)".into());
     }
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/build-test-guest");
@@ -425,43 +420,7 @@ pub fn kill_node(dir: &Path, node: &str) -> Result<(), Failure> {
         message: format!("cannot read {}: {e}; is {node:?} a node of this demo?", pid_file.display()),
     })?;
     let sid: i32 = text.trim().parse().map_err(|_| fail(format!("{} does not hold a pid", pid_file.display())))?;
-    let killed = kill_session(sid);
+    let killed = haven_agent::host::kill_session(sid);
     println!("killed {node}: {killed} processes (agent session {sid})");
     Ok(())
-}
-
-/// SIGKILLs all processes whose session id is `sid`, repeating until none is left (a
-/// process may fork while we look). Bounded to 50 rounds.
-pub fn kill_session(sid: i32) -> usize {
-    let mut total = 0;
-    for _ in 0..50 {
-        let members = session_members(sid);
-        if members.is_empty() {
-            break;
-        }
-        for pid in &members {
-            // SAFETY: kill(2) touches no memory; the pid was read from /proc just now.
-            unsafe {
-                libc::kill(*pid, libc::SIGKILL);
-            }
-        }
-        total += members.len();
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    total
-}
-
-fn session_members(sid: i32) -> Vec<i32> {
-    let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
-    entries
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
-        .filter(|pid| {
-            let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return false };
-            // Fields after the command name (which may hold spaces) start after the last ')'.
-            let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else { return false };
-            let fields: Vec<&str> = rest.split_whitespace().collect();
-            // rest: state ppid pgrp session ...; zombies are already dead.
-            fields.len() > 3 && fields[0] != "Z" && fields[3].parse::<i32>().ok() == Some(sid)
-        })
-        .collect()
 }

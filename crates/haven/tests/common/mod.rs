@@ -18,6 +18,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use haven_agent::host::{kill_session, session_members};
 use haven_api::{Client, ClusterStatus, GroupView, InitResponse, NodeView, ResourceView};
 use haven_model::ResourceState;
 use serde_json::{Value, json};
@@ -778,35 +779,6 @@ fn stat_fields(pid: i32) -> Option<Vec<String>> {
     // The command name may hold spaces and parentheses; the fields start after the last ')'.
     let rest = stat.rsplit_once(')')?.1;
     Some(rest.split_whitespace().map(str::to_string).collect())
-}
-
-/// Live members of session `sid`.
-fn session_members(sid: i32) -> Vec<i32> {
-    all_pids()
-        .into_iter()
-        .filter(|pid| {
-            stat_fields(*pid).is_some_and(|f| f.len() > 3 && f[0] != "Z" && f[3].parse::<i32>().ok() == Some(sid))
-        })
-        .collect()
-}
-
-/// SIGKILLs every process of session `sid`, repeating until none is left (one may fork
-/// while we look), at most 50 rounds. The same as `haven demo kill`, which is not
-/// reachable from here (the `haven` crate has no library).
-fn kill_session(sid: i32) -> usize {
-    let mut total = 0;
-    for _ in 0..50 {
-        let members = session_members(sid);
-        if members.is_empty() {
-            break;
-        }
-        for pid in &members {
-            sigkill(*pid);
-        }
-        total += members.len();
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    total
 }
 
 // ---- evidence written by the resource itself ----
