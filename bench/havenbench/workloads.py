@@ -15,18 +15,35 @@ A workload is a small class with:
   default_runs             --runs when not given
   service_label            what the "service" time is called in the output
 
-`ProcessWorkload` is the Python TCP service (service.py); `VmWorkload` a QEMU guest
-(vm_workload.py).
+`ProcessWorkload` is a TCP service (service.rs compiled, or service.py with --service
+python); `VmWorkload` a QEMU guest (vm_workload.py).
 """
 
 import os
 import socket
+import subprocess
 import sys
 import time
 
 from .evidence import Evidence
 
-SERVICE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "service.py")
+HERE = os.path.dirname(os.path.abspath(__file__))
+SERVICE_PY = os.path.join(HERE, "service.py")
+SERVICE_RS = os.path.join(HERE, "service.rs")
+
+
+def build_native_service(repo):
+    """Compiles service.rs (std only) to target/bench-service/service unless that is newer;
+    returns its path."""
+    out_dir = os.path.join(repo, "target", "bench-service")
+    exe = os.path.join(out_dir, "service")
+    if os.path.exists(exe) and os.path.getmtime(exe) >= os.path.getmtime(SERVICE_RS):
+        return exe
+    os.makedirs(out_dir, exist_ok=True)
+    r = subprocess.run(["rustc", "-O", "--edition", "2021", "-o", exe, SERVICE_RS])
+    if r.returncode != 0:
+        raise RuntimeError(f"rustc could not build {SERVICE_RS}; run with --service python instead")
+    return exe
 
 
 class ProcessWorkload:
@@ -37,6 +54,8 @@ class ProcessWorkload:
     default_runs = 10
     service_label = "service"
     log_resources = {}
+    # The service's program: set by bench/failover (--service). The compiled one by default.
+    service_argv = [sys.executable, SERVICE_PY]
 
     def __init__(self, workdir, mode):
         self.mode = mode
@@ -63,7 +82,7 @@ class ProcessWorkload:
                 "timeout": "1s",
             }
         return {
-            "argv": [sys.executable, SERVICE, str(self.port), self.evidence_path, bind],
+            "argv": [*self.service_argv, str(self.port), self.evidence_path, bind],
             "check": check,
         }
 

@@ -1,8 +1,13 @@
 //! The controller loop. On the Raft leader only: every tick, prove leadership (which also
 //! brings the local state up to date), hand the state and the heartbeats this leader
 //! received to the pure `haven_controller::decide`, and commit what it returns.
+//!
+//! A new leader does not know which leases its predecessor renewed, so it counts every
+//! lease as renewed at its election (`leader_since`) — or, as soon as a majority of voters
+//! answered, at the last moment an earlier leader can have renewed one
+//! (`haven_raft::contact`), which is usually shortly before the old leader was lost.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use tokio::sync::watch;
 
@@ -16,6 +21,9 @@ pub async fn run(agent: Arc<Agent>, mut stop: watch::Receiver<bool>) {
     };
     // (term, when this node became leader in that term)
     let mut leadership: Option<(u64, u64)> = None;
+    // (term, the latest contact of any earlier leader) once a majority of voters told.
+    let earlier: Arc<Mutex<Option<(u64, u64)>>> = Arc::default();
+    let mut asking: Option<tokio::task::JoinHandle<()>> = None;
     let mut fences = crate::fence::FenceRuns::default();
     let mut next_wake = tick;
     loop {
@@ -29,20 +37,35 @@ pub async fn run(agent: Arc<Agent>, mut stop: watch::Receiver<bool>) {
             if leadership.take().is_some() {
                 fences.abort_all();
             }
+            if let Some(a) = asking.take() {
+                a.abort();
+            }
             continue;
         }
-        let leader_since = match leadership {
+        let mut leader_since = match leadership {
             Some((t, since)) if t == term => since,
             _ => {
-                // A new term: heartbeats seen by an earlier leader (or by us in an earlier
-                // term) are not ours to trust; every lease counts as renewed now.
-                agent.heartbeats.lock().unwrap_or_else(|e| e.into_inner()).clear();
+                // A new term: this node knows only the renewals it received itself (the
+                // heartbeats, kept: all of them are renewals it really granted, some maybe
+                // in this term before this tick). Every other lease counts as renewed now,
+                // until a majority tells how late an earlier leader can have renewed one.
                 let since = now_ms();
                 tracing::info!(term, "this node is the leader; controller active");
                 leadership = Some((term, since));
+                if let Some(a) = asking.take() {
+                    a.abort();
+                }
+                asking = Some(tokio::spawn(ask_earlier_leaders(agent.clone(), term, earlier.clone())));
                 since
             }
         };
+        if let Some((t, at)) = *earlier.lock().unwrap_or_else(|e| e.into_inner())
+            && t == term
+            && at < leader_since
+        {
+            leader_since = at;
+            leadership = Some((term, at));
+        }
         let _tick = agent.control_lock.lock().await;
         if agent.db.ensure_leader().await.is_err() {
             continue;
@@ -65,6 +88,26 @@ pub async fn run(agent: Arc<Agent>, mut stop: watch::Receiver<bool>) {
             next_wake = wait.clamp(std::time::Duration::from_millis(5), tick);
         }
     }
+}
+
+/// Asks a majority of voters when they last had contact with a leader of a term below
+/// `term` (see `haven_raft::contact`), and stores the answer in the agent's wall clock
+/// (rounded up to the next ms: later is safe).
+async fn ask_earlier_leaders(agent: Arc<Agent>, term: u64, out: Arc<Mutex<Option<(u64, u64)>>>) {
+    let started = std::time::Instant::now();
+    let Some(at) = agent.db.earlier_leaders_last_contact(term, agent.timing.lease).await else {
+        tracing::info!(term, "no majority told when an earlier leader last renewed a lease; waiting a full lease from the election");
+        return;
+    };
+    let ago = tokio::time::Instant::now().saturating_duration_since(at);
+    let wall = now_ms().saturating_sub(ago.as_millis() as u64) + 1;
+    tracing::info!(
+        term,
+        ago_ms = ago.as_millis() as u64,
+        took_ms = started.elapsed().as_millis() as u64,
+        "earlier leaders renewed no lease after this; leases count from then"
+    );
+    *out.lock().unwrap_or_else(|e| e.into_inner()) = Some((term, wall));
 }
 
 /// When the first node that is up in `state` would be declared down if it renews no more.

@@ -145,6 +145,9 @@ pub enum GrantError {
 ///   marks it up) but no lease, so it starts nothing until its groups' new placements are
 ///   committed and visible to it.
 pub async fn grant(agent: &Agent, hb: &Heartbeat) -> Result<HeartbeatReply, GrantError> {
+    // Before the leadership check that vouches for this grant: a later leader learns from
+    // this note (through a majority's answers) how late an earlier leader granted a lease.
+    agent.db.note_grant_request();
     let _tick = agent.control_lock.lock().await;
     agent.db.ensure_leader().await?;
     let applied_index = agent.applied_index();

@@ -46,7 +46,8 @@ pub struct Agent {
     /// Client for peer traffic (forwarded writes, heartbeats, joins).
     pub peers: reqwest::Client,
     pub lease: lease::LeaseKeeper,
-    /// Leader side: when each node's last heartbeat arrived (ms), during this term.
+    /// Leader side: when each node's last heartbeat arrived (ms), while this node led (in any
+    /// term since the agent started: each is a renewal this node received itself).
     pub heartbeats: Mutex<BTreeMap<String, u64>>,
     /// Held by the controller from reading the heartbeats until its decisions are committed,
     /// and by every lease grant: a renewal lands either before a tick looks or after what
@@ -174,7 +175,7 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Res
 
     let router = api::router(agent.clone())
         .merge(peer::router(agent.clone()))
-        .merge(haven_raft::router(agent.db.raft().clone()));
+        .merge(haven_raft::router(&agent.db));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
 
     let tasks = vec![

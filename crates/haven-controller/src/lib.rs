@@ -43,8 +43,10 @@ impl Default for Timing {
 pub struct Observations<'a> {
     /// The leader's clock, ms since the Unix epoch (UTC).
     pub now: Millis,
-    /// When this node became leader. Leases are counted as renewed at this time at the
-    /// latest, because a new leader cannot know what its predecessor saw.
+    /// No lease renewal granted by an earlier leader can be later than this: the moment this
+    /// node became leader, or earlier once a majority of voters told when they last vouched
+    /// for an earlier leader (`haven_raft::contact`). Every lease counts as renewed at this
+    /// time at the latest.
     pub leader_since: Millis,
     /// Per node name: when the leader last *received* a heartbeat (lease renewal) from it.
     pub last_heartbeat: &'a BTreeMap<String, Millis>,

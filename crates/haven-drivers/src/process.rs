@@ -25,10 +25,20 @@ use crate::pidfile::{self, PidRecord};
 use crate::{Depth, DriverError, Health, ResourceCtx, ResourceDriver, check, procfs, sys};
 
 /// A program that cannot run (bad arguments, missing library, port in use) usually dies
-/// within this long; start reports that as a failure instead of a successful start.
+/// within this long; without a health check, start waits this long and reports such an
+/// exit as a failure instead of a successful start.
 const EARLY_EXIT_WINDOW: Duration = Duration::from_millis(200);
-/// How often start re-runs the health check while waiting for the process to come up.
+/// With a health check, start waits only this long before the first check: the check loop
+/// notices an exit as well, and a service that is up is reported up at once (every
+/// failover waits for this report).
+const EARLY_EXIT_WINDOW_CHECKED: Duration = Duration::from_millis(10);
+/// How often start re-runs the health check while waiting for the process to come up: the
+/// first wait is `CHECK_POLL_FIRST`, doubled after each failed check up to `CHECK_POLL`.
+const CHECK_POLL_FIRST: Duration = Duration::from_millis(10);
 const CHECK_POLL: Duration = Duration::from_millis(200);
+/// Said of a process that exited 0 during its start.
+const DAEMON_HINT: &str = "; a process resource must keep running: if the program daemonizes, run it in the \
+                           foreground (often an option like --foreground or -f)";
 /// How often stop looks whether the processes are gone.
 const STOP_POLL: Duration = Duration::from_millis(50);
 /// Longest stop waits after SIGTERM before SIGKILL (less if `pending_timeout` is shorter).
@@ -460,18 +470,14 @@ impl ResourceDriver for ProcessDriver {
                 source,
             });
         }
-        let early_exit = match timeout(EARLY_EXIT_WINDOW, child.wait()).await {
+        let window = if params.check.is_some() { EARLY_EXIT_WINDOW_CHECKED } else { EARLY_EXIT_WINDOW };
+        let early_exit = match timeout(window, child.wait()).await {
             Ok(Ok(status)) => Some(status),
             _ => None, // still running (or wait failed: monitor falls back to /proc)
         };
         self.spawned().insert(ctx.run_dir.clone(), Spawned { record, child, exit: early_exit });
         if let Some(status) = early_exit {
-            let hint = if status.success() {
-                "; a process resource must keep running: if the program daemonizes, run it in the \
-                 foreground (often an option like --foreground or -f)"
-            } else {
-                ""
-            };
+            let hint = if status.success() { DAEMON_HINT } else { "" };
             let error = DriverError::ExitedAtStart {
                 resource: resource.clone(),
                 command,
@@ -484,14 +490,19 @@ impl ResourceDriver for ProcessDriver {
         let Some(check) = &params.check else { return Ok(()) };
         let pending_timeout = ctx.spec.props.pending_timeout;
         let deadline = started + pending_timeout.0;
+        let mut poll = CHECK_POLL_FIRST;
         loop {
             match self.inspect(ctx)? {
                 Found::Running { .. } => {}
                 Found::Exited { reason, .. } | Found::Reused { reason } | Found::Unreadable { reason } => {
+                    let hint = match self.spawned().get(&ctx.run_dir).and_then(|s| s.exit) {
+                        Some(status) if status.success() => DAEMON_HINT,
+                        _ => "",
+                    };
                     let error = DriverError::ExitedAtStart {
                         resource: resource.clone(),
                         command,
-                        what: format!("ended before its health check passed ({reason})"),
+                        what: format!("ended before its health check passed ({reason}){hint}"),
                         output: output_since(&log_path, log_offset),
                     };
                     return Err(self.abandon_start(ctx, &params, error).await);
@@ -524,7 +535,8 @@ impl ResourceDriver for ProcessDriver {
                 return Err(self.abandon_start(ctx, &params, error).await);
             }
             tracing::debug!(resource = %resource, "waiting for the health check to pass: {last_result}");
-            sleep(CHECK_POLL.min(deadline - now)).await;
+            sleep(poll.min(deadline - now)).await;
+            poll = (poll * 2).min(CHECK_POLL);
         }
     }
 

@@ -19,6 +19,7 @@ use openraft::storage::RaftLogStorage;
 use openraft::{BasicNode, Config, SnapshotPolicy, Vote};
 use tokio::sync::watch;
 
+use crate::contact::{self, LeaderContact};
 use crate::network::HttpNetworkFactory;
 use crate::store::{StoreError, open_store};
 use crate::{Raft, TypeConfig};
@@ -170,6 +171,10 @@ struct Inner {
     initialized_at_open: bool,
     /// Lets `shutdown` wait until openraft has dropped every handle on the database file.
     closed: watch::Receiver<()>,
+    /// This node's notes of contact with leaders (see [`crate::contact`]).
+    contact: LeaderContact,
+    /// The peer client, for the leader-contact query.
+    network: HttpNetworkFactory,
 }
 
 impl ClusterDb {
@@ -209,12 +214,21 @@ impl ClusterDb {
         let initialized_at_open = log_state.last_log_id.is_some() || vote.is_some_and(|v| v != Vote::default());
         let state = sm.subscribe();
         let closed = log_store.closed();
+        let peer_client = network.clone();
         let raft = openraft::Raft::<TypeConfig>::new(node_id, Arc::new(config), network, log_store, sm)
             .await
             .map_err(|e| DbError::Fatal(e.to_string()))?;
         tracing::info!(node_id, dir = %dir.display(), "cluster database opened");
         Ok(ClusterDb {
-            inner: Arc::new(Inner { node_id, raft, state, initialized_at_open, closed }),
+            inner: Arc::new(Inner {
+                node_id,
+                raft,
+                state,
+                initialized_at_open,
+                closed,
+                contact: LeaderContact::new(),
+                network: peer_client,
+            }),
             write_timeout: DEFAULT_WRITE_TIMEOUT,
         })
     }
@@ -233,6 +247,79 @@ impl ClusterDb {
     /// The openraft handle, e.g. for metrics or to serve [`crate::router`].
     pub fn raft(&self) -> &Raft {
         &self.inner.raft
+    }
+
+    /// This node's notes of contact with leaders.
+    pub fn contact(&self) -> &LeaderContact {
+        &self.inner.contact
+    }
+
+    /// Notes that this node, as the leader of its current term (or about to find out that it
+    /// is not), received a request it may vouch for with its leadership, such as a lease
+    /// renewal: call it *before* `ensure_leader`. See [`crate::contact`].
+    pub fn note_grant_request(&self) {
+        let term = self.inner.raft.metrics().borrow().current_term;
+        self.inner.contact.note(term);
+    }
+
+    /// For a leader of `term`: the latest moment at which any leader of an earlier term can
+    /// have received a request it then confirmed with a majority (e.g. a lease renewal it
+    /// granted), from the answers of a majority of the voters (see [`crate::contact`]).
+    /// `None` if no majority answered within `timeout`; the caller then keeps a safe
+    /// default (its own election time).
+    pub async fn earlier_leaders_last_contact(&self, term: u64, timeout: Duration) -> Option<tokio::time::Instant> {
+        use tokio::time::{Instant, sleep};
+        const RETRY: Duration = Duration::from_millis(20);
+        let deadline = Instant::now() + timeout;
+        let (configs, peers) = {
+            let metrics = self.inner.raft.metrics();
+            let m = metrics.borrow();
+            if m.current_term != term {
+                return None;
+            }
+            let membership = m.membership_config.membership();
+            let configs: Vec<Vec<u64>> =
+                membership.get_joint_config().iter().map(|c| c.iter().copied().collect()).collect();
+            let peers: Vec<(u64, String)> = membership
+                .voter_ids()
+                .filter(|id| *id != self.inner.node_id)
+                .filter_map(|id| membership.get_node(&id).map(|n| (id, n.addr.clone())))
+                .collect();
+            (configs, peers)
+        };
+        let mut answers = BTreeMap::new();
+        answers.insert(self.inner.node_id, self.inner.contact.last_before(term));
+        let mut asks = tokio::task::JoinSet::new();
+        for (id, addr) in peers {
+            let network = self.inner.network.clone();
+            asks.spawn(async move {
+                // Ask again while the peer is unreachable or has not seen this term yet.
+                loop {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        return None;
+                    }
+                    if let Ok(reply) = network.leader_contact(&addr, term, left).await
+                        && reply.term >= term
+                    {
+                        return Some((id, contact::contact_instant(Instant::now(), reply.since_ms)));
+                    }
+                    sleep(RETRY.min(deadline.saturating_duration_since(Instant::now()))).await;
+                }
+            });
+        }
+        loop {
+            if let Some(latest) = contact::combine(&configs, &answers) {
+                return Some(latest);
+            }
+            match asks.join_next().await {
+                Some(Ok(Some((id, at)))) => {
+                    answers.insert(id, at);
+                }
+                Some(_) => {}
+                None => return None,
+            }
+        }
     }
 
     /// Founds a new cluster with `members` as its voters. Call it on one node only; it

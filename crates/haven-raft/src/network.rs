@@ -2,8 +2,8 @@
 //!
 //! Client side: [`HttpNetworkFactory`] hands openraft one [`HttpConnection`] per peer; all of
 //! them share one `reqwest::Client` (one connection pool). Server side: [`router`] serves
-//! `POST /internal/raft/{append,vote,snapshot}` so the agent can merge it into its own router
-//! (and put its peer authentication in front of it).
+//! `POST /internal/raft/{append,vote,snapshot}` and `GET /internal/raft/leader-contact` so the
+//! agent can merge it into its own router (and put its peer authentication in front of it).
 //!
 //! Every response body is a JSON `Result<_, _>`: `Ok` with openraft's reply or `Err` with the
 //! error the remote Raft returned. Transport failures map to openraft's `Unreachable` (peer
@@ -13,8 +13,8 @@
 use std::io::Cursor;
 use std::time::Duration;
 
-use axum::extract::{DefaultBodyLimit, State as AxumState};
-use axum::routing::post;
+use axum::extract::{DefaultBodyLimit, Query, State as AxumState};
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use openraft::error::{
     Fatal, InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, ReplicationClosed, StreamingError,
@@ -29,7 +29,8 @@ use openraft::{BasicNode, OptionalSend, RPCTypes, RaftNetwork, RaftNetworkFactor
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use crate::{Raft, TypeConfig};
+use crate::contact::{ContactReply, LeaderContact};
+use crate::{ClusterDb, Raft, TypeConfig};
 
 /// Path of the AppendEntries RPC (also the heartbeat).
 pub const APPEND_PATH: &str = "/internal/raft/append";
@@ -37,6 +38,8 @@ pub const APPEND_PATH: &str = "/internal/raft/append";
 pub const VOTE_PATH: &str = "/internal/raft/vote";
 /// Path of the full-snapshot transfer.
 pub const SNAPSHOT_PATH: &str = "/internal/raft/snapshot";
+/// Path of the leader-contact query a new leader sends (see [`crate::contact`]).
+pub const CONTACT_PATH: &str = "/internal/raft/leader-contact";
 
 /// Largest RPC body accepted: snapshots carry the whole cluster state.
 const MAX_BODY_BYTES: usize = 256 * 1024 * 1024;
@@ -69,6 +72,18 @@ impl HttpNetworkFactory {
     /// with scheme `"https"`.
     pub fn with_client(node_id: u64, client: reqwest::Client, scheme: &'static str) -> HttpNetworkFactory {
         HttpNetworkFactory { node_id, client, scheme }
+    }
+}
+
+impl HttpNetworkFactory {
+    /// Asks the peer at `addr` for its last contact with a leader of a term below `term`.
+    pub async fn leader_contact(&self, addr: &str, term: u64, timeout: Duration) -> Result<ContactReply, String> {
+        let url = format!("{}://{addr}{CONTACT_PATH}?term={term}", self.scheme);
+        let response = self.client.get(&url).timeout(timeout).send().await.map_err(|e| e.to_string())?;
+        if !response.status().is_success() {
+            return Err(format!("{url} answered HTTP {}", response.status()));
+        }
+        response.json().await.map_err(|e| e.to_string())
     }
 }
 
@@ -230,34 +245,60 @@ impl RaftNetwork<TypeConfig> for HttpConnection {
     }
 }
 
-/// The peer RPC endpoints of `raft`, to merge into the agent's HTTP router.
-pub fn router(raft: Raft) -> Router {
+/// The peer RPC endpoints of `db`, to merge into the agent's HTTP router.
+pub fn router(db: &ClusterDb) -> Router {
+    let peer = Peer { raft: db.raft().clone(), contact: db.contact().clone() };
     Router::new()
         .route(APPEND_PATH, post(append))
         .route(VOTE_PATH, post(vote))
         .route(SNAPSHOT_PATH, post(snapshot))
+        .route(CONTACT_PATH, get(contact))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
-        .with_state(raft)
+        .with_state(peer)
+}
+
+#[derive(Clone)]
+struct Peer {
+    raft: Raft,
+    contact: LeaderContact,
 }
 
 async fn append(
-    AxumState(raft): AxumState<Raft>,
+    AxumState(peer): AxumState<Peer>,
     Json(rpc): Json<AppendEntriesRequest<TypeConfig>>,
 ) -> Json<Result<AppendEntriesResponse<u64>, RaftError<u64>>> {
-    Json(raft.append_entries(rpc).await)
+    // Noted before Raft sees it, so that it is noted before any reply can vouch for the
+    // sender (see `contact`).
+    peer.contact.note(rpc.vote.leader_id().term);
+    Json(peer.raft.append_entries(rpc).await)
+}
+
+/// Query of `GET /internal/raft/leader-contact`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ContactQuery {
+    pub term: u64,
+}
+
+async fn contact(AxumState(peer): AxumState<Peer>, Query(q): Query<ContactQuery>) -> Json<ContactReply> {
+    // The term first: once it is at least `q.term`, no contact of a lower term can follow.
+    let term = peer.raft.metrics().borrow().current_term;
+    let last = peer.contact.last_before(q.term);
+    let since_ms = tokio::time::Instant::now().saturating_duration_since(last).as_millis() as u64;
+    Json(ContactReply { term, since_ms })
 }
 
 async fn vote(
-    AxumState(raft): AxumState<Raft>,
+    AxumState(peer): AxumState<Peer>,
     Json(rpc): Json<VoteRequest<u64>>,
 ) -> Json<Result<VoteResponse<u64>, RaftError<u64>>> {
-    Json(raft.vote(rpc).await)
+    Json(peer.raft.vote(rpc).await)
 }
 
 async fn snapshot(
-    AxumState(raft): AxumState<Raft>,
+    AxumState(peer): AxumState<Peer>,
     Json(transfer): Json<SnapshotTransfer>,
 ) -> Json<Result<SnapshotResponse<u64>, Fatal<u64>>> {
+    let raft = peer.raft;
     let snapshot = Snapshot { meta: transfer.meta, snapshot: Box::new(Cursor::new(transfer.data.into_bytes())) };
     Json(raft.install_full_snapshot(transfer.vote, snapshot).await)
 }

@@ -41,7 +41,7 @@ impl TestNode {
     async fn start(id: u64, dir: &Path, listener: TcpListener, tuning: RaftTuning) -> TestNode {
         let addr = listener.local_addr().expect("listener address").to_string();
         let db = ClusterDb::open(dir, id, tuning).await.expect("open the cluster database");
-        let app = haven_raft::router(db.raft().clone());
+        let app = haven_raft::router(&db);
         let (stop_server, stopped) = oneshot::channel::<()>();
         let server = tokio::spawn(async move {
             axum::serve(listener, app)
@@ -314,4 +314,60 @@ async fn a_data_directory_belongs_to_one_node_id() {
     let again = ClusterDb::open(root.path(), 7, RaftTuning::default()).await.expect("reopen as node 7");
     assert!(!again.is_initialized());
     again.shutdown().await;
+}
+
+/// The bound a new leader gets from `earlier_leaders_last_contact` is never earlier than
+/// the last request the old leader noted and then confirmed with a majority (what a lease
+/// grant does), and not much later than the old leader's loss: the new leader need not
+/// wait a whole lease from its own election.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_new_leader_bounds_what_the_old_leader_confirmed() {
+    init_tracing();
+    let root = tempfile::tempdir().expect("tempdir");
+    let t = tuning(1000);
+    let mut nodes = start_cluster(root.path(), &[1, 2, 3], &t).await;
+    initialize(&nodes).await;
+    let old = wait_for_leader(&nodes).await;
+    let old_term = nodes[old].db.raft().metrics().borrow().current_term;
+
+    // The old leader confirms "grants" until it stops; remember the last confirmed one.
+    let mut last_confirmed = None;
+    for _ in 0..10 {
+        let noted = Instant::now();
+        nodes[old].db.note_grant_request();
+        nodes[old].db.ensure_leader().await.expect("the leader confirms its leadership");
+        last_confirmed = Some(noted);
+        tokio::time::sleep(Duration::from_millis(30)).await;
+    }
+    let last_confirmed = last_confirmed.expect("at least one confirmed");
+    let stopped = Instant::now();
+    nodes.remove(old).stop().await;
+
+    let new = wait_for_leader(&nodes).await;
+    let term = nodes[new].db.raft().metrics().borrow().current_term;
+    assert!(term > old_term, "a new term: {term} after {old_term}");
+    let elected = Instant::now();
+    let bound = nodes[new]
+        .db
+        .earlier_leaders_last_contact(term, Duration::from_secs(5))
+        .await
+        .expect("the surviving majority answers");
+    println!(
+        "last confirmed grant {:?} before the stop; bound {:?} after it; election noticed {:?} after it",
+        stopped - last_confirmed,
+        bound.saturating_duration_since(stopped),
+        elected - stopped
+    );
+    assert!(bound >= last_confirmed, "the bound is before a grant the old leader confirmed");
+    assert!(bound <= Instant::now(), "the bound is in the future");
+    assert!(
+        bound < elected,
+        "the bound should come from the old leader's last heartbeats, before the election: {:?} after it",
+        bound - elected
+    );
+    // Asking for a term this node does not lead (a later one) gives no answer.
+    assert!(nodes[new].db.earlier_leaders_last_contact(term + 1, Duration::from_millis(300)).await.is_none());
+    for n in nodes {
+        n.stop().await;
+    }
 }

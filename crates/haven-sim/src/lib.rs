@@ -24,7 +24,12 @@
 //!   the node's lease is `sent + lease × 0.99` in its own clock, and it may run only with
 //!   a valid lease and once it has applied the leader's commit index at the grant.
 //! - **Controller** (`sim`): on the leader every renew_interval/2 (its clock); on a new
-//!   term it clears the heartbeats and counts every lease as renewed at `leader_since`;
+//!   term it counts every lease as renewed at `leader_since` at least (it keeps the
+//!   renewals it received itself, in any term):
+//!   the latest contact with an earlier leader among a majority of nodes it reaches (each
+//!   node notes the term and time of every leadership check it acknowledges and every
+//!   renewal it receives as leader, `haven_raft::contact`; a restart forgets them and
+//!   counts as a contact), or its election if no majority is reachable;
 //!   it commits decisions one write at a time (1–5 ms each), stopping at the first that
 //!   does not commit, so grants and reports interleave with a tick's commits.
 //! - **LRM** (`lrm`): one worker per group, one driver call at a time, start 50–500 ms,
@@ -149,6 +154,10 @@ pub enum BrokenRule {
     /// The leader grants renewals while a controller tick is being committed, and to nodes
     /// the state marks down (the agent before the fix described in the crate docs).
     UnguardedGrant,
+    /// A new leader bounds its predecessors' leases by its *own* last contact with them
+    /// instead of a majority's (`haven_raft::contact`): a leader that was cut off from the
+    /// old one counts their leases as long over.
+    OwnContactOnly,
 }
 
 #[derive(Clone, Debug)]
@@ -229,6 +238,7 @@ pub fn replay_command(seed: u64, opts: &Options) -> String {
             BrokenRule::SkipLeaseWait => "skip-lease-wait",
             BrokenRule::LeaseFromReceipt => "lease-from-receipt",
             BrokenRule::UnguardedGrant => "unguarded-grant",
+            BrokenRule::OwnContactOnly => "own-contact-only",
         };
         cmd.push_str(&format!(" --broken {name}"));
     }

@@ -9,7 +9,7 @@ use std::time::Instant;
 use haven_sim::{BrokenRule, Options, Profile, replay_command, run_many, run_seed};
 
 const USAGE: &str = "usage: haven-sim [--seeds N (5000)] [--start S (0)] [--nodes N] [--profile default|aggressive]
-                 [--seed N --trace] [--broken skip-lease-wait|lease-from-receipt|unguarded-grant]";
+                 [--seed N --trace] [--broken skip-lease-wait|lease-from-receipt|unguarded-grant|own-contact-only]";
 
 struct Args {
     seeds: u64,
@@ -45,9 +45,10 @@ fn parse() -> Result<Args, String> {
                     "skip-lease-wait" => BrokenRule::SkipLeaseWait,
                     "lease-from-receipt" => BrokenRule::LeaseFromReceipt,
                     "unguarded-grant" => BrokenRule::UnguardedGrant,
+                    "own-contact-only" => BrokenRule::OwnContactOnly,
                     other => {
                         return Err(format!(
-                            "--broken {other:?}: use skip-lease-wait, lease-from-receipt or unguarded-grant"
+                            "--broken {other:?}: use skip-lease-wait, lease-from-receipt, unguarded-grant or own-contact-only"
                         ));
                     }
                 })

@@ -32,6 +32,12 @@ pub struct Node {
     pub workers: BTreeMap<String, Worker>,
     /// Per group: the driver call in progress and its id.
     pub busy: BTreeMap<String, (Op, u64)>,
+    /// `haven_raft::contact`: per leader term, when (local µs) this node last vouched for
+    /// that term's leader (acknowledged its leadership check, or received a renewal as
+    /// that leader); lost in a crash.
+    pub contact: BTreeMap<u64, u64>,
+    /// No contact before this (local µs): the start of the current incarnation.
+    pub contact_floor: u64,
 }
 
 /// The lease keeper (`haven-agent` `lease.rs`), in this node's local µs.
@@ -78,7 +84,21 @@ impl Node {
             report_in_flight: false,
             workers: groups.iter().map(|g| (g.clone(), Worker::default())).collect(),
             busy: BTreeMap::new(),
+            contact: BTreeMap::new(),
+            contact_floor: clock.local(0),
         }
+    }
+
+    /// `LeaderContact::note`.
+    pub fn note_contact(&mut self, term: u64, t: Micros) {
+        let now = self.local(t);
+        let at = self.contact.entry(term).or_insert(now);
+        *at = (*at).max(now);
+    }
+
+    /// `LeaderContact::last_before`: local µs.
+    pub fn contact_before(&self, term: u64) -> u64 {
+        self.contact.range(..term).map(|(_, at)| *at).fold(self.contact_floor, u64::max)
     }
 
     pub fn local(&self, t: Micros) -> u64 {
@@ -104,10 +124,12 @@ impl Node {
         self.report_in_flight = false;
         self.workers.values_mut().for_each(|w| *w = Worker::default());
         self.busy.clear();
+        self.contact.clear();
     }
 
-    pub fn restart(&mut self) {
+    pub fn restart(&mut self, t: Micros) {
         self.alive = true;
         self.incarnation += 1;
+        self.contact_floor = self.local(t);
     }
 }

@@ -334,6 +334,15 @@ impl Sim {
                     return;
                 }
                 let leader_inc = l.incarnation;
+                // `note_grant_request` on the leader, then the quorum round: every node the
+                // leader reaches acknowledges it (noted as received now, the earliest it could
+                // be: the real agent notes later, which only makes the bound safer).
+                for m in 0..self.nodes.len() {
+                    if m == leader || (self.nodes[m].alive && self.net.connected(leader, m)) {
+                        let now = self.now;
+                        self.nodes[m].note_contact(term, now);
+                    }
+                }
                 let (lo, hi) = self.net.delay_us;
                 let round = 2 * self.rng.range(lo, hi);
                 self.after(round, Ev::GrantDone { node, leader, leader_inc, seq });
@@ -554,9 +563,20 @@ impl Sim {
         let leader_since = match n.leader_side.leadership {
             Some((t, since)) if t == term => since,
             _ => {
-                n.leader_side.heartbeats.clear();
-                n.leader_side.leadership = Some((term, now_ms));
-                now_ms
+                // Heartbeats are kept: they are renewals this node granted (some maybe in
+                // this term, before this first tick). The agent asks the voters at once and uses the answer at a later tick; here
+                // it is used at the first one (sooner: the stricter test).
+                let since = self.earlier_leaders_last_contact(node, term).map_or(now_ms, |b| b.min(now_ms));
+                self.note(|s| {
+                    format!(
+                        "{}: leases of earlier leaders count as renewed at local {} (elected at {})",
+                        s.names[node],
+                        fmt_time(since * 1000),
+                        fmt_time(now_ms * 1000)
+                    )
+                });
+                self.nodes[node].leader_side.leadership = Some((term, since));
+                since
             }
         };
         if !self.has_quorum(node) {
@@ -570,6 +590,34 @@ impl Sim {
         self.nodes[node].leader_side.committing = true;
         let d = self.write_latency();
         self.after(d, Ev::ControllerCommit { node, inc, term, decisions });
+    }
+
+    /// `ClusterDb::earlier_leaders_last_contact` as seen by `leader` (its clock, ms rounded
+    /// up): its own note and those of the nodes it reaches, all of which are in its term
+    /// here; of those, the majority with the *earliest* notes (the agent takes whichever
+    /// majority answers first, so the simulator takes the least safe one).
+    fn earlier_leaders_last_contact(&self, leader: usize, term: u64) -> Option<u64> {
+        let l = &self.nodes[leader];
+        let own = l.contact_before(term);
+        if self.opts.broken == Some(BrokenRule::OwnContactOnly) {
+            return Some(own.div_ceil(1000));
+        }
+        let leader_now = l.local(self.now);
+        let mut others: Vec<u64> = (0..self.nodes.len())
+            .filter(|m| *m != leader && self.nodes[*m].alive && self.net.connected(leader, *m))
+            .map(|m| {
+                let n = &self.nodes[m];
+                let elapsed = n.local(self.now).saturating_sub(n.contact_before(term));
+                leader_now.saturating_sub(elapsed)
+            })
+            .collect();
+        let need = self.nodes.len() / 2; // besides the leader
+        if others.len() < need {
+            return None;
+        }
+        others.sort_unstable();
+        let latest = others[..need].iter().copied().fold(own, u64::max);
+        Some(latest.div_ceil(1000))
     }
 
     fn controller_commit(&mut self, node: usize, inc: u64, term: u64, mut decisions: VecDeque<Decision>) {
@@ -937,7 +985,7 @@ impl Sim {
         if self.nodes[node].alive {
             return;
         }
-        self.nodes[node].restart();
+        self.nodes[node].restart(self.now);
         let inc = self.nodes[node].incarnation;
         self.note(|s| format!("{} restarts (applied #{}, runs nothing)", s.names[node], s.nodes[node].applied_index));
         let d = self.rng.range(0, self.opts.profile.renew_ms * MS);

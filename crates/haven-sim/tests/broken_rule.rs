@@ -56,3 +56,12 @@ fn granting_leases_during_a_controller_tick_is_caught() {
     let out = first_two_owners(&opts, 600);
     assert_trace_names_both_owners(&out);
 }
+
+#[test]
+fn bounding_earlier_leases_by_the_new_leaders_own_contact_is_caught() {
+    // A new leader that was cut off from the old one, trusting only its own notes, counts
+    // the old leader's recent grants as long over; the first violation is at seed 1582.
+    let opts = Options { broken: Some(BrokenRule::OwnContactOnly), ..Options::default() };
+    let out = first_two_owners(&opts, 4_000);
+    assert_trace_names_both_owners(&out);
+}

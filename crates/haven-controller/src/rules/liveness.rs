@@ -2,9 +2,11 @@
 //! declared down; a down node that renews again is declared up.
 //!
 //! The leader counts a lease from when it *received* the renewal, and never from before
-//! its own election: a new leader cannot know what its predecessor saw, so it treats every
-//! lease as renewed at `leader_since` (the new-leader grace). This rule only changes
-//! liveness; moving the groups of a down node is rule 3's job.
+//! `leader_since`: a new leader cannot know what its predecessor granted, so it treats
+//! every lease as renewed at `leader_since` (the new-leader grace) — its election, or the
+//! latest moment a majority says an earlier leader can have granted a renewal
+//! (`haven_raft::contact`). This rule only changes liveness; moving the groups of a down
+//! node is rule 3's job.
 
 use haven_model::NodeLiveness;
 use haven_policy::seconds;
@@ -30,7 +32,7 @@ pub(crate) fn decide(p: &mut Projection, obs: &Observations, timing: &Timing) {
                         format!("no heartbeat for {} ({lease})", seconds(obs.now.saturating_sub(h)))
                     }
                     _ => format!(
-                        "no heartbeat in the {} since this leader was elected ({lease})",
+                        "no heartbeat in the {} since the last renewal an earlier leader can have granted ({lease})",
                         seconds(obs.now.saturating_sub(obs.leader_since))
                     ),
                 };
