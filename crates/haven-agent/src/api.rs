@@ -146,13 +146,19 @@ type ApiResult<T> = Result<Json<T>, ApiError>;
         crate::vm_api::guest_control,
         crate::vm_api::edit_definition,
         crate::vm_api::console,
-        crate::vm_api::create_vm
+        crate::vm_api::create_vm,
+        crate::make_ha::make_ha
     ),
     components(schemas(
         crate::vm_api::VmView,
         crate::vm_api::GuestControl,
         crate::vm_api::DefinitionEdit,
         crate::vm_api::VmCreate,
+        haven_api::MakeHaRequest,
+        haven_model::HaReport,
+        haven_model::HaCheck,
+        haven_model::HaPathFix,
+        haven_model::CheckResult,
         haven_model::VmDefinition,
         haven_model::VmStatus,
         ErrorBody,
@@ -197,6 +203,7 @@ pub fn router(agent: Arc<Agent>) -> Router {
         .route("/resources/{name}/clear", post(clear_resource))
         .route("/history", get(history))
         .route("/vms", get(crate::vm_api::list_vms).post(crate::vm_api::create_vm))
+        .route("/vms/make-ha", post(crate::make_ha::make_ha))
         .route("/vms/{name}", get(crate::vm_api::get_vm))
         .route("/vms/{name}/guest-control", post(crate::vm_api::guest_control))
         .route("/vms/{name}/console", get(crate::vm_api::console))

@@ -96,7 +96,10 @@ pub async fn run(agent: Arc<Agent>, mut stop: watch::Receiver<bool>) {
 async fn ask_earlier_leaders(agent: Arc<Agent>, term: u64, out: Arc<Mutex<Option<(u64, u64)>>>) {
     let started = std::time::Instant::now();
     let Some(at) = agent.db.earlier_leaders_last_contact(term, agent.timing.lease).await else {
-        tracing::info!(term, "no majority told when an earlier leader last renewed a lease; waiting a full lease from the election");
+        tracing::info!(
+            term,
+            "no majority told when an earlier leader last renewed a lease; waiting a full lease from the election"
+        );
         return;
     };
     let ago = tokio::time::Instant::now().saturating_duration_since(at);

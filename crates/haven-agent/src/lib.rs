@@ -19,6 +19,7 @@ pub mod fence;
 pub mod host;
 pub mod lease;
 pub mod lrm;
+pub mod make_ha;
 pub mod peer;
 mod report;
 pub mod vm_api;
@@ -173,9 +174,7 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Res
     });
     tracing::info!(node = %agent.config.name, id = agent.config.id, listen = %agent.config.listen, "agent starting");
 
-    let router = api::router(agent.clone())
-        .merge(peer::router(agent.clone()))
-        .merge(haven_raft::router(&agent.db));
+    let router = api::router(agent.clone()).merge(peer::router(agent.clone())).merge(haven_raft::router(&agent.db));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
 
     let tasks = vec![

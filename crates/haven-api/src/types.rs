@@ -131,3 +131,33 @@ pub type ResourceView = Resource;
 pub struct MoveRequest {
     pub node: String,
 }
+
+/// `POST /api/v1/vms/make-ha`: run the HA wizard on a VM definition file that sits on a
+/// node. The answer is the wizard's report (`haven_model::HaReport`), HTTP 200 whenever the
+/// wizard ran, with `ok: false` when a check failed (nothing was changed then).
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MakeHaRequest {
+    /// The VM definition file (TOML, or JSON ending in `.json`), absolute, on `node`.
+    pub path: String,
+    /// The node where the file is and whose storage is checked. Default: the node that
+    /// receives the request (another node forwards it there).
+    #[serde(default)]
+    pub node: Option<String>,
+    /// The VM's name in the cluster (its `vm` resource; the `vm-config` is `<name>-config`).
+    /// Default: the definition's `name`.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// The group the VM joins; created if it does not exist (its disk resources move into
+    /// it when their group holds only disks). Default: the group of the disk resources that
+    /// hold the VM's files.
+    #[serde(default)]
+    pub group: Option<String>,
+    /// Run every check and return the plan without changing anything (nor recording it).
+    #[serde(default)]
+    pub dry_run: bool,
+    /// Rewrite node-local paths in the definition (and absolute qcow2 backing references)
+    /// to the cluster-managed form when that is all that is wrong.
+    #[serde(default)]
+    pub fix: bool,
+}

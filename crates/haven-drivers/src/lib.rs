@@ -10,6 +10,7 @@
 mod check;
 pub mod disk;
 mod error;
+pub mod make_ha;
 mod pidfile;
 pub mod process;
 mod procfs;

@@ -48,8 +48,11 @@ pub fn definition_from_text(path: &Path, text: &str) -> Result<VmDefinition, Inv
     let base = path.parent().unwrap_or(Path::new("/"));
     let resolve = |field: String, p: &mut String| -> Result<(), InvalidInput> {
         let full = base.join(&*p);
-        if !full.is_file() {
-            let what = if full.exists() { "is not a file" } else { "does not exist" };
+        // A disk may also be a whole block device handed to the guest (pass-through).
+        let device = field.starts_with("disks[")
+            && fs::metadata(&full).is_ok_and(|m| std::os::unix::fs::FileTypeExt::is_block_device(&m.file_type()));
+        if !full.is_file() && !device {
+            let what = if full.exists() { "is not a file (nor, for a disk, a block device)" } else { "does not exist" };
             return Err(InvalidInput::new(field, format!("{} {what}", full.display())));
         }
         *p = full.to_string_lossy().into_owned();

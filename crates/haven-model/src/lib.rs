@@ -28,8 +28,8 @@ pub use resource::{
     ResourceUpdate, RestartAction,
 };
 pub use vm::{
-    Accel, DefinitionFormat, DiskInterface, ImageFormat, NicMode, NicModel, VmBoot, VmConfigParams, VmDefinition,
-    VmDisk, VmNic, VmParams, VmStatus,
+    Accel, CheckResult, DefinitionFormat, DiskInterface, HaCheck, HaPathFix, HaReport, ImageFormat, NicMode, NicModel,
+    VmBoot, VmConfigParams, VmDefinition, VmDisk, VmNic, VmParams, VmStatus,
 };
 
 /// Milliseconds since the Unix epoch. The pure crates take time as an argument in this

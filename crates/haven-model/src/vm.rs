@@ -363,6 +363,109 @@ pub struct VmStatus {
     pub guest_boot_id: Option<String>,
 }
 
+/// How one check of the HA wizard (`haven vm make-ha`) came out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum CheckResult {
+    Pass,
+    /// Allowed, but the operator should know (e.g. VMs that will always move together).
+    Warn,
+    /// Refused: nothing is changed.
+    Fail,
+    /// Not applicable to this VM (e.g. no qcow2 image, no pass-through disk).
+    Skip,
+}
+
+impl CheckResult {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            CheckResult::Pass => "pass",
+            CheckResult::Warn => "warn",
+            CheckResult::Fail => "fail",
+            CheckResult::Skip => "skip",
+        }
+    }
+}
+
+/// One check of the HA wizard's report.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct HaCheck {
+    /// 1–7 for the storage checks, 8 for the cluster changes.
+    pub id: u8,
+    /// A stable slug: `vm-stopped`, `shared-storage`, `shared-volume`, `backing-chain`,
+    /// `cluster-path`, `nested-volume`, `pass-through`, `cluster-changes`.
+    pub check: String,
+    pub title: String,
+    pub result: CheckResult,
+    /// What was seen, naming the files, volumes and groups, and the fix.
+    pub message: String,
+}
+
+/// A path `--fix` rewrites (or would rewrite, with `--dry-run`) to its cluster-managed form.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct HaPathFix {
+    /// The file changed: the definition, or a qcow2 image whose backing reference changes.
+    pub file: String,
+    /// Where in it: `disks[0].path`, `boot.kernel`, `backing file`.
+    pub field: String,
+    pub before: String,
+    pub after: String,
+    /// Whether the change was written (false for `--dry-run`, or when another check failed).
+    pub applied: bool,
+}
+
+/// The report of one run of the HA wizard: every check, the changes it made or would
+/// make, and whether the VM is now highly available. Kept in the cluster's history.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct HaReport {
+    /// The VM's name in the cluster (its `vm` resource); its `vm-config` is `<vm>-config`.
+    pub vm: String,
+    /// The definition file as the operator gave it.
+    pub definition: String,
+    /// The node whose files were checked (where the VM is defined).
+    pub node: String,
+    /// The group the VM joins (or would join); none when that could not be decided.
+    pub group: Option<String>,
+    /// No check failed.
+    pub ok: bool,
+    /// Nothing was submitted: the plan is what would be.
+    pub dry_run: bool,
+    /// The cluster changes were committed.
+    pub applied: bool,
+    pub checks: Vec<HaCheck>,
+    /// `--fix` rewrites of node-local paths, before → after.
+    #[serde(default)]
+    pub fixes: Vec<HaPathFix>,
+    /// The cluster changes, one line each, in the order they apply (all in one request).
+    #[serde(default)]
+    pub plan: Vec<String>,
+    pub warnings: u32,
+    pub errors: u32,
+}
+
+impl HaReport {
+    /// Sets `ok`, `warnings` and `errors` from the checks.
+    pub fn tally(&mut self) {
+        self.warnings = self.checks.iter().filter(|c| c.result == CheckResult::Warn).count() as u32;
+        self.errors = self.checks.iter().filter(|c| c.result == CheckResult::Fail).count() as u32;
+        self.ok = self.errors == 0;
+    }
+
+    /// One line for the history: the outcome and the counts.
+    pub fn summary(&self) -> String {
+        let outcome = match (self.ok, self.applied, self.dry_run) {
+            (true, true, _) => format!("is now highly available in group {:?}", self.group.as_deref().unwrap_or("-")),
+            (true, false, true) => "passed every check (dry run: nothing changed)".to_string(),
+            (true, false, false) => "passed every check but nothing was changed".to_string(),
+            (false, _, _) => "was refused; nothing was changed".to_string(),
+        };
+        format!(
+            "HA wizard: VM {:?} ({} on node {:?}) {outcome}; {} error(s), {} warning(s)",
+            self.vm, self.definition, self.node, self.errors, self.warnings
+        )
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -317,6 +317,8 @@ pub(crate) fn apply(s: &mut State, req: &Request) -> Response {
             event(s, at, by, "resource-deleted", None, Some(&g), Some(name), format!("resource {name:?} deleted"));
             Ok(Reply::None)
         }
+        Command::MoveResource { name, group: to } => move_resource(s, at, by, name, to),
+        Command::HaWizard { report, commands } => ha_wizard(s, req, report, commands),
         Command::ReportResource { node: reporter, resource: name, state, reason, failure } => {
             node(s, reporter)?;
             let r = resource(s, name)?;
@@ -399,6 +401,95 @@ pub(crate) fn apply(s: &mut State, req: &Request) -> Response {
             Ok(Reply::Resource(reply))
         }
     }
+}
+
+fn move_resource(s: &mut State, at: u64, by: &str, name: &str, to: &str) -> Response {
+    let r = resource(s, name)?;
+    let from = r.spec.group.clone();
+    group(s, to).map_err(|_| StateError::not_found_in("group", "group", to))?;
+    if from == to {
+        return Ok(Reply::Resource(r.clone()));
+    }
+    if !matches!(r.status.state, ResourceState::Offline | ResourceState::Failed) {
+        return Err(StateError::conflict(format!(
+            "resource {name:?} is {} on {}; a resource changes groups only while it is not running: take group \
+             {from:?} offline first (`haven group offline {from}`)",
+            format!("{:?}", r.status.state).to_lowercase(),
+            r.status.node.as_deref().unwrap_or("?"),
+        )));
+    }
+    if !r.spec.depends_on.is_empty() {
+        return Err(StateError::conflict(format!(
+            "resource {name:?} depends on {}, which stay in group {from:?}; dependencies must stay within one group: \
+             remove the dependencies first",
+            quoted(&r.spec.depends_on)
+        )));
+    }
+    let dependents: Vec<String> = s.dependents_of(&from, name).into_iter().collect();
+    if !dependents.is_empty() {
+        return Err(StateError::conflict(format!(
+            "resources {} of group {from:?} depend on {name:?}; dependencies must stay within one group: remove \
+             them or their dependency first",
+            quoted(&dependents)
+        )));
+    }
+    // A disk's claim carries its group's placement generation: the new group must not
+    // count lower than the old one, or the volume would refuse it as a stale owner.
+    let from_generation = s.groups.get(&from).map(|g| g.generation).unwrap_or(0);
+    let target = group_mut(s, to)?;
+    target.generation = target.generation.max(from_generation);
+    let r = resource_mut(s, name)?;
+    r.spec.group = to.to_string();
+    r.status.failures.clear();
+    let reply = r.clone();
+    event(
+        s,
+        at,
+        by,
+        "resource-moved",
+        None,
+        Some(to),
+        Some(name),
+        format!("resource {name:?} moved from group {from:?} to group {to:?}"),
+    );
+    Ok(Reply::Resource(reply))
+}
+
+/// The HA wizard's change: every command on a scratch copy first, so that one refusal
+/// leaves the state untouched; then the report, as the last history entry.
+fn ha_wizard(s: &mut State, req: &Request, report: &haven_model::HaReport, commands: &[Command]) -> Response {
+    if !report.ok && !commands.is_empty() {
+        return Err(StateError::from(haven_model::InvalidInput::new(
+            "commands",
+            "a report with failed checks carries no changes; fix what the report names and run the wizard again",
+        )));
+    }
+    let mut scratch = s.clone();
+    for (i, c) in commands.iter().enumerate() {
+        if matches!(c, Command::HaWizard { .. }) {
+            return Err(StateError::from(haven_model::InvalidInput::new(
+                format!("commands[{i}]"),
+                "an HA wizard change cannot contain another one",
+            )));
+        }
+        let sub = Request { at: req.at, by: req.by.clone(), command: c.clone() };
+        apply(&mut scratch, &sub).map_err(|e| StateError {
+            message: format!(
+                "change {} of the HA wizard for VM {:?} was refused, so none was made: {}",
+                i + 1,
+                report.vm,
+                e.message
+            ),
+            ..e
+        })?;
+    }
+    *s = scratch;
+    let vm = report.vm.clone();
+    event(s, req.at, &req.by, "ha-wizard", Some(&report.node), report.group.as_deref(), Some(&vm), report.summary());
+    if let Some(e) = s.history.back_mut() {
+        e.report = Some(Box::new(report.clone()));
+    }
+    Ok(Reply::None)
 }
 
 /// `"a", "b"`: names as the operator typed them.
@@ -565,6 +656,7 @@ fn event(
         resource: resource.map(str::to_string),
         message,
         by: by.to_string(),
+        report: None,
     });
     while s.history.len() > HISTORY_LIMIT {
         s.history.pop_front();

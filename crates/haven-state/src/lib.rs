@@ -48,6 +48,9 @@ pub struct Event {
     pub message: String,
     /// Who asked: `operator`, `controller`, or a node name.
     pub by: String,
+    /// `ha-wizard` events: the wizard's whole report (every check, the plan, the fixes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub report: Option<Box<haven_model::HaReport>>,
 }
 
 /// The whole replicated state.
@@ -168,6 +171,19 @@ pub enum Command {
     },
     DeleteResource {
         name: String,
+    },
+    /// Operator (or the HA wizard): move a resource that is not running into another
+    /// group. It must not depend on, or be depended on by, resources it leaves behind.
+    MoveResource {
+        name: String,
+        group: String,
+    },
+    /// The HA wizard (`haven vm make-ha`): `commands` applied as one change, all or nothing,
+    /// then its report recorded in the history (kind `ha-wizard`). A refused run (`ok`
+    /// false) carries no commands: its history entry is the only change it makes.
+    HaWizard {
+        report: Box<haven_model::HaReport>,
+        commands: Vec<Command>,
     },
     /// A node reports what a resource is doing there. `failure` counts toward the restart
     /// threshold.

@@ -328,6 +328,50 @@ pub enum VmCmd {
     },
     /// Send a line to the guest's control channel (the test guest: freeze, thaw, poweroff).
     Control { name: String, line: String },
+    /// The High Availability wizard: make a VM defined on a node highly available.
+    ///
+    /// DEFINITION is a VM definition file (the format `haven vm create` writes: TOML, or
+    /// JSON ending in .json) on node --node. The wizard runs seven storage checks there,
+    /// then creates the VM's `vm-config` and `vm` resources in the group of the disk
+    /// resources that hold its files, as one change, all or nothing:
+    ///
+    ///   1 vm-stopped      no process on the node has a disk image open or names it
+    ///   2 shared-storage  definition, kernel, initrd and images are on disk resources'
+    ///                     volumes, online on the node
+    ///   3 shared-volume   VMs sharing a volume (or partitions of one disk) are in one
+    ///                     group: a warning names the VMs that will always move together
+    ///   4 backing-chain   every qcow2 backing file is on a volume of the group
+    ///   5 cluster-path    paths use <state-dir>/volumes/<volume>/… (or are relative to the
+    ///                     definition), not the dir backend's directory, a symlink, a bind
+    ///                     mount or a /dev name other than /dev/disk/by-uuid/<uuid>
+    ///   6 nested-volume   a volume mounted inside another is in the same group
+    ///   7 pass-through    a whole block device given to the guest is a disk resource of
+    ///                     the group
+    ///
+    /// Disk resources must exist first. Any failed check means nothing changed; the report
+    /// is kept in the history (`haven history --resource <vm>`) either way. Exit status 1
+    /// when a check failed.
+    #[command(name = "make-ha", verbatim_doc_comment)]
+    MakeHa {
+        /// The VM definition file, absolute path on the node.
+        definition: String,
+        /// The node where the file is (default: the node this command talks to).
+        #[arg(long)]
+        node: Option<String>,
+        /// The VM's name in the cluster (default: the definition's name).
+        #[arg(long)]
+        name: Option<String>,
+        /// The group to put the VM in; created if missing, and the disk resources move into it
+        /// when their group holds only disks (they must be offline to move).
+        #[arg(long)]
+        group: Option<String>,
+        /// Run every check and print the plan; change nothing, record nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Rewrite node-local paths (check 5) to the cluster form, showing before → after.
+        #[arg(long)]
+        fix: bool,
+    },
     /// Replace the VM's definition file with FILE (validated; refused while the VM runs;
     /// applies at its next start).
     Edit {
@@ -1110,6 +1154,25 @@ async fn vm(c: &Client, fmt: Format, cmd: VmCmd) -> Result<(), Failure> {
             let v: Value = c.put(&format!("/api/v1/vms/{}/definition", seg(&name)), &json!({ "text": text })).await?;
             print_done(fmt, &v, &format!("definition of {name:?} updated; it applies at the VM's next start"));
         }
+        VmCmd::MakeHa { definition, node, name, group, dry_run, fix } => {
+            let body = json!({"path": definition, "node": node, "name": name, "group": group,
+                              "dry_run": dry_run, "fix": fix});
+            let report: haven_model::HaReport = c.post("/api/v1/vms/make-ha", &body).await?;
+            if fmt == Format::Json {
+                output::json(&report);
+            } else {
+                print_ha_report(&report);
+            }
+            if !report.ok {
+                return Err(Failure {
+                    code: EXIT_REFUSED,
+                    message: format!(
+                        "the HA wizard refused VM {:?}: {} check(s) failed (above); nothing was changed",
+                        report.vm, report.errors
+                    ),
+                });
+            }
+        }
         VmCmd::Control { name, line } => {
             let v: Value =
                 c.post(&format!("/api/v1/vms/{}/guest-control", seg(&name)), &json!({ "line": line })).await?;
@@ -1117,6 +1180,62 @@ async fn vm(c: &Client, fmt: Format, cmd: VmCmd) -> Result<(), Failure> {
         }
     }
     Ok(())
+}
+
+/// Words of `text` in lines of at most `width` characters, each indented by `indent`.
+fn wrap(text: &str, width: usize, indent: &str) -> String {
+    let mut out = String::new();
+    let mut line = String::new();
+    for word in text.split_whitespace() {
+        if !line.is_empty() && line.chars().count() + 1 + word.chars().count() > width {
+            out.push_str(indent);
+            out.push_str(&line);
+            out.push('\n');
+            line.clear();
+        }
+        if !line.is_empty() {
+            line.push(' ');
+        }
+        line.push_str(word);
+    }
+    if !line.is_empty() {
+        out.push_str(indent);
+        out.push_str(&line);
+        out.push('\n');
+    }
+    out
+}
+
+/// The wizard's report for people: each check with its verdict and message, the path
+/// rewrites, the plan and the outcome.
+fn print_ha_report(r: &haven_model::HaReport) {
+    println!("HA wizard: VM {:?} from {} on node {:?}", r.vm, r.definition, r.node);
+    println!("group: {}", r.group.as_deref().map(|g| format!("{g:?}")).unwrap_or_else(|| "-".into()));
+    println!();
+    for c in &r.checks {
+        println!("[{}] {} {} — {}", c.result.as_str().to_uppercase(), c.id, c.check, c.title);
+        print!("{}", wrap(&c.message, 96, "       "));
+    }
+    if !r.fixes.is_empty() {
+        println!();
+        println!("path rewrites (--fix), before → after:");
+        for f in &r.fixes {
+            let state = if f.applied { "written" } else { "not written" };
+            println!("  {} {}: {:?} → {:?} ({state})", f.file, f.field, f.before, f.after);
+        }
+    }
+    if !r.plan.is_empty() {
+        println!();
+        println!(
+            "{}",
+            if r.applied { "changes made (one request):" } else { "changes to make (one request, all or nothing):" }
+        );
+        for (i, p) in r.plan.iter().enumerate() {
+            print!("{}", wrap(&format!("{}. {p}", i + 1), 92, "  "));
+        }
+    }
+    println!();
+    println!("{}", r.summary());
 }
 
 async fn history(c: &Client, fmt: Format, h: HistoryArgs) -> Result<(), Failure> {
