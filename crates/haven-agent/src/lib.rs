@@ -128,6 +128,16 @@ impl Agent {
             failure,
         });
     }
+
+    /// Tells the cluster, after this node's status reports so far, that it stopped every
+    /// resource of `group`, which it was asked to hand off at placement `generation`.
+    pub fn release(&self, group: &str, generation: u64) {
+        self.reports.send(Command::ReleaseGroup {
+            node: self.config.name.clone(),
+            group: group.to_string(),
+            generation,
+        });
+    }
 }
 
 fn no_quorum_message(detail: &str) -> String {

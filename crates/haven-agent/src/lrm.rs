@@ -40,7 +40,10 @@ pub async fn run(agent: Arc<Agent>, mut stop: watch::Receiver<bool>) {
             let mine: BTreeSet<String> = state
                 .groups
                 .values()
-                .filter(|g| g.owner.as_deref() == Some(agent.name()))
+                .filter(|g| {
+                    g.owner.as_deref() == Some(agent.name())
+                        || g.handoff.as_ref().is_some_and(|h| h.from == agent.name())
+                })
                 .map(|g| g.spec.name.clone())
                 .chain(pending_probe.keys().cloned())
                 .collect();
@@ -149,8 +152,19 @@ impl GroupWorker {
                 self.run_group(&state).await;
             } else {
                 self.stop_all(&state, stopping).await;
-                let owned_here =
-                    state.groups.get(&self.group).is_some_and(|g| g.owner.as_deref() == Some(self.agent.name()));
+                let group = state.groups.get(&self.group);
+                let owned_here = group.is_some_and(|g| g.owner.as_deref() == Some(self.agent.name()));
+                if self.running.is_empty()
+                    && !stopping
+                    && let Some(g) = group.filter(|g| g.handoff.as_ref().is_some_and(|h| h.from == self.agent.name()))
+                {
+                    // Everything of it is stopped here: the move may go on. (Sent again by
+                    // a later worker if this one ends before it is committed; a duplicate
+                    // changes nothing.)
+                    tracing::info!(group = %self.group, generation = g.generation, "stopped for a move; releasing it");
+                    self.agent.release(&self.group, g.generation);
+                    return;
+                }
                 if self.running.is_empty() && (stopping || !owned_here) {
                     return;
                 }
@@ -370,6 +384,8 @@ impl GroupWorker {
             "self-fence: this node's lease ended (cut off from the cluster's quorum)"
         } else if !self.agent.may_run() {
             "this node has not caught up with the cluster state yet"
+        } else if state.groups.get(&self.group).is_some_and(|g| g.handoff.is_some()) {
+            "the group is moving to another node"
         } else {
             "the group is no longer placed here or was taken offline"
         };

@@ -69,6 +69,8 @@ pub enum Rule {
     Failback,
     /// Rule 7: a down owner with a fence agent is fenced before its groups are recovered.
     Fencing,
+    /// Rule 8: a planned move whose old owner went down before it released the group.
+    Handoff,
 }
 
 /// One command for the Raft log and why it was decided. `why` is the same text as the

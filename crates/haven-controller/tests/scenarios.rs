@@ -228,6 +228,7 @@ fn directive(sc: &mut Scenario, line: &Line, next_id: &mut u64) -> Result<(), Er
                 "cpus",
                 "mem",
                 "failed",
+                "moving_to",
                 "at",
             ])?;
             let name = line.word(1, "group name")?.to_string();
@@ -259,6 +260,16 @@ fn directive(sc: &mut Scenario, line: &Line, next_id: &mut u64) -> Result<(), Er
                     name: name.clone(),
                     node: Some(owner.to_string()),
                     reason: "setup".into(),
+                    failover: false,
+                };
+                apply(&mut sc.state, line, at, command)?;
+            }
+            if let Some(to) = line.opt("moving_to") {
+                // A planned move from the owner: a handoff waiting for its release.
+                let command = Command::PlaceGroup {
+                    name: name.clone(),
+                    node: Some(to.to_string()),
+                    reason: "setup move".into(),
                     failover: false,
                 };
                 apply(&mut sc.state, line, at, command)?;
@@ -328,8 +339,14 @@ fn directive(sc: &mut Scenario, line: &Line, next_id: &mut u64) -> Result<(), Er
                 n => Some(n.to_string()),
             };
             let reason = line.opt("reason").unwrap_or("setup").to_string();
-            let command = Command::PlaceGroup { name: group, node, reason, failover: line.flag("failover") };
+            let command = Command::PlaceGroup { name: group.clone(), node, reason, failover: line.flag("failover") };
             apply(&mut sc.state, line, at, command)?;
+            // A planned move from an owner is a handoff; here it completes at once (the old
+            // owner released the group), as a past move would have.
+            if let Some(h) = sc.state.groups.get(&group).and_then(|g| g.handoff.clone()) {
+                let generation = sc.state.groups[&group].generation;
+                apply(&mut sc.state, line, at, Command::ReleaseGroup { node: h.from, group, generation })?;
+            }
         }
         "report" => {
             line.only(&["reason", "at"])?;

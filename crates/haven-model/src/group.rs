@@ -178,6 +178,21 @@ pub struct Group {
     pub failovers: Vec<Millis>,
     /// Set when the group was left failed (failover threshold reached or nowhere to run).
     pub failed_reason: Option<String>,
+    /// A planned move in progress: the group has no owner until `from` reports that it
+    /// stopped everything of it (`ReleaseGroup`), or is declared down; then it goes to `to`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub handoff: Option<Handoff>,
+}
+
+/// A planned move (operator move, drain, failback) waiting for the old owner to let go.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Handoff {
+    /// The owner being left: it stops the group, then releases it.
+    pub from: String,
+    /// Where the group goes once released.
+    pub to: String,
+    /// Why it moves (for the history).
+    pub reason: String,
 }
 
 impl Group {

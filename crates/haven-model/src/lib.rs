@@ -20,7 +20,7 @@ pub use disk::{DiskBackend, DiskParams};
 pub use duration::Dur;
 pub use error::InvalidInput;
 pub use fence::{FenceAction, FenceConfig};
-pub use group::{Failback, Group, GroupSpec, GroupUpdate, Priority};
+pub use group::{Failback, Group, GroupSpec, GroupUpdate, Handoff, Priority};
 pub use name::validate_name;
 pub use node::{Capacity, Node, NodeLiveness, NodeRole};
 pub use resource::{

@@ -43,7 +43,7 @@ mod tests {
         let mut spec = GroupSpec::new("web");
         spec.failover_threshold = threshold;
         spec.failover_period = Dur::from_secs(3600);
-        Group { spec, owner: None, generation: 0, failovers: failovers.to_vec(), failed_reason: None }
+        Group { spec, owner: None, generation: 0, failovers: failovers.to_vec(), failed_reason: None, handoff: None }
     }
 
     #[test]

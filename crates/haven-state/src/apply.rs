@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 
-use haven_model::{Group, GroupSpec, NodeLiveness, Resource, ResourceSpec, ResourceState, ResourceStatus};
+use haven_model::{Group, GroupSpec, Handoff, NodeLiveness, Resource, ResourceSpec, ResourceState, ResourceStatus};
 
 use crate::{Command, Event, HISTORY_LIMIT, Reply, Request, Response, SCHEMA_VERSION, State, StateError};
 
@@ -110,8 +110,14 @@ pub(crate) fn apply(s: &mut State, req: &Request) -> Response {
                 return Err(StateError::exists("group", &spec.name));
             }
             check_owners(s, spec)?;
-            let g =
-                Group { spec: spec.clone(), owner: None, generation: 0, failovers: Vec::new(), failed_reason: None };
+            let g = Group {
+                spec: spec.clone(),
+                owner: None,
+                generation: 0,
+                failovers: Vec::new(),
+                failed_reason: None,
+                handoff: None,
+            };
             s.groups.insert(spec.name.clone(), g.clone());
             event(s, at, by, "group-created", None, Some(&spec.name), None, format!("group {:?} created", spec.name));
             Ok(Reply::Group(g))
@@ -182,24 +188,55 @@ pub(crate) fn apply(s: &mut State, req: &Request) -> Response {
             if g.owner.as_deref() == Some(target) && g.failed_reason.is_none() {
                 return Ok(Reply::Group(g.clone()));
             }
-            let from = g.owner.clone();
+            if let Some(h) = g.handoff.clone() {
+                // A move already waits for `h.from` to let go: back to it cancels the move
+                // (it may still run the group), anywhere else changes where it goes.
+                let g = group_mut(s, name)?;
+                let msg = if h.from == *target {
+                    g.handoff = None;
+                    g.owner = Some(target.clone());
+                    g.generation += 1;
+                    format!("group {name:?} stays on {target:?}: the operator cancelled its move to {:?}", h.to)
+                } else {
+                    g.handoff = Some(Handoff { to: target.clone(), ..h.clone() });
+                    format!(
+                        "group {name:?} will move to {target:?} instead of {:?} once {:?} has stopped it (operator)",
+                        h.to, h.from
+                    )
+                };
+                g.failed_reason = None;
+                let reply = g.clone();
+                reset_failures(s, name);
+                event(s, at, by, "group-moving", Some(target), Some(name), None, msg);
+                return Ok(Reply::Group(reply));
+            }
+            let reply = place_or_hand_off(s, at, by, name, target, "moved by the operator", "group-moved")?;
+            Ok(Reply::Group(reply))
+        }
+        Command::ReleaseGroup { node: releaser, group: name, generation } => {
+            node(s, releaser)?;
+            let g = group(s, name)?;
+            let Some(h) = g.handoff.clone() else { return Ok(Reply::Group(g.clone())) };
+            if h.from != *releaser || g.generation != *generation || g.owner.is_some() {
+                return Ok(Reply::Group(g.clone())); // late or duplicate: nothing to do
+            }
+            // The target may have gone down or been paused meanwhile: then the group is left
+            // unplaced, and the controller places it (rule 2) like any group without owner.
+            let target_ok = s.nodes.get(&h.to).is_some_and(|n| n.is_up() && !n.paused);
             let g = group_mut(s, name)?;
-            g.owner = Some(target.clone());
+            g.handoff = None;
+            g.owner = target_ok.then(|| h.to.clone());
             g.generation += 1;
-            g.failed_reason = None;
             let reply = g.clone();
-            reset_failures(s, name);
-            let from = from.map(|f| format!(" from {f:?}")).unwrap_or_default();
-            event(
-                s,
-                at,
-                by,
-                "group-moved",
-                Some(target),
-                Some(name),
-                None,
-                format!("group {name:?} moved{from} to {target:?} by the operator"),
-            );
+            let msg = if target_ok {
+                format!("group {name:?} moved from {:?} to {:?} ({}): {:?} stopped it", h.from, h.to, h.reason, h.from)
+            } else {
+                format!(
+                    "group {name:?} was stopped on {:?} for a move to {:?} ({}), which can no longer take it; it will be placed anew",
+                    h.from, h.to, h.reason
+                )
+            };
+            event(s, at, by, "group-moved", target_ok.then_some(h.to.as_str()), Some(name), None, msg);
             Ok(Reply::Group(reply))
         }
         Command::PlaceGroup { name, node: target, reason, failover } => {
@@ -210,7 +247,13 @@ pub(crate) fn apply(s: &mut State, req: &Request) -> Response {
             if g.owner == *target {
                 return Ok(Reply::Group(g.clone()));
             }
+            // A planned move away from an owner (drain, failback) waits for it to let go; a
+            // failover (its owner is down: its lease is over) and an unplacement do not.
+            if let (Some(t), Some(_), false) = (target, &g.owner, failover) {
+                return place_or_hand_off(s, at, by, name, t, reason, "group-placed").map(Reply::Group);
+            }
             let g = group_mut(s, name)?;
+            g.handoff = None;
             g.owner = target.clone();
             g.generation += 1;
             if *failover {
@@ -629,6 +672,43 @@ fn check_dependencies(s: &State, spec: &ResourceSpec) -> Result<(), StateError> 
 
 /// A new placement starts the restart count afresh: failures counted on the old owner
 /// say nothing about the new one.
+/// Places `name` on `target`, or — if another node owns it — starts a handoff: the group
+/// has no owner until that node reports it stopped everything (`ReleaseGroup`) or is
+/// declared down, so the two never run it at the same time.
+fn place_or_hand_off(
+    s: &mut State,
+    at: u64,
+    by: &str,
+    name: &str,
+    target: &str,
+    reason: &str,
+    kind: &str,
+) -> Result<Group, StateError> {
+    let g = group_mut(s, name)?;
+    let from = g.owner.clone().filter(|o| o != target);
+    g.generation += 1;
+    g.failed_reason = None;
+    let msg = match &from {
+        Some(from) => {
+            g.owner = None;
+            g.handoff = Some(Handoff { from: from.clone(), to: target.to_string(), reason: reason.to_string() });
+            format!(
+                "group {name:?} is moving from {from:?} to {target:?} ({reason}): it starts there once {from:?} has stopped it"
+            )
+        }
+        None => {
+            g.owner = Some(target.to_string());
+            g.handoff = None;
+            format!("group {name:?} placed on {target:?}: {reason}")
+        }
+    };
+    let reply = g.clone();
+    reset_failures(s, name);
+    let kind = if from.is_some() { "group-moving" } else { kind };
+    event(s, at, by, kind, Some(target), Some(name), None, msg);
+    Ok(reply)
+}
+
 fn reset_failures(s: &mut State, group: &str) {
     for r in s.resources.values_mut().filter(|r| r.spec.group == group) {
         r.status.failures.clear();

@@ -145,12 +145,22 @@ pub enum Command {
         name: String,
         online: bool,
     },
-    /// Operator: move a group to a node now.
+    /// Operator: move a group to a node now (a handoff if another node owns it).
     MoveGroup {
         name: String,
         node: String,
     },
-    /// Controller: place (or unplace) a group, with the reason for the history.
+    /// A node's resource manager: it stopped everything of `group`, which it was asked to
+    /// hand off at placement `generation` (`Group::handoff`); the group goes to its target.
+    /// A release of another generation, or from another node, changes nothing.
+    ReleaseGroup {
+        node: String,
+        group: String,
+        generation: u64,
+    },
+    /// Controller: place (or unplace) a group, with the reason for the history. Placing on
+    /// another node a group that has an owner is a handoff (see `Group::handoff`) unless
+    /// `failover` (the owner is down).
     PlaceGroup {
         name: String,
         node: Option<String>,
@@ -277,6 +287,9 @@ impl State {
         let Some(g) = self.groups.get(group) else { return "unknown" };
         if g.failed_reason.is_some() {
             return "failed";
+        }
+        if g.handoff.is_some() {
+            return "moving";
         }
         let states: Vec<ResourceState> = self.group_resources(group).map(|r| r.status.state).collect();
         if states.contains(&ResourceState::Failed) {

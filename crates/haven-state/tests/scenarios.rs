@@ -13,12 +13,13 @@ fn summary(reply: &Reply) -> String {
         Reply::None => "ok".into(),
         Reply::Node(n) => format!("ok node {} {}", n.name, n.status()),
         Reply::Group(g) => format!(
-            "ok group {} owner={} generation={} failovers={} failed={}",
+            "ok group {} owner={} generation={} failovers={} failed={}{}",
             g.spec.name,
             g.owner.as_deref().unwrap_or("-"),
             g.generation,
             g.failovers.len(),
-            g.failed_reason.as_deref().unwrap_or("-")
+            g.failed_reason.as_deref().unwrap_or("-"),
+            g.handoff.as_ref().map(|h| format!(" moving={}->{}", h.from, h.to)).unwrap_or_default()
         ),
         Reply::Resource(r) => format!(
             "ok resource {} {:?}@{} failures={}",

@@ -8,6 +8,7 @@ pub mod drain;
 pub mod failback;
 pub mod failover;
 pub mod fencing;
+pub mod handoff;
 pub mod liveness;
 pub mod placement;
 pub mod resource_failure;
@@ -59,6 +60,9 @@ pub fn decide_group(state: &State, group: &str, tick: &Tick) -> Option<Decision>
         return None;
     }
     let Some(owner) = g.owner.as_deref() else {
+        if let Some(h) = &g.handoff {
+            return handoff::decide(state, g, h, tick);
+        }
         return placement::decide(state, g, tick);
     };
     if g.failed_reason.is_some() {
