@@ -676,7 +676,10 @@ fn group_rows(groups: &[GroupView]) -> Vec<Vec<String>> {
             vec![
                 g.group.spec.name.clone(),
                 g.state.clone(),
-                output::opt(&g.group.owner),
+                match &g.group.handoff {
+                    Some(h) => format!("{}->{}", h.from, h.to),
+                    None => output::opt(&g.group.owner),
+                },
                 output::list(&g.group.spec.preferred_owners),
                 output::list(&g.group.spec.possible_owners),
                 output::list(&g.resources),
@@ -756,6 +759,12 @@ async fn group(c: &Client, fmt: Format, cmd: GroupCmd) -> Result<(), Failure> {
             println!("group:              {}", s.name);
             println!("state:              {}", g.state);
             println!("current owner:      {}", output::opt(&g.group.owner));
+            if let Some(h) = &g.group.handoff {
+                println!(
+                    "moving:             from {} to {} ({}); it starts there once {} has stopped it",
+                    h.from, h.to, h.reason, h.from
+                );
+            }
             println!("preferred owners:   {}", output::list(&s.preferred_owners));
             println!(
                 "possible owners:    {}",
