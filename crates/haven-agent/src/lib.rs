@@ -194,14 +194,15 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Res
     ];
     // A witness votes and renews its lease but never runs resources.
     // Probe KVM in the background so the first VM start does not pay for it.
+    let mut kvm_probe = None;
     if host::in_path("qemu-system-x86_64") && !agent.config.witness {
         let a = agent.clone();
-        tokio::spawn(async move {
+        kvm_probe = Some(tokio::spawn(async move {
             let scratch = a.config.state_dir.join("run");
             let _ = std::fs::create_dir_all(&scratch);
             let verdict = a.drivers.vm().probe_accelerator(&scratch).await;
             tracing::info!(%verdict, "VM accelerator for accel = \"auto\"");
-        });
+        }));
     }
     let lrm = if agent.config.witness {
         tokio::spawn(async {})
@@ -225,6 +226,11 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Res
     // The resource manager stops everything this node runs before the agent goes away, so
     // that nobody else starts a second copy while ours still runs.
     let _ = lrm.await;
+    // A probe still running has a QEMU process of ours: let it end (the probe gives up after
+    // a few seconds and reaps it) rather than leave it behind.
+    if let Some(p) = kvm_probe {
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(10), p).await;
+    }
     for t in tasks {
         t.abort();
     }
