@@ -26,9 +26,12 @@ impl Reporter {
     }
 }
 
-fn resource_of(c: &Command) -> Option<&str> {
+/// What a report is about: a newer report with the same key replaces an older one that
+/// could not be sent (a resource's status; a group's release).
+fn resource_of(c: &Command) -> Option<(&'static str, &str)> {
     match c {
-        Command::ReportResource { resource, .. } => Some(resource),
+        Command::ReportResource { resource, .. } => Some(("resource", resource)),
+        Command::ReleaseGroup { group, .. } => Some(("release", group)),
         _ => None,
     }
 }

@@ -58,7 +58,10 @@
 //! - Drivers are durations, not processes: a resource runs from the moment its start
 //!   *begins* until its stop *completes* (the strictest reading of "running").
 //! - Capacity is generous, so placement never runs out of room (the liveness check then
-//!   needs no bin packing). No operator actions (move, pause, failback) are generated yet.
+//!   needs no bin packing). The only operator action generated is `haven group move`
+//!   (`MoveGroup`, from its own random stream; `--no-moves` turns it off): a handoff when
+//!   another node owns or last ran the group, which the simulated LRM releases as the
+//!   agent's does. Pause/drain and failback windows are not generated yet.
 //!
 //! # The grant race (found by this simulator, fixed in `haven-agent`)
 //!
@@ -171,6 +174,9 @@ pub struct Options {
     pub fault_ms: u64,
     pub quiet_ms: u64,
     pub broken: Option<BrokenRule>,
+    /// Operator moves (`haven group move`, handoffs) during the fault period, from their own
+    /// random stream. On by default.
+    pub operator_moves: bool,
 }
 
 impl Default for Options {
@@ -182,6 +188,7 @@ impl Default for Options {
             fault_ms: 60_000,
             quiet_ms: 30_000,
             broken: None,
+            operator_moves: true,
         }
     }
 }
@@ -232,6 +239,9 @@ pub fn replay_command(seed: u64, opts: &Options) -> String {
     }
     if let Some(n) = opts.nodes {
         cmd.push_str(&format!(" --nodes {n}"));
+    }
+    if !opts.operator_moves {
+        cmd.push_str(" --no-moves");
     }
     if let Some(b) = opts.broken {
         let name = match b {

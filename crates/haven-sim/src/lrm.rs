@@ -88,6 +88,10 @@ pub struct Worker {
     gave_up: BTreeSet<String>,
     not_before: BTreeMap<String, u64>,
     generation: Option<u64>,
+    /// A handoff generation this worker let go of and must report (`ReleaseGroup`), and the
+    /// last one it reported.
+    pub release: Option<u64>,
+    released: Option<u64>,
 }
 
 impl Worker {
@@ -120,6 +124,16 @@ impl Worker {
         }
         if !self.desired(v) {
             if self.running.is_empty() {
+                // As the agent's worker: stopped for a handoff from here, it releases the
+                // group (once per generation; the report queue retries it).
+                if let Some(g) = v.state.groups.get(v.group)
+                    && g.owner.is_none()
+                    && g.handoff.as_ref().is_some_and(|h| h.from == v.me)
+                    && self.released != Some(g.generation)
+                {
+                    self.released = Some(g.generation);
+                    self.release = Some(g.generation);
+                }
                 return Step::Idle { wake_at: None };
             }
             let reason = if !v.lease_valid {

@@ -9,7 +9,8 @@ use std::time::Instant;
 use haven_sim::{BrokenRule, Options, Profile, replay_command, run_many, run_seed};
 
 const USAGE: &str = "usage: haven-sim [--seeds N (5000)] [--start S (0)] [--nodes N] [--profile default|aggressive]
-                 [--seed N --trace] [--broken skip-lease-wait|lease-from-receipt|unguarded-grant|own-contact-only]";
+                 [--seed N --trace] [--no-moves]
+                 [--broken skip-lease-wait|lease-from-receipt|unguarded-grant|own-contact-only]";
 
 struct Args {
     seeds: u64,
@@ -54,6 +55,7 @@ fn parse() -> Result<Args, String> {
                 })
             }
             "--trace" => a.opts.trace = true,
+            "--no-moves" => a.opts.operator_moves = false,
             "-h" | "--help" => return Err(String::new()),
             other => return Err(format!("unknown argument {other:?}")),
         }

@@ -109,6 +109,8 @@ enum Ev {
     Election,
     NextFault,
     NextResourceFault,
+    /// An operator moves a group (`haven group move`), drawn from `move_rng`.
+    OperatorMove,
     Heal,
     Restart {
         node: usize,
@@ -146,6 +148,9 @@ impl Ord for Entry {
 pub(crate) struct Sim {
     opts: Options,
     rng: Rng,
+    /// Operator actions draw from their own stream, so that turning them on or off does not
+    /// change which faults a seed brings.
+    move_rng: Rng,
     now: Micros,
     queue: BinaryHeap<Entry>,
     seq: u64,
@@ -189,6 +194,7 @@ impl Sim {
         let mut sim = Sim {
             opts: opts.clone(),
             rng,
+            move_rng: Rng::new(seed ^ 0x6a09_e667_f3bc_c908),
             now: 0,
             queue: BinaryHeap::new(),
             seq: 0,
@@ -256,6 +262,10 @@ impl Sim {
         sim.at(d, Ev::NextFault);
         let d = sim.rng.range(1_000, 5_000) * MS;
         sim.at(d, Ev::NextResourceFault);
+        if opts.operator_moves {
+            let d = sim.move_rng.range(1_000, 8_000) * MS;
+            sim.at(d, Ev::OperatorMove);
+        }
         sim.at(opts.fault_ms * MS, Ev::QuietStart);
         sim.at((opts.fault_ms + opts.quiet_ms) * MS, Ev::End);
         sim
@@ -424,6 +434,7 @@ impl Sim {
             }
             Ev::Election => self.election(),
             Ev::NextFault => self.next_fault(),
+            Ev::OperatorMove => self.operator_move(),
             Ev::NextResourceFault => self.resource_fault(),
             Ev::Heal => {
                 self.net.heal();
@@ -706,7 +717,17 @@ impl Sim {
             let mut reports = Vec::new();
             let worker = n.workers.get_mut(group).expect("a worker per group");
             let step = worker.next_step(&view, &mut reports);
+            let release = worker.release.take();
             self.queue_reports(node, reports);
+            if let Some(generation) = release {
+                let group = self.groups[gi].clone();
+                let n = &mut self.nodes[node];
+                n.reports.push_back(Command::ReleaseGroup { node: n.name.clone(), group, generation });
+                if !n.report_in_flight {
+                    let inc = n.incarnation;
+                    self.after(0, Ev::ReportSend { node, inc });
+                }
+            }
             match step {
                 Step::Idle { wake_at: Some(w) } => {
                     let t = self.nodes[node].clock.true_at(w);
@@ -929,6 +950,30 @@ impl Sim {
         }
     }
 
+    // ----- operator ---------------------------------------------------------------------
+
+    /// `haven group move G --to N` through the leader: a handoff if another node owns G.
+    /// Refused (N down or paused, not a possible owner) or without quorum, it changes nothing.
+    fn operator_move(&mut self) {
+        if !self.faults_on {
+            return;
+        }
+        let gap = self.move_rng.range(1_000, 8_000);
+        self.after(gap * MS, Ev::OperatorMove);
+        let group = self.groups[self.move_rng.below(self.groups.len())].clone();
+        let node = self.names[self.move_rng.below(self.names.len())].clone();
+        let Some(leader) = self.db.leader.filter(|l| self.has_quorum(*l)) else { return };
+        let at = self.nodes[leader].clock.local_ms(self.now);
+        let cmd = Command::MoveGroup { name: group.clone(), node: node.clone() };
+        let (index, resp) = self.db.commit(Request::new(at, "operator", cmd));
+        self.stats.commits += 1;
+        match resp {
+            Ok(_) => self.note(|_| format!("operator: commit #{index} move {group} -> {node}")),
+            Err(e) => self.note(|_| format!("operator: move {group} -> {node} refused: {e}")),
+        }
+        self.replicate();
+    }
+
     // ----- faults -----------------------------------------------------------------------
 
     fn next_fault(&mut self) {
@@ -1028,15 +1073,19 @@ impl Sim {
     }
 }
 
-fn resource_of(c: &Command) -> Option<&str> {
+/// What a report is about: a newer report with the same key replaces an older one that
+/// could not be sent (a resource's status; a group's release).
+fn resource_of(c: &Command) -> Option<(&'static str, &str)> {
     match c {
-        Command::ReportResource { resource, .. } => Some(resource),
+        Command::ReportResource { resource, .. } => Some(("resource", resource)),
+        Command::ReleaseGroup { group, .. } => Some(("release", group)),
         _ => None,
     }
 }
 
 fn describe_report(c: &Command) -> String {
     match c {
+        Command::ReleaseGroup { group, generation, .. } => format!("release {group} (generation {generation})"),
         Command::ReportResource { resource, state, reason, failure, .. } => {
             let f = if *failure { " (failure)" } else { "" };
             let why = reason.as_ref().map(|r| format!(": {r}")).unwrap_or_default();

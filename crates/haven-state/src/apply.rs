@@ -210,7 +210,22 @@ pub(crate) fn apply(s: &mut State, req: &Request) -> Response {
                 event(s, at, by, "group-moving", Some(target), Some(name), None, msg);
                 return Ok(Reply::Group(reply));
             }
-            let reply = place_or_hand_off(s, at, by, name, target, "moved by the operator", "group-moved")?;
+            // Without an owner the group may still be stopping where it was (the controller
+            // unplaced it to move it after a failure, and the node's reports lag behind what
+            // it does): the node that reported last must let go first.
+            let last_node = match g.owner {
+                Some(_) => None,
+                None => s
+                    .group_resources(name)
+                    .filter(|r| r.status.node.is_some())
+                    .max_by_key(|r| r.status.since)
+                    .and_then(|r| r.status.node.clone())
+                    .filter(|n| n != target && s.nodes.get(n).is_some_and(|n| n.is_up())),
+            };
+            let reply = match last_node {
+                Some(from) => hand_off(s, at, by, name, &from, target, "moved by the operator")?,
+                None => place_or_hand_off(s, at, by, name, target, "moved by the operator", "group-moved")?,
+            };
             Ok(Reply::Group(reply))
         }
         Command::ReleaseGroup { node: releaser, group: name, generation } => {
@@ -373,10 +388,15 @@ pub(crate) fn apply(s: &mut State, req: &Request) -> Response {
             // A late "stopped" from a node that no longer owns the group must not hide that
             // another node runs the resource: the controller reads the status to know
             // whether a move may start the group elsewhere.
+            // While the group has an owner, only the owner's reports are current: a report
+            // from another node is one it queued before it lost the group (self-fence, handoff)
+            // and could send only now, e.g. after a partition healed; taken as the status it
+            // would hide the owner's (a `failed` the controller must act on).
             let owner = s.groups.get(&r.spec.group).and_then(|g| g.owner.as_deref());
-            let stale = owner != Some(reporter.as_str())
-                && r.status.node.as_deref().is_some_and(|n| n != reporter)
-                && matches!(state, ResourceState::Offline | ResourceState::Stopping | ResourceState::Failed);
+            let stale = owner.is_some_and(|o| o != reporter.as_str())
+                || (owner != Some(reporter.as_str())
+                    && r.status.node.as_deref().is_some_and(|n| n != reporter)
+                    && matches!(state, ResourceState::Offline | ResourceState::Stopping | ResourceState::Failed));
             if stale {
                 let msg = format!(
                     "resource {name:?} is {} on {reporter:?} (a node that no longer owns it; its status stays as {:?} reported)",
@@ -685,27 +705,40 @@ fn place_or_hand_off(
     kind: &str,
 ) -> Result<Group, StateError> {
     let g = group_mut(s, name)?;
-    let from = g.owner.clone().filter(|o| o != target);
+    if let Some(from) = g.owner.clone().filter(|o| o != target) {
+        return hand_off(s, at, by, name, &from, target, reason);
+    }
     g.generation += 1;
     g.failed_reason = None;
-    let msg = match &from {
-        Some(from) => {
-            g.owner = None;
-            g.handoff = Some(Handoff { from: from.clone(), to: target.to_string(), reason: reason.to_string() });
-            format!(
-                "group {name:?} is moving from {from:?} to {target:?} ({reason}): it starts there once {from:?} has stopped it"
-            )
-        }
-        None => {
-            g.owner = Some(target.to_string());
-            g.handoff = None;
-            format!("group {name:?} placed on {target:?}: {reason}")
-        }
-    };
+    g.owner = Some(target.to_string());
+    g.handoff = None;
     let reply = g.clone();
     reset_failures(s, name);
-    let kind = if from.is_some() { "group-moving" } else { kind };
-    event(s, at, by, kind, Some(target), Some(name), None, msg);
+    event(s, at, by, kind, Some(target), Some(name), None, format!("group {name:?} placed on {target:?}: {reason}"));
+    Ok(reply)
+}
+
+/// Starts a handoff of `name` from `from` to `target` (see [`place_or_hand_off`]).
+fn hand_off(
+    s: &mut State,
+    at: u64,
+    by: &str,
+    name: &str,
+    from: &str,
+    target: &str,
+    reason: &str,
+) -> Result<Group, StateError> {
+    let g = group_mut(s, name)?;
+    g.generation += 1;
+    g.failed_reason = None;
+    g.owner = None;
+    g.handoff = Some(Handoff { from: from.to_string(), to: target.to_string(), reason: reason.to_string() });
+    let reply = g.clone();
+    reset_failures(s, name);
+    let msg = format!(
+        "group {name:?} is moving from {from:?} to {target:?} ({reason}): it starts there once {from:?} has stopped it"
+    );
+    event(s, at, by, "group-moving", Some(target), Some(name), None, msg);
     Ok(reply)
 }
 
