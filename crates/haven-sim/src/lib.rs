@@ -58,10 +58,11 @@
 //! - Drivers are durations, not processes: a resource runs from the moment its start
 //!   *begins* until its stop *completes* (the strictest reading of "running").
 //! - Capacity is generous, so placement never runs out of room (the liveness check then
-//!   needs no bin packing). The only operator action generated is `haven group move`
-//!   (`MoveGroup`, from its own random stream; `--no-moves` turns it off): a handoff when
-//!   another node owns or last ran the group, which the simulated LRM releases as the
-//!   agent's does. Pause/drain and failback windows are not generated yet.
+//!   needs no bin packing). Operator actions, from their own random stream (`--no-moves`
+//!   turns them off): `haven group move` (`MoveGroup`: a handoff when another node owns or
+//!   last ran the group, which the simulated LRM releases as the agent's does) and pausing
+//!   (draining) or resuming a node (at most a minority paused; all resumed when the quiet
+//!   period starts). Failback windows are not generated.
 //!
 //! # The grant race (found by this simulator, fixed in `haven-agent`)
 //!
@@ -174,8 +175,8 @@ pub struct Options {
     pub fault_ms: u64,
     pub quiet_ms: u64,
     pub broken: Option<BrokenRule>,
-    /// Operator moves (`haven group move`, handoffs) during the fault period, from their own
-    /// random stream. On by default.
+    /// Operator moves (`haven group move`, handoffs) and node pauses (drains) during the
+    /// fault period, from their own random stream. On by default.
     pub operator_moves: bool,
 }
 

@@ -109,8 +109,11 @@ enum Ev {
     Election,
     NextFault,
     NextResourceFault,
-    /// An operator moves a group (`haven group move`), drawn from `move_rng`.
+    /// An operator moves a group (`haven group move`) or pauses (drains) or resumes a node,
+    /// drawn from `move_rng`.
     OperatorMove,
+    /// The quiet period: the operator resumes every paused node (retried until committed).
+    ResumeAll,
     Heal,
     Restart {
         node: usize,
@@ -460,7 +463,11 @@ impl Sim {
                     self.restart(i);
                 }
                 self.topology_changed();
+                if self.opts.operator_moves {
+                    self.after(1_000 * MS, Ev::ResumeAll);
+                }
             }
+            Ev::ResumeAll => self.resume_all(),
             Ev::End => self.end(),
         }
     }
@@ -962,16 +969,41 @@ impl Sim {
         self.after(gap * MS, Ev::OperatorMove);
         let group = self.groups[self.move_rng.below(self.groups.len())].clone();
         let node = self.names[self.move_rng.below(self.names.len())].clone();
-        let Some(leader) = self.db.leader.filter(|l| self.has_quorum(*l)) else { return };
+        let cmd = if self.move_rng.below(4) == 0 {
+            // Pause (drain) a node, or resume it; at most a minority paused at a time.
+            let paused = self.db.state.nodes.values().filter(|n| n.paused).count();
+            let is_paused = self.db.state.nodes.get(&node).is_some_and(|n| n.paused);
+            let pause = !is_paused && (paused + 1) * 2 < self.names.len();
+            Command::SetNodePaused { name: node, paused: pause }
+        } else {
+            Command::MoveGroup { name: group, node }
+        };
+        self.operator(cmd);
+    }
+
+    /// Commits an operator command through the leader, if there is one with quorum.
+    fn operator(&mut self, cmd: Command) -> bool {
+        let Some(leader) = self.db.leader.filter(|l| self.has_quorum(*l)) else { return false };
         let at = self.nodes[leader].clock.local_ms(self.now);
-        let cmd = Command::MoveGroup { name: group.clone(), node: node.clone() };
+        let what = format!("{cmd:?}");
         let (index, resp) = self.db.commit(Request::new(at, "operator", cmd));
         self.stats.commits += 1;
         match resp {
-            Ok(_) => self.note(|_| format!("operator: commit #{index} move {group} -> {node}")),
-            Err(e) => self.note(|_| format!("operator: move {group} -> {node} refused: {e}")),
+            Ok(_) => self.note(|_| format!("operator: commit #{index} {what}")),
+            Err(e) => self.note(|_| format!("operator: {what} refused: {e}")),
         }
         self.replicate();
+        true
+    }
+
+    fn resume_all(&mut self) {
+        let paused: Vec<String> = self.db.state.nodes.values().filter(|n| n.paused).map(|n| n.name.clone()).collect();
+        for name in paused {
+            if !self.operator(Command::SetNodePaused { name, paused: false }) {
+                self.after(1_000 * MS, Ev::ResumeAll);
+                return;
+            }
+        }
     }
 
     // ----- faults -----------------------------------------------------------------------

@@ -50,8 +50,9 @@ fn counting_the_lease_from_the_grant_receipt_is_caught() {
 
 #[test]
 fn granting_leases_during_a_controller_tick_is_caught() {
-    // The agent before the grant fix; the first violation is at seed 285 with operator moves
-    // (101 without; 425 with the slower elections of earlier agents).
+    // The agent before the grant fix; the first violation is at seed 425 with operator
+    // moves and drains (101 without them; 425 also with the slower elections of earlier
+    // agents).
     let opts = Options { broken: Some(BrokenRule::UnguardedGrant), ..Options::default() };
     let out = first_two_owners(&opts, 600);
     assert_trace_names_both_owners(&out);
