@@ -11,10 +11,9 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::{HAVEN, Lab};
+use common::{HAVEN, Lab, installed, test_guest};
 use haven_agent::vm_api::VmView;
 use haven_api::{GroupView, ResourceView};
 use haven_model::{CheckResult, HaReport, ResourceState};
@@ -23,19 +22,6 @@ use serde_json::{Value, json};
 
 /// From placement to the first heartbeat: KVM probe, QEMU start, a TCG boot.
 const BOOT_LIMIT_S: u64 = 90;
-
-fn installed(program: &str) -> bool {
-    Command::new(program).arg("--version").stdout(std::process::Stdio::null()).status().is_ok_and(|s| s.success())
-}
-
-fn test_guest() -> PathBuf {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/build-test-guest");
-    let out = Command::new(&script).output().expect("cannot run scripts/build-test-guest");
-    assert!(out.status.success(), "building the test guest failed: {}", String::from_utf8_lossy(&out.stderr));
-    let dir = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim().lines().last().unwrap_or_default());
-    assert!(dir.join("vmlinuz").exists() && dir.join("initrd.img").exists(), "no test guest in {}", dir.display());
-    dir
-}
 
 fn cli(lab: &Lab, args: &[&str]) -> (Option<i32>, String, String) {
     let out =

@@ -17,7 +17,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::{HAVEN, Lab, alive, pid_in, processes_in, sigkill};
+use common::{HAVEN, Lab, alive, installed, pid_in, processes_in, sigkill, test_guest};
 use haven_agent::vm_api::VmView;
 use haven_api::{GroupView, ResourceView};
 use haven_model::{Accel, ResourceState};
@@ -34,25 +34,6 @@ const VOLUME_NAME: &str = "vol1";
 /// Longest a VM may take from being placed to its first heartbeat: KVM probe (3 s),
 /// QEMU start, and a TCG boot on a loaded 2-core machine.
 const BOOT_LIMIT_S: u64 = 90;
-
-fn qemu_installed() -> bool {
-    Command::new("qemu-system-x86_64")
-        .arg("--version")
-        .stdout(std::process::Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
-/// The test guest's directory (vmlinuz, initrd.img), built by `scripts/build-test-guest`
-/// if missing.
-fn test_guest() -> PathBuf {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/build-test-guest");
-    let out = Command::new(&script).output().expect("cannot run scripts/build-test-guest");
-    assert!(out.status.success(), "building the test guest failed: {}", String::from_utf8_lossy(&out.stderr));
-    let dir = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim().lines().last().unwrap_or_default());
-    assert!(dir.join("vmlinuz").exists() && dir.join("initrd.img").exists(), "no test guest in {}", dir.display());
-    dir
-}
 
 /// Runs a program that must succeed; panics with its stderr.
 fn run(program: &str, args: &[&str]) -> std::process::Output {
@@ -311,7 +292,7 @@ async fn history(lab: &Lab, i: usize) -> Vec<Event> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn vm_fails_over_when_its_node_dies_and_one_guest_writes_at_a_time() {
-    if !qemu_installed() {
+    if !installed("qemu-system-x86_64") {
         println!("SKIPPED: qemu-system-x86_64 is not installed");
         return;
     }
@@ -407,7 +388,7 @@ async fn vm_fails_over_when_its_node_dies_and_one_guest_writes_at_a_time() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn vm_restarts_in_place_when_qemu_dies_or_its_guest_stops_heartbeating() {
-    if !qemu_installed() {
+    if !installed("qemu-system-x86_64") {
         println!("SKIPPED: qemu-system-x86_64 is not installed");
         return;
     }
