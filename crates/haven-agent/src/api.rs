@@ -474,14 +474,12 @@ async fn group_reply(agent: &Agent, cmd: Command) -> ApiResult<GroupView> {
             // The reply is the group as committed; this node may not have applied it yet
             // (the write may have been forwarded to the leader), so the group part comes
             // from the reply and only its resources' states from the local copy.
-            let mut state = (*agent.db.state()).clone();
-            let name = g.spec.name.clone();
-            state.groups.insert(name.clone(), g.clone());
-            Ok(Json(group_view(&state, &name).unwrap_or(GroupView {
-                state: "pending".into(),
-                resources: vec![],
+            let state = agent.db.state();
+            Ok(Json(GroupView {
+                state: state.group_state_of(&g).to_string(),
+                resources: state.start_order(&g.spec.name),
                 group: g,
-            })))
+            }))
         }
         _ => Err(ApiError::new(500, "internal", "unexpected reply")),
     }

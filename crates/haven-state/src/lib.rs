@@ -284,7 +284,16 @@ impl State {
     /// A group's aggregate state: failed if it was left failed or any resource failed,
     /// online if every resource is online, offline if none is running, else pending.
     pub fn group_state(&self, group: &str) -> &'static str {
-        let Some(g) = self.groups.get(group) else { return "unknown" };
+        match self.groups.get(group) {
+            Some(g) => self.group_state_of(g),
+            None => "unknown",
+        }
+    }
+
+    /// [`State::group_state`] of `g` (e.g. a newer copy of one of this state's groups, as a
+    /// write returned it) with the resource states of this state.
+    pub fn group_state_of(&self, g: &Group) -> &'static str {
+        let group = g.spec.name.as_str();
         if g.failed_reason.is_some() {
             return "failed";
         }
