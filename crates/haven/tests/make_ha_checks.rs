@@ -162,6 +162,23 @@ fn qcow2(path: &Path, backing: Option<&str>) {
     };
 }
 
+/// A fixture and an ext4 loop device on a file `name` in the lab directory, or `None` (with
+/// a printed reason: `what` needs root) where that cannot be had.
+async fn with_loop_device(what: &str, name: &str) -> Option<(Fixture, LoopDev)> {
+    if !is_root() {
+        eprintln!("SKIPPED: {what} needs root");
+        return None;
+    }
+    let f = Fixture::new().await;
+    match LoopDev::ext4(&f.lab.dir().join(name)) {
+        Ok(d) => Some((f, d)),
+        Err(e) => {
+            eprintln!("SKIPPED: no loop device here ({e})");
+            None
+        }
+    }
+}
+
 fn is_root() -> bool {
     std::fs::read_to_string("/proc/self/status")
         .unwrap_or_default()
@@ -511,17 +528,8 @@ async fn check5_node_local_names_of_a_volume_are_named_and_fixed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn check6_a_volume_mounted_inside_another_needs_the_same_group() {
-    if !is_root() {
-        eprintln!("SKIPPED: mounting a loop device inside a volume needs root");
+    let Some((f, dev)) = with_loop_device("mounting a loop device inside a volume", "inner.ext4").await else {
         return;
-    }
-    let f = Fixture::new().await;
-    let dev = match LoopDev::ext4(&f.lab.dir().join("inner.ext4")) {
-        Ok(d) => d,
-        Err(e) => {
-            eprintln!("SKIPPED: no loop device here ({e})");
-            return;
-        }
     };
     let inner = f.shared.join("vol1/inner");
     std::fs::create_dir_all(&inner).expect("mount point");
@@ -585,17 +593,8 @@ async fn check6_a_volume_mounted_inside_another_needs_the_same_group() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn check7_a_pass_through_device_must_be_a_disk_resource_of_the_group() {
-    if !is_root() {
-        eprintln!("SKIPPED: loop devices need root");
+    let Some((f, dev)) = with_loop_device("using a loop device", "pt.ext4").await else {
         return;
-    }
-    let f = Fixture::new().await;
-    let dev = match LoopDev::ext4(&f.lab.dir().join("pt.ext4")) {
-        Ok(d) => d,
-        Err(e) => {
-            eprintln!("SKIPPED: no loop device here ({e})");
-            return;
-        }
     };
     let uuid = run("blkid", &["-s", "UUID", "-o", "value", &dev.0]);
     let def = f.cluster("vol1", "web/vm.toml");
