@@ -27,15 +27,38 @@ use crate::Agent;
 /// How often a worker looks at its group when nothing changes.
 const TICK: Duration = Duration::from_millis(100);
 
+/// A handoff released this long ago and still not over gets its release sent again (the
+/// report queue retries a release that did not commit; this covers one the state machine
+/// refused, e.g. while the node was being re-added).
+const RELEASE_AGAIN_AFTER: Duration = Duration::from_secs(5);
+
 pub async fn run(agent: Arc<Agent>, mut stop: watch::Receiver<bool>) {
     let probed = probe(&agent).await;
-    let mut workers: BTreeMap<String, (JoinHandle<()>, watch::Sender<bool>)> = BTreeMap::new();
+    let mut workers: BTreeMap<String, (JoinHandle<Option<u64>>, watch::Sender<bool>)> = BTreeMap::new();
+    // Handoffs this node has released (group -> placement generation, when): the release
+    // is on its way through the report queue, which retries it until it commits. A new
+    // worker for the same handoff would only send it again, once per commit.
+    let mut released: BTreeMap<String, (u64, Instant)> = BTreeMap::new();
     let mut state_rx = agent.db.subscribe();
     let mut pending_probe = probed;
     loop {
         let stopping = *stop.borrow();
         let state = agent.db.state();
-        workers.retain(|_, (h, _)| !h.is_finished());
+        let finished: Vec<String> =
+            workers.iter().filter(|(_, (h, _))| h.is_finished()).map(|(g, _)| g.clone()).collect();
+        for g in finished {
+            if let Some((h, _)) = workers.remove(&g)
+                && let Ok(Some(generation)) = h.await
+            {
+                released.insert(g, (generation, Instant::now()));
+            }
+        }
+        released.retain(|g, (generation, at)| {
+            let still_waiting = state.groups.get(g).is_some_and(|g| {
+                g.generation == *generation && g.handoff.as_ref().is_some_and(|h| h.from == agent.name())
+            });
+            still_waiting && at.elapsed() < RELEASE_AGAIN_AFTER
+        });
         if !stopping {
             let mine: BTreeSet<String> = state
                 .groups
@@ -43,6 +66,7 @@ pub async fn run(agent: Arc<Agent>, mut stop: watch::Receiver<bool>) {
                 .filter(|g| {
                     g.owner.as_deref() == Some(agent.name())
                         || g.handoff.as_ref().is_some_and(|h| h.from == agent.name())
+                            && !released.contains_key(&g.spec.name)
                 })
                 .map(|g| g.spec.name.clone())
                 .chain(pending_probe.keys().cloned())
@@ -141,7 +165,9 @@ impl GroupWorker {
         }
     }
 
-    async fn run(mut self, mut stop: watch::Receiver<bool>) {
+    /// Runs until the group has nothing left to do here; returns the placement generation
+    /// of the handoff it released, if it ended by releasing one.
+    async fn run(mut self, mut stop: watch::Receiver<bool>) -> Option<u64> {
         let mut state_rx = self.agent.db.subscribe();
         let mut lease_rx = self.agent.lease.subscribe();
         loop {
@@ -163,10 +189,10 @@ impl GroupWorker {
                     // changes nothing.)
                     tracing::info!(group = %self.group, generation = g.generation, "stopped for a move; releasing it");
                     self.agent.release(&self.group, g.generation);
-                    return;
+                    return Some(g.generation);
                 }
                 if self.running.is_empty() && (stopping || !owned_here) {
-                    return;
+                    return None;
                 }
             }
             // Wake exactly when the lease ends: self-fencing must not wait for a tick.

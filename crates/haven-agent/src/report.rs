@@ -36,17 +36,34 @@ fn resource_of(c: &Command) -> Option<(&'static str, &str)> {
     }
 }
 
+/// Queues `c` unless the last queued report about the same thing is the very same report
+/// (a duplicate would commit once more and change nothing). Only the *last* one counts:
+/// `starting, online, starting` must keep its order and its final word.
+///
+/// Without this, a node handing off several groups could queue releases faster than they
+/// commit: every commit woke the resource manager, which sent each pending group's release
+/// again, so the queue grew by one per group per commit, a new handoff's release waited
+/// behind all of them, and the moves never finished (issue 9: groups stuck `moving`).
+fn enqueue(queue: &mut VecDeque<Command>, c: Command) {
+    if let Some(key) = resource_of(&c)
+        && queue.iter().rev().find(|q| resource_of(q) == Some(key)).is_some_and(|q| *q == c)
+    {
+        return;
+    }
+    queue.push_back(c);
+}
+
 pub(crate) async fn run(agent: Arc<Agent>, mut rx: mpsc::UnboundedReceiver<Command>) {
     let mut queue: VecDeque<Command> = VecDeque::new();
     loop {
         if queue.is_empty() {
             match rx.recv().await {
-                Some(c) => queue.push_back(c),
+                Some(c) => enqueue(&mut queue, c),
                 None => return,
             }
         }
         while let Ok(c) = rx.try_recv() {
-            queue.push_back(c);
+            enqueue(&mut queue, c);
         }
         let Some(cmd) = queue.pop_front() else { continue };
         let by = agent.name().to_string();
