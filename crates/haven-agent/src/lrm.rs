@@ -248,6 +248,13 @@ impl GroupWorker {
         }
         let order = state.start_order(&self.group);
 
+        // A resource deleted (or moved to another group) while it ran here must not stay
+        // behind unwatched: stop it first.
+        let gone: Vec<String> = self.running.keys().filter(|n| !order.contains(n)).cloned().collect();
+        for name in gone {
+            self.stop_one(&name, Some("the resource was deleted or moved to another group")).await;
+        }
+
         // Monitor what runs, at each resource's intervals.
         let now = Instant::now();
         let due: Vec<(String, Depth)> = self

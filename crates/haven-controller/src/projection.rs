@@ -34,6 +34,7 @@ impl Projection {
             next_event_id: state.next_event_id,
             fencing: state.fencing.clone(),
             fence_status: state.fence_status.clone(),
+            generation_floor: state.generation_floor,
         };
         Projection { state, now, decisions: Vec::new() }
     }

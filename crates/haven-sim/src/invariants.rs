@@ -6,6 +6,10 @@
 //! 2. **Nothing acknowledged is lost**: see `ClusterDb::check_acknowledged`.
 //! 3. **Liveness** (at the end of the quiet period): every online group that was not left
 //!    failed by policy runs all its resources on exactly one node, its committed owner.
+//! 4. **Handoffs finish** (at the end of the quiet period): no group is still waiting for
+//!    an old owner to let go; a planned move completes or is cancelled once faults stop.
+//! 5. **Idle when settled**: in the last stretch of the quiet period the cluster commits
+//!    (almost) nothing: no report, release or decision is repeated forever.
 //!
 //! This module only records and judges; it never changes what the nodes do.
 
@@ -122,4 +126,35 @@ pub fn check_liveness(
         }
     }
     (violations, left_failed)
+}
+
+/// Invariant 4: one violation per group still in a handoff.
+pub fn check_handoffs_done(state: &State, at: Micros) -> Vec<Violation> {
+    state
+        .groups
+        .values()
+        .filter_map(|g| {
+            let h = g.handoff.as_ref()?;
+            Some(Violation {
+                invariant: "handoff-stuck",
+                at,
+                message: format!(
+                    "group {:?} is still moving from {:?} to {:?} ({}) at the end of the quiet period (generation {})",
+                    g.spec.name, h.from, h.to, h.reason, g.generation
+                ),
+            })
+        })
+        .collect()
+}
+
+/// Invariant 5: the log grew from `from` to `to` entries in the last `window_ms`.
+pub fn check_idle(from: usize, to: usize, window_ms: u64, max: usize, at: Micros) -> Option<Violation> {
+    let commits = to.saturating_sub(from);
+    (commits > max).then(|| Violation {
+        invariant: "busy-when-settled",
+        at,
+        message: format!(
+            "{commits} commits in the last {window_ms} ms of the quiet period (at most {max} expected once settled)"
+        ),
+    })
 }

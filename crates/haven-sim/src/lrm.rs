@@ -20,6 +20,9 @@ use haven_model::ResourceState;
 use haven_policy::RestartDecision;
 use haven_state::State;
 
+/// Why a running resource that is no longer in its group is stopped.
+pub const GONE: &str = "the resource was deleted or moved to another group";
+
 /// A driver call the worker is waiting for.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Op {
@@ -154,6 +157,12 @@ impl Worker {
                 Some(n) => self.begin_stop(&n, Some(reason.to_string()), !v.lease_valid, reports),
                 None => Step::Idle { wake_at: None },
             };
+        }
+        // A resource deleted (or moved to another group) while it runs here: stop it, as
+        // the agent's `run_group` does, before anything else.
+        let order = v.state.start_order(v.group);
+        if let Some(gone) = self.running.iter().find(|n| !order.contains(n)).cloned() {
+            return self.begin_stop(&gone, Some(GONE.to_string()), false, reports);
         }
         let generation = v.state.groups.get(v.group).map(|g| g.generation);
         if self.generation != generation {

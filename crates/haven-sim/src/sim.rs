@@ -16,7 +16,7 @@ use haven_state::{Command, Request};
 
 use crate::clock::{Clock, EPOCH_US, Micros};
 use crate::cluster_db::ClusterDb;
-use crate::invariants::{Running, Violation, check_liveness};
+use crate::invariants::{Running, Violation, check_handoffs_done, check_idle, check_liveness};
 use crate::lrm::{Op, Report, Step, View};
 use crate::network::{NORMAL_DELAY_US, Network};
 use crate::node::Node;
@@ -121,8 +121,15 @@ enum Ev {
     LossEnd,
     SlowEnd,
     QuietStart,
+    /// The last `IDLE_WINDOW_MS` of the quiet period begin: count the commits from here.
+    IdleFrom,
     End,
 }
+
+/// The last stretch of the quiet period in which a settled cluster must be idle.
+const IDLE_WINDOW_MS: u64 = 10_000;
+/// Commits allowed in that stretch (a straggling status report or two).
+const IDLE_MAX_COMMITS: usize = 3;
 
 struct Entry {
     at: Micros,
@@ -160,6 +167,12 @@ pub(crate) struct Sim {
     nodes: Vec<Node>,
     names: Vec<String>,
     groups: Vec<String>,
+    /// The operator's own definitions of the groups and resources (the scenario's create
+    /// commands), to re-create what the churn deleted.
+    definitions: Vec<Command>,
+    /// The committed log's length when the last stretch of the quiet period began: after
+    /// it, an idle cluster commits (almost) nothing.
+    idle_from: Option<usize>,
     db: ClusterDb,
     net: Network,
     running: Running,
@@ -203,6 +216,13 @@ impl Sim {
             seq: 0,
             names: scenario.nodes.clone(),
             groups: scenario.groups.clone(),
+            definitions: scenario
+                .setup
+                .iter()
+                .filter(|r| matches!(r.command, Command::CreateGroup { .. } | Command::CreateResource { .. }))
+                .map(|r| r.command.clone())
+                .collect(),
+            idle_from: None,
             nodes,
             db: ClusterDb::new(scenario.setup),
             net: Network::new(n),
@@ -270,6 +290,7 @@ impl Sim {
             sim.at(d, Ev::OperatorMove);
         }
         sim.at(opts.fault_ms * MS, Ev::QuietStart);
+        sim.at((opts.fault_ms + opts.quiet_ms.saturating_sub(IDLE_WINDOW_MS)) * MS, Ev::IdleFrom);
         sim.at((opts.fault_ms + opts.quiet_ms) * MS, Ev::End);
         sim
     }
@@ -468,6 +489,7 @@ impl Sim {
                 }
             }
             Ev::ResumeAll => self.resume_all(),
+            Ev::IdleFrom => self.idle_from = Some(self.db.len()),
             Ev::End => self.end(),
         }
     }
@@ -965,20 +987,70 @@ impl Sim {
         if !self.faults_on {
             return;
         }
-        let gap = self.move_rng.range(1_000, 8_000);
+        let gap = self.move_rng.range(300, 4_000);
         self.after(gap * MS, Ev::OperatorMove);
         let group = self.groups[self.move_rng.below(self.groups.len())].clone();
         let node = self.names[self.move_rng.below(self.names.len())].clone();
-        let cmd = if self.move_rng.below(4) == 0 {
-            // Pause (drain) a node, or resume it; at most a minority paused at a time.
-            let paused = self.db.state.nodes.values().filter(|n| n.paused).count();
-            let is_paused = self.db.state.nodes.get(&node).is_some_and(|n| n.paused);
-            let pause = !is_paused && (paused + 1) * 2 < self.names.len();
-            Command::SetNodePaused { name: node, paused: pause }
-        } else {
-            Command::MoveGroup { name: group, node }
+        let cmd = match self.move_rng.below(12) {
+            0..=2 => {
+                // Pause (drain) a node, or resume it; at most a minority paused at a time.
+                let paused = self.db.state.nodes.values().filter(|n| n.paused).count();
+                let is_paused = self.db.state.nodes.get(&node).is_some_and(|n| n.paused);
+                let pause = !is_paused && (paused + 1) * 2 < self.names.len();
+                Command::SetNodePaused { name: node, paused: pause }
+            }
+            // Take a group offline or bring it online.
+            3 => {
+                let online = !self.db.state.groups.get(&group).is_some_and(|g| g.spec.online);
+                Command::SetGroupOnline { name: group, online }
+            }
+            // Delete one of its resources (refused unless it is offline or failed), or its
+            // group (refused while it has resources), or re-create what is missing.
+            4 => {
+                let resources: Vec<String> = self
+                    .definitions_of(&group)
+                    .iter()
+                    .filter(|c| self.exists(c))
+                    .filter_map(|c| match c {
+                        Command::CreateResource { spec } => Some(spec.name.clone()),
+                        _ => None,
+                    })
+                    .collect();
+                if !resources.is_empty() && self.move_rng.below(3) != 0 {
+                    Command::DeleteResource { name: resources[self.move_rng.below(resources.len())].clone() }
+                } else {
+                    Command::DeleteGroup { name: group }
+                }
+            }
+            5 => match self.definitions_of(&group).into_iter().find(|c| !self.exists(c)) {
+                Some(c) => c,
+                None => Command::MoveGroup { name: group, node },
+            },
+            _ => Command::MoveGroup { name: group, node },
         };
         self.operator(cmd);
+    }
+
+    /// The scenario's create commands of `group` and its resources, the group first.
+    fn definitions_of(&self, group: &str) -> Vec<Command> {
+        self.definitions
+            .iter()
+            .filter(|c| match c {
+                Command::CreateGroup { spec } => spec.name == group,
+                Command::CreateResource { spec } => spec.group == group,
+                _ => false,
+            })
+            .cloned()
+            .collect()
+    }
+
+    /// Whether what a create command defines exists in the committed state.
+    fn exists(&self, create: &Command) -> bool {
+        match create {
+            Command::CreateGroup { spec } => self.db.state.groups.contains_key(&spec.name),
+            Command::CreateResource { spec } => self.db.state.resources.contains_key(&spec.name),
+            _ => true,
+        }
     }
 
     /// Commits an operator command through the leader, if there is one with quorum.
@@ -996,13 +1068,29 @@ impl Sim {
         true
     }
 
+    /// The operator undoes the churn: every node resumed, every group and resource that
+    /// was deleted created again, every group online. Retried until all of it committed.
     fn resume_all(&mut self) {
         let paused: Vec<String> = self.db.state.nodes.values().filter(|n| n.paused).map(|n| n.name.clone()).collect();
-        for name in paused {
-            if !self.operator(Command::SetNodePaused { name, paused: false }) {
-                self.after(1_000 * MS, Ev::ResumeAll);
-                return;
+        let mut todo: Vec<Command> =
+            paused.into_iter().map(|name| Command::SetNodePaused { name, paused: false }).collect();
+        todo.extend(self.definitions.iter().filter(|c| !self.exists(c)).cloned());
+        for g in &self.groups {
+            if self.definitions_of(g).iter().all(|c| self.exists(c))
+                && self.db.state.groups.get(g).is_some_and(|g| !g.spec.online)
+            {
+                todo.push(Command::SetGroupOnline { name: g.clone(), online: true });
             }
+        }
+        let again = !todo.is_empty();
+        for cmd in todo {
+            if !self.operator(cmd) {
+                break;
+            }
+        }
+        // A group re-created just now is brought online by the next round.
+        if again {
+            self.after(1_000 * MS, Ev::ResumeAll);
         }
     }
 
@@ -1095,7 +1183,11 @@ impl Sim {
                 })
                 .collect()
         };
-        let (violations, left_failed) = check_liveness(&self.db.state, &self.names, online_on, self.now);
+        let (mut violations, left_failed) = check_liveness(&self.db.state, &self.names, online_on, self.now);
+        violations.extend(check_handoffs_done(&self.db.state, self.now));
+        if let Some(from) = self.idle_from {
+            violations.extend(check_idle(from, self.db.len(), IDLE_WINDOW_MS, IDLE_MAX_COMMITS, self.now));
+        }
         self.stats.left_failed += left_failed;
         for v in violations {
             self.note(|_| format!("VIOLATION {v}"));

@@ -113,7 +113,7 @@ pub(crate) fn apply(s: &mut State, req: &Request) -> Response {
             let g = Group {
                 spec: spec.clone(),
                 owner: None,
-                generation: 0,
+                generation: s.generation_floor,
                 failovers: Vec::new(),
                 failed_reason: None,
                 handoff: None,
@@ -142,15 +142,19 @@ pub(crate) fn apply(s: &mut State, req: &Request) -> Response {
                     quoted(&members)
                 )));
             }
-            s.groups.remove(name);
+            if let Some(g) = s.groups.remove(name) {
+                s.generation_floor = s.generation_floor.max(g.generation);
+            }
             event(s, at, by, "group-deleted", None, Some(name), None, format!("group {name:?} deleted"));
             Ok(Reply::None)
         }
         Command::SetGroupOnline { name, online } => {
             let g = group_mut(s, name)?;
             g.spec.online = *online;
-            if *online {
-                g.failed_reason = None;
+            if *online && g.failed_reason.take().is_some() {
+                // A fresh start: the owner's resource manager forgets the failures it gave
+                // up on (it counts them per placement generation).
+                g.generation += 1;
             }
             let reply = g.clone();
             let what = if *online { "brought online" } else { "taken offline" };
@@ -372,6 +376,11 @@ pub(crate) fn apply(s: &mut State, req: &Request) -> Response {
             }
             let g = r.spec.group.clone();
             s.resources.remove(name);
+            // The owner's resource manager counts failures (and what it gave up on) per
+            // placement generation: a resource created again under this name starts afresh.
+            if let Some(grp) = s.groups.get_mut(&g) {
+                grp.generation += 1;
+            }
             event(s, at, by, "resource-deleted", None, Some(&g), Some(name), format!("resource {name:?} deleted"));
             Ok(Reply::None)
         }
@@ -450,6 +459,9 @@ pub(crate) fn apply(s: &mut State, req: &Request) -> Response {
             if let Some(grp) = s.groups.get_mut(&g) {
                 grp.failed_reason = None;
                 grp.failovers.clear();
+                // The owner's resource manager gave up on the resource for this placement
+                // generation; a new one makes it try again.
+                grp.generation += 1;
             }
             event(
                 s,

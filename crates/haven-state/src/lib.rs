@@ -69,6 +69,11 @@ pub struct State {
     /// Fencing progress per node.
     #[serde(default)]
     pub fence_status: BTreeMap<String, FenceStatus>,
+    /// The highest placement generation a deleted group had: a group created later starts
+    /// above it, so a name's generation (the fencing token its disks' claims carry, and
+    /// what resource managers count failures by) never goes back.
+    #[serde(default)]
+    pub generation_floor: u64,
 }
 
 /// Where fencing a node stands. Times are compared with the node's `since` (when it went
