@@ -23,9 +23,10 @@ pub enum ClientError {
     #[error("{message}")]
     Api { status: u16, code: String, message: String, field: Option<String> },
     /// No server answered; `tried` holds every server the request was sent to, in order,
-    /// with why it did not answer.
-    #[error("{}", unreachable_message(tried))]
-    Unreachable { tried: Vec<Unanswered> },
+    /// with why it did not answer. `may_be_applied`: a write got as far as the last one
+    /// (the connection was made), so it may have been applied there; it was not sent on.
+    #[error("{}", unreachable_message(tried, *may_be_applied))]
+    Unreachable { tried: Vec<Unanswered>, may_be_applied: bool },
     #[error("unexpected answer from {url}: {reason}")]
     Protocol { url: String, reason: String },
 }
@@ -38,16 +39,27 @@ pub struct Unanswered {
     pub reason: String,
 }
 
-fn unreachable_message(tried: &[Unanswered]) -> String {
+fn unreachable_message(tried: &[Unanswered], may_be_applied: bool) -> String {
     const FIX: &str = "is `haven agent` running there? (set --server or HAVEN_SERVER; \
                        several agents, separated by commas, are tried in turn)";
+    let list = |us: &[Unanswered]| us.iter().map(|u| format!("{} ({})", u.server, u.reason)).collect::<Vec<_>>();
     match tried {
         [] => "no Haven agent to send the request to; set --server or HAVEN_SERVER (e.g. 127.0.0.1:7400)".into(),
-        [one] => format!("cannot reach the Haven agent at {}: {}; {FIX}", one.server, one.reason),
-        many => {
-            let list: Vec<String> = many.iter().map(|u| format!("{} ({})", u.server, u.reason)).collect();
-            format!("cannot reach any of the {} Haven agents tried: {}; {FIX}", many.len(), list.join(", "))
+        [before @ .., last] if may_be_applied => {
+            let before = if before.is_empty() {
+                String::new()
+            } else {
+                format!(" (before it, these could not be reached: {})", list(before).join(", "))
+            };
+            format!(
+                "no answer from the Haven agent at {}: {}{before}; the request may have reached it and may \
+                 still be applied, so it was not sent to another agent; check whether it took effect (e.g. \
+                 `haven group list`) before you retry",
+                last.server, last.reason
+            )
         }
+        [one] => format!("cannot reach the Haven agent at {}: {}; {FIX}", one.server, one.reason),
+        many => format!("cannot reach any of the {} Haven agents tried: {}; {FIX}", many.len(), list(many).join(", ")),
     }
 }
 
@@ -155,33 +167,22 @@ impl Client {
             match req.send().await {
                 Ok(resp) => {
                     self.current.store(i, Ordering::Relaxed);
-                    return read_answer(resp, server, url).await;
+                    return read_answer(resp, server, url, method != Method::GET).await;
                 }
                 Err(e) => {
+                    tried.push(Unanswered { server: server.clone(), reason: root_cause(&e) });
                     // A connect error proves the request was not delivered, so any request
                     // may go to the next server. Any other transport failure (timeout,
                     // connection reset) may come after the server got the request: a read
                     // may still move on, but a write must not, or it could be applied
                     // twice.
-                    let delivered_maybe = !e.is_connect();
-                    let mut reason = root_cause(&e);
-                    if delivered_maybe && method != Method::GET {
-                        if k + 1 < n {
-                            reason.push_str(
-                                "; the request may have reached it and may still be applied, \
-                                 so it was not sent to another server",
-                            );
-                        } else {
-                            reason.push_str("; the request may have reached it and may still be applied");
-                        }
-                        tried.push(Unanswered { server: server.clone(), reason });
-                        break;
+                    if !e.is_connect() && method != Method::GET {
+                        return Err(ClientError::Unreachable { tried, may_be_applied: true });
                     }
-                    tried.push(Unanswered { server: server.clone(), reason });
                 }
             }
         }
-        Err(ClientError::Unreachable { tried })
+        Err(ClientError::Unreachable { tried, may_be_applied: false })
     }
 }
 
@@ -190,11 +191,13 @@ fn json_body<B: Serialize>(body: &B, path: &str) -> Result<Vec<u8>, ClientError>
         .map_err(|e| ClientError::Protocol { url: path.to_string(), reason: format!("cannot encode the request: {e}") })
 }
 
-/// The answer of `server` to a request for `url`: its JSON on success, else its error body.
+/// The answer of `server` to a request for `url` (a `write` unless a GET): its JSON on
+/// success, else its error body.
 async fn read_answer<T: DeserializeOwned>(
     resp: reqwest::Response,
     server: &str,
     url: String,
+    write: bool,
 ) -> Result<T, ClientError> {
     let status = resp.status().as_u16();
     let bytes = resp.bytes().await.map_err(|e| ClientError::Unreachable {
@@ -202,6 +205,8 @@ async fn read_answer<T: DeserializeOwned>(
             server: server.to_string(),
             reason: format!("the connection broke while reading its answer (HTTP {status}): {}", root_cause(&e)),
         }],
+        // It answered, so a write arrived; unless it was refused (4xx) it may be applied.
+        may_be_applied: write && !(400..500).contains(&status),
     })?;
     if (200..300).contains(&status) {
         let body: &[u8] = if bytes.is_empty() { b"null" } else { &bytes };
