@@ -25,7 +25,8 @@ EXIT STATUS:
   0  success
   1  the agent refused the request (invalid value, unknown name, conflict); the message says why
   2  command-line usage error
-  3  the agent is unreachable, or the cluster has no quorum and refuses changes
+  3  no agent could be reached (or a write's outcome is unknown), or the cluster has no
+     quorum and refuses changes
 
 ENVIRONMENT:
   HAVEN_SERVER  the agents to talk to (same as --server), e.g. 127.0.0.1:7401,127.0.0.1:7402";

@@ -128,9 +128,10 @@ pub async fn run(args: DemoArgs, fmt: Format) -> Result<(), Failure> {
             ),
         });
     }
+    earlier_demo_gone(&dir, args.nodes)?;
     std::fs::write(dir.join(DEMO_PID), std::process::id().to_string())
         .map_err(|e| fail(format!("cannot write {}: {e}", dir.join(DEMO_PID).display())))?;
-    let mut cluster = DemoCluster { dir: dir.clone(), nodes: Vec::new(), children: Vec::new() };
+    let mut cluster = DemoCluster { dir: dir.clone(), nodes: Vec::new(), children: Vec::new(), stopped: false };
     let started = tokio::select! {
         r = start(&args, &mut cluster, fmt) => Some(r),
         () = signals.recv() => None,
@@ -142,11 +143,11 @@ pub async fn run(args: DemoArgs, fmt: Format) -> Result<(), Failure> {
         }
         Some(Err(e)) => Err(e),
         None => {
-            println!("\ninterrupted while starting");
+            say("\ninterrupted while starting");
             Ok(())
         }
     };
-    println!("\nstopping the demo cluster...");
+    say("\nstopping the demo cluster...");
     let left = cluster.stop();
     if !left.is_empty() {
         if let Some(t) = tmp {
@@ -159,19 +160,57 @@ pub async fn run(args: DemoArgs, fmt: Format) -> Result<(), Failure> {
             dir.display()
         )));
     }
-    println!("every agent of the demo and every process they started has stopped");
+    say("every agent of the demo and every process they started has stopped");
     if args.keep || args.dir.is_some() {
-        println!("kept {}", dir.display());
+        say(&format!("kept {}", dir.display()));
         if let Some(t) = tmp {
             let _ = t.keep();
         }
     } else if let Some(t) = tmp {
         match t.close() {
-            Ok(()) => println!("removed {}", dir.display()),
+            Ok(()) => say(&format!("removed {}", dir.display())),
             Err(e) => eprintln!("warning: cannot remove {}: {e}", dir.display()),
         }
     }
     result
+}
+
+/// Prints a line of the shutdown. Unlike `println!` it cannot panic when the terminal has
+/// gone (SIGHUP) or the reader of a pipe has exited, which would skip the cleanup.
+fn say(line: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stdout(), "{line}");
+}
+
+/// Refuses a directory where an earlier demo left something: an agent that still runs (its
+/// demo was killed without a chance to stop it), or a node's state (a kept directory),
+/// which the new agents would start from and the new cluster could not be founded on.
+fn earlier_demo_gone(dir: &Path, nodes: u32) -> Result<(), Failure> {
+    for i in 1..=9 {
+        let node = DemoNode::new(dir, &format!("node{i}"));
+        if let NodeRun::Running { pid: sid, .. } | NodeRun::Orphans { sid, .. } = node.run_state() {
+            return Err(Failure {
+                code: EXIT_USAGE,
+                message: format!(
+                    "{} of an earlier demo in {} still runs (session {sid}); kill it with {}, or pick another --dir",
+                    node.name,
+                    dir.display(),
+                    node.kill_hint()
+                ),
+            });
+        }
+        if i <= nodes && node.dir.join("state").exists() {
+            return Err(Failure {
+                code: EXIT_USAGE,
+                message: format!(
+                    "{} holds the state of an earlier demo ({}); remove it, or pick another --dir",
+                    dir.display(),
+                    node.dir.join("state").display()
+                ),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// The signals that end the demo: Ctrl-C, SIGTERM, and SIGHUP (its terminal closed).
@@ -537,6 +576,16 @@ struct DemoCluster {
     nodes: Vec<DemoNode>,
     /// `(index in nodes, agent)`, reaped on stop.
     children: Vec<(usize, Child)>,
+    /// Whether `stop` ran (else dropping the cluster, on a panic, runs it).
+    stopped: bool,
+}
+
+impl Drop for DemoCluster {
+    fn drop(&mut self) {
+        if !self.stopped {
+            self.stop();
+        }
+    }
 }
 
 impl DemoCluster {
@@ -545,6 +594,7 @@ impl DemoCluster {
     /// agents get SIGTERM first (they stop their resources), then every session left is
     /// SIGKILLed. Returns what still runs after that (empty when all is gone).
     fn stop(&mut self) -> Vec<String> {
+        self.stopped = true;
         // Held to the end: a `demo restart` waiting for a lock then finds no demo and refuses.
         let _locks: Vec<std::fs::File> = self.nodes.iter().filter_map(|n| n.lock().ok()).collect();
         let _ = std::fs::remove_file(self.dir.join(DEMO_PID));
@@ -656,7 +706,7 @@ async fn start(args: &DemoArgs, cluster: &mut DemoCluster, fmt: Format) -> Resul
             .map_err(Failure::from)?;
     }
     create_samples(first).await?;
-    let vm = if args.no_vm { Err("--no-vm".to_string()) } else { prepare_vm_volume(&cluster.dir).await };
+    let vm = if args.no_vm { Err("--no-vm was given".to_string()) } else { prepare_vm_volume(&cluster.dir).await };
     let with_vm = match vm {
         Ok(volume) => {
             create_vm_sample(first, &volume).await?;
@@ -716,32 +766,43 @@ async fn start(args: &DemoArgs, cluster: &mut DemoCluster, fmt: Format) -> Resul
         .unwrap_or("node1".into());
     // Web moves there, then that node dies: web fails over again, to a survivor.
     let other = nodes.iter().map(|n| n.node.name.clone()).find(|n| *n != web_owner).unwrap_or(web_owner.clone());
+    let mut tries: Vec<(String, &str)> = Vec::new();
+    if let Some(exe_dir) = path_hint() {
+        tries.push((format!("export PATH={exe_dir}:$PATH"), "the `haven` that runs this demo"));
+    }
+    tries.extend([
+        (format!("export HAVEN_SERVER={servers}"), "every node: each command uses the first that answers"),
+        ("haven node list".into(), ""),
+        ("haven group list".into(), ""),
+        ("haven group show web".into(), ""),
+        ("curl -s http://127.0.0.1:18080/ | head -3".into(), "the web group's service"),
+        (format!("haven group move web --to {other}"), "planned move"),
+        (format!("haven demo kill {other} --dir {dir}"), "web's node dies: web fails over"),
+        ("haven group list".into(), "web is back on a survivor"),
+        ("haven history --group web".into(), "what happened and why"),
+        (format!("haven demo restart {other} --dir {dir}"), "it comes back and rejoins"),
+        ("haven vm list".into(), "the sample VM (if QEMU is installed)"),
+        ("haven vm console vm".into(), "its serial console"),
+        ("haven -o json group list".into(), ""),
+    ]);
+    let width = tries.iter().map(|(c, _)| c.len()).max().unwrap_or(0);
     println!("\nTry, in another terminal:");
-    if let Some(line) = path_hint() {
-        println!("  {line}");
+    for (command, comment) in &tries {
+        if comment.is_empty() {
+            println!("  {command}");
+        } else {
+            println!("  {command:width$}   # {comment}");
+        }
     }
     println!(
-        "\x20 export HAVEN_SERVER={servers}   # every node: each command uses the first that answers\n\
-         \x20 haven node list\n\
-         \x20 haven group list\n\
-         \x20 haven group show web\n\
-         \x20 curl -s http://127.0.0.1:18080/ | head -3          # the web group's service\n\
-         \x20 haven group move web --to {other}                  # planned move\n\
-         \x20 haven demo kill {other} --dir {dir}            # web's node dies: web fails over\n\
-         \x20 haven group list                                   # web is back on a survivor\n\
-         \x20 haven history --group web                          # what happened and why\n\
-         \x20 haven demo restart {other} --dir {dir}         # it comes back and rejoins\n\
-         \x20 haven vm list                                      # the sample VM (if QEMU is installed)\n\
-         \x20 haven vm console vm                                # its serial console\n\
-         \x20 haven -o json group list\n\
-         \nThe API is at http://{first_addr}/api/v1 (OpenAPI: /api/v1/openapi.json).\n\
+        "\nThe API is at http://{first_addr}/api/v1 (OpenAPI: /api/v1/openapi.json).\n\
          Press Ctrl-C to stop the demo and clean up."
     );
     Ok(())
 }
 
-/// `export PATH=<dir of this binary>:$PATH` when `haven` in PATH is not this binary, so the
-/// commands the demo prints run the same build.
+/// The directory of this binary when `haven` in PATH is not this binary: the demo then
+/// prints `export PATH=<it>:$PATH`, so the commands it suggests run the same build.
 fn path_hint() -> Option<String> {
     let exe = std::env::current_exe().ok()?;
     let exe = std::fs::canonicalize(&exe).unwrap_or(exe);
@@ -750,7 +811,7 @@ fn path_hint() -> Option<String> {
     if on_path.and_then(|p| std::fs::canonicalize(p).ok()).as_ref() == Some(&exe) {
         return None;
     }
-    Some(format!("export PATH={}:$PATH       # the `haven` that runs this demo", exe.parent()?.display()))
+    Some(exe.parent()?.display().to_string())
 }
 
 async fn create_samples(c: &Client) -> Result<(), Failure> {
