@@ -230,3 +230,37 @@ fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
     }
     cur.to_string()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn down(server: &str, reason: &str) -> Unanswered {
+        Unanswered { server: server.into(), reason: reason.into() }
+    }
+
+    #[test]
+    fn the_unreachable_error_names_every_server_tried_and_whether_a_write_may_be_applied() {
+        let one = unreachable_message(&[down("http://a:1", "refused")], false);
+        assert!(one.starts_with("cannot reach the Haven agent at http://a:1: refused; "), "{one}");
+        let many = unreachable_message(&[down("http://a:1", "refused"), down("http://b:2", "timed out")], false);
+        assert!(
+            many.starts_with(
+                "cannot reach any of the 2 Haven agents tried: http://a:1 (refused), http://b:2 (timed out); "
+            ),
+            "{many}"
+        );
+        let maybe = unreachable_message(&[down("http://a:1", "refused"), down("http://b:2", "reset")], true);
+        assert!(maybe.starts_with("no answer from the Haven agent at http://b:2: reset (before it"), "{maybe}");
+        assert!(maybe.contains("http://a:1 (refused)") && maybe.contains("may still be applied"), "{maybe}");
+        assert!(unreachable_message(&[], false).contains("set --server or HAVEN_SERVER"));
+    }
+
+    #[test]
+    fn servers_get_a_scheme_and_lose_a_trailing_slash() {
+        let c = Client::with_servers(&["127.0.0.1:7401", " http://h:2/ "], Duration::from_secs(1));
+        assert_eq!(c.servers(), ["http://127.0.0.1:7401", "http://h:2"]);
+        assert_eq!(c.base(), "http://127.0.0.1:7401");
+        assert_eq!(Client::with_servers::<&str>(&[], Duration::from_secs(1)).base(), "");
+    }
+}
