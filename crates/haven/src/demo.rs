@@ -154,9 +154,11 @@ pub async fn run(args: DemoArgs, fmt: Format) -> Result<(), Failure> {
             let _ = t.keep();
         }
         return Err(fail(format!(
-            "could not stop everything the demo started: {} still run{}; kept {} (kill them with `kill -KILL -- -<pid>`)",
+            "could not stop everything the demo started: {} still run{}; kept {} (try `haven demo kill <node> --dir {}`; \
+             processes that outlive SIGKILL are stuck in the kernel)",
             left.join(", "),
             if left.len() == 1 { "s" } else { "" },
+            dir.display(),
             dir.display()
         )));
     }
