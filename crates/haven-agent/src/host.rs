@@ -27,9 +27,10 @@ pub fn session_members(sid: i32) -> Vec<i32> {
 }
 
 /// SIGKILLs every process of session `sid`, repeating until none is left (one may fork
-/// while we look), at most 50 rounds. Returns how many signals were sent.
+/// while we look), at most 50 rounds. Returns how many processes were signalled (each
+/// counted once).
 pub fn kill_session(sid: i32) -> usize {
-    let mut total = 0;
+    let mut signalled = std::collections::BTreeSet::new();
     for _ in 0..50 {
         let members = session_members(sid);
         if members.is_empty() {
@@ -41,8 +42,8 @@ pub fn kill_session(sid: i32) -> usize {
                 libc::kill(*pid, libc::SIGKILL);
             }
         }
-        total += members.len();
+        signalled.extend(members);
         std::thread::sleep(Duration::from_millis(20));
     }
-    total
+    signalled.len()
 }

@@ -1,23 +1,66 @@
 //! A small JSON-over-HTTP client for `/api/v1`, used by the CLI and the tests.
+//!
+//! A client knows one or more servers (agents of the same cluster) and sends each request
+//! to one of them: the one that answered last, else the first. When a server cannot be
+//! reached it tries the next, but only when that is safe: a read (GET) on any transport
+//! failure, a write only when the connection was never made — otherwise the write may have
+//! reached the first server and could be applied twice. An HTTP error is an answer and is
+//! returned as it is, never retried elsewhere.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use reqwest::Method;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::ErrorBody;
 
-/// Why a call failed: the agent refused it (with its message), or it could not be reached.
+/// Why a call failed: the agent refused it (with its message), or no agent could be reached.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     #[error("{message}")]
     Api { status: u16, code: String, message: String, field: Option<String> },
-    #[error(
-        "cannot reach the Haven agent at {url}: {reason}; is `haven agent` running there? (set --server or HAVEN_SERVER)"
-    )]
-    Unreachable { url: String, reason: String },
+    /// No server answered; `tried` holds every server the request was sent to, in order,
+    /// with why it did not answer. `may_be_applied`: a write got as far as the last one
+    /// (the connection was made), so it may have been applied there; it was not sent on.
+    #[error("{}", unreachable_message(tried, *may_be_applied))]
+    Unreachable { tried: Vec<Unanswered>, may_be_applied: bool },
     #[error("unexpected answer from {url}: {reason}")]
     Protocol { url: String, reason: String },
+}
+
+/// A server that did not answer a request, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unanswered {
+    /// `http://host:port`.
+    pub server: String,
+    pub reason: String,
+}
+
+fn unreachable_message(tried: &[Unanswered], may_be_applied: bool) -> String {
+    const FIX: &str = "is `haven agent` running there? (set --server or HAVEN_SERVER; \
+                       several agents, separated by commas, are tried in turn)";
+    let list = |us: &[Unanswered]| us.iter().map(|u| format!("{} ({})", u.server, u.reason)).collect::<Vec<_>>();
+    match tried {
+        [] => "no Haven agent to send the request to; set --server or HAVEN_SERVER (e.g. 127.0.0.1:7400)".into(),
+        [before @ .., last] if may_be_applied => {
+            let before = if before.is_empty() {
+                String::new()
+            } else {
+                format!(" (before it, these could not be reached: {})", list(before).join(", "))
+            };
+            format!(
+                "no answer from the Haven agent at {}: {}{before}; the request may have reached it and may \
+                 still be applied, so it was not sent to another agent; check whether it took effect (e.g. \
+                 `haven group list`) before you retry",
+                last.server, last.reason
+            )
+        }
+        [one] => format!("cannot reach the Haven agent at {}: {}; {FIX}", one.server, one.reason),
+        many => format!("cannot reach any of the {} Haven agents tried: {}; {FIX}", many.len(), list(many).join(", ")),
+    }
 }
 
 impl ClientError {
@@ -29,83 +72,154 @@ impl ClientError {
     }
 }
 
-/// Talks to one agent. Cheap to clone.
+/// Talks to the agents of one cluster (one or several servers). Cheap to clone; clones
+/// share which server answered last.
 #[derive(Clone, Debug)]
 pub struct Client {
-    base: String,
+    /// `http://host:port` of each server, in the order given; never empty (see `servers`).
+    servers: Arc<[String]>,
+    /// Index in `servers` of the one that answered last: the next request starts there.
+    current: Arc<AtomicUsize>,
     http: reqwest::Client,
 }
 
 impl Client {
-    /// `base` is `http://host:port` (a bare `host:port` gets `http://`).
+    /// One server; `base` is `http://host:port` (a bare `host:port` gets `http://`).
     pub fn new(base: &str) -> Client {
         Client::with_timeout(base, Duration::from_secs(30))
     }
 
+    /// One server, with `timeout` for each whole request.
     pub fn with_timeout(base: &str, timeout: Duration) -> Client {
-        let base = base.trim_end_matches('/');
-        let base = if base.contains("://") { base.to_string() } else { format!("http://{base}") };
+        Client::with_servers(&[base], timeout)
+    }
+
+    /// Several servers of one cluster, tried in turn when one is unreachable (see the
+    /// module header for when a request moves on). With no servers every request fails
+    /// with [`ClientError::Unreachable`] saying how to name one.
+    pub fn with_servers<S: AsRef<str>>(servers: &[S], timeout: Duration) -> Client {
+        let servers: Vec<String> = servers
+            .iter()
+            .map(|s| {
+                let s = s.as_ref().trim().trim_end_matches('/');
+                if s.contains("://") { s.to_string() } else { format!("http://{s}") }
+            })
+            .collect();
         let http = reqwest::Client::builder()
             .timeout(timeout)
             .connect_timeout(Duration::from_secs(3))
             .build()
             .unwrap_or_else(|_| reqwest::Client::new());
-        Client { base, http }
+        Client { servers: servers.into(), current: Arc::new(AtomicUsize::new(0)), http }
     }
 
+    /// The server the next request goes to first: the one that answered last, else the
+    /// first given.
     pub fn base(&self) -> &str {
-        &self.base
+        let i = self.current.load(Ordering::Relaxed);
+        self.servers.get(i).or(self.servers.first()).map(String::as_str).unwrap_or("")
+    }
+
+    /// Every server, as `http://host:port`, in the order given.
+    pub fn servers(&self) -> &[String] {
+        &self.servers
     }
 
     pub async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
-        self.send(self.http.get(self.url(path)), path).await
+        self.send(Method::GET, path, None).await
     }
     pub async fn post<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> Result<T, ClientError> {
-        self.send(self.http.post(self.url(path)).json(body), path).await
+        self.send(Method::POST, path, Some(json_body(body, path)?)).await
     }
     pub async fn put<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> Result<T, ClientError> {
-        self.send(self.http.put(self.url(path)).json(body), path).await
+        self.send(Method::PUT, path, Some(json_body(body, path)?)).await
     }
     pub async fn patch<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> Result<T, ClientError> {
-        self.send(self.http.patch(self.url(path)).json(body), path).await
+        self.send(Method::PATCH, path, Some(json_body(body, path)?)).await
     }
     pub async fn delete<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
-        self.send(self.http.delete(self.url(path)), path).await
+        self.send(Method::DELETE, path, None).await
     }
     /// Sends raw bytes as a JSON body (tests of malformed input use this).
     pub async fn post_raw<T: DeserializeOwned>(&self, path: &str, body: Vec<u8>) -> Result<T, ClientError> {
-        let req = self.http.post(self.url(path)).header("content-type", "application/json").body(body);
-        self.send(req, path).await
+        self.send(Method::POST, path, Some(body)).await
     }
 
-    fn url(&self, path: &str) -> String {
-        format!("{}{}", self.base, path)
-    }
-
-    async fn send<T: DeserializeOwned>(&self, req: reqwest::RequestBuilder, path: &str) -> Result<T, ClientError> {
-        let url = self.url(path);
-        let resp = req
-            .send()
-            .await
-            .map_err(|e| ClientError::Unreachable { url: self.base.clone(), reason: root_cause(&e) })?;
-        let status = resp.status().as_u16();
-        let bytes =
-            resp.bytes().await.map_err(|e| ClientError::Unreachable { url: url.clone(), reason: root_cause(&e) })?;
-        if (200..300).contains(&status) {
-            let body: &[u8] = if bytes.is_empty() { b"null" } else { &bytes };
-            return serde_json::from_slice(body).map_err(|e| ClientError::Protocol { url, reason: e.to_string() });
-        }
-        match serde_json::from_slice::<ErrorBody>(&bytes) {
-            Ok(b) => {
-                Err(ClientError::Api { status, code: b.error.code, message: b.error.message, field: b.error.field })
+    /// Sends the request to the servers in turn, starting with the one that answered last,
+    /// until one answers or moving on is no longer safe.
+    async fn send<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+    ) -> Result<T, ClientError> {
+        let n = self.servers.len();
+        let start = self.current.load(Ordering::Relaxed);
+        let mut tried = Vec::new();
+        for k in 0..n {
+            let i = (start + k) % n;
+            let server = &self.servers[i];
+            let url = format!("{server}{path}");
+            let mut req = self.http.request(method.clone(), &url);
+            if let Some(b) = &body {
+                req = req.header("content-type", "application/json").body(b.clone());
             }
-            Err(_) => Err(ClientError::Api {
-                status,
-                code: "http".into(),
-                message: format!("HTTP {status} from {url}: {}", String::from_utf8_lossy(&bytes).trim()),
-                field: None,
-            }),
+            match req.send().await {
+                Ok(resp) => {
+                    self.current.store(i, Ordering::Relaxed);
+                    return read_answer(resp, server, url, method != Method::GET).await;
+                }
+                Err(e) => {
+                    tried.push(Unanswered { server: server.clone(), reason: root_cause(&e) });
+                    // A connect error proves the request was not delivered, so any request
+                    // may go to the next server. Any other transport failure (timeout,
+                    // connection reset) may come after the server got the request: a read
+                    // may still move on, but a write must not, or it could be applied
+                    // twice.
+                    if !e.is_connect() && method != Method::GET {
+                        return Err(ClientError::Unreachable { tried, may_be_applied: true });
+                    }
+                }
+            }
         }
+        Err(ClientError::Unreachable { tried, may_be_applied: false })
+    }
+}
+
+fn json_body<B: Serialize>(body: &B, path: &str) -> Result<Vec<u8>, ClientError> {
+    serde_json::to_vec(body)
+        .map_err(|e| ClientError::Protocol { url: path.to_string(), reason: format!("cannot encode the request: {e}") })
+}
+
+/// The answer of `server` to a request for `url` (a `write` unless a GET): its JSON on
+/// success, else its error body.
+async fn read_answer<T: DeserializeOwned>(
+    resp: reqwest::Response,
+    server: &str,
+    url: String,
+    write: bool,
+) -> Result<T, ClientError> {
+    let status = resp.status().as_u16();
+    let bytes = resp.bytes().await.map_err(|e| ClientError::Unreachable {
+        tried: vec![Unanswered {
+            server: server.to_string(),
+            reason: format!("the connection broke while reading its answer (HTTP {status}): {}", root_cause(&e)),
+        }],
+        // It answered, so a write arrived; unless it was refused (4xx) it may be applied.
+        may_be_applied: write && !(400..500).contains(&status),
+    })?;
+    if (200..300).contains(&status) {
+        let body: &[u8] = if bytes.is_empty() { b"null" } else { &bytes };
+        return serde_json::from_slice(body).map_err(|e| ClientError::Protocol { url, reason: e.to_string() });
+    }
+    match serde_json::from_slice::<ErrorBody>(&bytes) {
+        Ok(b) => Err(ClientError::Api { status, code: b.error.code, message: b.error.message, field: b.error.field }),
+        Err(_) => Err(ClientError::Api {
+            status,
+            code: "http".into(),
+            message: format!("HTTP {status} from {url}: {}", String::from_utf8_lossy(&bytes).trim()),
+            field: None,
+        }),
     }
 }
 
@@ -115,4 +229,38 @@ fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
         cur = next;
     }
     cur.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn down(server: &str, reason: &str) -> Unanswered {
+        Unanswered { server: server.into(), reason: reason.into() }
+    }
+
+    #[test]
+    fn the_unreachable_error_names_every_server_tried_and_whether_a_write_may_be_applied() {
+        let one = unreachable_message(&[down("http://a:1", "refused")], false);
+        assert!(one.starts_with("cannot reach the Haven agent at http://a:1: refused; "), "{one}");
+        let many = unreachable_message(&[down("http://a:1", "refused"), down("http://b:2", "timed out")], false);
+        assert!(
+            many.starts_with(
+                "cannot reach any of the 2 Haven agents tried: http://a:1 (refused), http://b:2 (timed out); "
+            ),
+            "{many}"
+        );
+        let maybe = unreachable_message(&[down("http://a:1", "refused"), down("http://b:2", "reset")], true);
+        assert!(maybe.starts_with("no answer from the Haven agent at http://b:2: reset (before it"), "{maybe}");
+        assert!(maybe.contains("http://a:1 (refused)") && maybe.contains("may still be applied"), "{maybe}");
+        assert!(unreachable_message(&[], false).contains("set --server or HAVEN_SERVER"));
+    }
+
+    #[test]
+    fn servers_get_a_scheme_and_lose_a_trailing_slash() {
+        let c = Client::with_servers(&["127.0.0.1:7401", " http://h:2/ "], Duration::from_secs(1));
+        assert_eq!(c.servers(), ["http://127.0.0.1:7401", "http://h:2"]);
+        assert_eq!(c.base(), "http://127.0.0.1:7401");
+        assert_eq!(Client::with_servers::<&str>(&[], Duration::from_secs(1)).base(), "");
+    }
 }

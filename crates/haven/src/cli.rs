@@ -25,10 +25,11 @@ EXIT STATUS:
   0  success
   1  the agent refused the request (invalid value, unknown name, conflict); the message says why
   2  command-line usage error
-  3  the agent is unreachable, or the cluster has no quorum and refuses changes
+  3  no agent could be reached (or a write's outcome is unknown), or the cluster has no
+     quorum and refuses changes
 
 ENVIRONMENT:
-  HAVEN_SERVER  the agent to talk to (same as --server), e.g. 127.0.0.1:7401";
+  HAVEN_SERVER  the agents to talk to (same as --server), e.g. 127.0.0.1:7401,127.0.0.1:7402";
 
 /// Haven: a failover cluster manager for virtual machines and the services beside them.
 ///
@@ -37,7 +38,9 @@ ENVIRONMENT:
 #[derive(Parser, Debug)]
 #[command(name = "haven", version, after_help = AFTER_HELP, propagate_version = true)]
 pub struct Cli {
-    /// Agent to talk to, as host:port or http://host:port.
+    /// Agents to talk to, as host:port or http://host:port, separated by commas. Each
+    /// request goes to the first that can be reached (a write moves on only when the
+    /// connection was refused or never made, so it is never sent twice).
     #[arg(long, global = true, env = "HAVEN_SERVER", default_value = "127.0.0.1:7400")]
     pub server: String,
     /// Output format of read commands.
@@ -436,10 +439,10 @@ pub async fn run(cli: Cli) -> ExitCode {
         Cmd::Agent(a) => run_agent(a, false).await,
         Cmd::Witness(a) => run_agent(a, true).await,
         Cmd::Demo(d) => crate::demo::run(d, cli.output).await,
-        other => {
-            let client = Client::new(&cli.server);
-            client_command(&client, cli.output, other).await
-        }
+        other => match servers(&cli.server) {
+            Ok(list) => client_command(&Client::with_servers(&list, REQUEST_TIMEOUT), cli.output, other).await,
+            Err(f) => Err(f),
+        },
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -447,6 +450,37 @@ pub async fn run(cli: Cli) -> ExitCode {
             eprintln!("error: {}", f.message);
             ExitCode::from(f.code)
         }
+    }
+}
+
+/// How long one request to one agent may take.
+const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// The agents named by `--server` / `HAVEN_SERVER`: a comma-separated list.
+fn servers(list: &str) -> Result<Vec<String>, Failure> {
+    let servers: Vec<String> = list.split(',').map(|s| s.trim().to_string()).collect();
+    if let Some(k) = servers.iter().position(|s| s.is_empty()) {
+        return Err(usage(format!(
+            "--server (or HAVEN_SERVER) {list:?} has an empty entry at position {}; \
+             write agents as host:port separated by commas, e.g. 127.0.0.1:7401,127.0.0.1:7402",
+            k + 1
+        )));
+    }
+    Ok(servers)
+}
+
+/// `cluster init` and `cluster join` act on one particular agent, so they take one server:
+/// with several, moving on to the next would found or join the wrong node.
+fn one_server(c: &Client, what: &str) -> Result<(), Failure> {
+    match c.servers() {
+        [_] => Ok(()),
+        many => Err(usage(format!(
+            "`haven cluster {what}` acts on one particular agent, but --server (or HAVEN_SERVER) names {} ({}); \
+             give just that agent, e.g. --server {}",
+            many.len(),
+            many.iter().map(|s| strip(s)).collect::<Vec<_>>().join(","),
+            many.first().map(|s| strip(s)).unwrap_or("127.0.0.1:7400")
+        ))),
     }
 }
 
@@ -489,6 +523,7 @@ async fn client_command(c: &Client, fmt: Format, cmd: Cmd) -> Result<(), Failure
 async fn cluster(c: &Client, fmt: Format, cmd: ClusterCmd) -> Result<(), Failure> {
     match cmd {
         ClusterCmd::Init { name } => {
+            one_server(c, "init")?;
             let r: InitResponse = c.post("/api/v1/cluster/init", &json!({ "name": name })).await?;
             if fmt == Format::Json {
                 output::json(&r);
@@ -499,6 +534,7 @@ async fn cluster(c: &Client, fmt: Format, cmd: ClusterCmd) -> Result<(), Failure
             }
         }
         ClusterCmd::Join { address, token } => {
+            one_server(c, "join")?;
             let n: NodeView = c.post("/api/v1/cluster/join", &json!({ "address": address, "token": token })).await?;
             if fmt == Format::Json {
                 output::json(&n);

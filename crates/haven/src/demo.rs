@@ -1,19 +1,30 @@
 //! `haven demo`: a local cluster of real agent processes on loopback, with sample groups,
-//! for trying Haven on one machine. Each agent runs in its own session, and so do the
-//! resource processes it starts, so `haven demo kill <node>` can kill a node as a whole
-//! (agent and resources at once), the way a host dies.
+//! for trying Haven on one machine. Each agent runs in a session of its own, and the
+//! resource processes it starts stay in that session, so `haven demo kill <node>` can kill
+//! a node as a whole (agent and resources at once), the way a host dies.
+//!
+//! The demo directory is the record of what runs: `<dir>/demo.pid` names the running
+//! `haven demo`, and `<dir>/<node>/agent.pid` the session of the node's current agent
+//! (written when the demo starts it and by `haven demo restart`). `kill` and `restart` read
+//! them and /proc to act on, and report, what really runs; the demo's Ctrl-C stops every
+//! session those files and its own children name, checks that none is left, and only then
+//! removes the directory. `<dir>/<node>/agent.lock` (flock) keeps a restart and the demo's
+//! shutdown from racing.
 #![allow(unsafe_code)]
 
+use std::collections::BTreeMap;
+use std::os::unix::io::AsRawFd;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use clap::{Args, Subcommand};
-use haven_api::{Client, GroupView, InitResponse, NodeView};
+use haven_agent::host::{in_path, kill_session, session_members};
+use haven_api::{Client, ClusterStatus, GroupView, InitResponse, NodeView};
 use serde_json::json;
 
-use crate::cli::{EXIT_UNAVAILABLE, EXIT_USAGE, Failure};
+use crate::cli::{EXIT_REFUSED, EXIT_UNAVAILABLE, EXIT_USAGE, Failure};
 use crate::output::{self, Format};
 
 #[derive(Args, Debug)]
@@ -34,33 +45,54 @@ pub struct DemoArgs {
     /// Keep the directory on exit.
     #[arg(long)]
     pub keep: bool,
+    /// Run process resources only: no sample VM (and no test-guest build), even if QEMU
+    /// is installed.
+    #[arg(long)]
+    pub no_vm: bool,
     #[command(subcommand)]
     pub action: Option<DemoAction>,
 }
 
 #[derive(Subcommand, Debug)]
 pub enum DemoAction {
-    /// Kill a demo node as a whole (its agent and every process it started) with SIGKILL.
+    /// Kill a running demo node as a whole (its agent and every process it started) with
+    /// SIGKILL, and check that they are gone. Fails if the node is not running.
     Kill {
         node: String,
         /// The demo's directory (printed by `haven demo`).
         #[arg(long)]
         dir: PathBuf,
     },
-    /// Start a killed demo node again.
+    /// Start a killed demo node again and wait until its API answers and it has rejoined
+    /// the cluster. Refused while the node runs (kill it first); fails, with the end of the
+    /// agent's log, if the new agent exits or does not rejoin.
     Restart {
         node: String,
+        /// The demo's directory (printed by `haven demo`).
         #[arg(long)]
         dir: PathBuf,
     },
 }
 
+/// `<dir>/demo.pid`: the pid of the `haven demo` that runs the directory's cluster.
+const DEMO_PID: &str = "demo.pid";
+/// How long a restarted agent may take to answer and rejoin the cluster.
+const RESTART_LIMIT: Duration = Duration::from_secs(60);
+/// How long the demo's shutdown waits for the agents to stop gracefully (SIGTERM).
+const GRACEFUL_LIMIT: Duration = Duration::from_secs(20);
+/// How long processes may take to disappear after SIGKILL.
+const KILL_LIMIT: Duration = Duration::from_secs(5);
+/// Lines of an agent's log quoted when it failed to come back.
+const LOG_TAIL_LINES: usize = 15;
+
 pub async fn run(args: DemoArgs, fmt: Format) -> Result<(), Failure> {
     match args.action {
-        Some(DemoAction::Kill { node, dir }) => return kill_node(&dir, &node),
+        Some(DemoAction::Kill { node, dir }) => {
+            println!("{}", DemoNode::open(&dir, &node)?.kill()?);
+            return Ok(());
+        }
         Some(DemoAction::Restart { node, dir }) => {
-            let child = spawn_agent(&dir.join(&node))?;
-            println!("restarted {node} (agent pid {})", child.id());
+            println!("{}", DemoNode::open(&dir, &node)?.restart().await?);
             return Ok(());
         }
         None => {}
@@ -71,45 +103,145 @@ pub async fn run(args: DemoArgs, fmt: Format) -> Result<(), Failure> {
             message: format!("--nodes {} is out of range; use 1 to 9", args.nodes),
         });
     }
-    let (dir, _tmp) = match &args.dir {
+    // Registered before anything starts: from here on, Ctrl-C, SIGTERM and SIGHUP reach
+    // the shutdown below instead of killing this process and orphaning the agents.
+    let mut signals = Signals::new()?;
+    let (dir, tmp) = match &args.dir {
         Some(d) => {
-            std::fs::create_dir_all(d).map_err(|e| fail(format!("cannot create {}: {e}", d.display())))?;
-            (d.clone(), None)
+            std::fs::create_dir_all(d).map_err(|e| fail(format!("cannot create --dir {}: {e}", d.display())))?;
+            (absolute(d), None)
         }
         None => {
-            let t = tempfile::Builder::new().prefix("haven-demo-").tempdir().map_err(|e| fail(e.to_string()))?;
-            (t.path().to_path_buf(), Some(t))
+            let t = tempfile::Builder::new()
+                .prefix("haven-demo-")
+                .tempdir()
+                .map_err(|e| fail(format!("cannot create a temporary directory for the demo: {e}")))?;
+            (absolute(t.path()), Some(t))
         }
     };
-    let mut cluster = DemoCluster { dir: dir.clone(), agents: Vec::new() };
-    let result = start(&args, &mut cluster, fmt).await;
-    if let Err(e) = result {
-        cluster.stop();
-        return Err(e);
+    if let Some(pid) = demo_pid(&dir) {
+        return Err(Failure {
+            code: EXIT_USAGE,
+            message: format!(
+                "a `haven demo` (pid {pid}) already runs in {}; stop it with Ctrl-C, or pick another --dir",
+                dir.display()
+            ),
+        });
     }
-    wait_for_signal().await;
-    println!("\nstopping the demo cluster...");
-    cluster.stop();
-    if args.keep || args.dir.is_some() {
-        println!("kept {}", dir.display());
-        if let Some(t) = _tmp {
+    earlier_demo_gone(&dir, args.nodes)?;
+    std::fs::write(dir.join(DEMO_PID), std::process::id().to_string())
+        .map_err(|e| fail(format!("cannot write {}: {e}", dir.join(DEMO_PID).display())))?;
+    let mut cluster = DemoCluster { dir: dir.clone(), nodes: Vec::new(), children: Vec::new(), stopped: false };
+    let started = tokio::select! {
+        r = start(&args, &mut cluster, fmt) => Some(r),
+        () = signals.recv() => None,
+    };
+    let result = match started {
+        Some(Ok(())) => {
+            signals.recv().await;
+            Ok(())
+        }
+        Some(Err(e)) => Err(e),
+        None => {
+            say("\ninterrupted while starting");
+            Ok(())
+        }
+    };
+    say("\nstopping the demo cluster...");
+    let left = cluster.stop();
+    if !left.is_empty() {
+        if let Some(t) = tmp {
             let _ = t.keep();
+        }
+        return Err(fail(format!(
+            "could not stop everything the demo started: {} still run{}; kept {} (try `haven demo kill <node> --dir {}`; \
+             processes that outlive SIGKILL are stuck in the kernel)",
+            left.join(", "),
+            if left.len() == 1 { "s" } else { "" },
+            dir.display(),
+            dir.display()
+        )));
+    }
+    say("every agent of the demo and every process they started has stopped");
+    if args.keep || args.dir.is_some() {
+        say(&format!("kept {}", dir.display()));
+        if let Some(t) = tmp {
+            let _ = t.keep();
+        }
+    } else if let Some(t) = tmp {
+        match t.close() {
+            Ok(()) => say(&format!("removed {}", dir.display())),
+            Err(e) => eprintln!("warning: cannot remove {}: {e}", dir.display()),
+        }
+    }
+    result
+}
+
+/// Prints a line of the shutdown. Unlike `println!` it cannot panic when the terminal has
+/// gone (SIGHUP) or the reader of a pipe has exited, which would skip the cleanup.
+fn say(line: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stdout(), "{line}");
+}
+
+/// Refuses a directory where an earlier demo left something: an agent that still runs (its
+/// demo was killed without a chance to stop it), or a node's state (a kept directory),
+/// which the new agents would start from and the new cluster could not be founded on.
+fn earlier_demo_gone(dir: &Path, nodes: u32) -> Result<(), Failure> {
+    for i in 1..=9 {
+        let node = DemoNode::new(dir, &format!("node{i}"));
+        if let NodeRun::Running { pid: sid, .. } | NodeRun::Orphans { sid, .. } = node.run_state() {
+            return Err(Failure {
+                code: EXIT_USAGE,
+                message: format!(
+                    "{} of an earlier demo in {} still runs (session {sid}); kill it with {}, or pick another --dir",
+                    node.name,
+                    dir.display(),
+                    node.kill_hint()
+                ),
+            });
+        }
+        if i <= nodes && node.dir.join("state").exists() {
+            return Err(Failure {
+                code: EXIT_USAGE,
+                message: format!(
+                    "{} holds the state of an earlier demo ({}); remove it, or pick another --dir",
+                    dir.display(),
+                    node.dir.join("state").display()
+                ),
+            });
         }
     }
     Ok(())
 }
 
-/// Ctrl-C or SIGTERM.
-async fn wait_for_signal() {
-    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
-            }
-        }
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
+/// The signals that end the demo: Ctrl-C, SIGTERM, and SIGHUP (its terminal closed).
+struct Signals {
+    int: tokio::signal::unix::Signal,
+    term: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> Result<Signals, Failure> {
+        use tokio::signal::unix::{SignalKind, signal};
+        let catch = |kind: SignalKind, name: &str| {
+            signal(kind).map_err(|e| {
+                fail(format!("cannot catch {name} ({e}), so the demo could not stop its agents on exit; not starting"))
+            })
+        };
+        Ok(Signals {
+            int: catch(SignalKind::interrupt(), "SIGINT")?,
+            term: catch(SignalKind::terminate(), "SIGTERM")?,
+            hup: catch(SignalKind::hangup(), "SIGHUP")?,
+        })
+    }
+
+    async fn recv(&mut self) {
+        tokio::select! {
+            _ = self.int.recv() => {}
+            _ = self.term.recv() => {}
+            _ = self.hup.recv() => {}
         }
     }
 }
@@ -118,46 +250,425 @@ fn fail(message: String) -> Failure {
     Failure { code: EXIT_UNAVAILABLE, message }
 }
 
-struct DemoCluster {
-    dir: PathBuf,
-    agents: Vec<(String, Child)>,
+fn refused(message: String) -> Failure {
+    Failure { code: EXIT_REFUSED, message }
 }
 
-impl DemoCluster {
-    /// Asks every agent to stop (they stop their resources), then kills what remains.
-    fn stop(&mut self) {
-        for (_, child) in &self.agents {
-            // SAFETY: kill(2) with a pid we spawned and still hold; no memory is touched.
-            unsafe {
-                libc::kill(child.id() as i32, libc::SIGTERM);
+/// `path` made absolute (and free of symlinks when it exists), so the configs, the agents'
+/// command lines and later `demo kill|restart --dir` name the same files from any cwd.
+fn absolute(path: &Path) -> PathBuf {
+    std::fs::canonicalize(path)
+        .or_else(|_| std::env::current_dir().map(|cwd| cwd.join(path)))
+        .unwrap_or_else(|_| path.to_path_buf())
+}
+
+/// The pid of the `haven demo` that runs `dir`'s cluster, if one runs.
+fn demo_pid(dir: &Path) -> Option<i32> {
+    let pid: i32 = std::fs::read_to_string(dir.join(DEMO_PID)).ok()?.trim().parse().ok()?;
+    match process(pid) {
+        Proc::Alive { args } if args.iter().any(|a| a == "demo") => Some(pid),
+        _ => None,
+    }
+}
+
+/// A process as /proc shows it.
+enum Proc {
+    /// No such process.
+    Gone,
+    /// Exited, not yet reaped by its parent; `comm` is its command name.
+    Zombie { comm: String },
+    /// Running, with its command line.
+    Alive { args: Vec<String> },
+}
+
+fn process(pid: i32) -> Proc {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return Proc::Gone };
+    // The command name is between the first '(' and the last ')'; the state follows.
+    let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else { return Proc::Gone };
+    let comm = stat.get(open + 1..close).unwrap_or_default().to_string();
+    if stat.get(close + 1..).unwrap_or_default().trim_start().starts_with(['Z', 'X']) {
+        return Proc::Zombie { comm };
+    }
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    let args = cmdline.split(|b| *b == 0).filter(|a| !a.is_empty()).map(|a| String::from_utf8_lossy(a).into_owned());
+    Proc::Alive { args: args.collect() }
+}
+
+/// What runs of a demo node now.
+#[derive(Debug, PartialEq, Eq)]
+enum NodeRun {
+    /// Its agent is alive (its pid is the session id); `others` processes it started run too.
+    Running { pid: i32, others: usize },
+    /// Its agent is gone, but processes it started still run in its session.
+    Orphans { sid: i32, pids: Vec<i32> },
+    /// Nothing of it runs; `last` is the pid its agent last ran as, if recorded.
+    Stopped { last: Option<i32> },
+}
+
+/// One node of a demo directory: `<dir>/<name>` holds its `agent.toml`, `agent.log`,
+/// `agent.pid` and its state.
+struct DemoNode {
+    demo_dir: PathBuf,
+    name: String,
+    dir: PathBuf,
+}
+
+impl DemoNode {
+    fn new(demo_dir: &Path, name: &str) -> DemoNode {
+        DemoNode { demo_dir: demo_dir.to_path_buf(), name: name.to_string(), dir: demo_dir.join(name) }
+    }
+
+    /// The node `name` of the demo in `dir`, as given to `demo kill|restart`.
+    fn open(dir: &Path, name: &str) -> Result<DemoNode, Failure> {
+        if !dir.is_dir() {
+            return Err(Failure {
+                code: EXIT_USAGE,
+                message: format!("--dir {} is not a directory; give the one `haven demo` printed", dir.display()),
+            });
+        }
+        let dir = absolute(dir);
+        let plain = !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+        let node = DemoNode::new(&dir, name);
+        if !plain || !node.config().is_file() {
+            let mut nodes: Vec<String> = std::fs::read_dir(&dir)
+                .into_iter()
+                .flatten()
+                .filter_map(|e| e.ok())
+                .filter(|e| e.path().join("agent.toml").is_file())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect();
+            nodes.sort();
+            let has = if nodes.is_empty() {
+                "it has no nodes: is it the directory `haven demo` printed?".to_string()
+            } else {
+                format!("its nodes are {}", nodes.join(", "))
+            };
+            return Err(Failure {
+                code: EXIT_USAGE,
+                message: format!("{name:?} is not a node of the demo in {} ({has})", dir.display()),
+            });
+        }
+        Ok(node)
+    }
+
+    fn config(&self) -> PathBuf {
+        self.dir.join("agent.toml")
+    }
+    fn pid_file(&self) -> PathBuf {
+        self.dir.join("agent.pid")
+    }
+    fn log_file(&self) -> PathBuf {
+        self.dir.join("agent.log")
+    }
+
+    /// The session its agent last ran in, from `agent.pid`.
+    fn recorded_sid(&self) -> Option<i32> {
+        std::fs::read_to_string(self.pid_file()).ok()?.trim().parse().ok().filter(|p| *p > 1)
+    }
+
+    /// What runs of the node in session `sid`. A live leader that is not this node's agent
+    /// means the pid was reused after the session ended (the kernel keeps a pid in use
+    /// while any process of its session lives), so nothing of the node runs there.
+    fn run_in(&self, sid: i32) -> NodeRun {
+        let stopped = NodeRun::Stopped { last: Some(sid) };
+        match process(sid) {
+            Proc::Alive { args } => {
+                let config = self.config();
+                let is_ours = args.iter().any(|a| a == "agent")
+                    && args.iter().any(|a| Path::new(a) == config || absolute(Path::new(a)) == config);
+                if !is_ours {
+                    return stopped;
+                }
+                NodeRun::Running { pid: sid, others: session_members(sid).len().saturating_sub(1) }
+            }
+            Proc::Zombie { comm } if comm != "haven" => stopped,
+            Proc::Gone | Proc::Zombie { .. } => {
+                let pids = session_members(sid);
+                if pids.is_empty() { stopped } else { NodeRun::Orphans { sid, pids } }
             }
         }
-        let deadline = Instant::now() + Duration::from_secs(20);
-        for (name, child) in &mut self.agents {
-            while Instant::now() < deadline {
-                if let Ok(Some(_)) = child.try_wait() {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(50));
+    }
+
+    /// What runs of the node now, by its pid file.
+    fn run_state(&self) -> NodeRun {
+        match self.recorded_sid() {
+            Some(sid) => self.run_in(sid),
+            None => NodeRun::Stopped { last: None },
+        }
+    }
+
+    fn kill_hint(&self) -> String {
+        format!("`haven demo kill {} --dir {}`", self.name, self.demo_dir.display())
+    }
+
+    /// `demo kill`: SIGKILL to the node's session, then a check that it is empty.
+    fn kill(&self) -> Result<String, Failure> {
+        let (sid, what) = match self.run_state() {
+            NodeRun::Stopped { last } => {
+                let gone = last.map(|p| format!(" (its last agent, pid {p}, is gone)")).unwrap_or_default();
+                return Err(refused(format!(
+                    "{} is not running{gone}; nothing was killed (start it with `haven demo restart {} --dir {}`)",
+                    self.name,
+                    self.name,
+                    self.demo_dir.display()
+                )));
             }
-            let _ = kill_node(&self.dir, name);
-            let _ = child.wait();
+            NodeRun::Running { pid, others } => {
+                (pid, format!("its agent (pid {pid}) and {others} processes it started"))
+            }
+            NodeRun::Orphans { sid, pids } => {
+                (sid, format!("the {} processes its dead agent had started (session {sid})", pids.len()))
+            }
+        };
+        kill_session(sid);
+        let left = wait_sessions_empty(&[sid], KILL_LIMIT);
+        if !left.is_empty() {
+            return Err(fail(format!(
+                "{} is not dead: {} processes of its session {sid} (pids {left:?}) still run {}s after SIGKILL; \
+                 they may be stuck in the kernel (see `ps -o pid,stat,cmd -s {sid}`)",
+                self.name,
+                left.len(),
+                KILL_LIMIT.as_secs()
+            )));
+        }
+        Ok(format!("killed {}: {what}; none is left", self.name))
+    }
+
+    /// An exclusive lock on the node's `agent.lock`, held while its agent is started or the
+    /// demo shuts down, so the pid file is never read between a start and its record.
+    fn lock(&self) -> Result<std::fs::File, Failure> {
+        let path = self.dir.join("agent.lock");
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|e| fail(format!("cannot open {}: {e}", path.display())))?;
+        for _ in 0..100 {
+            // SAFETY: flock(2) on a descriptor we own; no memory is touched.
+            if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+                return Ok(file);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Err(fail(format!(
+            "another `haven demo` command holds {} (it is starting or stopping {}); try again when it is done",
+            path.display(),
+            self.name
+        )))
+    }
+
+    /// `demo restart`: starts the node's agent if nothing of it runs, and waits until its
+    /// API answers and it holds a lease under a leader again.
+    async fn restart(&self) -> Result<String, Failure> {
+        let lock = self.lock()?;
+        if demo_pid(&self.demo_dir).is_none() {
+            return Err(refused(format!(
+                "no `haven demo` runs for {} (it has stopped, or this is not its directory), so nothing would stop \
+                 {} again; start a demo with `haven demo`",
+                self.demo_dir.display(),
+                self.name
+            )));
+        }
+        match self.run_state() {
+            NodeRun::Running { pid, .. } => {
+                return Err(refused(format!(
+                    "{} is running (agent pid {pid}); kill it first with {}, then restart it",
+                    self.name,
+                    self.kill_hint()
+                )));
+            }
+            NodeRun::Orphans { sid, pids } => {
+                return Err(refused(format!(
+                    "{}'s agent is gone but {} processes it started still run (session {sid}, pids {pids:?}); \
+                     kill them first with {}, then restart it",
+                    self.name,
+                    pids.len(),
+                    self.kill_hint()
+                )));
+            }
+            NodeRun::Stopped { .. } => {}
+        }
+        let config =
+            haven_agent::AgentConfig::load(&self.config()).map_err(|e| Failure { code: EXIT_USAGE, message: e })?;
+        let addr = config.listen.clone();
+        if std::net::TcpListener::bind(&addr).is_err() {
+            return Err(fail(format!(
+                "cannot restart {}: its address {addr} is in use by another process (see `ss -ltnp`); stop that \
+                 process first",
+                self.name
+            )));
+        }
+        let log_start = std::fs::metadata(self.log_file()).map(|m| m.len()).unwrap_or(0);
+        let mut child = spawn_agent(&self.dir)?;
+        drop(lock);
+        let pid = child.id();
+        let client = Client::with_timeout(&addr, Duration::from_secs(5));
+        let deadline = Instant::now() + RESTART_LIMIT;
+        let mut answered = false;
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Err(fail(format!(
+                    "{}'s new agent (pid {pid}) exited ({status}) instead of rejoining the cluster; nothing of it \
+                     runs. The end of its log {}:\n{}",
+                    self.name,
+                    self.log_file().display(),
+                    log_tail(&self.log_file(), log_start)
+                )));
+            }
+            if let Ok(s) = client.get::<ClusterStatus>("/api/v1/cluster").await {
+                answered = true;
+                if let Some(leader) = s.leader.filter(|_| s.lease_valid) {
+                    let leader = leader.name.unwrap_or_else(|| format!("node id {}", leader.id));
+                    return Ok(format!(
+                        "restarted {}: agent pid {pid} answers on {addr} and has rejoined the cluster (leader {leader})",
+                        self.name
+                    ));
+                }
+            }
+            if Instant::now() >= deadline {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let what = if answered {
+            format!("answers on {addr} but has not rejoined the cluster (no leader or no lease)")
+        } else {
+            format!("does not answer on {addr}")
+        };
+        Err(fail(format!(
+            "{}'s new agent (pid {pid}) runs but {what} after {}s; it is left running (stop it with {}). The end of \
+             its log {}:\n{}",
+            self.name,
+            RESTART_LIMIT.as_secs(),
+            self.kill_hint(),
+            self.log_file().display(),
+            log_tail(&self.log_file(), log_start)
+        )))
+    }
+}
+
+/// Waits up to `limit` until no process is left in any of `sessions`; returns those left.
+fn wait_sessions_empty(sessions: &[i32], limit: Duration) -> Vec<i32> {
+    let deadline = Instant::now() + limit;
+    loop {
+        let left: Vec<i32> = sessions.iter().flat_map(|s| session_members(*s)).collect();
+        if left.is_empty() || Instant::now() >= deadline {
+            return left;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The last lines of `log` written after byte `from`, indented, for failure messages.
+fn log_tail(log: &Path, from: u64) -> String {
+    let text = std::fs::read(log).unwrap_or_default();
+    let start = usize::try_from(from).unwrap_or(0).min(text.len());
+    let text = String::from_utf8_lossy(&text[start..]);
+    let lines: Vec<&str> = text.lines().collect();
+    if lines.is_empty() {
+        return "  (nothing)".into();
+    }
+    lines[lines.len().saturating_sub(LOG_TAIL_LINES)..].iter().map(|l| format!("  {l}")).collect::<Vec<_>>().join("\n")
+}
+
+/// The running demo: its nodes and the agents this process started.
+struct DemoCluster {
+    dir: PathBuf,
+    nodes: Vec<DemoNode>,
+    /// `(index in nodes, agent)`, reaped on stop.
+    children: Vec<(usize, Child)>,
+    /// Whether `stop` ran (else dropping the cluster, on a panic, runs it).
+    stopped: bool,
+}
+
+impl Drop for DemoCluster {
+    fn drop(&mut self) {
+        if !self.stopped {
+            self.stop();
         }
     }
 }
 
-fn node_dir(dir: &Path, i: u32) -> PathBuf {
-    dir.join(format!("node{i}"))
+impl DemoCluster {
+    /// Stops everything of the demo, whatever happened since it started: every agent it
+    /// started and the one each node's pid file names now (`demo restart` writes it). The
+    /// agents get SIGTERM first (they stop their resources), then every session left is
+    /// SIGKILLed. Returns what still runs after that (empty when all is gone).
+    fn stop(&mut self) -> Vec<String> {
+        self.stopped = true;
+        // Held to the end: a `demo restart` waiting for a lock then finds no demo and refuses.
+        let _locks: Vec<std::fs::File> = self.nodes.iter().filter_map(|n| n.lock().ok()).collect();
+        let _ = std::fs::remove_file(self.dir.join(DEMO_PID));
+        let mut sessions: BTreeMap<i32, usize> = BTreeMap::new();
+        for (i, child) in &self.children {
+            sessions.insert(child.id() as i32, *i);
+        }
+        for (i, node) in self.nodes.iter().enumerate() {
+            if let Some(sid) = node.recorded_sid() {
+                sessions.insert(sid, i);
+            }
+        }
+        // Only sessions that are still the demo's (see `DemoNode::run_in`).
+        sessions.retain(|sid, i| self.nodes[*i].run_in(*sid) != NodeRun::Stopped { last: Some(*sid) });
+        for (sid, i) in &sessions {
+            if matches!(self.nodes[*i].run_in(*sid), NodeRun::Running { .. }) {
+                // SAFETY: kill(2) touches no memory; `sid` is an agent of this demo, checked just now.
+                unsafe {
+                    libc::kill(*sid, libc::SIGTERM);
+                }
+            }
+        }
+        let deadline = Instant::now() + GRACEFUL_LIMIT;
+        while Instant::now() < deadline
+            && sessions.iter().any(|(sid, i)| matches!(self.nodes[*i].run_in(*sid), NodeRun::Running { .. }))
+        {
+            self.reap();
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        // Looked at again: a session that ended meanwhile may have had its pid reused.
+        let sids: Vec<i32> = sessions
+            .iter()
+            .filter(|(sid, i)| self.nodes[**i].run_in(**sid) != NodeRun::Stopped { last: Some(**sid) })
+            .map(|(sid, _)| *sid)
+            .collect();
+        for sid in &sids {
+            kill_session(*sid);
+        }
+        wait_sessions_empty(&sids, KILL_LIMIT);
+        self.reap();
+        sessions
+            .iter()
+            .filter(|(sid, _)| sids.contains(sid))
+            .filter_map(|(sid, i)| {
+                let left = session_members(*sid);
+                (!left.is_empty()).then(|| format!("{} (session {sid}: pids {left:?})", self.nodes[*i].name))
+            })
+            .collect()
+    }
+
+    fn reap(&mut self) {
+        for (_, child) in &mut self.children {
+            let _ = child.try_wait();
+        }
+    }
 }
 
 async fn start(args: &DemoArgs, cluster: &mut DemoCluster, fmt: Format) -> Result<(), Failure> {
     let mut clients = Vec::new();
     for i in 1..=args.nodes {
         let name = format!("node{i}");
-        let port = args.base_port as u32 + i;
-        if port > u16::MAX as u32 {
-            return Err(Failure { code: EXIT_USAGE, message: "--base-port is too high".into() });
-        }
+        let Some(port) = u16::try_from(u32::from(args.base_port) + i).ok() else {
+            return Err(Failure {
+                code: EXIT_USAGE,
+                message: format!(
+                    "--base-port {} is too high for {} nodes (node i uses base-port + i); use at most {}",
+                    args.base_port,
+                    args.nodes,
+                    u32::from(u16::MAX) - args.nodes
+                ),
+            });
+        };
         let addr = format!("127.0.0.1:{port}");
         if std::net::TcpListener::bind(&addr).is_err() {
             return Err(Failure {
@@ -167,16 +678,18 @@ async fn start(args: &DemoArgs, cluster: &mut DemoCluster, fmt: Format) -> Resul
                 ),
             });
         }
-        let nd = node_dir(&cluster.dir, i);
-        std::fs::create_dir_all(&nd).map_err(|e| fail(format!("cannot create {}: {e}", nd.display())))?;
+        let node = DemoNode::new(&cluster.dir, &name);
+        std::fs::create_dir_all(&node.dir).map_err(|e| fail(format!("cannot create {}: {e}", node.dir.display())))?;
         let config = format!(
             "id = {i}\nname = \"{name}\"\nlisten = \"{addr}\"\nstate_dir = \"{}\"\n\n[timing]\nprofile = \"{}\"\n",
-            nd.join("state").display(),
+            node.dir.join("state").display(),
             args.profile
         );
-        std::fs::write(nd.join("agent.toml"), config).map_err(|e| fail(e.to_string()))?;
-        let child = spawn_agent(&nd)?;
-        cluster.agents.push((name.clone(), child));
+        std::fs::write(node.config(), config)
+            .map_err(|e| fail(format!("cannot write {}: {e}", node.config().display())))?;
+        let child = spawn_agent(&node.dir)?;
+        cluster.nodes.push(node);
+        cluster.children.push((cluster.nodes.len() - 1, child));
         clients.push((name, addr.clone(), Client::with_timeout(&addr, Duration::from_secs(70))));
     }
     for (name, addr, c) in &clients {
@@ -195,7 +708,8 @@ async fn start(args: &DemoArgs, cluster: &mut DemoCluster, fmt: Format) -> Resul
             .map_err(Failure::from)?;
     }
     create_samples(first).await?;
-    let with_vm = match prepare_vm_volume(&cluster.dir) {
+    let vm = if args.no_vm { Err("--no-vm was given".to_string()) } else { prepare_vm_volume(&cluster.dir).await };
+    let with_vm = match vm {
         Ok(volume) => {
             create_vm_sample(first, &volume).await?;
             println!("sample VM: a test guest (Debian cloud kernel + busybox) in group \"vm\", booting under QEMU");
@@ -215,8 +729,12 @@ async fn start(args: &DemoArgs, cluster: &mut DemoCluster, fmt: Format) -> Resul
 
     let nodes: Vec<NodeView> = first.get("/api/v1/nodes").await.map_err(Failure::from)?;
     let groups: Vec<GroupView> = first.get("/api/v1/groups").await.map_err(Failure::from)?;
+    let servers: Vec<&str> = clients.iter().map(|(_, addr, _)| addr.as_str()).collect();
+    let servers = servers.join(",");
     if fmt == Format::Json {
-        output::json(&json!({"dir": cluster.dir, "server": first_addr, "nodes": nodes, "groups": groups}));
+        output::json(
+            &json!({"dir": cluster.dir, "server": first_addr, "servers": servers, "nodes": nodes, "groups": groups}),
+        );
         return Ok(());
     }
     let dir = cluster.dir.display();
@@ -248,30 +766,59 @@ async fn start(args: &DemoArgs, cluster: &mut DemoCluster, fmt: Format) -> Resul
         .find(|g| g.group.spec.name == "web")
         .and_then(|g| g.group.owner.clone())
         .unwrap_or("node1".into());
-    let other = nodes.iter().map(|n| n.node.name.clone()).find(|n| *n != web_owner).unwrap_or("node2".into());
+    // Web moves there, then that node dies: web fails over again, to a survivor.
+    let other = nodes.iter().map(|n| n.node.name.clone()).find(|n| *n != web_owner).unwrap_or(web_owner.clone());
+    let mut tries: Vec<(String, &str)> = Vec::new();
+    if let Some(exe_dir) = path_hint() {
+        tries.push((format!("export PATH={exe_dir}:$PATH"), "the `haven` that runs this demo"));
+    }
+    tries.extend([
+        (format!("export HAVEN_SERVER={servers}"), "every node: each command uses the first that answers"),
+        ("haven node list".into(), ""),
+        ("haven group list".into(), ""),
+        ("haven group show web".into(), ""),
+        ("curl -s http://127.0.0.1:18080/ | head -3".into(), "the web group's service"),
+        (format!("haven group move web --to {other}"), "planned move"),
+        (format!("haven demo kill {other} --dir {dir}"), "web's node dies: web fails over"),
+        ("haven group list".into(), "web is back on a survivor"),
+        ("haven history --group web".into(), "what happened and why"),
+        (format!("haven demo restart {other} --dir {dir}"), "it comes back and rejoins"),
+        ("haven vm list".into(), "the sample VM (if QEMU is installed)"),
+        ("haven vm console vm".into(), "its serial console"),
+        ("haven -o json group list".into(), ""),
+    ]);
+    let width = tries.iter().map(|(c, _)| c.len()).max().unwrap_or(0);
+    println!("\nTry, in another terminal:");
+    for (command, comment) in &tries {
+        if comment.is_empty() {
+            println!("  {command}");
+        } else {
+            println!("  {command:width$}   # {comment}");
+        }
+    }
     println!(
-        "\nTry, in another terminal:\n\
-         \x20 export HAVEN_SERVER={first_addr}\n\
-         \x20 haven node list\n\
-         \x20 haven group list\n\
-         \x20 haven group show web\n\
-         \x20 curl -s http://127.0.0.1:18080/ | head -3          # the web group's service\n\
-         \x20 haven group move web --to {other}                  # planned move\n\
-         \x20 haven demo kill {web_owner} --dir {dir}            # a node dies: web fails over\n\
-         \x20 haven demo restart {web_owner} --dir {dir}         # it comes back and rejoins\n\
-         \x20 haven history --group web                          # what happened and why\n\
-         \x20 haven vm list                                      # the sample VM (if QEMU is installed)\n\
-         \x20 haven vm console vm                                # its serial console\n\
-         \x20 haven -o json group list\n\
-         \nThe API is at http://{first_addr}/api/v1 (OpenAPI: /api/v1/openapi.json).\n\
+        "\nThe API is at http://{first_addr}/api/v1 (OpenAPI: /api/v1/openapi.json).\n\
          Press Ctrl-C to stop the demo and clean up."
     );
     Ok(())
 }
 
+/// The directory of this binary when `haven` in PATH is not this binary: the demo then
+/// prints `export PATH=<it>:$PATH`, so the commands it suggests run the same build.
+fn path_hint() -> Option<String> {
+    let exe = std::env::current_exe().ok()?;
+    let exe = std::fs::canonicalize(&exe).unwrap_or(exe);
+    let on_path = std::env::var_os("PATH")
+        .and_then(|paths| std::env::split_paths(&paths).map(|d| d.join("haven")).find(|p| p.is_file()));
+    if on_path.and_then(|p| std::fs::canonicalize(p).ok()).as_ref() == Some(&exe) {
+        return None;
+    }
+    Some(exe.parent()?.display().to_string())
+}
+
 async fn create_samples(c: &Client) -> Result<(), Failure> {
     // A web server whose health check is a real HTTP GET, if python3 is there to serve it.
-    let web_params = if haven_agent::host::in_path("python3") {
+    let web_params = if in_path("python3") {
         json!({"argv": ["python3", "-m", "http.server", "18080", "--bind", "127.0.0.1"],
                "check": {"kind": "http", "url": "http://127.0.0.1:18080/"}})
     } else {
@@ -309,11 +856,11 @@ async fn create_samples(c: &Client) -> Result<(), Failure> {
 /// A shared volume for the sample VM under the demo directory: `.haven-volume`, an ext4
 /// data disk and the VM's definition, using the test guest built by
 /// `scripts/build-test-guest`. `Err` says why there is no VM (no QEMU, no guest, …).
-fn prepare_vm_volume(dir: &Path) -> Result<PathBuf, String> {
-    if !haven_agent::host::in_path("qemu-system-x86_64") {
+async fn prepare_vm_volume(dir: &Path) -> Result<PathBuf, String> {
+    if !in_path("qemu-system-x86_64") {
         return Err("qemu-system-x86_64 is not installed (Debian: apt-get install qemu-system-x86)".into());
     }
-    if !haven_agent::host::in_path("mkfs.ext4") {
+    if !in_path("mkfs.ext4") {
         return Err("mkfs.ext4 is not installed (Debian: apt-get install e2fsprogs)".into());
     }
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/build-test-guest");
@@ -321,7 +868,12 @@ fn prepare_vm_volume(dir: &Path) -> Result<PathBuf, String> {
         return Err(format!("the test guest's build script {} is not here", script.display()));
     }
     println!("building (or reusing) the test guest with {} ...", script.display());
-    let out = Command::new(&script).output().map_err(|e| format!("cannot run {}: {e}", script.display()))?;
+    // Async and killed on drop: a Ctrl-C while the guest builds stops the build too.
+    let out = tokio::process::Command::new(&script)
+        .kill_on_drop(true)
+        .output()
+        .await
+        .map_err(|e| format!("cannot run {}: {e}", script.display()))?;
     if !out.status.success() {
         return Err(format!("{} failed: {}", script.display(), String::from_utf8_lossy(&out.stderr).trim()));
     }
@@ -387,7 +939,7 @@ where
 }
 
 /// Starts `haven agent` for the node whose directory is `nd`, in a session of its own,
-/// logging to `nd/agent.log` and recording its pid in `nd/agent.pid`.
+/// logging to `nd/agent.log` and recording its pid (its session id) in `nd/agent.pid`.
 fn spawn_agent(nd: &Path) -> Result<Child, Failure> {
     let exe = std::env::current_exe().map_err(|e| fail(format!("cannot find the haven binary: {e}")))?;
     let log = std::fs::OpenOptions::new()
@@ -407,20 +959,15 @@ fn spawn_agent(nd: &Path) -> Result<Child, Failure> {
             Ok(())
         });
     }
-    let child = cmd.spawn().map_err(|e| fail(format!("cannot start the agent for {}: {e}", nd.display())))?;
-    std::fs::write(nd.join("agent.pid"), child.id().to_string()).map_err(|e| fail(e.to_string()))?;
+    let mut child = cmd.spawn().map_err(|e| fail(format!("cannot start the agent for {}: {e}", nd.display())))?;
+    // Written whole (rename) so a reader never sees half a pid.
+    let pid_file = nd.join("agent.pid");
+    let tmp = nd.join("agent.pid.new");
+    if let Err(e) = std::fs::write(&tmp, child.id().to_string()).and_then(|()| std::fs::rename(&tmp, &pid_file)) {
+        // Unrecorded, nothing could stop it later: stop it now.
+        kill_session(child.id() as i32);
+        let _ = child.wait();
+        return Err(fail(format!("cannot write {}: {e}; the agent was not started", pid_file.display())));
+    }
     Ok(child)
-}
-
-/// SIGKILLs every process in the node's session: the agent and everything it started.
-pub fn kill_node(dir: &Path, node: &str) -> Result<(), Failure> {
-    let pid_file = dir.join(node).join("agent.pid");
-    let text = std::fs::read_to_string(&pid_file).map_err(|e| Failure {
-        code: EXIT_USAGE,
-        message: format!("cannot read {}: {e}; is {node:?} a node of this demo?", pid_file.display()),
-    })?;
-    let sid: i32 = text.trim().parse().map_err(|_| fail(format!("{} does not hold a pid", pid_file.display())))?;
-    let killed = haven_agent::host::kill_session(sid);
-    println!("killed {node}: {killed} processes (agent session {sid})");
-    Ok(())
 }
