@@ -1,5 +1,10 @@
 //! A small JSON-over-HTTP client for `/api/v1`, used by the CLI and the tests.
+//!
+//! Every write carries an `Idempotency-Key`: a random key made once per client (one per
+//! CLI invocation) with a counter per write, so the agent can apply each at most once.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use serde::Serialize;
@@ -29,12 +34,18 @@ impl ClientError {
     }
 }
 
-/// Talks to one agent. Cheap to clone.
+/// Talks to one agent. Cheap to clone (clones share the request keys' counter).
 #[derive(Clone, Debug)]
 pub struct Client {
     base: String,
     http: reqwest::Client,
+    /// This client's random part of every write's `Idempotency-Key`.
+    key: String,
+    writes: Arc<AtomicU32>,
 }
+
+/// The request header that carries a write's id.
+pub const IDEMPOTENCY_KEY: &str = "Idempotency-Key";
 
 impl Client {
     /// `base` is `http://host:port` (a bare `host:port` gets `http://`).
@@ -50,7 +61,12 @@ impl Client {
             .connect_timeout(Duration::from_secs(3))
             .build()
             .unwrap_or_else(|_| reqwest::Client::new());
-        Client { base, http }
+        Client { base, http, key: random_key(), writes: Arc::new(AtomicU32::new(0)) }
+    }
+
+    /// The `Idempotency-Key` of this client's next write.
+    fn next_key(&self) -> String {
+        format!("{}-{}", self.key, self.writes.fetch_add(1, Ordering::Relaxed) + 1)
     }
 
     pub fn base(&self) -> &str {
@@ -61,20 +77,34 @@ impl Client {
         self.send(self.http.get(self.url(path)), path).await
     }
     pub async fn post<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> Result<T, ClientError> {
-        self.send(self.http.post(self.url(path)).json(body), path).await
+        self.post_keyed(path, body, &self.next_key()).await
+    }
+    /// A POST with the caller's own `Idempotency-Key`: send the same key again to retry it.
+    pub async fn post_keyed<B: Serialize, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+        key: &str,
+    ) -> Result<T, ClientError> {
+        self.send(self.http.post(self.url(path)).header(IDEMPOTENCY_KEY, key).json(body), path).await
     }
     pub async fn put<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> Result<T, ClientError> {
-        self.send(self.http.put(self.url(path)).json(body), path).await
+        self.send(self.http.put(self.url(path)).header(IDEMPOTENCY_KEY, self.next_key()).json(body), path).await
     }
     pub async fn patch<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> Result<T, ClientError> {
-        self.send(self.http.patch(self.url(path)).json(body), path).await
+        self.send(self.http.patch(self.url(path)).header(IDEMPOTENCY_KEY, self.next_key()).json(body), path).await
     }
     pub async fn delete<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
-        self.send(self.http.delete(self.url(path)), path).await
+        self.send(self.http.delete(self.url(path)).header(IDEMPOTENCY_KEY, self.next_key()), path).await
     }
     /// Sends raw bytes as a JSON body (tests of malformed input use this).
     pub async fn post_raw<T: DeserializeOwned>(&self, path: &str, body: Vec<u8>) -> Result<T, ClientError> {
-        let req = self.http.post(self.url(path)).header("content-type", "application/json").body(body);
+        let req = self
+            .http
+            .post(self.url(path))
+            .header("content-type", "application/json")
+            .header(IDEMPOTENCY_KEY, self.next_key())
+            .body(body);
         self.send(req, path).await
     }
 
@@ -107,6 +137,18 @@ impl Client {
             }),
         }
     }
+}
+
+/// 32 random hex digits (from the time and the process id if the system has no random
+/// source: unique enough for one invocation's keys).
+fn random_key() -> String {
+    use std::io::Read;
+    let mut bytes = [0u8; 16];
+    if std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut bytes)).is_err() {
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+        bytes = (now ^ (u128::from(std::process::id()) << 64)).to_le_bytes();
+    }
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
