@@ -366,10 +366,11 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Res
     // The resource manager stops everything this node runs before the agent goes away, so
     // that nobody else starts a second copy while ours still runs.
     let _ = lrm.await;
-    // A probe still running has a QEMU process of ours: let it end (the probe gives up after
-    // a few seconds and reaps it) rather than leave it behind.
+    // A probe still running has a QEMU process of ours: cancel it rather than wait for it
+    // (up to seconds); dropping the probe kills its QEMU (`kill_on_drop`), nothing is left.
     if let Some(p) = kvm_probe {
-        let _ = tokio::time::timeout(std::time::Duration::from_secs(10), p).await;
+        p.abort();
+        let _ = p.await;
     }
     for t in tasks {
         t.abort();

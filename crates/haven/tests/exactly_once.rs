@@ -1,0 +1,262 @@
+//! Lab: writes are exactly-once, and every answer is true. A client streams distinct writes
+//! (each with its own `Idempotency-Key`) to a follower while the leader's node dies
+//! (SIGKILL): a write told succeeded exists exactly once, one told refused does not exist,
+//! an unknown one is resolved by looking its id up (and retried with the same id, applied
+//! at most once), and no write's first attempt is told that its own object already exists.
+//! A graceful stop of an agent under write load is quick and refuses what it does not take.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use common::Lab;
+use haven_api::{Client, ClientError, GroupView};
+use serde_json::{Value, json};
+
+/// Concurrent writers, and writes each sends.
+const WRITERS: usize = 4;
+const WRITES_EACH: usize = 30;
+/// The stream ends after this long even if writes remain.
+const STREAM_LIMIT: Duration = Duration::from_secs(90);
+
+/// What the client was told about one write.
+#[derive(Debug, Clone)]
+enum Told {
+    Succeeded,
+    /// Refused, with the status, code and message it was refused with.
+    Refused(u16, String, String),
+    /// 504 `outcome_unknown`.
+    Unknown,
+    /// No answer (the connection broke): as unknown to the client.
+    NoAnswer(String),
+}
+
+fn group_name(w: usize, k: usize) -> String {
+    format!("w-{w}-{k}")
+}
+
+fn key_of(name: &str) -> String {
+    format!("exactly-once-{name}")
+}
+
+async fn create(client: &Client, name: &str) -> Told {
+    match client.post_keyed::<_, GroupView>("/api/v1/groups", &json!({"name": name}), &key_of(name)).await {
+        Ok(g) => {
+            assert_eq!(g.group.spec.name, name);
+            Told::Succeeded
+        }
+        Err(ClientError::Api { status: 504, code, message, .. }) => {
+            assert_eq!(code, "outcome_unknown", "{message}");
+            assert!(message.contains(&key_of(name)), "the message names the request id: {message}");
+            Told::Unknown
+        }
+        Err(ClientError::Api { status, code, message, .. }) => Told::Refused(status, code, message),
+        Err(e) => Told::NoAnswer(e.to_string()),
+    }
+}
+
+/// `WRITERS` tasks sending their writes to `client`; `acked` counts the answers so far.
+fn stream(client: &Client, acked: &Arc<AtomicUsize>) -> Vec<tokio::task::JoinHandle<Vec<(String, Told)>>> {
+    let begun = Instant::now();
+    (0..WRITERS)
+        .map(|w| {
+            let client = client.clone();
+            let acked = acked.clone();
+            tokio::spawn(async move {
+                let mut told = Vec::new();
+                for k in 0..WRITES_EACH {
+                    if begun.elapsed() > STREAM_LIMIT {
+                        break;
+                    }
+                    let name = group_name(w, k);
+                    let t = create(&client, &name).await;
+                    acked.fetch_add(1, Ordering::SeqCst);
+                    let stop = matches!(t, Told::NoAnswer(_));
+                    told.push((name, t));
+                    if stop {
+                        break; // the agent is gone
+                    }
+                }
+                told
+            })
+        })
+        .collect()
+}
+
+/// How many `group-created` events node `i` has for `name` (`None`: it did not answer).
+async fn created_events(lab: &Lab, i: usize, name: &str) -> Option<usize> {
+    let events: Vec<Value> = lab.client(i).get(&format!("/api/v1/history?group={name}&limit=1000")).await.ok()?;
+    Some(events.iter().filter(|e| e["kind"] == "group-created").count())
+}
+
+/// Whether group `name` exists, as node `i` sees it, and how many times it was created.
+async fn existence(lab: &Lab, i: usize, name: &str) -> (bool, usize) {
+    let exists = lab.group(i, name).await.is_some();
+    let created = created_events(lab, i, name).await.unwrap_or_else(|| panic!("{} answers history", lab.name(i)));
+    (exists, created)
+}
+
+/// Checks every write's answer against what the cluster holds (through node `via`, the
+/// leader): succeeded → exactly once; refused → absent; unknown → looked up, and if not
+/// committed, retried with the same id → exactly once. Returns the count of each answer.
+async fn check_outcomes(lab: &Lab, via: usize, told: &[(String, Told)]) -> BTreeMap<&'static str, usize> {
+    let mut counts = BTreeMap::new();
+    for (name, t) in told {
+        let kind = match t {
+            Told::Succeeded => "succeeded",
+            Told::Refused(_, code, _) if code == "shutting_down" => "shutting_down",
+            Told::Refused(..) => "refused",
+            Told::Unknown => "unknown",
+            Told::NoAnswer(_) => "no_answer",
+        };
+        *counts.entry(kind).or_insert(0) += 1;
+        match t {
+            Told::Succeeded => {
+                assert_eq!(existence(lab, via, name).await, (true, 1), "{name} was told succeeded");
+            }
+            Told::Refused(status, code, _) => {
+                assert_ne!(code, "already_exists", "{name}'s only request was told that it already exists");
+                assert!(*status != 504, "{name}");
+                assert_eq!(existence(lab, via, name).await, (false, 0), "{name} was told refused ({status} {code})");
+            }
+            Told::Unknown | Told::NoAnswer(_) => {
+                if let Told::NoAnswer(why) = t {
+                    lab.note(&format!("{name}: no answer ({why})"));
+                }
+                let key = key_of(name);
+                let looked: Result<Value, ClientError> = lab.client(via).get(&format!("/api/v1/requests/{key}")).await;
+                match looked {
+                    Ok(v) => {
+                        assert_eq!(v["request_id"], key.as_str());
+                        let applied = v["outcome"] == "succeeded";
+                        assert!(applied || v["outcome"] == "refused", "{v}");
+                        let want = if applied { (true, 1) } else { (false, 0) };
+                        assert_eq!(existence(lab, via, name).await, want, "{name}: its lookup said {v}");
+                    }
+                    Err(ClientError::Api { status: 404, .. }) => {
+                        // Not committed: the same request again is applied (once).
+                        let again = create(lab.client(via), name).await;
+                        assert!(matches!(again, Told::Succeeded), "{name} retried with its id: {again:?}");
+                        assert_eq!(existence(lab, via, name).await, (true, 1), "{name} after its retry");
+                        // And once more: the first outcome again, not `already_exists`.
+                        let third = create(lab.client(via), name).await;
+                        assert!(matches!(third, Told::Succeeded), "{name} retried twice: {third:?}");
+                    }
+                    Err(e) => panic!("looking up {key} failed: {e}"),
+                }
+            }
+        }
+    }
+    counts
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_through_a_follower_are_exactly_once_when_the_leader_dies() {
+    let mut lab = Lab::start(3).await;
+    let leader_id = lab.leader_seen_by(0).await.expect("a leader");
+    let l = (0..3).find(|i| lab.node(*i).id == leader_id).expect("the leader is a lab node");
+    let f = (0..3).find(|i| *i != l).expect("a follower");
+    lab.note(&format!("streaming writes to follower {} while leader {} dies", lab.name(f), lab.name(l)));
+
+    let acked = Arc::new(AtomicUsize::new(0));
+    let writers = stream(lab.client(f), &acked);
+    lab.wait_until("a quarter of the writes answered", 60, async || {
+        acked.load(Ordering::SeqCst) >= WRITERS * WRITES_EACH / 4
+    })
+    .await;
+    lab.kill_node(l);
+    let mut told = Vec::new();
+    for w in writers {
+        told.extend(w.await.expect("a writer task"));
+    }
+    lab.note(&format!("{} writes answered", told.len()));
+
+    let survivors: Vec<usize> = (0..3).filter(|i| *i != l).collect();
+    let new_leader = lab
+        .wait_for("a new leader among the survivors", 20, async || {
+            let a = lab.leader_seen_by(survivors[0]).await?;
+            let b = lab.leader_seen_by(survivors[1]).await?;
+            (a == b && a != leader_id).then_some(a)
+        })
+        .await;
+    let via = (0..3).find(|i| lab.node(*i).id == new_leader).expect("the new leader is a lab node");
+    let counts = check_outcomes(&lab, via, &told).await;
+    lab.note(&format!("answers: {counts:?}"));
+    assert!(counts.get("no_answer").is_none(), "the follower stayed up: every write has an answer: {counts:?}");
+    assert!(counts.get("succeeded").copied().unwrap_or(0) >= WRITERS * WRITES_EACH / 2, "{counts:?}");
+
+    // The follower holds the same: each acknowledged group once.
+    let names: Vec<&String> = told.iter().map(|(n, _)| n).collect();
+    lab.wait_until("the follower to hold what the leader holds", 15, async || {
+        for name in &names {
+            if lab.group(f, name).await.is_some() != lab.group(via, name).await.is_some() {
+                return false;
+            }
+        }
+        true
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_graceful_stop_under_write_load_is_quick_and_refuses_what_it_does_not_take() {
+    let mut lab = Lab::start(3).await;
+    let leader_id = lab.leader_seen_by(0).await.expect("a leader");
+    let s = (0..3).find(|i| lab.node(*i).id != leader_id).expect("a follower");
+    let leader = (0..3).find(|i| lab.node(*i).id == leader_id).expect("the leader is a lab node");
+    lab.note(&format!("streaming writes to {} and stopping it", lab.name(s)));
+
+    // A resource there that takes a moment to stop keeps the agent stopping for that long:
+    // writes sent meanwhile must be refused at once.
+    let c = lab.client(leader).clone();
+    let _: GroupView =
+        c.post("/api/v1/groups", &json!({"name": "slow", "preferred_owners": [lab.name(s)]})).await.expect("group");
+    let _: Value = c
+        .post(
+            "/api/v1/resources",
+            &json!({"name": "slow-stop", "group": "slow", "type": "process",
+                    "params": {"argv": ["sh", "-c", "trap 'sleep 0.8; exit 0' TERM; while :; do sleep 0.1; done"]}}),
+        )
+        .await
+        .expect("resource");
+    let owner = lab.name(s).to_string();
+    lab.wait_until("the slow-stopping resource online there", 30, async || {
+        lab.online_on(leader, "slow").await.as_deref() == Some(owner.as_str())
+    })
+    .await;
+
+    let acked = Arc::new(AtomicUsize::new(0));
+    let writers = stream(lab.client(s), &acked);
+    lab.wait_until("some writes answered", 60, async || acked.load(Ordering::SeqCst) >= WRITERS * 3).await;
+    let begun = Instant::now();
+    let leftovers = tokio::task::block_in_place(|| lab.stop_node(s));
+    let took = begun.elapsed();
+    assert_eq!(leftovers, 0);
+    lab.note(&format!("{} stopped in {:.2}s under write load", lab.name(s), took.as_secs_f64()));
+    assert!(took < Duration::from_secs(2), "a graceful stop under write load took {took:?}");
+
+    let mut told = Vec::new();
+    for w in writers {
+        told.extend(w.await.expect("a writer task"));
+    }
+    let leader_name = lab.name(leader).to_string();
+    let other_name = lab.name((0..3).find(|i| *i != s && *i != leader).expect("a third node")).to_string();
+    for (name, t) in &told {
+        if let Told::Refused(status, code, message) = t {
+            assert!(
+                *status == 503 && code == "shutting_down",
+                "{name}: a stopping agent refuses with 503 shutting_down, not {status} {code}: {message}"
+            );
+            assert!(
+                message.contains(&leader_name) || message.contains(&other_name),
+                "the refusal names a node to use instead: {message}"
+            );
+        }
+    }
+    let counts = check_outcomes(&lab, leader, &told).await;
+    lab.note(&format!("answers: {counts:?}"));
+    assert!(counts.get("shutting_down").is_some(), "writes sent while it stopped were refused at once: {counts:?}");
+}
