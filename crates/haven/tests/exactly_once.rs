@@ -260,3 +260,94 @@ async fn a_graceful_stop_under_write_load_is_quick_and_refuses_what_it_does_not_
     lab.note(&format!("answers: {counts:?}"));
     assert!(counts.get("shutting_down").is_some(), "writes sent while it stopped were refused at once: {counts:?}");
 }
+
+/// A raw HTTP/1.1 POST of `body` (no `Idempotency-Key`, as a caller that sends none):
+/// the status, the reply's `idempotency-key` header, and the JSON body.
+fn post_without_key(addr: &str, path: &str, body: &Value) -> (u16, Option<String>, Value) {
+    use std::io::{Read, Write};
+    let body = body.to_string();
+    let mut conn = std::net::TcpStream::connect(addr).expect("connect");
+    conn.set_read_timeout(Some(Duration::from_secs(15))).expect("timeout");
+    let req = format!(
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    conn.write_all(req.as_bytes()).expect("send");
+    let mut reply = String::new();
+    conn.read_to_string(&mut reply).expect("read the reply");
+    let (head, json) = reply.split_once("\r\n\r\n").expect("an HTTP reply");
+    let status = head.split(' ').nth(1).and_then(|s| s.parse().ok()).expect("a status line");
+    let key = head
+        .lines()
+        .find_map(|l| l.split_once(':').filter(|(n, _)| n.eq_ignore_ascii_case("idempotency-key")))
+        .map(|(_, v)| v.trim().to_string());
+    (status, key, serde_json::from_str(json).unwrap_or(Value::Null))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_that_times_out_is_unknown_then_resolved_by_its_id() {
+    let mut lab = Lab::start(3).await;
+    let leader_id = lab.leader_seen_by(0).await.expect("a leader");
+    let l = (0..3).find(|i| lab.node(*i).id == leader_id).expect("the leader is a lab node");
+    let followers: Vec<usize> = (0..3).filter(|i| *i != l).collect();
+    for &f in &followers {
+        lab.kill_node(f);
+    }
+
+    // The leader proposes it and cannot commit it: not "refused", unknown, with its id.
+    let addr = lab.node(l).addr.clone();
+    let (status, header, body) =
+        tokio::task::block_in_place(|| post_without_key(&addr, "/api/v1/groups", &json!({"name": "late"})));
+    assert_eq!(status, 504, "{body}");
+    assert_eq!(body["error"]["code"], "outcome_unknown", "{body}");
+    let id = body["error"]["request_id"].as_str().expect("the error names the request id").to_string();
+    assert_eq!(header.as_deref(), Some(id.as_str()), "the agent's id for a write sent without one");
+    let message = body["error"]["message"].as_str().unwrap_or("");
+    assert!(message.contains(&format!("/api/v1/requests/{id}")), "the message says how to look it up: {message}");
+    let keyed = create(lab.client(l), "late-keyed").await;
+    assert!(matches!(keyed, Told::Unknown), "{keyed:?}");
+    // Not committed (yet): the lookup says so, and how to go on.
+    match lab.client(l).get::<Value>(&format!("/api/v1/requests/{id}")).await {
+        Err(ClientError::Api { status: 404, message, .. }) => {
+            assert!(message.contains("at most once"), "{message}")
+        }
+        other => panic!("looking up an uncommitted request: {other:?}"),
+    }
+
+    for &f in &followers {
+        lab.restart_node(f).await;
+    }
+    lab.wait_until("all 3 nodes up again, with a leader and a lease, on every node", 30, async || {
+        for i in 0..3 {
+            if !lab.sees_all_up(i, 3).await {
+                return false;
+            }
+        }
+        true
+    })
+    .await;
+    let new_leader = lab.leader_seen_by(l).await.expect("a leader");
+    let via = (0..3).find(|i| lab.node(*i).id == new_leader).expect("the leader is a lab node");
+    let told = vec![("late".to_string(), Told::Unknown), ("late-keyed".to_string(), Told::Unknown)];
+    // `late` was sent without a key: look it up (and retry it) under the agent's id.
+    let looked: Result<Value, ClientError> = lab.client(via).get(&format!("/api/v1/requests/{id}")).await;
+    lab.note(&format!("the timed-out write's lookup after the quorum came back: {looked:?}"));
+    match looked {
+        Ok(v) => {
+            assert_eq!(v["outcome"], "succeeded", "{v}");
+            assert_eq!(existence(&lab, via, "late").await, (true, 1));
+        }
+        Err(ClientError::Api { status: 404, .. }) => {
+            let again: GroupView = lab
+                .client(via)
+                .post_keyed("/api/v1/groups", &json!({"name": "late"}), &id)
+                .await
+                .expect("the same request again with its id");
+            assert_eq!(again.group.spec.name, "late");
+            assert_eq!(existence(&lab, via, "late").await, (true, 1));
+        }
+        Err(e) => panic!("looking up {id}: {e}"),
+    }
+    let counts = check_outcomes(&lab, via, &told[1..]).await;
+    lab.note(&format!("answers: {counts:?}"));
+}
