@@ -19,6 +19,9 @@ pub const EXIT_REFUSED: u8 = 1;
 pub const EXIT_USAGE: u8 = 2;
 /// Exit status: the agent could not be reached, or the cluster has no quorum.
 pub const EXIT_UNAVAILABLE: u8 = 3;
+/// Exit status: the write's outcome is unknown (it may have been applied); the message
+/// names its request id.
+pub const EXIT_UNKNOWN: u8 = 4;
 
 const AFTER_HELP: &str = "\
 EXIT STATUS:
@@ -26,6 +29,8 @@ EXIT STATUS:
   1  the agent refused the request (invalid value, unknown name, conflict); the message says why
   2  command-line usage error
   3  the agent is unreachable, or the cluster has no quorum and refuses changes
+  4  the outcome of the write is unknown (it may have been applied); the message names its
+     request id and how to look it up
 
 ENVIRONMENT:
   HAVEN_SERVER  the agent to talk to (same as --server), e.g. 127.0.0.1:7401";
@@ -415,6 +420,7 @@ impl From<ClientError> for Failure {
     fn from(e: ClientError) -> Self {
         let code = match &e {
             ClientError::Api { status, .. } if *status < 500 => EXIT_REFUSED,
+            ClientError::Api { status: 504, .. } => EXIT_UNKNOWN,
             _ => EXIT_UNAVAILABLE,
         };
         let message = match &e {
