@@ -110,14 +110,18 @@ impl Agent {
     /// Commits `command` through the leader (this node or a forwarded request) and returns
     /// the state machine's answer. Retries briefly while a leader is being elected.
     ///
-    /// The request carries an id (the API client's `Idempotency-Key`, see [`requests`], or a
-    /// new one), so that sending it again after a lost answer cannot apply it twice: the
-    /// state machine answers a known id with its first outcome. When it may have reached a
-    /// leader but no answer came back in time, the outcome is [`SubmitError::Unknown`].
+    /// An API write carries its request id (the client's `Idempotency-Key` or one the agent
+    /// made up, see [`requests`]), so that sending it again after a lost answer cannot apply
+    /// it twice: the state machine answers a known id with its first outcome. When it may
+    /// have reached a leader but no answer came back in time, the outcome is
+    /// [`SubmitError::Unknown`].
     pub async fn submit(&self, by: &str, command: Command) -> Result<Reply, SubmitError> {
         let client = requests::current();
-        let request_id = client.as_ref().map(|c| c.next_id()).unwrap_or_else(requests::new_request_id);
-        let req = Request::new(now_ms(), by, command).with_id(request_id.clone());
+        // The agent's own writes (status reports, controller decisions) carry no id, as
+        // before ids: they are frequent, and their outcomes would crowd the clients' out of
+        // the bounded table. (A re-forwarded one can, rarely, be applied twice.)
+        let mut req = Request::new(now_ms(), by, command);
+        req.request_id = client.as_ref().map(|c| c.next_id());
         // API writes stop with the agent; the agent's own (e.g. the last status reports of
         // the resources it stops) go on until their task ends.
         let cut_short = client.is_some();
@@ -127,10 +131,6 @@ impl Agent {
         let mut stopping = self.stopping.subscribe();
         let deadline = tokio::time::Instant::now() + SUBMIT_DEADLINE;
         let mut maybe_sent = false;
-        let unknown = |detail: &str| SubmitError::Unknown {
-            request_id: request_id.clone(),
-            message: unknown_message(&request_id, detail),
-        };
         loop {
             let attempt = self.attempt(&req);
             let outcome = if cut_short {
@@ -140,7 +140,7 @@ impl Agent {
                 };
                 tokio::select! {
                     a = attempt => a,
-                    _ = stop => return Err(unknown(&format!("node {:?} stopped while the write was on its way to the leader", self.name()))),
+                    _ = stop => return Err(unknown(&req, &format!("node {:?} stopped while the write was on its way to the leader", self.name()))),
                 }
             } else {
                 attempt.await
@@ -156,7 +156,7 @@ impl Agent {
             if tokio::time::Instant::now() >= deadline || (cut_short && self.is_stopping()) {
                 return Err(match (maybe_sent, cut_short && self.is_stopping()) {
                     (true, _) => {
-                        unknown(&format!("no leader answered within {} s ({reason})", SUBMIT_DEADLINE.as_secs()))
+                        unknown(&req, &format!("no leader answered within {} s ({reason})", SUBMIT_DEADLINE.as_secs()))
                     }
                     (false, true) => SubmitError::ShuttingDown(self.shutting_down_message()),
                     (false, false) => SubmitError::NoQuorum(no_quorum_message(&reason)),
@@ -183,10 +183,7 @@ impl Agent {
                 return Attempt::Again { reason: e.to_string(), maybe_sent: false };
             }
             Err(e @ WriteError::CommitTimeout(_)) => {
-                return Attempt::Failed(SubmitError::Unknown {
-                    request_id: req.request_id.clone().unwrap_or_default(),
-                    message: unknown_message(req.request_id.as_deref().unwrap_or(""), &e.to_string()),
-                });
+                return Attempt::Failed(unknown(req, &e.to_string()));
             }
             Err(WriteError::Fatal(m)) => return Attempt::Failed(SubmitError::Unavailable(m)),
         };
@@ -195,9 +192,8 @@ impl Agent {
             Err(peer::ForwardError::NotSent(m)) => Attempt::Again { reason: m, maybe_sent: false },
             Err(peer::ForwardError::MaybeSent(m)) => Attempt::Again { reason: m, maybe_sent: true },
             Err(peer::ForwardError::Unknown(m)) => {
-                let id = req.request_id.clone().unwrap_or_default();
                 let detail = format!("the leader (node {}) said: {m}", leader_id.unwrap_or_default());
-                Attempt::Failed(SubmitError::Unknown { message: unknown_message(&id, &detail), request_id: id })
+                Attempt::Failed(unknown(req, &detail))
             }
         }
     }
@@ -268,13 +264,19 @@ impl Agent {
     }
 }
 
-fn unknown_message(request_id: &str, detail: &str) -> String {
-    format!(
-        "the outcome of request {request_id:?} is unknown: {detail}; it may or may not have been applied. Look it up \
-         with `GET /api/v1/requests/{}`, or send the same request again with the header `Idempotency-Key: \
-         {request_id}`: it is applied at most once",
-        requests::percent_encode(request_id)
-    )
+/// `req`'s outcome is unknown because of `detail`: the error says how to find it out.
+fn unknown(req: &Request, detail: &str) -> SubmitError {
+    let Some(id) = req.request_id.clone() else {
+        let message = format!("the outcome of the write is unknown: {detail}; it may or may not have been applied");
+        return SubmitError::Unknown { request_id: String::new(), message };
+    };
+    let message = format!(
+        "the outcome of request {id:?} is unknown: {detail}; it may or may not have been applied. Look it up with \
+         `GET /api/v1/requests/{}`, or send the same request again with the header `Idempotency-Key: {id}`: it is \
+         applied at most once",
+        requests::percent_encode(&id)
+    );
+    SubmitError::Unknown { request_id: id, message }
 }
 
 fn no_quorum_message(detail: &str) -> String {

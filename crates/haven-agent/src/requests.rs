@@ -296,3 +296,36 @@ impl Modify for WriteDocs {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use utoipa::OpenApi;
+
+    use crate::api::ApiDoc;
+
+    #[test]
+    fn the_openapi_document_describes_request_ids_on_every_write_route() {
+        let doc = ApiDoc::openapi();
+        let mut writes = 0;
+        for (path, item) in &doc.paths.paths {
+            for op in [&item.post, &item.put, &item.patch, &item.delete].into_iter().flatten() {
+                writes += 1;
+                let params = op.parameters.as_deref().unwrap_or_default();
+                assert!(params.iter().any(|p| p.name == "Idempotency-Key"), "{path}: no Idempotency-Key header");
+                assert!(op.responses.responses.contains_key("504"), "{path}: no 504 outcome_unknown");
+            }
+        }
+        assert!(writes >= 15, "only {writes} write operations documented");
+        let lookup =
+            doc.paths.paths.get("/api/v1/requests/{id}").and_then(|p| p.get.as_ref()).expect("the lookup route");
+        assert!(lookup.responses.responses.contains_key("200") && lookup.responses.responses.contains_key("404"));
+        let schemas = doc.components.as_ref().map(|c| &c.schemas).expect("schemas");
+        assert!(schemas.contains_key("OutcomeUnknownBody") && schemas.contains_key("RequestView"));
+    }
+
+    #[test]
+    fn request_ids_are_percent_encoded_for_a_path() {
+        assert_eq!(super::percent_encode("a-b_c.d~1"), "a-b_c.d~1");
+        assert_eq!(super::percent_encode("a/b?c#d%"), "a%2Fb%3Fc%23d%25");
+    }
+}

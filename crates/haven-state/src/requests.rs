@@ -1,8 +1,8 @@
 //! The outcome of recent requests by id: what makes a retried or re-forwarded write
 //! exactly-once.
 //!
-//! A request that carries an id (the client's `Idempotency-Key`, or one the agent made up)
-//! records its outcome, the reply or the refusal, when it is applied. The same id applied
+//! A request that carries an id (the client's `Idempotency-Key`, or one the agent made up
+//! for an API write that came without) records its outcome, the reply or the refusal, when it is applied. The same id applied
 //! again returns that outcome and changes nothing; the same id with another command is
 //! refused. The table is part of the replicated state (and so of snapshots), and it is
 //! pruned deterministically: by count, and by age measured with the proposer's time stamp
@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use crate::{Command, ErrorCode, Response, StateError};
 
 /// Most request outcomes kept; the oldest is dropped first.
-pub const REQUEST_OUTCOME_LIMIT: usize = 4096;
+pub const REQUEST_OUTCOME_LIMIT: usize = 1000;
 
 /// How long a request's outcome is kept (10 minutes), counted from its proposer time stamp
 /// to that of a later request.

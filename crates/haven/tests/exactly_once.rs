@@ -350,4 +350,24 @@ async fn a_write_that_times_out_is_unknown_then_resolved_by_its_id() {
     }
     let counts = check_outcomes(&lab, via, &told[1..]).await;
     lab.note(&format!("answers: {counts:?}"));
+
+    // A malformed key is refused, naming the header and the bound.
+    let long = "k".repeat(129);
+    match lab.client(via).post_keyed::<_, Value>("/api/v1/groups", &json!({"name": "bad-key"}), &long).await {
+        Err(ClientError::Api { status: 400, field: Some(f), message, .. }) => {
+            assert_eq!(f, "Idempotency-Key");
+            assert!(message.contains("128"), "{message}");
+        }
+        other => panic!("a 129-character key: {other:?}"),
+    }
+    // A used key with another request is refused, and that request is not applied.
+    match lab.client(via).post_keyed::<_, Value>("/api/v1/groups", &json!({"name": "other"}), &id).await {
+        Err(ClientError::Api { status: 422, code, message, .. }) => {
+            assert_eq!(code, "request_id_reused");
+            assert!(message.contains("another request"), "{message}");
+        }
+        other => panic!("a used key with another request: {other:?}"),
+    }
+    assert_eq!(existence(&lab, via, "other").await, (false, 0));
+    assert!(lab.group(via, "bad-key").await.is_none());
 }
