@@ -218,7 +218,7 @@ async fn a_graceful_stop_under_write_load_is_quick_and_refuses_what_it_does_not_
         .post(
             "/api/v1/resources",
             &json!({"name": "slow-stop", "group": "slow", "type": "process",
-                    "params": {"argv": ["sh", "-c", "trap 'sleep 0.8; exit 0' TERM; while :; do sleep 0.1; done"]}}),
+                    "params": {"argv": ["sh", "-c", "trap 'sleep 0.5; exit 0' TERM; while :; do sleep 0.1; done"]}}),
         )
         .await
         .expect("resource");
