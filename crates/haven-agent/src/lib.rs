@@ -185,7 +185,8 @@ impl Agent {
             Err(e @ WriteError::CommitTimeout(_)) => {
                 return Attempt::Failed(unknown(req, &e.to_string()));
             }
-            Err(WriteError::Fatal(m)) => return Attempt::Failed(SubmitError::Unavailable(m)),
+            // Raft stopped here, before or after taking the request: it cannot tell which.
+            Err(e @ WriteError::Fatal(_)) => return Attempt::Failed(unknown(req, &e.to_string())),
         };
         match peer::forward_write(&self.peers, &addr, req).await {
             Ok(resp) => Attempt::Done(Box::new(resp)),
