@@ -5,6 +5,8 @@
 //! randomness. It validates every command against the current state and either changes
 //! nothing and returns an error that names the offending value, or applies the whole
 //! command. That makes the leader's answer to an operator the same as every replica's.
+//! A request with an id also records its outcome (see [`RequestOutcomes`]), so that the
+//! same request applied again answers the same, without running twice.
 
 mod apply;
 mod error;
