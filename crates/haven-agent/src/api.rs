@@ -23,6 +23,7 @@ use haven_state::{Command, ErrorCode, Event, Reply, State};
 use serde::Deserialize;
 use utoipa::OpenApi;
 
+use crate::requests::WriteDocs;
 use crate::{Agent, SubmitError, now_ms};
 
 /// An API error: HTTP status plus the JSON error body.
@@ -49,11 +50,15 @@ impl From<SubmitError> for ApiError {
                     ErrorCode::AlreadyExists => (409, "already_exists"),
                     ErrorCode::Invalid => (400, "invalid"),
                     ErrorCode::Conflict => (409, "conflict"),
+                    ErrorCode::RequestIdReused => (422, "request_id_reused"),
                 };
                 ApiError { status, code: code.into(), message: s.message, field: s.field }
             }
             SubmitError::NoQuorum(m) => ApiError::new(503, "no_quorum", m),
             SubmitError::Unavailable(m) => ApiError::new(503, "unavailable", m),
+            SubmitError::ShuttingDown(m) => ApiError::new(503, "shutting_down", m),
+            // The body gets the `request_id` from `requests::layer`.
+            SubmitError::Unknown { message, .. } => ApiError::new(504, "outcome_unknown", message),
         }
     }
 }
@@ -147,8 +152,10 @@ type ApiResult<T> = Result<Json<T>, ApiError>;
         crate::vm_api::edit_definition,
         crate::vm_api::console,
         crate::vm_api::create_vm,
-        crate::make_ha::make_ha
+        crate::make_ha::make_ha,
+        crate::requests::get_request
     ),
+    modifiers(&WriteDocs),
     components(schemas(
         crate::vm_api::VmView,
         crate::vm_api::GuestControl,
@@ -163,6 +170,9 @@ type ApiResult<T> = Result<Json<T>, ApiError>;
         haven_model::VmStatus,
         ErrorBody,
         ErrorDetail,
+        crate::requests::OutcomeUnknownBody,
+        crate::requests::OutcomeUnknownDetail,
+        crate::requests::RequestView,
         ClusterStatus,
         NodeIdentity,
         InitRequest,
@@ -202,13 +212,15 @@ pub fn router(agent: Arc<Agent>) -> Router {
         .route("/resources/{name}", get(get_resource).patch(update_resource).delete(delete_resource))
         .route("/resources/{name}/clear", post(clear_resource))
         .route("/history", get(history))
+        .route("/requests/{id}", get(crate::requests::get_request))
         .route("/vms", get(crate::vm_api::list_vms).post(crate::vm_api::create_vm))
         .route("/vms/make-ha", post(crate::make_ha::make_ha))
         .route("/vms/{name}", get(crate::vm_api::get_vm))
         .route("/vms/{name}/guest-control", post(crate::vm_api::guest_control))
         .route("/vms/{name}/console", get(crate::vm_api::console))
         .route("/vms/{name}/definition", axum::routing::put(crate::vm_api::edit_definition))
-        .fallback(|| async { ApiError::new(404, "not_found", "no such API route; see /api/v1/openapi.json") });
+        .fallback(|| async { ApiError::new(404, "not_found", "no such API route; see /api/v1/openapi.json") })
+        .layer(axum::middleware::from_fn_with_state(agent.clone(), crate::requests::layer));
     Router::new()
         .nest(haven_api::API_PREFIX, v1)
         .route("/metrics", get(metrics))

@@ -22,6 +22,7 @@ pub mod lrm;
 pub mod make_ha;
 pub mod peer;
 mod report;
+pub mod requests;
 pub mod vm_api;
 
 use std::collections::BTreeMap;
@@ -56,17 +57,49 @@ pub struct Agent {
     pub control_lock: tokio::sync::Mutex<()>,
     pub drivers: haven_drivers::Drivers,
     reports: report::Reporter,
+    /// Set once the agent begins to stop: API writes are refused from then on, and those in
+    /// flight are cut short (see [`Agent::submit`]).
+    stopping: tokio::sync::watch::Sender<bool>,
 }
 
 /// Why a write through the cluster failed, ready to become an API error.
 #[derive(Debug, thiserror::Error)]
 pub enum SubmitError {
+    /// The state machine refused the command (that is its committed outcome).
     #[error(transparent)]
     Refused(#[from] StateError),
+    /// Surely not applied: no leader took it.
     #[error("{0}")]
     NoQuorum(String),
     #[error("{0}")]
     Unavailable(String),
+    /// Not applied: this agent is stopping and takes no new writes.
+    #[error("{0}")]
+    ShuttingDown(String),
+    /// It may or may not have been applied (a commit timeout, a leader lost mid-write): look
+    /// `request_id` up, or retry with it.
+    #[error("{message}")]
+    Unknown { request_id: String, message: String },
+}
+
+/// How long a write may keep trying to reach a leader.
+const SUBMIT_DEADLINE: Duration = Duration::from_secs(8);
+
+/// How long an API write in flight when the agent begins to stop may still finish.
+const STOP_GRACE: Duration = Duration::from_millis(500);
+
+/// How long the API server may finish its open requests once the agent stops.
+const SERVER_STOP_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// What one attempt to commit a request through the leader came to.
+enum Attempt {
+    Done(Box<haven_state::Response>),
+    /// Try again; `maybe_sent`: the request may have reached a leader this time.
+    Again {
+        reason: String,
+        maybe_sent: bool,
+    },
+    Failed(SubmitError),
 }
 
 impl Agent {
@@ -76,31 +109,123 @@ impl Agent {
 
     /// Commits `command` through the leader (this node or a forwarded request) and returns
     /// the state machine's answer. Retries briefly while a leader is being elected.
+    ///
+    /// An API write carries its request id (the client's `Idempotency-Key` or one the agent
+    /// made up, see [`requests`]), so that sending it again after a lost answer cannot apply
+    /// it twice: the state machine answers a known id with its first outcome. When it may
+    /// have reached a leader but no answer came back in time, the outcome is
+    /// [`SubmitError::Unknown`].
     pub async fn submit(&self, by: &str, command: Command) -> Result<Reply, SubmitError> {
-        let req = Request::new(now_ms(), by, command);
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(8);
-        let mut last_error;
+        let client = requests::current();
+        // The agent's own writes (status reports, controller decisions) carry no id, as
+        // before ids: they are frequent, and their outcomes would crowd the clients' out of
+        // the bounded table. (A re-forwarded one can, rarely, be applied twice.)
+        let mut req = Request::new(now_ms(), by, command);
+        req.request_id = client.as_ref().map(|c| c.next_id());
+        // API writes stop with the agent; the agent's own (e.g. the last status reports of
+        // the resources it stops) go on until their task ends.
+        let cut_short = client.is_some();
+        if cut_short && self.is_stopping() {
+            return Err(SubmitError::ShuttingDown(self.shutting_down_message()));
+        }
+        let mut stopping = self.stopping.subscribe();
+        let deadline = tokio::time::Instant::now() + SUBMIT_DEADLINE;
+        let mut maybe_sent = false;
         loop {
-            match self.db.write(req.clone()).await {
-                Ok(resp) => return resp.map_err(SubmitError::Refused),
-                Err(WriteError::NoQuorum(m)) => return Err(SubmitError::NoQuorum(no_quorum_message(&m))),
-                Err(WriteError::Fatal(m)) => return Err(SubmitError::Unavailable(m)),
-                Err(WriteError::ForwardToLeader { leader_addr: Some(addr), leader_id })
-                    if leader_id != Some(self.db.node_id()) =>
-                {
-                    match peer::forward_write(&self.peers, &addr, &req).await {
-                        Ok(resp) => return resp.map_err(SubmitError::Refused),
-                        Err(peer::ForwardError::NoQuorum(m)) => return Err(SubmitError::NoQuorum(m)),
-                        Err(peer::ForwardError::Retry(m)) => last_error = m,
-                    }
+            let attempt = self.attempt(&req);
+            let outcome = if cut_short {
+                let stop = async {
+                    let _ = stopping.wait_for(|s| *s).await;
+                    tokio::time::sleep(STOP_GRACE).await;
+                };
+                tokio::select! {
+                    a = attempt => a,
+                    _ = stop => return Err(unknown(&req, &format!("node {:?} stopped while the write was on its way to the leader", self.name()))),
                 }
-                Err(e) => last_error = e.to_string(),
-            }
-            if tokio::time::Instant::now() >= deadline {
-                return Err(SubmitError::NoQuorum(no_quorum_message(&last_error)));
+            } else {
+                attempt.await
+            };
+            let reason = match outcome {
+                Attempt::Done(resp) => return (*resp).map_err(SubmitError::Refused),
+                Attempt::Failed(e) => return Err(e),
+                Attempt::Again { reason, maybe_sent: sent } => {
+                    maybe_sent |= sent;
+                    reason
+                }
+            };
+            if tokio::time::Instant::now() >= deadline || (cut_short && self.is_stopping()) {
+                return Err(match (maybe_sent, cut_short && self.is_stopping()) {
+                    (true, _) => {
+                        unknown(&req, &format!("no leader answered within {} s ({reason})", SUBMIT_DEADLINE.as_secs()))
+                    }
+                    (false, true) => SubmitError::ShuttingDown(self.shutting_down_message()),
+                    (false, false) => SubmitError::NoQuorum(no_quorum_message(&reason)),
+                });
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
+    }
+
+    /// One try: commit `req` here if this node leads, else forward it to the leader.
+    async fn attempt(&self, req: &Request) -> Attempt {
+        let (addr, leader_id) = match self.db.write(req.clone()).await {
+            Ok(resp) => return Attempt::Done(Box::new(resp)),
+            Err(WriteError::ForwardToLeader { leader_addr: Some(addr), leader_id })
+                if leader_id != Some(self.db.node_id()) =>
+            {
+                (addr, leader_id)
+            }
+            // Not proposed (or proposed and then overwritten by another leader's log).
+            Err(e @ WriteError::ForwardToLeader { .. }) => {
+                return Attempt::Again { reason: e.to_string(), maybe_sent: false };
+            }
+            Err(e @ WriteError::NoQuorum(_)) => {
+                return Attempt::Again { reason: e.to_string(), maybe_sent: false };
+            }
+            Err(e @ WriteError::CommitTimeout(_)) => {
+                return Attempt::Failed(unknown(req, &e.to_string()));
+            }
+            // Raft stopped here, before or after taking the request: it cannot tell which.
+            Err(e @ WriteError::Fatal(_)) => return Attempt::Failed(unknown(req, &e.to_string())),
+        };
+        match peer::forward_write(&self.peers, &addr, req).await {
+            Ok(resp) => Attempt::Done(Box::new(resp)),
+            Err(peer::ForwardError::NotSent(m)) => Attempt::Again { reason: m, maybe_sent: false },
+            Err(peer::ForwardError::MaybeSent(m)) => Attempt::Again { reason: m, maybe_sent: true },
+            Err(peer::ForwardError::Unknown(m)) => {
+                let detail = format!("the leader (node {}) said: {m}", leader_id.unwrap_or_default());
+                Attempt::Failed(unknown(req, &detail))
+            }
+        }
+    }
+
+    /// Whether the agent has begun to stop.
+    pub fn is_stopping(&self) -> bool {
+        *self.stopping.borrow()
+    }
+
+    /// Why a write is refused while the agent stops, naming a node to send it to instead.
+    pub fn shutting_down_message(&self) -> String {
+        let state = self.db.state();
+        let leader =
+            self.db.leader().filter(|(id, _)| *id != self.config.id).map(|(id, addr)| {
+                (state.node_by_id(id).map(|n| n.name.clone()).unwrap_or_else(|| format!("{id}")), addr)
+            });
+        let other = leader.or_else(|| {
+            state
+                .nodes
+                .values()
+                .find(|n| n.name != self.config.name && n.is_up())
+                .map(|n| (n.name.clone(), n.address.clone()))
+        });
+        let instead = match other {
+            Some((name, addr)) => format!("send it to node {name:?} at {addr} instead (e.g. `--server {addr}`)"),
+            None => "send it to another node of the cluster".to_string(),
+        };
+        format!(
+            "node {:?} is shutting down and takes no new writes, so this one was not applied; {instead}",
+            self.name()
+        )
     }
 
     /// Whether this node may run resources now: it holds a lease and has applied the state
@@ -138,6 +263,21 @@ impl Agent {
             generation,
         });
     }
+}
+
+/// `req`'s outcome is unknown because of `detail`: the error says how to find it out.
+fn unknown(req: &Request, detail: &str) -> SubmitError {
+    let Some(id) = req.request_id.clone() else {
+        let message = format!("the outcome of the write is unknown: {detail}; it may or may not have been applied");
+        return SubmitError::Unknown { request_id: String::new(), message };
+    };
+    let message = format!(
+        "the outcome of request {id:?} is unknown: {detail}; it may or may not have been applied. Look it up with \
+         `GET /api/v1/requests/{}`, or send the same request again with the header `Idempotency-Key: {id}`: it is \
+         applied at most once",
+        requests::percent_encode(&id)
+    );
+    SubmitError::Unknown { request_id: id, message }
 }
 
 fn no_quorum_message(detail: &str) -> String {
@@ -181,6 +321,7 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Res
         control_lock: tokio::sync::Mutex::new(()),
         drivers: haven_drivers::Drivers::new(),
         reports,
+        stopping: tokio::sync::watch::channel(false).0,
     });
     tracing::info!(node = %agent.config.name, id = agent.config.id, listen = %agent.config.listen, "agent starting");
 
@@ -221,21 +362,30 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Res
     });
 
     shutdown.await;
-    tracing::info!("shutting down: stopping local resources");
+    tracing::info!("shutting down: refusing new writes, stopping local resources");
+    // First of all: new API writes are refused, and those in flight end within STOP_GRACE.
+    agent.stopping.send_replace(true);
     let _ = stop_tx.send(true);
     // The resource manager stops everything this node runs before the agent goes away, so
     // that nobody else starts a second copy while ours still runs.
     let _ = lrm.await;
-    // A probe still running has a QEMU process of ours: let it end (the probe gives up after
-    // a few seconds and reaps it) rather than leave it behind.
+    // A probe still running has a QEMU process of ours: cancel it rather than wait for it
+    // (up to seconds); dropping the probe kills its QEMU (`kill_on_drop`), nothing is left.
     if let Some(p) = kvm_probe {
-        let _ = tokio::time::timeout(std::time::Duration::from_secs(10), p).await;
+        p.abort();
+        let _ = p.await;
     }
     for t in tasks {
         t.abort();
     }
     let _ = server_stop_tx.send(true);
-    let _ = server.await;
+    // In-flight API writes end within STOP_GRACE; anything else still open (a console, a
+    // peer's request to a leader that is going away) must not hold the stop up.
+    let mut server = server;
+    if tokio::time::timeout(SERVER_STOP_TIMEOUT, &mut server).await.is_err() {
+        tracing::warn!("requests still open {} ms after shutdown; closing them", SERVER_STOP_TIMEOUT.as_millis());
+        server.abort();
+    }
     agent.db.shutdown().await;
     tracing::info!("agent stopped");
     Ok(())

@@ -27,12 +27,17 @@ pub fn router(agent: Arc<Agent>) -> Router {
         .with_state(agent)
 }
 
-/// Commits a request forwarded by another node; this node must be the leader.
+/// Commits a request forwarded by another node; this node must be the leader. A commit
+/// timeout is answered 504 (outcome unknown), never as a refusal.
 async fn write(AxState(agent): AxState<Arc<Agent>>, Json(req): Json<Request>) -> Result<Json<Response>, ApiError> {
-    match agent.db.write(req).await {
+    match agent.db.write(req.clone()).await {
         Ok(resp) => Ok(Json(resp)),
         Err(e @ WriteError::ForwardToLeader { .. }) => Err(ApiError::new(421, "not_leader", e.to_string())),
         Err(WriteError::NoQuorum(m)) => Err(SubmitError::NoQuorum(m).into()),
+        Err(e @ WriteError::CommitTimeout(_)) => {
+            let request_id = req.request_id.unwrap_or_default();
+            Err(SubmitError::Unknown { request_id, message: e.to_string() }.into())
+        }
         Err(WriteError::Fatal(m)) => Err(SubmitError::Unavailable(m).into()),
     }
 }
@@ -47,27 +52,39 @@ async fn heartbeat(
     }
 }
 
+/// Why a forwarded write got no answer from the state machine, by what it says about the
+/// request.
 pub enum ForwardError {
-    NoQuorum(String),
-    Retry(String),
+    /// Surely not applied: nothing reached the leader, or it answered that it is not one.
+    NotSent(String),
+    /// It may have been applied: the exchange broke after the request was sent.
+    MaybeSent(String),
+    /// The leader proposed it and could not commit it in time (its 504).
+    Unknown(String),
 }
 
 pub async fn forward_write(client: &reqwest::Client, addr: &str, req: &Request) -> Result<Response, ForwardError> {
     let url = format!("http://{addr}/internal/write");
-    let resp = client
-        .post(&url)
-        .timeout(Duration::from_secs(10))
-        .json(req)
-        .send()
-        .await
-        .map_err(|e| ForwardError::Retry(format!("leader at {addr} unreachable: {e}")))?;
+    let resp = client.post(&url).timeout(Duration::from_secs(10)).json(req).send().await.map_err(|e| {
+        let m = format!("leader at {addr} unreachable: {e}");
+        if e.is_connect() { ForwardError::NotSent(m) } else { ForwardError::MaybeSent(m) }
+    })?;
     let status = resp.status().as_u16();
     if status == 200 {
-        return resp.json::<Response>().await.map_err(|e| ForwardError::Retry(format!("bad answer from {addr}: {e}")));
+        // Committed; a retry with the same id reads the same outcome back.
+        return resp
+            .json::<Response>()
+            .await
+            .map_err(|e| ForwardError::MaybeSent(format!("bad answer from {addr}: {e}")));
     }
     let body: Option<haven_api::ErrorBody> = resp.json().await.ok();
     let message = body.map(|b| b.error.message).unwrap_or_else(|| format!("HTTP {status} from {url}"));
-    if status == 503 { Err(ForwardError::NoQuorum(message)) } else { Err(ForwardError::Retry(message)) }
+    match status {
+        504 => Err(ForwardError::Unknown(message)),
+        // 421 not the leader; other 4xx: the request was refused before it was proposed.
+        400..=499 => Err(ForwardError::NotSent(message)),
+        _ => Err(ForwardError::MaybeSent(message)),
+    }
 }
 
 pub async fn send_heartbeat(

@@ -4,11 +4,15 @@
 //! to one of them: the one that answered last, else the first. When a server cannot be
 //! reached it tries the next, but only when that is safe: a read (GET) on any transport
 //! failure, a write only when the connection was never made — otherwise the write may have
-//! reached the first server and could be applied twice. An HTTP error is an answer and is
-//! returned as it is, never retried elsewhere.
+//! reached the first server; it is then reported as possibly applied, with its key to look
+//! it up. An HTTP error is an answer and is returned as it is, never retried elsewhere.
+//!
+//! Every write carries an `Idempotency-Key`: a random key made once per client (one per
+//! CLI invocation) with a counter per write, the same on every server it is sent to, so the
+//! cluster applies each at most once.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use reqwest::Method;
@@ -73,7 +77,7 @@ impl ClientError {
 }
 
 /// Talks to the agents of one cluster (one or several servers). Cheap to clone; clones
-/// share which server answered last.
+/// share which server answered last and the request keys' counter.
 #[derive(Clone, Debug)]
 pub struct Client {
     /// `http://host:port` of each server, in the order given; never empty (see `servers`).
@@ -81,7 +85,13 @@ pub struct Client {
     /// Index in `servers` of the one that answered last: the next request starts there.
     current: Arc<AtomicUsize>,
     http: reqwest::Client,
+    /// This client's random part of every write's `Idempotency-Key`.
+    key: String,
+    writes: Arc<AtomicU32>,
 }
+
+/// The request header that carries a write's id.
+pub const IDEMPOTENCY_KEY: &str = "Idempotency-Key";
 
 impl Client {
     /// One server; `base` is `http://host:port` (a bare `host:port` gets `http://`).
@@ -110,7 +120,18 @@ impl Client {
             .connect_timeout(Duration::from_secs(3))
             .build()
             .unwrap_or_else(|_| reqwest::Client::new());
-        Client { servers: servers.into(), current: Arc::new(AtomicUsize::new(0)), http }
+        Client {
+            servers: servers.into(),
+            current: Arc::new(AtomicUsize::new(0)),
+            http,
+            key: random_key(),
+            writes: Arc::new(AtomicU32::new(0)),
+        }
+    }
+
+    /// The `Idempotency-Key` of this client's next write.
+    fn next_key(&self) -> String {
+        format!("{}-{}", self.key, self.writes.fetch_add(1, Ordering::Relaxed) + 1)
     }
 
     /// The server the next request goes to first: the one that answered last, else the
@@ -126,23 +147,32 @@ impl Client {
     }
 
     pub async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
-        self.send(Method::GET, path, None).await
+        self.send(Method::GET, path, None, None).await
     }
     pub async fn post<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> Result<T, ClientError> {
-        self.send(Method::POST, path, Some(json_body(body, path)?)).await
+        self.post_keyed(path, body, &self.next_key()).await
+    }
+    /// A POST with the caller's own `Idempotency-Key`: send the same key again to retry it.
+    pub async fn post_keyed<B: Serialize, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+        key: &str,
+    ) -> Result<T, ClientError> {
+        self.send(Method::POST, path, Some(json_body(body, path)?), Some(key)).await
     }
     pub async fn put<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> Result<T, ClientError> {
-        self.send(Method::PUT, path, Some(json_body(body, path)?)).await
+        self.send(Method::PUT, path, Some(json_body(body, path)?), Some(&self.next_key())).await
     }
     pub async fn patch<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> Result<T, ClientError> {
-        self.send(Method::PATCH, path, Some(json_body(body, path)?)).await
+        self.send(Method::PATCH, path, Some(json_body(body, path)?), Some(&self.next_key())).await
     }
     pub async fn delete<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
-        self.send(Method::DELETE, path, None).await
+        self.send(Method::DELETE, path, None, Some(&self.next_key())).await
     }
     /// Sends raw bytes as a JSON body (tests of malformed input use this).
     pub async fn post_raw<T: DeserializeOwned>(&self, path: &str, body: Vec<u8>) -> Result<T, ClientError> {
-        self.send(Method::POST, path, Some(body)).await
+        self.send(Method::POST, path, Some(body), Some(&self.next_key())).await
     }
 
     /// Sends the request to the servers in turn, starting with the one that answered last,
@@ -152,6 +182,7 @@ impl Client {
         method: Method,
         path: &str,
         body: Option<Vec<u8>>,
+        key: Option<&str>,
     ) -> Result<T, ClientError> {
         let n = self.servers.len();
         let start = self.current.load(Ordering::Relaxed);
@@ -161,6 +192,9 @@ impl Client {
             let server = &self.servers[i];
             let url = format!("{server}{path}");
             let mut req = self.http.request(method.clone(), &url);
+            if let Some(k) = key {
+                req = req.header(IDEMPOTENCY_KEY, k);
+            }
             if let Some(b) = &body {
                 req = req.header("content-type", "application/json").body(b.clone());
             }
@@ -221,6 +255,18 @@ async fn read_answer<T: DeserializeOwned>(
             field: None,
         }),
     }
+}
+
+/// 32 random hex digits (from the time and the process id if the system has no random
+/// source: unique enough for one invocation's keys).
+fn random_key() -> String {
+    use std::io::Read;
+    let mut bytes = [0u8; 16];
+    if std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut bytes)).is_err() {
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+        bytes = (now ^ (u128::from(std::process::id()) << 64)).to_le_bytes();
+    }
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {

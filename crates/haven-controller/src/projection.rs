@@ -23,7 +23,8 @@ pub(crate) struct Projection {
 
 impl Projection {
     pub(crate) fn new(state: &State, now: Millis) -> Self {
-        // The history is write-only for decisions; do not copy up to HISTORY_LIMIT events.
+        // The history and the request outcomes are write-only for decisions; do not copy
+        // up to HISTORY_LIMIT events or REQUEST_OUTCOME_LIMIT outcomes.
         let state = State {
             schema_version: state.schema_version,
             cluster: state.cluster.clone(),
@@ -35,6 +36,7 @@ impl Projection {
             fencing: state.fencing.clone(),
             fence_status: state.fence_status.clone(),
             generation_floor: state.generation_floor,
+            requests: Default::default(),
         };
         Projection { state, now, decisions: Vec::new() }
     }

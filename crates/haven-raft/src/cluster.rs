@@ -143,6 +143,13 @@ pub enum WriteError {
          reach each other"
     )]
     NoQuorum(String),
+    /// The write was proposed but not committed in time: it may still be applied later (or
+    /// never). Its outcome is unknown, not refused.
+    #[error(
+        "the write was proposed but not committed within {0} ms, so its outcome is unknown: it \
+         may still be applied"
+    )]
+    CommitTimeout(u128),
     #[error(
         "the cluster database on this node has stopped ({0}); restart the agent, and check \
          its log and the disk holding the data directory"
@@ -348,15 +355,17 @@ impl ClusterDb {
     }
 
     /// Proposes `req` and waits until it is committed and applied on this node, which must
-    /// be the leader. Fails with `NoQuorum` if no majority acknowledges it in time; the
-    /// request may still be committed later in that case.
+    /// be the leader.
+    ///
+    /// What each failure says about the request: `ForwardToLeader` — not applied (openraft
+    /// answers it before proposing on a follower, or after truncating the proposed entry
+    /// when another leader overwrote it); `CommitTimeout` — proposed, not committed in time:
+    /// it may still be applied later (give the request an id and look it up or retry it);
+    /// `Fatal` — this node's Raft stopped, possibly after proposing it.
     pub async fn write(&self, req: Request) -> Result<Response, WriteError> {
         let write = self.inner.raft.client_write(req);
         match tokio::time::timeout(self.write_timeout, write).await {
-            Err(_) => Err(WriteError::NoQuorum(format!(
-                "the write was not committed within {} ms (it may still be applied later)",
-                self.write_timeout.as_millis()
-            ))),
+            Err(_) => Err(WriteError::CommitTimeout(self.write_timeout.as_millis())),
             Ok(Ok(resp)) => Ok(resp.data),
             Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => Err(not_leader(f).into()),
             Ok(Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e)))) => {

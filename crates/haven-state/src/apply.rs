@@ -547,7 +547,7 @@ fn ha_wizard(s: &mut State, req: &Request, report: &haven_model::HaReport, comma
                 "an HA wizard change cannot contain another one",
             )));
         }
-        let sub = Request { at: req.at, by: req.by.clone(), command: c.clone() };
+        let sub = Request::new(req.at, req.by.clone(), c.clone());
         apply(&mut scratch, &sub).map_err(|e| StateError {
             message: format!(
                 "change {} of the HA wizard for VM {:?} was refused, so none was made: {}",

@@ -16,6 +16,8 @@ pub enum ErrorCode {
     Invalid,
     /// 409: the request is valid but the cluster's current state forbids it.
     Conflict,
+    /// 422: the request's id was already used for a different request.
+    RequestIdReused,
 }
 
 /// A refused command. `field` names the input at fault when there is one.

@@ -5,9 +5,12 @@
 //! randomness. It validates every command against the current state and either changes
 //! nothing and returns an error that names the offending value, or applies the whole
 //! command. That makes the leader's answer to an operator the same as every replica's.
+//! A request with an id also records its outcome (see [`RequestOutcomes`]), so that the
+//! same request applied again answers the same, without running twice.
 
 mod apply;
 mod error;
+mod requests;
 
 use std::collections::{BTreeMap, VecDeque};
 
@@ -19,6 +22,10 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 pub use error::{ErrorCode, StateError};
+pub use requests::{
+    REQUEST_ID_MAX_LEN, REQUEST_OUTCOME_AGE_MS, REQUEST_OUTCOME_LIMIT, RequestOutcome, RequestOutcomes,
+    validate_request_id,
+};
 
 /// Version of the state's schema; a snapshot from another version is migrated on load.
 pub const SCHEMA_VERSION: u32 = 1;
@@ -74,6 +81,9 @@ pub struct State {
     /// what resource managers count failures by) never goes back.
     #[serde(default)]
     pub generation_floor: u64,
+    /// The outcome of each recent request that carried an id (see [`RequestOutcomes`]).
+    #[serde(default)]
+    pub requests: RequestOutcomes,
 }
 
 /// Where fencing a node stands. Times are compared with the node's `since` (when it went
@@ -97,15 +107,25 @@ pub struct Request {
     pub at: Millis,
     pub by: String,
     pub command: Command,
+    /// The client's id for this request (`Idempotency-Key`): a request whose id was already
+    /// applied returns the first outcome again instead of running twice. Entries written
+    /// before ids existed have none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
 }
 
 impl Request {
     pub fn new(at: Millis, by: impl Into<String>, command: Command) -> Request {
-        Request { at, by: by.into(), command }
+        Request { at, by: by.into(), command, request_id: None }
+    }
+    /// The same request carrying the client's id `id`.
+    pub fn with_id(mut self, id: impl Into<String>) -> Request {
+        self.request_id = Some(id.into());
+        self
     }
     /// A command that changes nothing (used to commit a leader's first entry and in tests).
     pub fn noop() -> Request {
-        Request { at: 0, by: "test".into(), command: Command::Noop }
+        Request::new(0, "test", Command::Noop)
     }
 }
 
@@ -244,9 +264,19 @@ pub enum Reply {
 pub type Response = Result<Reply, StateError>;
 
 impl State {
-    /// Applies one committed request. On error nothing changed.
+    /// Applies one committed request. On error nothing changed, except that a request with
+    /// an id records its outcome (see [`RequestOutcomes`]); a request whose id is already
+    /// recorded changes nothing and returns the recorded outcome.
     pub fn apply(&mut self, req: &Request) -> Response {
-        apply::apply(self, req)
+        let Some(id) = req.request_id.as_deref() else { return apply::apply(self, req) };
+        self.requests.prune(req.at);
+        let fingerprint = requests::fingerprint(&req.command);
+        if let Some(known) = self.requests.get(id) {
+            return known.replay(id, fingerprint);
+        }
+        let response = apply::apply(self, req);
+        self.requests.record(id, req.at, &req.by, fingerprint, response.clone());
+        response
     }
 
     /// Whether `node` is known to be fenced since it last went down.

@@ -19,14 +19,18 @@ pub const EXIT_REFUSED: u8 = 1;
 pub const EXIT_USAGE: u8 = 2;
 /// Exit status: the agent could not be reached, or the cluster has no quorum.
 pub const EXIT_UNAVAILABLE: u8 = 3;
+/// Exit status: the write's outcome is unknown (it may have been applied); the message
+/// names its request id.
+pub const EXIT_UNKNOWN: u8 = 4;
 
 const AFTER_HELP: &str = "\
 EXIT STATUS:
   0  success
   1  the agent refused the request (invalid value, unknown name, conflict); the message says why
   2  command-line usage error
-  3  no agent could be reached (or a write's outcome is unknown), or the cluster has no
-     quorum and refuses changes
+  3  no agent could be reached, or the cluster has no quorum and refuses changes
+  4  the outcome of the write is unknown (it may have been applied): the message names its
+     request id and how to look it up
 
 ENVIRONMENT:
   HAVEN_SERVER  the agents to talk to (same as --server), e.g. 127.0.0.1:7401,127.0.0.1:7402";
@@ -418,6 +422,8 @@ impl From<ClientError> for Failure {
     fn from(e: ClientError) -> Self {
         let code = match &e {
             ClientError::Api { status, .. } if *status < 500 => EXIT_REFUSED,
+            ClientError::Api { status: 504, .. } => EXIT_UNKNOWN,
+            ClientError::Unreachable { may_be_applied: true, .. } => EXIT_UNKNOWN,
             _ => EXIT_UNAVAILABLE,
         };
         let message = match &e {

@@ -109,7 +109,7 @@ async fn cli_moves_on_to_the_next_server_only_when_that_is_safe() {
     let (hangs, seen) = stub_server(Stub::Hangs);
     let servers = format!("{hangs},{agent}");
     let out = haven(&servers, &["group", "create", "maybe-twice"]);
-    assert_eq!(out.status.code(), Some(3), "a write whose outcome is unknown must fail: {}", stderr(&out));
+    assert_eq!(out.status.code(), Some(4), "a write whose outcome is unknown must fail: {}", stderr(&out));
     let err = stderr(&out);
     assert!(err.contains(&format!("no answer from the Haven agent at http://{hangs}")), "{err}");
     assert!(err.contains("may still be applied, so it was not sent to another agent"), "{err}");
