@@ -170,7 +170,7 @@ class VmWorkload:
         missing = missing_tools()
         if missing:
             raise VmError(f"--workload vm needs {', '.join(p for p, _ in TOOLS if shutil.which(p) is None)}; "
-                          f"install them with: apt-get install {' '.join(missing)}")
+                          f"install with: apt-get install {' '.join(missing)}")
         log("vm workload: checking the test guest (scripts/build-test-guest; a first build takes ~1 min)...")
         cls.guest_dir = build_guest()
 
