@@ -91,8 +91,8 @@ def missing_tools():
 
 
 def boot_line(console_log, boot):
-    """The `haven-guest: booted <name> boot_id=<boot> disk=...` line of guest `boot` in a
-    QEMU console log, or None."""
+    """(the `haven-guest: booted <name> boot_id=<boot> disk=...` line of guest `boot` in a
+    QEMU console log or None, the log's text)."""
     try:
         with open(console_log, "rb") as f:
             text = f.read().decode(errors="replace")
@@ -138,6 +138,7 @@ class VmWorkload:
     memory_mib = 192
     default_runs = 5  # boots are slow under TCG
     service_label = "guest"
+    guest_dir = None  # the test guest's directory, set by prepare()
     # Resources of the group whose `started` log line on the new owner is a step of its own.
     log_resources = {"disk": "vol1-disk", "config": "vm1-config"}
     # (label, from step, to step) of the per-profile split in the summary; None = t0.
@@ -160,8 +161,6 @@ class VmWorkload:
         self.old = None
         self.first_beat = None
         self.restarts = 0  # guest boots between runs that no failover of the benchmark started
-
-    guest_dir = None  # set by prepare()
 
     @classmethod
     def prepare(cls):
@@ -190,11 +189,11 @@ class VmWorkload:
                 return
             if line:
                 raise GuestDiskError(f"the test guest booted without its data disk (console {path}:\n{tail}\n); "
-                                   f"rebuild it with scripts/build-test-guest --force")
+                                     f"rebuild it with scripts/build-test-guest --force")
             if time.monotonic() >= deadline:
                 raise GuestDiskError(f"guest {boot} on {node_name} heartbeats but printed no `haven-guest: booted` "
-                                   f"line in {path} within {BOOT_LINE_S}s (console:\n{tail}\n); rebuild the "
-                                   f"test guest with scripts/build-test-guest --force")
+                                     f"line in {path} within {BOOT_LINE_S}s (console:\n{tail}\n); rebuild the "
+                                     f"test guest with scripts/build-test-guest --force")
             time.sleep(0.1)
 
     def node_env(self, node):
