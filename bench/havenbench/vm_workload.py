@@ -14,6 +14,10 @@ guest channel and appends `alive <boot_id> <seq> <epoch>` to /alive.log.
 the owner with `runtime.guest_boot_id` and `runtime.last_heartbeat_seq` set (a heartbeat
 of the current QEMU run).
 
+Before each fault (and the final check) the owner's console.log must show the guest's
+`haven-guest: booted ... disk=vda` line: a guest without its data disk stops the benchmark
+(GuestDiskError) rather than failing the records check at the end.
+
 Safety, per run: the old QEMU process is gone before the new owner's QEMU process started
 (its start time from /proc), and the volume's claim names the new owner. After the runs,
 with the group offline: the guests' own records on a copy of data.img (journal replayed by
