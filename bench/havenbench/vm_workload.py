@@ -14,6 +14,10 @@ guest channel and appends `alive <boot_id> <seq> <epoch>` to /alive.log.
 the owner with `runtime.guest_boot_id` and `runtime.last_heartbeat_seq` set (a heartbeat
 of the current QEMU run).
 
+Before each fault (and the final check) the owner's console.log must show the guest's
+`haven-guest: booted ... disk=vda` line: a guest without its data disk stops the benchmark
+(GuestDiskError) rather than failing the records check at the end.
+
 Safety, per run: the old QEMU process is gone before the new owner's QEMU process started
 (its start time from /proc), and the volume's claim names the new owner. After the runs,
 with the group offline: the guests' own records on a copy of data.img (journal replayed by
@@ -45,6 +49,11 @@ class VmError(Exception):
     pass
 
 
+class GuestDiskError(Exception):
+    """A guest came up without its data disk: the benchmark stops (exit 3), it is no
+    safety failure of Haven's."""
+
+
 def _run(argv, ok=(0,)):
     try:
         r = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, errors="replace")
@@ -55,14 +64,46 @@ def _run(argv, ok=(0,)):
     return r
 
 
+# What the workload runs on this machine: (program, Debian package).
+TOOLS = [("qemu-system-x86_64", "qemu-system-x86"), ("mkfs.ext4", "e2fsprogs"), ("e2fsck", "e2fsprogs"),
+         ("debugfs", "e2fsprogs")]
+# How long a guest may take from its first heartbeat to its console's boot line (printed
+# just before that heartbeat, on the other serial port).
+BOOT_LINE_S = 10
+
+
 def build_guest():
-    """The test guest's directory (vmlinuz, initrd.img); builds it if missing."""
-    r = _run([GUEST_SCRIPT])
+    """The test guest's directory (vmlinuz, initrd.img); scripts/build-test-guest builds it
+    (and smoke-boots it) when missing or built from an older Debian kernel or builder."""
+    try:
+        r = subprocess.run([GUEST_SCRIPT], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                           errors="replace")
+    except OSError as e:
+        raise VmError(f"cannot run {GUEST_SCRIPT}: {e}") from None
+    if r.returncode != 0:
+        raise VmError(f"{GUEST_SCRIPT} failed ({r.returncode}):\n{r.stderr.strip()}")
     lines = r.stdout.strip().splitlines()
     d = lines[-1] if lines else ""
     if not (os.path.exists(os.path.join(d, "vmlinuz")) and os.path.exists(os.path.join(d, "initrd.img"))):
         raise VmError(f"{GUEST_SCRIPT} printed {d!r}, which has no vmlinuz/initrd.img")
     return d
+
+
+def missing_tools():
+    """The Debian packages to install for the programs of TOOLS that are not on PATH."""
+    return sorted({pkg for prog, pkg in TOOLS if shutil.which(prog) is None})
+
+
+def boot_line(console_log, boot):
+    """(the `haven-guest: booted <name> boot_id=<boot> disk=...` line of guest `boot` in a
+    QEMU console log or None, the log's text)."""
+    try:
+        with open(console_log, "rb") as f:
+            text = f.read().decode(errors="replace")
+    except OSError:
+        return None, ""
+    needle = f"boot_id={boot} disk="
+    return next((ln.strip() for ln in text.splitlines() if needle in ln), None), text
 
 
 def parse_dur(text):
@@ -101,6 +142,7 @@ class VmWorkload:
     memory_mib = 192
     default_runs = 5  # boots are slow under TCG
     service_label = "guest"
+    guest_dir = None  # the test guest's directory, set by prepare()
     # Resources of the group whose `started` log line on the new owner is a step of its own.
     log_resources = {"disk": "vol1-disk", "config": "vm1-config"}
     # (label, from step, to step) of the per-profile split in the summary; None = t0.
@@ -124,8 +166,39 @@ class VmWorkload:
         self.first_beat = None
         self.restarts = 0  # guest boots between runs that no failover of the benchmark started
 
+    @classmethod
+    def prepare(cls):
+        """Checks this machine's prerequisites and builds the test guest; raises VmError
+        saying what to install or what failed."""
+        missing = missing_tools()
+        if missing:
+            raise VmError(f"--workload vm needs {', '.join(p for p, _ in TOOLS if shutil.which(p) is None)}; "
+                          f"install with: apt-get install {' '.join(missing)}")
+        log("vm workload: checking the test guest (scripts/build-test-guest; a first build takes ~1 min)...")
+        cls.guest_dir = build_guest()
+
     def run_dir(self, node_name):
         return os.path.join(self.workdir, node_name, "state", "run", self.resource)
+
+    def check_disk(self, node_name, boot):
+        """Raises when guest `boot` on `node_name` came up without its data disk (its console
+        says `disk=none`): it heartbeats but writes no records, and the final check would
+        only find them missing. Waits up to BOOT_LINE_S for the console's boot line."""
+        path = os.path.join(self.run_dir(node_name), "console.log")
+        deadline = time.monotonic() + BOOT_LINE_S
+        while True:
+            line, text = boot_line(path, boot)
+            tail = "\n".join(text.splitlines()[-15:])
+            if line and " disk=vda" in line:
+                return
+            if line:
+                raise GuestDiskError(f"the test guest booted without its data disk (console {path}:\n{tail}\n); "
+                                     f"rebuild it with scripts/build-test-guest --force")
+            if time.monotonic() >= deadline:
+                raise GuestDiskError(f"guest {boot} on {node_name} heartbeats but printed no `haven-guest: booted` "
+                                     f"line in {path} within {BOOT_LINE_S}s (console:\n{tail}\n); rebuild the "
+                                     f"test guest with scripts/build-test-guest --force")
+            time.sleep(0.1)
 
     def node_env(self, node):
         return {"HAVEN_BENCH_NODE": node.name}
@@ -152,7 +225,7 @@ class VmWorkload:
 
     def create(self, api):
         try:
-            guest = build_guest()
+            guest = self.guest_dir or build_guest()
             self.make_volume(guest)
         except VmError as e:
             raise RuntimeError(f"vm workload: {e}") from None
@@ -219,6 +292,7 @@ class VmWorkload:
     def before_fault(self, cluster, h):
         self.unexpected_boot(h)
         if h.seen:
+            self.check_disk(h.owner, h.seen[2])
             self.wait_seq(cluster, h.owner, h.seen[2])
         self.old = h.seen
         self.first_beat = None
@@ -333,6 +407,7 @@ class VmWorkload:
             h = cluster.wait_healthy()
             self.unexpected_boot(h)
             if h.seen:
+                self.check_disk(h.owner, h.seen[2])
                 self.wait_seq(cluster, h.owner, h.seen[2])
             self.take_offline(cluster)
             boots, alive, bad = self.guest_records()

@@ -19,6 +19,7 @@ A workload is a small class with:
 python); `VmWorkload` a QEMU guest (vm_workload.py).
 """
 
+import hashlib
 import os
 import socket
 import subprocess
@@ -32,17 +33,32 @@ SERVICE_PY = os.path.join(HERE, "service.py")
 SERVICE_RS = os.path.join(HERE, "service.rs")
 
 
-def build_native_service(repo):
-    """Compiles service.rs (std only) to target/bench-service/service unless that is newer;
-    returns its path."""
-    out_dir = os.path.join(repo, "target", "bench-service")
-    exe = os.path.join(out_dir, "service")
-    if os.path.exists(exe) and os.path.getmtime(exe) >= os.path.getmtime(SERVICE_RS):
+def cache_dir():
+    """The benchmark's cache: ${XDG_CACHE_HOME:-~/.cache}/haven/bench."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "haven", "bench")
+
+
+def build_native_service():
+    """Compiles service.rs (std only) to <cache>/service-<hash of service.rs> unless it is
+    there; returns its path. (Keyed by the source, not its mtime: checkouts share the cache.)"""
+    with open(SERVICE_RS, "rb") as f:
+        digest = hashlib.sha256(f.read()).hexdigest()[:12]
+    out_dir = cache_dir()
+    exe = os.path.join(out_dir, f"service-{digest}")
+    if os.access(exe, os.X_OK):
         return exe
     os.makedirs(out_dir, exist_ok=True)
-    r = subprocess.run(["rustc", "-O", "--edition", "2021", "-o", exe, SERVICE_RS])
+    # Built under a temporary name and renamed, so that a concurrent run never starts a
+    # half-written program.
+    tmp = f"{exe}.tmp.{os.getpid()}"
+    try:
+        r = subprocess.run(["rustc", "-O", "--edition", "2021", "-o", tmp, SERVICE_RS])
+    except OSError as e:
+        raise RuntimeError(f"cannot run rustc ({e}); install Rust or run with --service python") from None
     if r.returncode != 0:
         raise RuntimeError(f"rustc could not build {SERVICE_RS}; run with --service python instead")
+    os.replace(tmp, exe)
     return exe
 
 

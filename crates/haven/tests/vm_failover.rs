@@ -17,7 +17,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::{HAVEN, Lab, alive, installed, pid_in, processes_in, sigkill, test_guest};
+use common::{HAVEN, Lab, alive, assert_guest_found_its_disk, installed, pid_in, processes_in, sigkill, test_guest};
 use haven_agent::vm_api::VmView;
 use haven_api::{GroupView, ResourceView};
 use haven_model::{Accel, ResourceState};
@@ -311,6 +311,7 @@ async fn vm_fails_over_when_its_node_dies_and_one_guest_writes_at_a_time() {
         })
         .await;
     assert_eq!(owner, a_name, "the VM should start on its preferred owner");
+    assert_guest_found_its_disk(&lab.node(a).run_dir(VM), &boot1).await;
     lab.note(&format!("guest {boot1} heartbeats on {a_name} (seq {seq})"));
 
     // The accelerator and why, through the API and the CLI.
@@ -356,6 +357,7 @@ async fn vm_fails_over_when_its_node_dies_and_one_guest_writes_at_a_time() {
     lab.note(&format!("guest {boot2} heartbeats on {s} (seq {seq2})"));
     let si = lab.index_of(&s);
     assert!(survivors.contains(&si));
+    assert_guest_found_its_disk(&lab.node(si).run_dir(VM), &boot2).await;
     lab.wait_until(&format!("the other survivor to see guest {boot2} on {s} too"), 10, async || {
         heartbeat(&lab, survivors[1]).await.is_some_and(|(o, b, _)| o == s && b == boot2)
     })
@@ -407,6 +409,7 @@ async fn vm_restarts_in_place_when_qemu_dies_or_its_guest_stops_heartbeating() {
     assert_eq!(owner, a_name);
     let generation = group_generation(&lab, 0).await;
     let run_dir = lab.node(a).run_dir(VM);
+    assert_guest_found_its_disk(&run_dir, &boot1).await;
 
     // 1. QEMU alone dies.
     let qemu1 = pid_in(&run_dir).expect("a QEMU pid file");
@@ -422,6 +425,7 @@ async fn vm_restarts_in_place_when_qemu_dies_or_its_guest_stops_heartbeating() {
         })
         .await;
     lab.note(&format!("guest {boot2} heartbeats on {a_name} (QEMU {qemu2})"));
+    assert_guest_found_its_disk(&run_dir, &boot2).await;
     assert!(!alive(qemu1));
     let events = history(&lab, other).await;
     let failed = events
@@ -458,6 +462,7 @@ async fn vm_restarts_in_place_when_qemu_dies_or_its_guest_stops_heartbeating() {
         )
         .await;
     lab.note(&format!("guest {boot3} heartbeats on {a_name}"));
+    assert_guest_found_its_disk(&run_dir, &boot3).await;
     assert!(!alive(qemu2), "the hung guest's QEMU {qemu2} must be stopped");
     let events = history(&lab, other).await;
     let hung = events
