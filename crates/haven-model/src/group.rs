@@ -4,7 +4,7 @@
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use crate::{Dur, InvalidInput, Millis, validate_name};
+use crate::{Dur, InvalidInput, Millis, bounds, validate_name};
 
 /// When a group moves back to a preferred owner that returns.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -97,17 +97,16 @@ impl GroupSpec {
         for (i, n) in self.possible_owners.iter().enumerate() {
             validate_name(&format!("possible_owners[{i}]"), n)?;
         }
-        if let Failback::Window { start_hour, end_hour } = self.failback
-            && (start_hour > 23 || end_hour > 23)
-        {
-            return Err(InvalidInput::new(
-                "failback",
-                format!("window {start_hour}-{end_hour} is out of range; hours are 0-23 (UTC)"),
-            ));
+        if let Failback::Window { start_hour, end_hour } = self.failback {
+            bounds::FAILBACK_HOUR.check_count(u64::from(start_hour))?;
+            bounds::FAILBACK_HOUR.check_count(u64::from(end_hour))?;
         }
-        if self.failover_period.0.is_zero() {
-            return Err(InvalidInput::new("failover_period", "must be longer than 0s, e.g. \"6h\""));
+        if let Some(t) = self.failover_threshold {
+            bounds::FAILOVER_THRESHOLD.check_count(u64::from(t))?;
         }
+        bounds::FAILOVER_PERIOD.check_dur(self.failover_period)?;
+        bounds::GROUP_CPUS.check_count(u64::from(self.cpus))?;
+        bounds::GROUP_MEMORY_MIB.check_count(self.memory_mib)?;
         Ok(())
     }
 }

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use crate::{DiskParams, Dur, InvalidInput, Millis, VmConfigParams, VmParams, validate_name};
+use crate::{DiskParams, Dur, InvalidInput, Millis, VmConfigParams, VmParams, bounds, validate_name};
 
 /// The resource types Haven knows. Each has a driver in `haven-drivers`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, ToSchema)]
@@ -107,21 +107,14 @@ impl Default for ResourceProps {
 }
 
 impl ResourceProps {
+    /// Every property within its documented bound (`crate::bounds`).
     pub fn validate(&self) -> Result<(), InvalidInput> {
-        let at_least = |field: &str, d: Dur, min_ms: u64| {
-            if d.as_millis() < min_ms {
-                Err(InvalidInput::new(
-                    format!("props.{field}"),
-                    format!("{d} is too short; use at least {}", Dur::from_millis(min_ms)),
-                ))
-            } else {
-                Ok(())
-            }
-        };
-        at_least("restart_period", self.restart_period, 1)?;
-        at_least("pending_timeout", self.pending_timeout, 100)?;
-        at_least("looks_alive_interval", self.looks_alive_interval, 100)?;
-        at_least("is_alive_interval", self.is_alive_interval, 100)?;
+        bounds::RESTART_THRESHOLD.check_count(u64::from(self.restart_threshold))?;
+        bounds::RESTART_PERIOD.check_dur(self.restart_period)?;
+        bounds::RESTART_DELAY.check_dur(self.restart_delay)?;
+        bounds::PENDING_TIMEOUT.check_dur(self.pending_timeout)?;
+        bounds::LOOKS_ALIVE_INTERVAL.check_dur(self.looks_alive_interval)?;
+        bounds::IS_ALIVE_INTERVAL.check_dur(self.is_alive_interval)?;
         Ok(())
     }
 }
@@ -190,6 +183,12 @@ impl ProcessParams {
                     format!("{k:?} is not a valid variable name; names are non-empty and have no '='"),
                 ));
             }
+        }
+        if let Some(
+            HealthCheck::Command { timeout, .. } | HealthCheck::Tcp { timeout, .. } | HealthCheck::Http { timeout, .. },
+        ) = &self.check
+        {
+            bounds::CHECK_TIMEOUT.check_dur(*timeout)?;
         }
         match &self.check {
             Some(HealthCheck::Command { argv, .. }) if argv.is_empty() => Err(InvalidInput::new(
