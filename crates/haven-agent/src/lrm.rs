@@ -278,6 +278,13 @@ impl GroupWorker {
         }
         let order = state.start_order(&self.group);
 
+        // A resource deleted from the state (possible once the node that last reported it
+        // was declared down) must not keep running here.
+        let gone: Vec<String> = self.running.keys().filter(|n| !state.resources.contains_key(*n)).cloned().collect();
+        for name in gone {
+            self.stop_one(&name, None).await;
+        }
+
         // Monitor what runs, at each resource's intervals.
         let now = Instant::now();
         let due: Vec<(String, Depth)> = self
