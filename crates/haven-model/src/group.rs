@@ -50,9 +50,10 @@ pub struct GroupSpec {
     pub possible_owners: Vec<String>,
     /// Failovers allowed within `failover_period` before the group is left failed.
     /// Default: `null`, meaning (number of nodes − 1), as in Windows failover clustering.
+    /// Range: 0-1000.
     #[serde(default)]
     pub failover_threshold: Option<u32>,
-    /// Default: 6h.
+    /// Default: 6h. Range: 1s-30days.
     #[serde(default = "default_failover_period")]
     pub failover_period: Dur,
     /// Default: never.
@@ -64,10 +65,10 @@ pub struct GroupSpec {
     /// Whether the group should be running. Default: true (a new group is started).
     #[serde(default = "default_true")]
     pub online: bool,
-    /// CPUs the group needs on its owner. Default: 0.
+    /// CPUs the group needs on its owner. Default: 0. Range: 0-4096.
     #[serde(default)]
     pub cpus: u32,
-    /// Memory (MiB) the group needs on its owner. Default: 0.
+    /// Memory (MiB) the group needs on its owner. Default: 0. Range: 0-67108864 (64 TiB).
     #[serde(default)]
     pub memory_mib: u64,
 }

@@ -65,29 +65,32 @@ fn d_is_alive() -> Dur {
     Dur::from_secs(60)
 }
 
-/// Health-check and restart properties. Defaults follow Windows failover clustering.
+/// Health-check and restart properties. Defaults follow Windows failover clustering; the
+/// ranges are `crate::bounds`'.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ResourceProps {
     /// Default: restart-and-failover.
     #[serde(default)]
     pub restart_action: RestartAction,
-    /// Restarts in place allowed within `restart_period`. Default: 3.
+    /// Restarts in place allowed within `restart_period`. Default: 3. Range: 0-1000.
     #[serde(default = "d_restart_threshold")]
     pub restart_threshold: u32,
-    /// Default: 15m.
+    /// Default: 15m. Range: 1s-30days.
     #[serde(default = "d_restart_period")]
     pub restart_period: Dur,
-    /// Wait before a restart in place. Default: 500ms.
+    /// Wait before a restart in place. Default: 500ms. Range: 0s-1h.
     #[serde(default = "d_restart_delay")]
     pub restart_delay: Dur,
     /// Longest a start or stop may take before it counts as failed. Default: 180s.
+    /// Range: 100ms-1day.
     #[serde(default = "d_pending_timeout")]
     pub pending_timeout: Dur,
-    /// Interval of the cheap check (the process exists). Default: 5s.
+    /// Interval of the cheap check (the process exists). Default: 5s. Range: 100ms-1day.
     #[serde(default = "d_looks_alive")]
     pub looks_alive_interval: Dur,
     /// Interval of the thorough check (the configured health check). Default: 60s.
+    /// Range: 100ms-1day.
     #[serde(default = "d_is_alive")]
     pub is_alive_interval: Dur,
 }
