@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use haven_model::{Capacity, Dur};
+use haven_model::{Capacity, Dur, bounds};
 use serde::{Deserialize, Serialize};
 
 /// `haven agent --config <file>`. Only `id`, `name`, `listen` and `state_dir` are required.
@@ -100,6 +100,9 @@ impl AgentConfig {
         self.listen.parse::<std::net::SocketAddr>().map_err(|e| {
             format!("listen = {:?} is not an ip:port address ({e}); write e.g. \"127.0.0.1:7400\"", self.listen)
         })?;
+        if let Some(c) = &self.capacity {
+            c.validate().map_err(|e| e.to_string())?;
+        }
         self.timing().map(|_| ())
     }
 
@@ -111,16 +114,18 @@ impl AgentConfig {
         let profile = self.timing.profile.as_deref().unwrap_or("default");
         let mut t = Timing::profile(profile)
             .ok_or_else(|| format!("timing.profile = {profile:?} is unknown; use \"default\" or \"aggressive\""))?;
+        let bounded =
+            |bound: haven_model::bounds::Bound, v: Dur| bound.check_dur(v).map(|()| v.0).map_err(|e| e.to_string());
         if let Some(v) = self.timing.renew_interval {
-            t.renew_interval = v.0;
+            t.renew_interval = bounded(bounds::RENEW_INTERVAL, v)?;
         }
         if let Some(v) = self.timing.lease {
-            t.lease = v.0;
+            t.lease = bounded(bounds::LEASE, v)?;
         }
         if let Some(v) = self.timing.margin {
-            t.margin = v.0;
+            t.margin = bounded(bounds::MARGIN, v)?;
         }
-        if t.renew_interval * 2 > t.lease {
+        if t.renew_interval.saturating_mul(2) > t.lease {
             return Err(format!(
                 "timing.renew_interval ({}) must be at most half of timing.lease ({}) so one lost renewal does not end the lease",
                 Dur(t.renew_interval),
@@ -151,5 +156,56 @@ fn host_capacity() -> Capacity {
         })
         .map(|kb| kb / 1024)
         .unwrap_or(1024);
-    Capacity { cpus, memory_mib }
+    // Within the bounds a configured capacity has, so the join is never refused for it.
+    let max_cpus = u32::try_from(bounds::MAX_CPUS).unwrap_or(u32::MAX);
+    Capacity { cpus: cpus.min(max_cpus), memory_mib: memory_mib.min(bounds::MAX_MEMORY_MIB) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(extra: &str) -> Result<AgentConfig, String> {
+        let text = format!("id = 1\nname = \"n1\"\nlisten = \"127.0.0.1:7400\"\nstate_dir = \"/tmp/x\"\n{extra}");
+        let cfg: AgentConfig = toml::from_str(&text).map_err(|e| e.to_string())?;
+        cfg.validate().map(|()| cfg)
+    }
+
+    /// Each `timing.*` and `capacity.*` bound: both ends accepted (with the other values
+    /// chosen so the renew-vs-lease rule holds), beyond them and the value refused
+    /// with the field and the bound named.
+    #[test]
+    fn timing_and_capacity_values_are_bounded() {
+        for b in [bounds::RENEW_INTERVAL, bounds::LEASE, bounds::MARGIN] {
+            let bounds::Limit::Duration { min, max } = b.limit else { panic!("{} is a duration", b.field) };
+            let key = b.field.strip_prefix("timing.").expect("a timing field");
+            // The renewal must fit twice into the lease: pair each end with a partner that allows it.
+            let with = |v: Dur| match key {
+                "renew_interval" => format!("[timing]\nrenew_interval = \"{v}\"\nlease = \"1m\""),
+                "lease" => format!("[timing]\nlease = \"{v}\"\nrenew_interval = \"10ms\""),
+                _ => format!("[timing]\nmargin = \"{v}\""),
+            };
+            for ok in [min, max] {
+                config(&with(ok)).unwrap_or_else(|e| panic!("{} = {ok} refused: {e}", b.field));
+            }
+            let over = Dur(max.0 + Duration::from_millis(1));
+            let under = Dur(min.0 - Duration::from_millis(1));
+            for (bad, names) in [(over, max), (Dur::parse("292277000000y").unwrap(), max), (under, min)] {
+                let e = config(&with(bad)).map(|_| ()).unwrap_err();
+                assert!(e.contains(b.field) && e.contains(&bad.to_string()) && e.contains(&names.to_string()), "{e}");
+            }
+        }
+        assert!(config("[capacity]\ncpus = 4096\nmemory_mib = 67108864").is_ok());
+        let e = config("[capacity]\ncpus = 4097\nmemory_mib = 1024").map(|_| ()).unwrap_err();
+        assert_eq!(e, "invalid capacity.cpus: 4097 is too large; the most allowed is 4096 (use 0 to 4096 CPUs)");
+        let e = config("[capacity]\ncpus = 1\nmemory_mib = 18446744073709551615").map(|_| ()).unwrap_err();
+        assert!(e.contains("capacity.memory_mib") && e.contains("67108864"), "{e}");
+        let e = config("[timing]\nrenew_interval = \"10s\"\nlease = \"15s\"").map(|_| ()).unwrap_err();
+        assert!(e.contains("at most half of timing.lease"), "{e}");
+    }
+
+    #[test]
+    fn the_detected_capacity_is_within_the_bounds() {
+        assert_eq!(host_capacity().validate(), Ok(()));
+    }
 }

@@ -11,13 +11,15 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::watch;
 
+use haven_drivers::time::millis_u64;
+
 use crate::{Agent, now_ms};
 
 pub async fn run(agent: Arc<Agent>, mut stop: watch::Receiver<bool>) {
     let tick = agent.timing.renew_interval / 2;
     let timing = haven_controller::Timing {
-        lease_ms: agent.timing.lease.as_millis() as u64,
-        margin_ms: agent.timing.margin.as_millis() as u64,
+        lease_ms: millis_u64(agent.timing.lease),
+        margin_ms: millis_u64(agent.timing.margin),
     };
     // (term, when this node became leader in that term)
     let mut leadership: Option<(u64, u64)> = None;
@@ -84,7 +86,7 @@ pub async fn run(agent: Arc<Agent>, mut stop: watch::Receiver<bool>) {
         // Wake when the next lease (plus margin) runs out rather than up to a tick later:
         // detection time is what a failover costs.
         if let Some(deadline) = next_lease_deadline(&agent.db.state(), &heartbeats, leader_since, &timing) {
-            let wait = std::time::Duration::from_millis(deadline.saturating_sub(now_ms()) + 1);
+            let wait = std::time::Duration::from_millis(deadline.saturating_sub(now_ms()).saturating_add(1));
             next_wake = wait.clamp(std::time::Duration::from_millis(5), tick);
         }
     }
@@ -103,11 +105,11 @@ async fn ask_earlier_leaders(agent: Arc<Agent>, term: u64, out: Arc<Mutex<Option
         return;
     };
     let ago = tokio::time::Instant::now().saturating_duration_since(at);
-    let wall = now_ms().saturating_sub(ago.as_millis() as u64) + 1;
+    let wall = now_ms().saturating_sub(millis_u64(ago)).saturating_add(1);
     tracing::info!(
         term,
-        ago_ms = ago.as_millis() as u64,
-        took_ms = started.elapsed().as_millis() as u64,
+        ago_ms = millis_u64(ago),
+        took_ms = millis_u64(started.elapsed()),
         "earlier leaders renewed no lease after this; leases count from then"
     );
     *out.lock().unwrap_or_else(|e| e.into_inner()) = Some((term, wall));
@@ -124,6 +126,14 @@ fn next_lease_deadline(
         .nodes
         .values()
         .filter(|n| n.is_up())
-        .map(|n| heartbeats.get(&n.name).copied().unwrap_or(0).max(leader_since) + timing.lease_ms + timing.margin_ms)
+        .map(|n| {
+            heartbeats
+                .get(&n.name)
+                .copied()
+                .unwrap_or(0)
+                .max(leader_since)
+                .saturating_add(timing.lease_ms)
+                .saturating_add(timing.margin_ms)
+        })
         .min()
 }

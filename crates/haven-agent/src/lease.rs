@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use haven_api::{Heartbeat, HeartbeatReply};
+use haven_drivers::time::instant_after;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
@@ -61,7 +62,7 @@ impl LeaseKeeper {
         let lease = self.timing.lease.mul_f64(0.99);
         {
             let mut l = self.lease.lock().unwrap_or_else(|e| e.into_inner());
-            l.valid_until = Some(sent + lease);
+            l.valid_until = Some(instant_after(sent, lease));
             l.min_applied = min_applied;
         }
         self.changed.send_modify(|v| *v += 1);
@@ -87,7 +88,7 @@ pub async fn run(agent: Arc<Agent>, mut stop: watch::Receiver<bool>) {
             agent.lease.changed.send_modify(|v| *v += 1);
             was_valid = valid;
         }
-        let next = started + interval;
+        let next = instant_after(started, interval);
         // A new leader is renewed with at once: after the leader's node is lost, the first
         // renewal with its successor must not wait for the next tick (nor, in `renew_once`,
         // for a request to the lost leader to time out), or every lease runs out.

@@ -14,6 +14,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
+use haven_drivers::time::instant_after;
 use haven_drivers::{Depth, Health, ResourceCtx};
 use haven_model::{ResourceSpec, ResourceState};
 use haven_policy::RestartDecision;
@@ -77,7 +78,7 @@ pub async fn run(agent: Arc<Agent>, mut stop: watch::Receiver<bool>) {
                 }
                 let running = pending_probe.remove(&g).unwrap_or_default();
                 let (tx, rx) = watch::channel(false);
-                let h = tokio::spawn(GroupWorker::new(agent.clone(), g.clone(), running).run(rx));
+                let h = tokio::spawn(GroupWorker::new(agent.clone(), g.clone(), running, rx).run());
                 workers.insert(g, (h, tx));
             }
         } else {
@@ -142,15 +143,33 @@ struct GroupWorker {
     gave_up: BTreeSet<String>,
     not_before: BTreeMap<String, Instant>,
     generation: Option<u64>,
+    /// Set when the agent shuts down.
+    stop: watch::Receiver<bool>,
+}
+
+/// How an operation raced against the reasons to abandon it came out.
+enum Raced<T> {
+    Done(T),
+    /// The lease ended: the caller kills what the operation got running (self-fence).
+    LeaseEnded,
+    /// The group should no longer run here (taken offline, moved, failed, resource
+    /// deleted, agent stopping): the caller stops what the operation got running.
+    Unwanted(&'static str),
 }
 
 impl GroupWorker {
-    fn new(agent: Arc<Agent>, group: String, probed: BTreeMap<String, ResourceCtx>) -> GroupWorker {
+    fn new(
+        agent: Arc<Agent>,
+        group: String,
+        probed: BTreeMap<String, ResourceCtx>,
+        stop: watch::Receiver<bool>,
+    ) -> GroupWorker {
         let now = Instant::now();
         let running = probed
             .into_iter()
             .map(|(name, ctx)| {
-                let r = Running { next_cheap: now, next_thorough: now + ctx.spec.props.is_alive_interval.0, ctx };
+                let next_thorough = instant_after(now, ctx.spec.props.is_alive_interval.0);
+                let r = Running { next_cheap: now, next_thorough, ctx };
                 (name, r)
             })
             .collect();
@@ -162,12 +181,14 @@ impl GroupWorker {
             gave_up: BTreeSet::new(),
             not_before: BTreeMap::new(),
             generation: None,
+            stop,
         }
     }
 
     /// Runs until the group has nothing left to do here; returns the placement generation
     /// of the handoff it released, if it ended by releasing one.
-    async fn run(mut self, mut stop: watch::Receiver<bool>) -> Option<u64> {
+    async fn run(mut self) -> Option<u64> {
+        let mut stop = self.stop.clone();
         let mut state_rx = self.agent.db.subscribe();
         let mut lease_rx = self.agent.lease.subscribe();
         loop {
@@ -196,7 +217,7 @@ impl GroupWorker {
                 }
             }
             // Wake exactly when the lease ends: self-fencing must not wait for a tick.
-            let lease_end = self.agent.lease.valid_until().unwrap_or_else(|| Instant::now() + TICK);
+            let lease_end = self.agent.lease.valid_until().unwrap_or_else(|| instant_after(Instant::now(), TICK));
             tokio::select! {
                 _ = state_rx.changed() => {}
                 _ = lease_rx.changed() => {}
@@ -207,19 +228,54 @@ impl GroupWorker {
         }
     }
 
-    /// Runs `op` unless the lease ends first (then `None`: the caller returns and the next
-    /// pass self-fences). Renewals while `op` runs extend it: only a lease that really
-    /// ended (was not renewed in time) cuts it short, so a start longer than one lease
-    /// (a VM, a KVM probe) can finish.
-    async fn within_lease<T>(&self, op: impl std::future::Future<Output = T>) -> Option<T> {
+    /// Runs `op` unless the lease ends first or the group stops being wanted here.
+    ///
+    /// Renewals while `op` runs extend it: only a lease that really ended (was not renewed
+    /// in time) cuts it short, so a start longer than one lease (a VM, a KVM probe) can
+    /// finish. The state is looked at on every change, so a start that never finishes
+    /// (a health check that never passes, a long pending timeout) is abandoned as soon as
+    /// the group is taken offline, moved or failed, `resource` is deleted, or the agent
+    /// stops — the operator is never left waiting for the pending timeout.
+    async fn race<T>(&self, resource: &str, op: impl std::future::Future<Output = T>) -> Raced<T> {
         let mut op = std::pin::pin!(op);
+        let mut state_rx = self.agent.db.subscribe();
+        let mut stop = self.stop.clone();
+        let (mut state_open, mut stop_open) = (true, true);
         loop {
-            let end = self.agent.lease.valid_until()?;
+            let Some(end) = self.agent.lease.valid_until() else { return Raced::LeaseEnded };
+            if let Some(why) = self.unwanted(&self.agent.db.state(), resource) {
+                return Raced::Unwanted(why);
+            }
             tokio::select! {
-                out = &mut op => return Some(out),
+                out = &mut op => return Raced::Done(out),
                 // Look again: renewed meanwhile, or ended.
                 _ = tokio::time::sleep_until(end) => {}
+                r = state_rx.changed(), if state_open => state_open = r.is_ok(),
+                r = stop.changed(), if stop_open => stop_open = r.is_ok(),
+                // Also notices a change whose notification raced with the subscription.
+                _ = tokio::time::sleep(TICK) => {}
             }
+        }
+    }
+
+    /// Why `resource` of this group should not be started or kept running here now, if so.
+    fn unwanted(&self, state: &State, resource: &str) -> Option<&'static str> {
+        if *self.stop.borrow() {
+            return Some("the agent on this node is shutting down");
+        }
+        let Some(g) = state.groups.get(&self.group) else { return Some("the group was deleted") };
+        if !state.resources.contains_key(resource) {
+            Some("the resource was deleted")
+        } else if g.handoff.is_some() {
+            Some("the group is moving to another node")
+        } else if g.owner.as_deref() != Some(self.agent.name()) {
+            Some("the group is no longer placed here")
+        } else if !g.spec.online {
+            Some("the group was taken offline")
+        } else if g.failed_reason.is_some() {
+            Some("the group was left failed")
+        } else {
+            None
         }
     }
 
@@ -273,8 +329,10 @@ impl GroupWorker {
         for (name, depth) in due {
             let Some(r) = self.running.get(&name) else { continue };
             let ctx = r.ctx.clone();
-            let Some(result) = self.within_lease(self.agent.drivers.get(ctx.spec.kind).monitor(&ctx, depth)).await
+            let Raced::Done(result) =
+                self.race(&name, self.agent.drivers.get(ctx.spec.kind).monitor(&ctx, depth)).await
             else {
+                // The next pass stops the group (or self-fences).
                 return;
             };
             let health = match result {
@@ -285,9 +343,9 @@ impl GroupWorker {
                 Health::Running => {
                     if let Some(r) = self.running.get_mut(&name) {
                         let now = Instant::now();
-                        r.next_cheap = now + ctx.spec.props.looks_alive_interval.0;
+                        r.next_cheap = instant_after(now, ctx.spec.props.looks_alive_interval.0);
                         if depth == Depth::Thorough {
-                            r.next_thorough = now + ctx.spec.props.is_alive_interval.0;
+                            r.next_thorough = instant_after(now, ctx.spec.props.is_alive_interval.0);
                         }
                     }
                 }
@@ -316,11 +374,19 @@ impl GroupWorker {
             self.agent.report(name, ResourceState::Starting, None, false);
             let driver = self.agent.drivers.get(ctx.spec.kind);
             let timeout = ctx.spec.props.pending_timeout.0;
-            let Some(started) = self.within_lease(tokio::time::timeout(timeout, driver.start(&ctx))).await else {
-                // The lease ended mid-start: whatever the start got running must not stay.
-                tracing::warn!(resource = %name, "lease ended during start; killing what it started");
-                let _ = driver.stop_within(&ctx, Duration::ZERO).await;
-                return;
+            let started = match self.race(name, tokio::time::timeout(timeout, driver.start(&ctx))).await {
+                Raced::Done(started) => started,
+                Raced::LeaseEnded => {
+                    // The lease ended mid-start: whatever the start got running must not stay.
+                    tracing::warn!(resource = %name, "lease ended during start; killing what it started");
+                    let _ = driver.stop_within(&ctx, Duration::ZERO).await;
+                    return;
+                }
+                Raced::Unwanted(why) => {
+                    tracing::info!(resource = %name, group = %self.group, %why, "start abandoned; stopping what it started");
+                    self.abandon_start(name, &ctx, why).await;
+                    return;
+                }
             };
             let result = match started {
                 Ok(r) => r.map_err(|e| e.to_string()),
@@ -333,8 +399,8 @@ impl GroupWorker {
                     tracing::info!(resource = %name, group = %self.group, "started");
                     let now = Instant::now();
                     let r = Running {
-                        next_cheap: now + ctx.spec.props.looks_alive_interval.0,
-                        next_thorough: now + ctx.spec.props.is_alive_interval.0,
+                        next_cheap: instant_after(now, ctx.spec.props.looks_alive_interval.0),
+                        next_thorough: instant_after(now, ctx.spec.props.is_alive_interval.0),
                         ctx,
                     };
                     self.running.insert(name.clone(), r);
@@ -344,6 +410,23 @@ impl GroupWorker {
                     let _ = driver.stop(&ctx).await;
                     self.failed(state, name, format!("start failed: {why}")).await;
                 }
+            }
+        }
+    }
+
+    /// A start was cut short because the group should no longer run here: stop what it got
+    /// running and say so. If the stop fails, the resource is kept as running so the next
+    /// pass stops it again (and its status stays "stopping", so it cannot be deleted).
+    async fn abandon_start(&mut self, name: &str, ctx: &ResourceCtx, why: &str) {
+        let reason = format!("start cancelled: {why}");
+        let driver = self.agent.drivers.get(ctx.spec.kind);
+        self.agent.report(name, ResourceState::Stopping, Some(reason.clone()), false);
+        match driver.stop(ctx).await {
+            Ok(()) => self.agent.report(name, ResourceState::Offline, Some(reason), false),
+            Err(e) => {
+                tracing::error!(resource = %name, error = %e, "stop after a cancelled start failed");
+                let r = Running { ctx: ctx.clone(), next_cheap: Instant::now(), next_thorough: Instant::now() };
+                self.running.insert(name.to_string(), r);
             }
         }
     }
@@ -369,7 +452,7 @@ impl GroupWorker {
         let count = list.len();
         match haven_policy::restart_decision(&props, count) {
             RestartDecision::Restart { delay_ms } => {
-                self.not_before.insert(name.to_string(), now + Duration::from_millis(delay_ms));
+                self.not_before.insert(name.to_string(), instant_after(now, Duration::from_millis(delay_ms)));
                 let reason = format!(
                     "{why}; restarting in place (failure {count} of {} allowed within {})",
                     props.restart_threshold, props.restart_period

@@ -15,6 +15,7 @@ mod pidfile;
 pub mod process;
 mod procfs;
 mod sys;
+pub mod time;
 pub mod vm;
 pub mod vm_config;
 

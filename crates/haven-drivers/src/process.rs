@@ -16,6 +16,7 @@ use std::process::{ExitStatus, Stdio};
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
+use crate::time::instant_after;
 use async_trait::async_trait;
 use haven_model::{Dur, InvalidInput, ProcessParams, ResourceKind, ResourceSpec};
 use tokio::process::{Child, Command};
@@ -276,7 +277,7 @@ impl ProcessDriver {
         target: i32,
         within: Duration,
     ) -> Result<Vec<i32>, DriverError> {
-        let deadline = Instant::now() + within;
+        let deadline = instant_after(Instant::now(), within);
         loop {
             let left = self.remaining(ctx, record, target)?;
             let now = Instant::now();
@@ -489,7 +490,7 @@ impl ResourceDriver for ProcessDriver {
 
         let Some(check) = &params.check else { return Ok(()) };
         let pending_timeout = ctx.spec.props.pending_timeout;
-        let deadline = started + pending_timeout.0;
+        let deadline = instant_after(started, pending_timeout.0);
         let mut poll = CHECK_POLL_FIRST;
         loop {
             match self.inspect(ctx)? {

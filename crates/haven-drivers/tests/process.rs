@@ -447,3 +447,41 @@ async fn resource_dies_with_the_agent_that_started_it() {
     let pid = recorded_pid(&c);
     eventually("the orphaned process to be killed", || async move { (!alive(pid)).then_some(()) }).await;
 }
+
+/// Values the bounds now refuse may still sit in a cluster state written before them: the
+/// largest duration there is, as pending timeout, restart and check properties and stop
+/// grace, must not panic the driver (`started + pending_timeout` used to overflow).
+#[tokio::test]
+async fn the_largest_durations_do_not_panic_start_monitor_or_stop() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let drivers = Drivers::new();
+    let huge = Dur(Duration::MAX);
+    let argv = json!(["sh", "-c", "sleep 0.5; touch ready; exec sleep 1000"]);
+    // A check timeout beyond its bound is refused by the driver (the start fails, naming it).
+    let check = json!({"kind": "command", "argv": ["sh", "-c", "test -e ready"], "timeout": huge.as_millis()});
+    let bad = ctx(&dir, spec("huge-check", json!({"argv": argv, "check": check})));
+    let err = drivers.get(ResourceKind::Process).start(&bad).await.expect_err("refused").to_string();
+    assert!(err.contains("params.check.timeout") && err.contains("the most allowed is 1h"), "{err}");
+
+    let check = json!({"kind": "command", "argv": ["sh", "-c", "test -e ready"], "timeout": "1h"});
+    let mut s = spec("huge", json!({"argv": argv, "check": check}));
+    s.props = ResourceProps {
+        restart_period: huge,
+        restart_delay: huge,
+        pending_timeout: huge,
+        looks_alive_interval: huge,
+        is_alive_interval: huge,
+        restart_threshold: u32::MAX,
+        ..ResourceProps::default()
+    };
+    let ctx = ctx(&dir, s);
+    let d = drivers.get(ResourceKind::Process);
+    tokio::time::timeout(PATIENCE, d.start(&ctx)).await.expect("start within PATIENCE").expect("start");
+    assert_eq!(d.monitor(&ctx, Depth::Thorough).await.expect("monitor"), Health::Running);
+    let pid = recorded_pid(&ctx);
+    tokio::time::timeout(PATIENCE, d.stop_within(&ctx, Duration::MAX))
+        .await
+        .expect("stop within PATIENCE")
+        .expect("stop");
+    eventually_dead(&[pid]).await;
+}

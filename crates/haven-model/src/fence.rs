@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use crate::{Dur, InvalidInput};
+use crate::{Dur, InvalidInput, bounds};
 
 /// What the fence agent is asked to do to a lost node.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -82,9 +82,7 @@ impl FenceConfig {
                 return Err(InvalidInput::new(format!("params.{k}"), "must be one line"));
             }
         }
-        if self.timeout.as_millis() < 1000 {
-            return Err(InvalidInput::new("timeout", format!("{} is too short; use at least 1s", self.timeout)));
-        }
+        bounds::FENCE_TIMEOUT.check_dur(self.timeout)?;
         Ok(())
     }
 

@@ -4,7 +4,7 @@
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use crate::{Dur, InvalidInput, Millis, validate_name};
+use crate::{Dur, InvalidInput, Millis, bounds, validate_name};
 
 /// When a group moves back to a preferred owner that returns.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -50,9 +50,10 @@ pub struct GroupSpec {
     pub possible_owners: Vec<String>,
     /// Failovers allowed within `failover_period` before the group is left failed.
     /// Default: `null`, meaning (number of nodes − 1), as in Windows failover clustering.
+    /// Range: 0-1000.
     #[serde(default)]
     pub failover_threshold: Option<u32>,
-    /// Default: 6h.
+    /// Default: 6h. Range: 1s-30days.
     #[serde(default = "default_failover_period")]
     pub failover_period: Dur,
     /// Default: never.
@@ -64,10 +65,10 @@ pub struct GroupSpec {
     /// Whether the group should be running. Default: true (a new group is started).
     #[serde(default = "default_true")]
     pub online: bool,
-    /// CPUs the group needs on its owner. Default: 0.
+    /// CPUs the group needs on its owner. Default: 0. Range: 0-4096.
     #[serde(default)]
     pub cpus: u32,
-    /// Memory (MiB) the group needs on its owner. Default: 0.
+    /// Memory (MiB) the group needs on its owner. Default: 0. Range: 0-67108864 (64 TiB).
     #[serde(default)]
     pub memory_mib: u64,
 }
@@ -97,17 +98,16 @@ impl GroupSpec {
         for (i, n) in self.possible_owners.iter().enumerate() {
             validate_name(&format!("possible_owners[{i}]"), n)?;
         }
-        if let Failback::Window { start_hour, end_hour } = self.failback
-            && (start_hour > 23 || end_hour > 23)
-        {
-            return Err(InvalidInput::new(
-                "failback",
-                format!("window {start_hour}-{end_hour} is out of range; hours are 0-23 (UTC)"),
-            ));
+        if let Failback::Window { start_hour, end_hour } = self.failback {
+            bounds::FAILBACK_HOUR.check_count(u64::from(start_hour))?;
+            bounds::FAILBACK_HOUR.check_count(u64::from(end_hour))?;
         }
-        if self.failover_period.0.is_zero() {
-            return Err(InvalidInput::new("failover_period", "must be longer than 0s, e.g. \"6h\""));
+        if let Some(t) = self.failover_threshold {
+            bounds::FAILOVER_THRESHOLD.check_count(u64::from(t))?;
         }
+        bounds::FAILOVER_PERIOD.check_dur(self.failover_period)?;
+        bounds::GROUP_CPUS.check_count(u64::from(self.cpus))?;
+        bounds::GROUP_MEMORY_MIB.check_count(self.memory_mib)?;
         Ok(())
     }
 }

@@ -5,6 +5,7 @@
 //! is stored in the replicated cluster state is defined here, so one definition serves
 //! the agent, the CLI, the simulator and the OpenAPI document.
 
+pub mod bounds;
 pub mod deps;
 pub mod disk;
 pub mod duration;

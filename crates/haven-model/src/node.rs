@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use crate::Millis;
+use crate::{InvalidInput, Millis, bounds};
 
 /// Whether a node takes part in Raft votes. The first five nodes are voters, the rest
 /// learners (they replicate the cluster state and run resources but do not vote); a
@@ -34,6 +34,14 @@ pub struct Capacity {
     pub cpus: u32,
     /// Memory in MiB. Default: the host's memory as the agent reports it at join.
     pub memory_mib: u64,
+}
+
+impl Capacity {
+    /// Both values within their documented bounds (`crate::bounds`).
+    pub fn validate(&self) -> Result<(), InvalidInput> {
+        bounds::CAPACITY_CPUS.check_count(u64::from(self.cpus))?;
+        bounds::CAPACITY_MEMORY_MIB.check_count(self.memory_mib)
+    }
 }
 
 /// A cluster member.

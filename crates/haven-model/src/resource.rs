@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use crate::{DiskParams, Dur, InvalidInput, Millis, VmConfigParams, VmParams, validate_name};
+use crate::{DiskParams, Dur, InvalidInput, Millis, VmConfigParams, VmParams, bounds, validate_name};
 
 /// The resource types Haven knows. Each has a driver in `haven-drivers`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, ToSchema)]
@@ -65,29 +65,32 @@ fn d_is_alive() -> Dur {
     Dur::from_secs(60)
 }
 
-/// Health-check and restart properties. Defaults follow Windows failover clustering.
+/// Health-check and restart properties. Defaults follow Windows failover clustering; the
+/// ranges are `crate::bounds`'.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ResourceProps {
     /// Default: restart-and-failover.
     #[serde(default)]
     pub restart_action: RestartAction,
-    /// Restarts in place allowed within `restart_period`. Default: 3.
+    /// Restarts in place allowed within `restart_period`. Default: 3. Range: 0-1000.
     #[serde(default = "d_restart_threshold")]
     pub restart_threshold: u32,
-    /// Default: 15m.
+    /// Default: 15m. Range: 1s-30days.
     #[serde(default = "d_restart_period")]
     pub restart_period: Dur,
-    /// Wait before a restart in place. Default: 500ms.
+    /// Wait before a restart in place. Default: 500ms. Range: 0s-1h.
     #[serde(default = "d_restart_delay")]
     pub restart_delay: Dur,
     /// Longest a start or stop may take before it counts as failed. Default: 180s.
+    /// Range: 100ms-1day.
     #[serde(default = "d_pending_timeout")]
     pub pending_timeout: Dur,
-    /// Interval of the cheap check (the process exists). Default: 5s.
+    /// Interval of the cheap check (the process exists). Default: 5s. Range: 100ms-1day.
     #[serde(default = "d_looks_alive")]
     pub looks_alive_interval: Dur,
     /// Interval of the thorough check (the configured health check). Default: 60s.
+    /// Range: 100ms-1day.
     #[serde(default = "d_is_alive")]
     pub is_alive_interval: Dur,
 }
@@ -107,21 +110,14 @@ impl Default for ResourceProps {
 }
 
 impl ResourceProps {
+    /// Every property within its documented bound (`crate::bounds`).
     pub fn validate(&self) -> Result<(), InvalidInput> {
-        let at_least = |field: &str, d: Dur, min_ms: u64| {
-            if d.as_millis() < min_ms {
-                Err(InvalidInput::new(
-                    format!("props.{field}"),
-                    format!("{d} is too short; use at least {}", Dur::from_millis(min_ms)),
-                ))
-            } else {
-                Ok(())
-            }
-        };
-        at_least("restart_period", self.restart_period, 1)?;
-        at_least("pending_timeout", self.pending_timeout, 100)?;
-        at_least("looks_alive_interval", self.looks_alive_interval, 100)?;
-        at_least("is_alive_interval", self.is_alive_interval, 100)?;
+        bounds::RESTART_THRESHOLD.check_count(u64::from(self.restart_threshold))?;
+        bounds::RESTART_PERIOD.check_dur(self.restart_period)?;
+        bounds::RESTART_DELAY.check_dur(self.restart_delay)?;
+        bounds::PENDING_TIMEOUT.check_dur(self.pending_timeout)?;
+        bounds::LOOKS_ALIVE_INTERVAL.check_dur(self.looks_alive_interval)?;
+        bounds::IS_ALIVE_INTERVAL.check_dur(self.is_alive_interval)?;
         Ok(())
     }
 }
@@ -190,6 +186,12 @@ impl ProcessParams {
                     format!("{k:?} is not a valid variable name; names are non-empty and have no '='"),
                 ));
             }
+        }
+        if let Some(
+            HealthCheck::Command { timeout, .. } | HealthCheck::Tcp { timeout, .. } | HealthCheck::Http { timeout, .. },
+        ) = &self.check
+        {
+            bounds::CHECK_TIMEOUT.check_dur(*timeout)?;
         }
         match &self.check {
             Some(HealthCheck::Command { argv, .. }) if argv.is_empty() => Err(InvalidInput::new(

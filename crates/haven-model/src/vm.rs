@@ -8,7 +8,7 @@
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use crate::{Dur, InvalidInput, validate_name};
+use crate::{Dur, InvalidInput, bounds, validate_name};
 
 /// Parameters of a `vm-config` resource.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -69,21 +69,10 @@ pub struct VmParams {
 impl VmParams {
     pub fn validate(&self) -> Result<(), InvalidInput> {
         validate_name("params.config", &self.config)?;
-        if self.heartbeat_timeout.as_millis() < 500 {
-            return Err(InvalidInput::new(
-                "params.heartbeat_timeout",
-                format!(
-                    "{} is too short; the guest sends a heartbeat every second, use at least 500ms",
-                    self.heartbeat_timeout
-                ),
-            ));
-        }
-        if self.boot_timeout.as_millis() < 1000 {
-            return Err(InvalidInput::new(
-                "params.boot_timeout",
-                format!("{} is too short; use at least 1s", self.boot_timeout),
-            ));
-        }
+        // The guest sends a heartbeat every second: a shorter timeout fails a healthy VM.
+        bounds::HEARTBEAT_TIMEOUT.check_dur(self.heartbeat_timeout)?;
+        bounds::SHUTDOWN_TIMEOUT.check_dur(self.shutdown_timeout)?;
+        bounds::BOOT_TIMEOUT.check_dur(self.boot_timeout)?;
         Ok(())
     }
 }
@@ -233,11 +222,6 @@ impl DefinitionFormat {
     }
 }
 
-/// Most vCPUs accepted.
-pub const MAX_VCPUS: u32 = 255;
-/// Least memory accepted, in MiB.
-pub const MIN_MEMORY_MIB: u64 = 16;
-
 impl VmDefinition {
     /// Parses and validates a definition; the error's field is the path inside the file
     /// (`disks[0].format`, `memory_mib`).
@@ -270,15 +254,10 @@ impl VmDefinition {
     /// Checks the values (not the files they name).
     pub fn validate(&self) -> Result<(), InvalidInput> {
         validate_name("name", &self.name)?;
-        if self.vcpus == 0 || self.vcpus > MAX_VCPUS {
-            return Err(InvalidInput::new("vcpus", format!("{} is out of range; use 1 to {MAX_VCPUS}", self.vcpus)));
-        }
-        if self.memory_mib < MIN_MEMORY_MIB {
-            return Err(InvalidInput::new(
-                "memory_mib",
-                format!("{} is too small; use at least {MIN_MEMORY_MIB}", self.memory_mib),
-            ));
-        }
+        bounds::VCPUS.check_count(u64::from(self.vcpus))?;
+        bounds::VM_MEMORY_MIB.check_count(self.memory_mib)?;
+        bounds::VM_DISKS.check_count(self.disks.len() as u64)?;
+        bounds::VM_NICS.check_count(self.nics.len() as u64)?;
         for (i, d) in self.disks.iter().enumerate() {
             if d.path.trim().is_empty() {
                 return Err(InvalidInput::new(format!("disks[{i}].path"), "is empty; give the image file"));
@@ -501,7 +480,10 @@ path = "data.img"
     #[test]
     fn errors_name_the_field() {
         let e = err(&GOOD.replace("memory_mib = 256", "memory_mib = 0"));
-        assert_eq!(e.to_string(), "invalid memory_mib: 0 is too small; use at least 16");
+        assert_eq!(
+            e.to_string(),
+            "invalid memory_mib: 0 is too small; the least allowed is 16 (use 16 to 67108864 MiB)"
+        );
         let e = err(&GOOD.replace("vcpus = 1", "vcpus = 0"));
         assert_eq!(e.field, "vcpus");
         let e = err(&GOOD.replace("path = \"data.img\"", "path = \"data.img\"\nformat = \"vhd\""));

@@ -72,4 +72,19 @@ mod tests {
         );
         assert!(failover_allowed(&group(None, &[]), 1, 0).is_err());
     }
+
+    /// The longest period allowed, and the largest a stored state could hold, count
+    /// failovers without overflow.
+    #[test]
+    fn the_longest_periods_do_not_overflow() {
+        for period in [Dur::from_secs(30 * 86_400), Dur(std::time::Duration::MAX)] {
+            let mut g = group(Some(1000), &[0, 5, u64::MAX - 1]);
+            g.spec.failover_period = period;
+            assert!(failovers_in_period(&g, u64::MAX) <= 3);
+            assert_eq!(failovers_in_period(&g, 10), 2);
+            assert_eq!(failover_allowed(&g, 3, 10), Ok(()));
+            g.spec.failover_threshold = Some(u32::MAX);
+            assert_eq!(failover_allowed(&g, 3, u64::MAX), Ok(()));
+        }
+    }
 }

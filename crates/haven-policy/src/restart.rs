@@ -86,4 +86,30 @@ mod tests {
         assert_eq!(failures_in_period(&p, &[1_000, 5_000, 12_000], 14_000), 2);
         assert_eq!(failures_in_period(&p, &[1_000, 5_000, 12_000], 30_000), 0);
     }
+
+    /// The bounds' ends and the largest values a stored state could hold are counted and
+    /// decided without overflow.
+    #[test]
+    fn bounds_and_the_largest_values_do_not_overflow() {
+        use haven_model::bounds;
+        let longest = |b: bounds::Bound| match b.limit {
+            bounds::Limit::Duration { max, .. } => max,
+            bounds::Limit::Count { .. } => unreachable!("a duration bound"),
+        };
+        for (period, delay, threshold) in [
+            (longest(bounds::RESTART_PERIOD), longest(bounds::RESTART_DELAY), 1000),
+            (Dur(std::time::Duration::MAX), Dur(std::time::Duration::MAX), u32::MAX),
+        ] {
+            let p = ResourceProps {
+                restart_period: period,
+                restart_delay: delay,
+                restart_threshold: threshold,
+                ..Default::default()
+            };
+            assert!(failures_in_period(&p, &[0, 1, u64::MAX - 1], u64::MAX) <= 3);
+            assert_eq!(failures_in_period(&p, &[0, 1], 5), 2);
+            assert_eq!(restart_decision(&p, 1), RestartDecision::Restart { delay_ms: delay.as_millis() });
+            assert!(matches!(restart_decision(&p, usize::MAX), RestartDecision::GiveUp { .. }));
+        }
+    }
 }

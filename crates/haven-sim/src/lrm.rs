@@ -254,14 +254,14 @@ impl Worker {
     fn record_failure(&mut self, v: &View, name: &str, why: String, reports: &mut Vec<Report>) {
         let Some(res) = v.state.resources.get(name) else { return };
         let props = &res.spec.props;
-        let period_us = props.restart_period.as_millis() * 1000;
+        let period_us = props.restart_period.as_millis().saturating_mul(1000);
         let list = self.failures.entry(name.to_string()).or_default();
         list.push(v.now);
-        list.retain(|t| v.now - *t < period_us);
+        list.retain(|t| v.now.saturating_sub(*t) < period_us);
         let count = list.len();
         match haven_policy::restart_decision(props, count) {
             RestartDecision::Restart { delay_ms } => {
-                self.not_before.insert(name.to_string(), v.now + delay_ms * 1000);
+                self.not_before.insert(name.to_string(), v.now.saturating_add(delay_ms.saturating_mul(1000)));
                 let reason = format!(
                     "{why}; restarting in place (failure {count} of {} allowed within {})",
                     props.restart_threshold, props.restart_period

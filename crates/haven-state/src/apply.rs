@@ -23,6 +23,7 @@ pub(crate) fn apply(s: &mut State, req: &Request) -> Response {
             }
             haven_model::validate_name("cluster name", name)?;
             haven_model::validate_name("node name", &node.name)?;
+            node.capacity.validate()?;
             s.schema_version = SCHEMA_VERSION;
             s.cluster = Some(crate::ClusterInfo { name: name.clone(), join_token: join_token.clone(), created_at: at });
             s.nodes.insert(node.name.clone(), node.clone());
@@ -41,6 +42,7 @@ pub(crate) fn apply(s: &mut State, req: &Request) -> Response {
         Command::AddNode { node } => {
             require_cluster(s)?;
             haven_model::validate_name("node name", &node.name)?;
+            node.capacity.validate()?;
             if s.nodes.contains_key(&node.name) {
                 return Err(StateError::exists("node", &node.name));
             }
@@ -366,12 +368,29 @@ pub(crate) fn apply(s: &mut State, req: &Request) -> Response {
                     quoted(&dependents)
                 )));
             }
-            if !matches!(r.status.state, ResourceState::Offline | ResourceState::Failed) {
+            // Nothing is deleted while it may be running on a node: its last report must say
+            // it is offline or failed, or come from a node that is down (it self-fenced when
+            // its lease ended) or no longer a member.
+            let reporter_up = r.status.node.as_deref().and_then(|n| s.nodes.get(n)).is_some_and(|n| n.is_up());
+            if !matches!(r.status.state, ResourceState::Offline | ResourceState::Failed) && reporter_up {
+                let state = format!("{:?}", r.status.state).to_lowercase();
+                let on = r.status.node.as_deref().unwrap_or("?");
+                let group_online = s.groups.get(&r.spec.group).is_some_and(|g| g.spec.online);
+                let what_to_do = if group_online {
+                    format!(
+                        "take its group offline first (`haven group offline {}`), wait until the resource is offline \
+                         (a start in progress is cancelled), then delete it",
+                        r.spec.group
+                    )
+                } else {
+                    format!(
+                        "its group is offline, so node {on:?} is stopping it (a start in progress is cancelled): \
+                         delete it once `haven resource show {name}` says offline"
+                    )
+                };
                 return Err(StateError::conflict(format!(
-                    "resource {name:?} is {:?} on {}; take its group offline first (`haven group offline {}`)",
-                    r.status.state,
-                    r.status.node.as_deref().unwrap_or("?"),
-                    r.spec.group
+                    "resource {name:?} is {state} on node {on:?}, so it may be running there, and a resource is \
+                     deleted only when no node may be running it; {what_to_do}"
                 )));
             }
             let g = r.spec.group.clone();

@@ -275,7 +275,7 @@ pub enum ResourceCmd {
         #[arg(long)]
         params_json: Option<String>,
     },
-    /// Delete a resource (its group must be offline or the resource failed).
+    /// Delete a resource once no node may be running it (offline or failed): take its group offline first.
     Delete { name: String },
     /// Forget a resource's failures so it (and its group) can run again.
     Clear { name: String },
@@ -1077,7 +1077,8 @@ fn definition_from_qemu(argv: &[String]) -> Result<(Value, Vec<String>), Failure
                     _ => (v.as_str(), 1),
                 };
                 let mib: u64 = num.parse().map_err(|_| usage(format!("-m {v:?} is not a memory size")))?;
-                def["memory_mib"] = json!(mib * mult);
+                let mib = mib.checked_mul(mult).ok_or_else(|| usage(format!("-m {v:?} is too large a memory size")))?;
+                def["memory_mib"] = json!(mib);
             }
             "-smp" => {
                 let v = value(&mut it, opt)?;

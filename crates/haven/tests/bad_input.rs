@@ -118,6 +118,25 @@ async fn bad_input_is_refused_with_a_named_value_and_changes_nothing() {
     let bad_type = json!({"name": "d", "group": "g", "type": "teleporter", "params": {}});
     assert_refused(c.post("/api/v1/resources", &bad_type).await, 400, "teleporter");
 
+    // Values beyond their documented bound (docs/OPERATIONS.md, "Bounds"), among them the
+    // interval that used to panic the owner's group worker, are refused with the bound.
+    for (path, body, needle) in [
+        (
+            "/api/v1/resources",
+            json!({"name": "pan1", "group": "g", "type": "process", "params": {"argv": ["sleep", "infinity"]},
+                "props": {"is_alive_interval": "292277000000y"}}),
+            "invalid props.is_alive_interval: 292277000000years is too long; the most allowed is 1day",
+        ),
+        ("/api/v1/groups", json!({"name": "pan", "failover_period": "500000000y"}), "the most allowed is 30days"),
+    ] {
+        let (status, message) = refused(c.post(path, &body).await);
+        assert!((400..500).contains(&status), "status {status} for {message:?}");
+        assert!(message.contains(needle), "message {message:?} should say {needle:?}");
+    }
+    let (status, message) =
+        refused(c.patch("/api/v1/resources/a", &json!({"props": {"restart_threshold": 1001}})).await);
+    assert!((400..500).contains(&status) && message.contains("the most allowed is 1000"), "{status} {message}");
+
     // A dependency cycle is spelled out.
     assert_refused(c.patch("/api/v1/resources/a", &json!({"depends_on": ["b"]})).await, 400, "a -> b -> a");
 
@@ -168,6 +187,20 @@ async fn bad_input_is_refused_with_a_named_value_and_changes_nothing() {
     let (code, err) = cli(&["resource", "set", "a", "--prop", "restart_period=forever"]);
     assert_eq!(code, Some(1), "{err}");
     assert!(err.contains("\"forever\" is not a duration"), "{err}");
+    let (code, err) = cli(&[
+        "resource",
+        "create",
+        "pan1",
+        "--group",
+        "g",
+        "--prop",
+        "is_alive_interval=292277000000y",
+        "--",
+        "sleep",
+        "infinity",
+    ]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("props.is_alive_interval") && err.contains("the most allowed is 1day"), "{err}");
     let (code, err) = cli(&["resource", "set", "a", "--depends-on", "b"]);
     assert_eq!(code, Some(1), "{err}");
     assert!(err.contains("dependency cycle a -> b -> a"), "{err}");

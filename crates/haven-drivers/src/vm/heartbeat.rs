@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use crate::time::instant_after;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
 use tokio::net::unix::OwnedWriteHalf;
@@ -102,7 +103,7 @@ impl Watcher {
 impl Sender {
     /// Sends one line to the guest, waiting up to `within` for the channel to connect.
     pub async fn send(&self, line: &str, within: Duration) -> Result<(), String> {
-        let deadline = Instant::now() + within;
+        let deadline = instant_after(Instant::now(), within);
         loop {
             {
                 let mut w = self.writer.lock().await;

@@ -24,6 +24,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
+use crate::time::instant_after;
 use async_trait::async_trait;
 use haven_model::{
     Accel, DiskInterface, Dur, ImageFormat, InvalidInput, NicMode, NicModel, ResourceKind, ResourceSpec, VmDefinition,
@@ -273,7 +274,7 @@ impl VmDriver {
 
     /// Waits up to `within` for QEMU to exit; true if it did.
     async fn wait_exit(&self, pctx: &ResourceCtx, within: Duration) -> Result<bool, DriverError> {
-        let deadline = Instant::now() + within;
+        let deadline = instant_after(Instant::now(), within);
         loop {
             if self.process.monitor(pctx, Depth::Cheap).await? != Health::Running {
                 return Ok(true);
@@ -429,7 +430,7 @@ impl ResourceDriver for VmDriver {
             self.watch(ctx, true);
         }
         let wait = ctx.spec.props.pending_timeout.0.min(MAX_START_WAIT);
-        let deadline = started + wait;
+        let deadline = instant_after(started, wait);
         let qmp_sock = ctx.run_dir.join(QMP_SOCKET);
         let output = ctx.run_dir.join("output.log");
         loop {

@@ -9,6 +9,7 @@
 use std::path::Path;
 use std::time::Duration;
 
+use crate::time::instant_after;
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
@@ -42,7 +43,7 @@ impl Qmp {
     /// Connects, reads the greeting and leaves capabilities negotiation mode, all within
     /// `within`.
     pub async fn connect(path: &Path, within: Duration) -> Result<Qmp, QmpError> {
-        let deadline = Instant::now() + within;
+        let deadline = instant_after(Instant::now(), within);
         let stream = match timeout_at(deadline, UnixStream::connect(path)).await {
             Ok(Ok(s)) => s,
             Ok(Err(source)) => return Err(QmpError::Connect { path: path.display().to_string(), source }),
@@ -65,7 +66,7 @@ impl Qmp {
         arguments: Option<Value>,
         within: Duration,
     ) -> Result<Value, QmpError> {
-        self.execute_until(command, arguments, Instant::now() + within, within).await
+        self.execute_until(command, arguments, instant_after(Instant::now(), within), within).await
     }
 
     async fn execute_until(
