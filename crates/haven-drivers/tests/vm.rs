@@ -14,6 +14,10 @@ use haven_drivers::disk::{CLAIM_FILE, read_claim};
 use haven_drivers::{Depth, DriverError, Drivers, Health, ResourceCtx, load_definition, vm_status};
 use haven_model::{Accel, ResourceKind, ResourceProps, ResourceSpec};
 use serde_json::json;
+
+#[path = "../../haven/tests/common/guest_console.rs"]
+mod guest_console;
+use guest_console::assert_guest_found_its_disk;
 use tokio::time::{Instant, sleep};
 
 const PATIENCE: Duration = Duration::from_secs(40);
@@ -212,35 +216,6 @@ fn test_guest() -> PathBuf {
     dir
 }
 
-/// Fails at once, with the console, when guest boot `boot_id` of `vm` came up without its
-/// data disk (`haven-guest: booted … disk=none` in the run directory's `console.log`,
-/// printed just before the first heartbeat): its boot record would never come.
-async fn assert_guest_found_its_disk(vm: &ResourceCtx, boot_id: &str) {
-    let path = vm.run_dir.join("console.log");
-    let needle = format!("boot_id={boot_id} disk=");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let text = String::from_utf8_lossy(&std::fs::read(&path).unwrap_or_default()).into_owned();
-        let tail = || text.lines().rev().take(15).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n");
-        match text.lines().find(|l| l.contains(&needle)) {
-            Some(line) if line.contains(" disk=vda") => return,
-            Some(_) => panic!(
-                "the test guest booted without its data disk (console {}:\n{}\n); rebuild it with \
-                 scripts/build-test-guest --force",
-                path.display(),
-                tail()
-            ),
-            None if Instant::now() >= deadline => panic!(
-                "guest boot {boot_id} heartbeats but printed no `haven-guest: booted` line in {} within 10 s \
-                 (console:\n{}\n); rebuild the test guest with scripts/build-test-guest --force",
-                path.display(),
-                tail()
-            ),
-            None => sleep(Duration::from_millis(100)).await,
-        }
-    }
-}
-
 fn alive(pid: i32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .ok()
@@ -293,7 +268,7 @@ async fn vm_boots_heartbeats_freezes_is_adopted_stops_and_dies() {
     let seq = eventually("the first heartbeat", || async { vm_status(&vm).and_then(|s| s.last_heartbeat_seq) }).await;
     eprintln!("first heartbeat (seq {seq}) {:?} after start", started.elapsed());
     let boot_id = vm_status(&vm).and_then(|s| s.guest_boot_id).expect("a heartbeat carries the guest's boot id");
-    assert_guest_found_its_disk(&vm, &boot_id).await;
+    assert_guest_found_its_disk(&vm.run_dir, &boot_id).await;
     assert_eq!(health(&drivers, &vm, Depth::Cheap).await, Health::Running);
     assert_eq!(health(&drivers, &vm, Depth::Thorough).await, Health::Running);
 
