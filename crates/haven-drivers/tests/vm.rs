@@ -157,8 +157,8 @@ async fn definitions_are_validated_and_registered() {
     assert_eq!(def.accel, Accel::Auto);
 
     for (edit, field, message) in [
-        (("memory_mib = 256", "memory_mib = 0"), "memory_mib", "0 is too small; use at least 16"),
-        (("vcpus = 1", "vcpus = 0"), "vcpus", "0 is out of range; use 1 to 255"),
+        (("memory_mib = 256", "memory_mib = 0"), "memory_mib", "0 is too small; the least allowed is 16"),
+        (("vcpus = 1", "vcpus = 0"), "vcpus", "0 is too small; the least allowed is 1"),
         (("path = \"data.img\"", "path = \"data.img\"\nformat = \"vhd\""), "disks[0].format", "unknown variant"),
         (("heartbeat = true", "heartbeat = true\nballoon = 1"), "balloon", "unknown field `balloon`"),
     ] {
