@@ -150,7 +150,7 @@ fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
 /// Raft's peer RPCs, behind [`error_bodies`] so that every error, on every route and every
 /// failure path, is the JSON error body.
 pub fn app(agent: Arc<Agent>) -> Router {
-    router(agent.clone())
+    let routes = router(agent.clone())
         .merge(crate::peer::router(agent.clone()))
         .merge(haven_raft::router(&agent.db))
         .fallback(|method: Method, uri: Uri| async move {
@@ -160,8 +160,10 @@ pub fn app(agent: Arc<Agent>) -> Router {
                 "not_found",
                 format!("no route {method} {path}; the API is under /api/v1 (see /api/v1/openapi.json)"),
             )
-        })
-        .layer(axum::middleware::from_fn(error_bodies))
+        });
+    // Around the whole routing, not inside each route (as `routes.layer` would be): it must
+    // see the 405 with its `Allow` header, and refuse a long target before any route runs.
+    Router::new().fallback_service(routes).layer(axum::middleware::from_fn(error_bodies))
 }
 
 /// Refuses a request target longer than `haven_api::MAX_URI_BYTES` (414), and turns every
