@@ -320,11 +320,11 @@ pub const WRITE_ERRORS: &[(u16, &str)] = &[
 const READ_ERRORS: &[(u16, &str)] = &[(409, "this node is not part of a cluster yet")];
 
 /// The OpenAPI document as served: utoipa's, with three fixes utoipa cannot express.
-/// Every operation lists the error statuses above; `#[serde(flatten)]` parts (`GroupView`
-/// = `Group` + state, `Group` = `GroupSpec` + owner/handoff, `Resource` = `ResourceSpec`
-/// + `status`, `NodeView` = `Node` + …) are merged into one object, since utoipa's `allOf`
-/// of a `deny_unknown_fields` request schema forbids the reply's own fields; and path
-/// parameters are declared from the path templates.
+/// Every operation lists the error statuses above. `#[serde(flatten)]` parts are merged
+/// into one object (`GroupView` is `Group` and its state, `Group` is `GroupSpec` and its
+/// owner and handoff, `Resource` is `ResourceSpec` and its `status`), since utoipa's
+/// `allOf` of a `deny_unknown_fields` request schema forbids the reply's own fields. And
+/// path parameters are declared from the path templates.
 pub fn openapi_document() -> serde_json::Value {
     let mut doc = serde_json::to_value(ApiDoc::openapi()).unwrap_or_default();
     let schemas = doc["components"]["schemas"].clone();

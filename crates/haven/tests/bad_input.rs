@@ -194,6 +194,40 @@ async fn openapi_document_lists_the_routes() {
         assert!(paths.contains_key(p), "openapi.json lacks {p}");
     }
     assert!(doc["components"]["schemas"]["GroupSpec"].is_object());
+    // Replies are described by their own shapes, not by the request schema they flatten.
+    let schemas = &doc["components"]["schemas"];
+    for (schema, field) in [
+        ("GroupView", "state"),
+        ("GroupView", "owner"),
+        ("GroupView", "handoff"),
+        ("Resource", "status"),
+        ("VmView", "resource"),
+        ("NodeView", "status"),
+    ] {
+        assert!(schemas[schema]["properties"][field].is_object(), "{schema} lacks {field}: {}", schemas[schema]);
+        assert!(
+            schemas[schema].get("allOf").is_none() && schemas[schema].get("additionalProperties").is_none(),
+            "{schema}"
+        );
+    }
+    // Every operation lists its error statuses with the error body.
+    for (path, item) in paths {
+        for (method, op) in item.as_object().expect("operations") {
+            let responses = op["responses"].as_object().expect("responses");
+            let mut need = vec!["400", "404", "414", "500"];
+            if op.get("requestBody").is_some() {
+                need.extend(["413", "415"]);
+            }
+            if method != "get" {
+                need.extend(["409", "503"]);
+            }
+            for status in need {
+                let schema = &responses.get(status).unwrap_or_else(|| panic!("{method} {path} lacks {status}"))["content"]
+                    ["application/json"]["schema"]["$ref"];
+                assert_eq!(schema, "#/components/schemas/ErrorBody", "{method} {path} {status}");
+            }
+        }
+    }
 }
 
 /// One raw HTTP/1.1 exchange (`Connection: close`), so that malformed requests (bad UTF-8,
