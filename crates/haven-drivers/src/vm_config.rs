@@ -138,8 +138,17 @@ pub fn find_registration(state_dir: &Path, resource: &str) -> io::Result<Option<
 
 fn read_registration(path: &Path) -> io::Result<Option<Registration>> {
     match fs::read_to_string(path) {
+        // The error gives the position only: a registration holds a definition's text.
         Ok(text) => serde_json::from_str(&text).map(Some).map_err(|e| {
-            io::Error::new(io::ErrorKind::InvalidData, format!("{} is not a VM registration ({e})", path.display()))
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "{} is not a VM registration (JSON error at line {}, column {}); remove it",
+                    path.display(),
+                    e.line(),
+                    e.column()
+                ),
+            )
         }),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(e),
