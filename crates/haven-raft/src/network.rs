@@ -59,6 +59,10 @@ pub const APPEND_LIMIT: usize = 32 * 1024 * 1024;
 /// A leader whose snapshot would be larger says so in its log (see `full_snapshot`).
 pub const SNAPSHOT_LIMIT: usize = 64 * 1024 * 1024;
 
+/// How long a snapshot body may take to arrive once its turn came (the sender's own
+/// install timeout is 10 s).
+const SNAPSHOT_READ_TIMEOUT: Duration = Duration::from_secs(20);
+
 /// Largest body of the small RPCs (RequestVote): a vote and a log id.
 pub const VOTE_LIMIT: usize = 64 * 1024;
 
@@ -386,9 +390,24 @@ async fn snapshot(AxumState(peer): AxumState<Peer>, req: Request) -> Response {
         })
         .into_response();
     };
-    let transfer = match RpcBody::<SnapshotTransfer, SNAPSHOT_LIMIT>::from_request(req, &()).await {
-        Ok(RpcBody(t)) => t,
-        Err(e) => return e.into_response(),
+    // A sender that trickles its body must not keep the permit: a real one sends it well
+    // within its own install timeout.
+    let read = RpcBody::<SnapshotTransfer, SNAPSHOT_LIMIT>::from_request(req, &());
+    let transfer = match tokio::time::timeout(SNAPSHOT_READ_TIMEOUT, read).await {
+        Ok(Ok(RpcBody(t))) => t,
+        Ok(Err(e)) => return e.into_response(),
+        Err(_) => {
+            return RpcRejection(haven_api::body::BodyError {
+                status: 408,
+                code: "bad_request",
+                message: format!(
+                    "the snapshot body did not arrive within {} s; send it at once",
+                    SNAPSHOT_READ_TIMEOUT.as_secs()
+                ),
+                field: None,
+            })
+            .into_response();
+        }
     };
     let raft = peer.raft;
     let snapshot = Snapshot { meta: transfer.meta, snapshot: Box::new(Cursor::new(transfer.data.into_bytes())) };
