@@ -41,11 +41,12 @@ pub const MAX_DEFINITION_BYTES: usize = 64 * 1024;
 pub fn read_definition(path: &Path) -> Result<String, InvalidInput> {
     use std::io::Read;
     let invalid = |why: String| InvalidInput::new("path", why);
-    let file = fs::File::open(path).map_err(|e| invalid(format!("cannot read {}: {e}", path.display())))?;
-    let meta = file.metadata().map_err(|e| invalid(format!("cannot read {}: {e}", path.display())))?;
+    // Looked at before it is opened: opening a FIFO would wait for a writer.
+    let meta = fs::metadata(path).map_err(|e| invalid(format!("cannot read {}: {e}", path.display())))?;
     if !meta.is_file() {
         return Err(invalid(format!("{} is not a regular file, so not a VM definition", path.display())));
     }
+    let file = fs::File::open(path).map_err(|e| invalid(format!("cannot read {}: {e}", path.display())))?;
     let mut bytes = Vec::new();
     file.take(MAX_DEFINITION_BYTES as u64 + 1)
         .read_to_end(&mut bytes)

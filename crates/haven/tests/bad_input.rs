@@ -367,4 +367,12 @@ async fn every_error_is_the_json_body_and_no_body_is_echoed() {
     let (_, message) =
         refused(c.post::<_, Value>("/api/v1/vms/make-ha", &json!({"path": "/dev/zero", "dry_run": true})).await);
     assert!(message.contains("not a regular file"), "{message}");
+    // A FIFO is refused without being opened (opening it would wait for a writer).
+    let fifo = dir.path().join("fifo.toml");
+    let made = Command::new("mkfifo").arg(&fifo).status().is_ok_and(|s| s.success());
+    if made {
+        let (_, message) =
+            refused(c.post::<_, Value>("/api/v1/vms/make-ha", &json!({"path": fifo, "dry_run": true})).await);
+        assert!(message.contains("not a regular file"), "{message}");
+    }
 }
