@@ -6,9 +6,10 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use axum::extract::rejection::JsonRejection;
-use axum::extract::{FromRequest, Path, Query, Request, State as AxState};
-use axum::http::StatusCode;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request, State as AxState};
+use axum::http::request::Parts;
+use axum::http::{HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -71,40 +72,74 @@ impl IntoResponse for ApiError {
     }
 }
 
-/// `Json` whose rejections (malformed JSON, wrong types, unknown fields, oversized body)
-/// become our error body with a message that says what was wrong.
-pub struct Body<T>(pub T);
+/// A JSON request body of at most `LIMIT` bytes (the route's limit). Every refusal is our
+/// error body and none echoes the body: 413 when it is larger than the limit (known from
+/// `Content-Length` before anything is read), 415 without a JSON content type, 400 when it
+/// does not parse or fit (`haven_api::body::parse_json`).
+pub struct Body<T, const LIMIT: usize = { haven_api::MAX_BODY_BYTES }>(pub T);
 
-impl<S: Send + Sync, T: serde::de::DeserializeOwned> FromRequest<S> for Body<T> {
+impl<S: Send + Sync, T: serde::de::DeserializeOwned, const LIMIT: usize> FromRequest<S> for Body<T, LIMIT> {
     type Rejection = ApiError;
-    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        match Json::<T>::from_request(req, state).await {
-            Ok(Json(v)) => Ok(Body(v)),
-            Err(rejection) => Err(json_rejection(rejection)),
+    async fn from_request(req: Request, _state: &S) -> Result<Self, Self::Rejection> {
+        {
+            let header = |name| req.headers().get(name).and_then(|v: &HeaderValue| v.to_str().ok());
+            if header(header::CONTENT_LENGTH).and_then(|v| v.parse::<u64>().ok()).is_some_and(|n| n > LIMIT as u64) {
+                return Err(haven_api::body::too_large(LIMIT).into());
+            }
+            if !header(header::CONTENT_TYPE).is_some_and(haven_api::body::is_json_content_type) {
+                return Err(haven_api::body::not_json().into());
+            }
+        }
+        let bytes =
+            axum::body::to_bytes(req.into_body(), LIMIT).await.map_err(|_| haven_api::body::too_large(LIMIT))?;
+        Ok(Body(haven_api::body::parse_json(&bytes)?))
+    }
+}
+
+impl From<haven_api::body::BodyError> for ApiError {
+    fn from(e: haven_api::body::BodyError) -> Self {
+        ApiError { status: e.status, code: e.code.into(), message: e.message, field: e.field }
+    }
+}
+
+/// The `{name}` of a route's path. A segment that is not UTF-8 once percent-decoded is a
+/// 400 error body (axum's own rejection is plain text).
+pub struct Name(pub String);
+
+impl<S: Send + Sync> FromRequestParts<S> for Name {
+    type Rejection = ApiError;
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        match Path::<String>::from_request_parts(parts, state).await {
+            Ok(Path(name)) => Ok(Name(name)),
+            Err(_) => Err(ApiError::new(
+                400,
+                "bad_request",
+                "the name in the path is not valid: once percent-decoded it must be UTF-8 text",
+            )),
         }
     }
 }
 
-fn json_rejection(r: JsonRejection) -> ApiError {
-    let status = r.status().as_u16();
-    match &r {
-        JsonRejection::BytesRejection(_) if status == 413 => ApiError::new(
-            413,
-            "too_large",
-            format!("the request body is larger than {} bytes; send a smaller body", haven_api::MAX_BODY_BYTES),
-        ),
-        JsonRejection::MissingJsonContentType(_) => ApiError::new(
-            415,
-            "bad_request",
-            "the request body must be JSON; send the header `Content-Type: application/json`",
-        ),
-        JsonRejection::JsonSyntaxError(e) => {
-            ApiError::new(400, "bad_request", format!("the request body is not valid JSON: {}", root_cause(e)))
+/// A query string (`?group=g&limit=10`); one that does not fit is a 400 error body naming
+/// the parameter.
+pub struct Params<T>(pub T);
+
+impl<S: Send + Sync, T: serde::de::DeserializeOwned> FromRequestParts<S> for Params<T> {
+    type Rejection = ApiError;
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        match Query::<T>::from_request_parts(parts, state).await {
+            Ok(Query(q)) => Ok(Params(q)),
+            Err(QueryRejection::FailedToDeserializeQueryString(e)) => {
+                // The inner error is `<parameter>: <reason>`; the reason may quote the value.
+                let why = haven_api::body::shorten(&root_cause(&e), 160);
+                Err(ApiError::new(
+                    400,
+                    "bad_request",
+                    format!("the query string does not fit: {why}; see the parameters in /api/v1/openapi.json"),
+                ))
+            }
+            Err(_) => Err(ApiError::new(400, "bad_request", "the query string is not valid")),
         }
-        JsonRejection::JsonDataError(e) => {
-            ApiError::new(400, "invalid", format!("the request body does not fit: {}", root_cause(e)))
-        }
-        _ => ApiError::new(status, "bad_request", r.body_text()),
     }
 }
 
@@ -114,6 +149,73 @@ fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
         cur = next;
     }
     cur.to_string()
+}
+
+/// The whole HTTP surface of an agent: the API, the internal routes between agents and
+/// Raft's peer RPCs, behind [`error_bodies`] so that every error, on every route and every
+/// failure path, is the JSON error body.
+pub fn app(agent: Arc<Agent>) -> Router {
+    let routes = router(agent.clone())
+        .merge(crate::peer::router(agent.clone()))
+        .merge(haven_raft::router(&agent.db))
+        .fallback(|method: Method, uri: Uri| async move {
+            let path = haven_api::body::shorten(uri.path(), 120);
+            ApiError::new(
+                404,
+                "not_found",
+                format!("no route {method} {path}; the API is under /api/v1 (see /api/v1/openapi.json)"),
+            )
+        });
+    // Around the whole routing, not inside each route (as `routes.layer` would be): it must
+    // see the 405 with its `Allow` header, and refuse a long target before any route runs.
+    Router::new().fallback_service(routes).layer(axum::middleware::from_fn(error_bodies))
+}
+
+/// Refuses a request target longer than `haven_api::MAX_URI_BYTES` (414), and turns every
+/// error response that is not already our JSON body (axum's 405, a rejection of an
+/// extractor we do not wrap) into it. The original text is dropped, never echoed.
+async fn error_bodies(req: Request, next: axum::middleware::Next) -> Response {
+    let target = req.uri().path_and_query().map_or(0, |p| p.as_str().len());
+    if target > haven_api::MAX_URI_BYTES {
+        return ApiError::new(
+            414,
+            "uri_too_long",
+            format!(
+                "the request target is {target} bytes, more than the {} this agent reads; send long values in a \
+                 JSON body",
+                haven_api::MAX_URI_BYTES
+            ),
+        )
+        .into_response();
+    }
+    let method = req.method().clone();
+    let response = next.run(req).await;
+    let status = response.status();
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(haven_api::body::is_json_content_type);
+    if status.as_u16() < 400 || is_json {
+        return response;
+    }
+    let allow = response.headers().get(header::ALLOW).cloned();
+    let mut error = match status.as_u16() {
+        405 => {
+            let takes = allow.as_ref().and_then(|v| v.to_str().ok()).unwrap_or("another method").to_string();
+            ApiError::new(405, "method_not_allowed", format!("{method} is not allowed on this route; it takes {takes}"))
+        }
+        404 => ApiError::new(404, "not_found", "no such route; see /api/v1/openapi.json"),
+        413 => haven_api::body::too_large(haven_api::MAX_BODY_BYTES).into(),
+        415 => haven_api::body::not_json().into(),
+        s if s < 500 => ApiError::new(s, "bad_request", format!("the request was refused (HTTP {s})")),
+        s => ApiError::new(s, "internal", format!("the agent failed to answer (HTTP {s}); see its log")),
+    }
+    .into_response();
+    if let Some(allow) = allow {
+        error.headers_mut().insert(header::ALLOW, allow);
+    }
+    error
 }
 
 type ApiResult<T> = Result<Json<T>, ApiError>;
@@ -131,6 +233,8 @@ type ApiResult<T> = Result<Json<T>, ApiError>;
         pause_node,
         resume_node,
         remove_node,
+        set_fence,
+        remove_fence,
         list_groups,
         create_group,
         get_group,
@@ -173,6 +277,11 @@ type ApiResult<T> = Result<Json<T>, ApiError>;
         crate::requests::OutcomeUnknownBody,
         crate::requests::OutcomeUnknownDetail,
         crate::requests::RequestView,
+        haven_api::JoinToken,
+        haven_api::Deleted,
+        haven_api::Removed,
+        haven_api::GuestControlSent,
+        haven_api::DefinitionEdited,
         ClusterStatus,
         NodeIdentity,
         InitRequest,
@@ -191,9 +300,129 @@ type ApiResult<T> = Result<Json<T>, ApiError>;
 )]
 pub struct ApiDoc;
 
+/// Error statuses a route answers besides those in its own annotation, by what the route
+/// does; [`openapi_document`] adds them to every operation, each with the error body.
+/// One place: a new failure mode of all writes goes into [`WRITE_ERRORS`].
+const EVERY_ROUTE_ERRORS: &[(u16, &str)] = &[
+    (400, "a path or query parameter does not decode or fit (the message names it)"),
+    (404, "no such object, or no such route"),
+    (414, "the request target (path and query) is longer than 8 KiB"),
+    (500, "the agent failed to answer; see its log"),
+];
+
+/// Routes with a request body.
+const BODY_ERRORS: &[(u16, &str)] = &[
+    (400, "the body is not valid JSON, or does not fit the schema (the message names the field)"),
+    (413, "the body is larger than this route's limit"),
+    (415, "the body is not sent as `Content-Type: application/json`"),
+];
+
+/// Routes that change the cluster (every POST, PUT, PATCH and DELETE): the state
+/// machine's refusals and the cluster's availability.
+pub const WRITE_ERRORS: &[(u16, &str)] = &[
+    (400, "invalid input (the message names the field and the value)"),
+    (404, "an object the request names does not exist"),
+    (409, "a conflict with the cluster's state: the object exists, is in use, or the node is not in a cluster"),
+    (503, "no quorum, or no leader right now: the write was not applied; retry"),
+];
+
+/// Reads of the cluster state.
+const READ_ERRORS: &[(u16, &str)] = &[(409, "this node is not part of a cluster yet")];
+
+/// The OpenAPI document as served: utoipa's, with three fixes utoipa cannot express.
+/// Every operation lists the error statuses above. `#[serde(flatten)]` parts are merged
+/// into one object (`GroupView` is `Group` and its state, `Group` is `GroupSpec` and its
+/// owner and handoff, `Resource` is `ResourceSpec` and its `status`), since utoipa's
+/// `allOf` of a `deny_unknown_fields` request schema forbids the reply's own fields. And
+/// path parameters are declared from the path templates.
+pub fn openapi_document() -> serde_json::Value {
+    let mut doc = serde_json::to_value(ApiDoc::openapi()).unwrap_or_default();
+    let schemas = doc["components"]["schemas"].clone();
+    if let Some(map) = doc["components"]["schemas"].as_object_mut() {
+        for (_, schema) in map.iter_mut() {
+            *schema = merged(schema, &schemas, 0);
+        }
+    }
+    let error_ref = serde_json::json!({"$ref": "#/components/schemas/ErrorBody"});
+    let Some(paths) = doc["paths"].as_object_mut() else { return doc };
+    for (path, item) in paths.iter_mut() {
+        let names: Vec<String> = path
+            .split('/')
+            .filter_map(|seg| seg.strip_prefix('{').and_then(|s| s.strip_suffix('}')))
+            .map(str::to_string)
+            .collect();
+        let Some(ops) = item.as_object_mut() else { continue };
+        for (method, op) in ops.iter_mut() {
+            let declared: Vec<String> = op["parameters"]
+                .as_array()
+                .map(|ps| {
+                    ps.iter()
+                        .filter(|p| p["in"] == "path")
+                        .filter_map(|p| p["name"].as_str().map(String::from))
+                        .collect()
+                })
+                .unwrap_or_default();
+            for name in names.iter().filter(|n| !declared.contains(n)) {
+                let param =
+                    serde_json::json!({"name": name, "in": "path", "required": true, "schema": {"type": "string"}});
+                match op["parameters"].as_array_mut() {
+                    Some(ps) => ps.push(param),
+                    None => op["parameters"] = serde_json::json!([param]),
+                }
+            }
+            let mut errors: Vec<(u16, &str)> = EVERY_ROUTE_ERRORS.to_vec();
+            if op.get("requestBody").is_some() {
+                errors.extend_from_slice(BODY_ERRORS);
+            }
+            errors.extend_from_slice(if method == "get" { READ_ERRORS } else { WRITE_ERRORS });
+            let Some(responses) = op["responses"].as_object_mut() else { continue };
+            for (status, description) in errors {
+                let entry = responses.entry(status.to_string()).or_insert_with(|| serde_json::json!({}));
+                if entry.get("description").is_none() {
+                    entry["description"] = description.into();
+                }
+                if entry.get("content").is_none() {
+                    entry["content"] = serde_json::json!({"application/json": {"schema": error_ref.clone()}});
+                }
+            }
+        }
+    }
+    doc
+}
+
+/// `schema` with every `allOf` merged into one object (properties and required fields of
+/// all parts, `$ref`s followed), without `additionalProperties`.
+fn merged(schema: &serde_json::Value, schemas: &serde_json::Value, depth: usize) -> serde_json::Value {
+    let Some(parts) = schema.get("allOf").and_then(|a| a.as_array()).filter(|_| depth < 8) else {
+        return schema.clone();
+    };
+    let mut properties = serde_json::Map::new();
+    let mut required: Vec<serde_json::Value> = Vec::new();
+    for part in parts {
+        let part = match part.get("$ref").and_then(|r| r.as_str()) {
+            Some(r) => schemas[r.trim_start_matches("#/components/schemas/")].clone(),
+            None => part.clone(),
+        };
+        let part = merged(&part, schemas, depth + 1);
+        if let Some(p) = part["properties"].as_object() {
+            properties.extend(p.clone());
+        }
+        for r in part["required"].as_array().into_iter().flatten() {
+            if !required.contains(r) {
+                required.push(r.clone());
+            }
+        }
+    }
+    let mut out = serde_json::json!({"type": "object", "properties": properties, "required": required});
+    if let Some(d) = schema.get("description") {
+        out["description"] = d.clone();
+    }
+    out
+}
+
 pub fn router(agent: Arc<Agent>) -> Router {
     let v1 = Router::new()
-        .route("/openapi.json", get(|| async { Json(ApiDoc::openapi()) }))
+        .route("/openapi.json", get(|| async { Json(openapi_document()) }))
         .route("/cluster", get(cluster_status))
         .route("/cluster/init", post(cluster_init))
         .route("/cluster/join", post(cluster_join))
@@ -219,13 +448,12 @@ pub fn router(agent: Arc<Agent>) -> Router {
         .route("/vms/{name}/guest-control", post(crate::vm_api::guest_control))
         .route("/vms/{name}/console", get(crate::vm_api::console))
         .route("/vms/{name}/definition", axum::routing::put(crate::vm_api::edit_definition))
-        .fallback(|| async { ApiError::new(404, "not_found", "no such API route; see /api/v1/openapi.json") })
+        .fallback(|method: Method, uri: Uri| async move {
+            let path = haven_api::body::shorten(uri.path(), 120);
+            ApiError::new(404, "not_found", format!("no API route {method} {path}; see /api/v1/openapi.json"))
+        })
         .layer(axum::middleware::from_fn_with_state(agent.clone(), crate::requests::layer));
-    Router::new()
-        .nest(haven_api::API_PREFIX, v1)
-        .route("/metrics", get(metrics))
-        .layer(axum::extract::DefaultBodyLimit::max(haven_api::MAX_BODY_BYTES))
-        .with_state(agent)
+    Router::new().nest(haven_api::API_PREFIX, v1).route("/metrics", get(metrics)).with_state(agent)
 }
 
 fn require_cluster(state: &State) -> Result<(), ApiError> {
@@ -312,7 +540,7 @@ fn random_token() -> Result<String, ApiError> {
 }
 
 #[utoipa::path(post, path = "/api/v1/cluster/join", tag = "cluster", request_body = JoinRequest,
-    responses((status = 200, body = NodeView), (status = 403, body = ErrorBody)))]
+    responses((status = 200, body = NodeView), (status = 403, body = ErrorBody), (status = 502, body = ErrorBody)))]
 async fn cluster_join(AxState(agent): AxState<Arc<Agent>>, Body(req): Body<JoinRequest>) -> ApiResult<NodeView> {
     if agent.db.state().cluster.is_some() {
         return Err(ApiError::new(409, "conflict", "this node is already a member of a cluster"));
@@ -338,16 +566,13 @@ async fn cluster_join(AxState(agent): AxState<Arc<Agent>>, Body(req): Body<JoinR
     Ok(Json(node_view(&agent, &agent.db.state(), &node)))
 }
 
-#[derive(serde::Serialize, utoipa::ToSchema)]
-struct TokenBody {
-    join_token: String,
-}
-
-#[utoipa::path(get, path = "/api/v1/cluster/token", tag = "cluster", responses((status = 200, body = Object)))]
-async fn cluster_token(AxState(agent): AxState<Arc<Agent>>) -> ApiResult<TokenBody> {
+#[utoipa::path(get, path = "/api/v1/cluster/token", tag = "cluster", responses((status = 200, body = haven_api::JoinToken)))]
+async fn cluster_token(AxState(agent): AxState<Arc<Agent>>) -> ApiResult<haven_api::JoinToken> {
     let state = agent.db.state();
     require_cluster(&state)?;
-    Ok(Json(TokenBody { join_token: state.cluster.as_ref().map(|c| c.join_token.clone()).unwrap_or_default() }))
+    Ok(Json(haven_api::JoinToken {
+        join_token: state.cluster.as_ref().map(|c| c.join_token.clone()).unwrap_or_default(),
+    }))
 }
 
 fn node_view(agent: &Agent, state: &State, n: &Node) -> NodeView {
@@ -381,19 +606,19 @@ fn redact(c: &FenceConfig) -> FenceConfig {
     responses((status = 200, body = NodeView), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
 async fn set_fence(
     AxState(agent): AxState<Arc<Agent>>,
-    Path(name): Path<String>,
+    Name(name): Name,
     Body(config): Body<FenceConfig>,
 ) -> ApiResult<NodeView> {
     config.validate().map_err(|e| SubmitError::Refused(e.into()))?;
     agent.submit("operator", Command::SetFence { node: name.clone(), config: Some(config) }).await?;
-    get_node(AxState(agent), Path(name)).await
+    get_node(AxState(agent), Name(name)).await
 }
 
 #[utoipa::path(delete, path = "/api/v1/nodes/{name}/fence", tag = "nodes",
     responses((status = 200, body = NodeView), (status = 404, body = ErrorBody)))]
-async fn remove_fence(AxState(agent): AxState<Arc<Agent>>, Path(name): Path<String>) -> ApiResult<NodeView> {
+async fn remove_fence(AxState(agent): AxState<Arc<Agent>>, Name(name): Name) -> ApiResult<NodeView> {
     agent.submit("operator", Command::SetFence { node: name.clone(), config: None }).await?;
-    get_node(AxState(agent), Path(name)).await
+    get_node(AxState(agent), Name(name)).await
 }
 
 fn group_view(state: &State, name: &str) -> Option<GroupView> {
@@ -409,7 +634,7 @@ async fn list_nodes(AxState(agent): AxState<Arc<Agent>>) -> ApiResult<Vec<NodeVi
 }
 
 #[utoipa::path(get, path = "/api/v1/nodes/{name}", tag = "nodes", responses((status = 200, body = NodeView), (status = 404, body = ErrorBody)))]
-async fn get_node(AxState(agent): AxState<Arc<Agent>>, Path(name): Path<String>) -> ApiResult<NodeView> {
+async fn get_node(AxState(agent): AxState<Arc<Agent>>, Name(name): Name) -> ApiResult<NodeView> {
     let state = agent.db.state();
     let n = state
         .nodes
@@ -428,17 +653,18 @@ async fn node_reply(agent: &Agent, cmd: Command) -> ApiResult<NodeView> {
 }
 
 #[utoipa::path(post, path = "/api/v1/nodes/{name}/pause", tag = "nodes", responses((status = 200, body = NodeView), (status = 404, body = ErrorBody)))]
-async fn pause_node(AxState(agent): AxState<Arc<Agent>>, Path(name): Path<String>) -> ApiResult<NodeView> {
+async fn pause_node(AxState(agent): AxState<Arc<Agent>>, Name(name): Name) -> ApiResult<NodeView> {
     node_reply(&agent, Command::SetNodePaused { name, paused: true }).await
 }
 
 #[utoipa::path(post, path = "/api/v1/nodes/{name}/resume", tag = "nodes", responses((status = 200, body = NodeView), (status = 404, body = ErrorBody)))]
-async fn resume_node(AxState(agent): AxState<Arc<Agent>>, Path(name): Path<String>) -> ApiResult<NodeView> {
+async fn resume_node(AxState(agent): AxState<Arc<Agent>>, Name(name): Name) -> ApiResult<NodeView> {
     node_reply(&agent, Command::SetNodePaused { name, paused: false }).await
 }
 
-#[utoipa::path(delete, path = "/api/v1/nodes/{name}", tag = "nodes", responses((status = 200), (status = 409, body = ErrorBody)))]
-async fn remove_node(AxState(agent): AxState<Arc<Agent>>, Path(name): Path<String>) -> ApiResult<serde_json::Value> {
+#[utoipa::path(delete, path = "/api/v1/nodes/{name}", tag = "nodes",
+    responses((status = 200, body = haven_api::Removed), (status = 409, body = ErrorBody), (status = 502, body = ErrorBody)))]
+async fn remove_node(AxState(agent): AxState<Arc<Agent>>, Name(name): Name) -> ApiResult<haven_api::Removed> {
     let state = agent.db.state();
     let node = state
         .nodes
@@ -469,7 +695,7 @@ async fn remove_node(AxState(agent): AxState<Arc<Agent>>, Path(name): Path<Strin
         m.membership_config.membership().voter_ids().filter(|v| *v != id).collect()
     };
     agent.db.change_membership(voters).await.map_err(|e| ApiError::new(503, "unavailable", e.to_string()))?;
-    Ok(Json(serde_json::json!({"removed": name})))
+    Ok(Json(haven_api::Removed { removed: name }))
 }
 
 #[utoipa::path(get, path = "/api/v1/groups", tag = "groups", responses((status = 200, body = [GroupView])))]
@@ -505,7 +731,7 @@ async fn create_group(AxState(agent): AxState<Arc<Agent>>, Body(spec): Body<Grou
 }
 
 #[utoipa::path(get, path = "/api/v1/groups/{name}", tag = "groups", responses((status = 200, body = GroupView), (status = 404, body = ErrorBody)))]
-async fn get_group(AxState(agent): AxState<Arc<Agent>>, Path(name): Path<String>) -> ApiResult<GroupView> {
+async fn get_group(AxState(agent): AxState<Arc<Agent>>, Name(name): Name) -> ApiResult<GroupView> {
     let state = agent.db.state();
     group_view(&state, &name)
         .map(Json)
@@ -516,35 +742,35 @@ async fn get_group(AxState(agent): AxState<Arc<Agent>>, Path(name): Path<String>
     responses((status = 200, body = GroupView), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
 async fn update_group(
     AxState(agent): AxState<Arc<Agent>>,
-    Path(name): Path<String>,
+    Name(name): Name,
     Body(update): Body<GroupUpdate>,
 ) -> ApiResult<GroupView> {
     group_reply(&agent, Command::UpdateGroup { name, update }).await
 }
 
-#[utoipa::path(delete, path = "/api/v1/groups/{name}", tag = "groups", responses((status = 200), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
-async fn delete_group(AxState(agent): AxState<Arc<Agent>>, Path(name): Path<String>) -> ApiResult<serde_json::Value> {
+#[utoipa::path(delete, path = "/api/v1/groups/{name}", tag = "groups", responses((status = 200, body = haven_api::Deleted), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+async fn delete_group(AxState(agent): AxState<Arc<Agent>>, Name(name): Name) -> ApiResult<haven_api::Deleted> {
     agent.submit("operator", Command::DeleteGroup { name: name.clone() }).await?;
-    Ok(Json(serde_json::json!({"deleted": name})))
+    Ok(Json(haven_api::Deleted { deleted: name }))
 }
 
 #[utoipa::path(post, path = "/api/v1/groups/{name}/move", tag = "groups", request_body = MoveRequest,
     responses((status = 200, body = GroupView), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 async fn move_group(
     AxState(agent): AxState<Arc<Agent>>,
-    Path(name): Path<String>,
+    Name(name): Name,
     Body(req): Body<MoveRequest>,
 ) -> ApiResult<GroupView> {
     group_reply(&agent, Command::MoveGroup { name, node: req.node }).await
 }
 
 #[utoipa::path(post, path = "/api/v1/groups/{name}/online", tag = "groups", responses((status = 200, body = GroupView), (status = 404, body = ErrorBody)))]
-async fn group_online(AxState(agent): AxState<Arc<Agent>>, Path(name): Path<String>) -> ApiResult<GroupView> {
+async fn group_online(AxState(agent): AxState<Arc<Agent>>, Name(name): Name) -> ApiResult<GroupView> {
     group_reply(&agent, Command::SetGroupOnline { name, online: true }).await
 }
 
 #[utoipa::path(post, path = "/api/v1/groups/{name}/offline", tag = "groups", responses((status = 200, body = GroupView), (status = 404, body = ErrorBody)))]
-async fn group_offline(AxState(agent): AxState<Arc<Agent>>, Path(name): Path<String>) -> ApiResult<GroupView> {
+async fn group_offline(AxState(agent): AxState<Arc<Agent>>, Name(name): Name) -> ApiResult<GroupView> {
     group_reply(&agent, Command::SetGroupOnline { name, online: false }).await
 }
 
@@ -556,7 +782,7 @@ struct ResourceFilter {
 #[utoipa::path(get, path = "/api/v1/resources", tag = "resources", params(ResourceFilter), responses((status = 200, body = [Resource])))]
 async fn list_resources(
     AxState(agent): AxState<Arc<Agent>>,
-    Query(f): Query<ResourceFilter>,
+    Params(f): Params<ResourceFilter>,
 ) -> ApiResult<Vec<Resource>> {
     let state = agent.db.state();
     require_cluster(&state)?;
@@ -586,7 +812,7 @@ async fn create_resource(AxState(agent): AxState<Arc<Agent>>, Body(spec): Body<R
 }
 
 #[utoipa::path(get, path = "/api/v1/resources/{name}", tag = "resources", responses((status = 200, body = Resource), (status = 404, body = ErrorBody)))]
-async fn get_resource(AxState(agent): AxState<Arc<Agent>>, Path(name): Path<String>) -> ApiResult<Resource> {
+async fn get_resource(AxState(agent): AxState<Arc<Agent>>, Name(name): Name) -> ApiResult<Resource> {
     let state = agent.db.state();
     state
         .resources
@@ -600,23 +826,20 @@ async fn get_resource(AxState(agent): AxState<Arc<Agent>>, Path(name): Path<Stri
     responses((status = 200, body = Resource), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
 async fn update_resource(
     AxState(agent): AxState<Arc<Agent>>,
-    Path(name): Path<String>,
+    Name(name): Name,
     Body(update): Body<ResourceUpdate>,
 ) -> ApiResult<Resource> {
     resource_reply(&agent, Command::UpdateResource { name, update }).await
 }
 
-#[utoipa::path(delete, path = "/api/v1/resources/{name}", tag = "resources", responses((status = 200), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
-async fn delete_resource(
-    AxState(agent): AxState<Arc<Agent>>,
-    Path(name): Path<String>,
-) -> ApiResult<serde_json::Value> {
+#[utoipa::path(delete, path = "/api/v1/resources/{name}", tag = "resources", responses((status = 200, body = haven_api::Deleted), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+async fn delete_resource(AxState(agent): AxState<Arc<Agent>>, Name(name): Name) -> ApiResult<haven_api::Deleted> {
     agent.submit("operator", Command::DeleteResource { name: name.clone() }).await?;
-    Ok(Json(serde_json::json!({"deleted": name})))
+    Ok(Json(haven_api::Deleted { deleted: name }))
 }
 
 #[utoipa::path(post, path = "/api/v1/resources/{name}/clear", tag = "resources", responses((status = 200, body = Resource), (status = 404, body = ErrorBody)))]
-async fn clear_resource(AxState(agent): AxState<Arc<Agent>>, Path(name): Path<String>) -> ApiResult<Resource> {
+async fn clear_resource(AxState(agent): AxState<Arc<Agent>>, Name(name): Name) -> ApiResult<Resource> {
     resource_reply(&agent, Command::ClearFailures { resource: name }).await
 }
 
@@ -630,7 +853,7 @@ struct HistoryFilter {
 }
 
 #[utoipa::path(get, path = "/api/v1/history", tag = "history", params(HistoryFilter), responses((status = 200, body = [Event])))]
-async fn history(AxState(agent): AxState<Arc<Agent>>, Query(f): Query<HistoryFilter>) -> ApiResult<Vec<Event>> {
+async fn history(AxState(agent): AxState<Arc<Agent>>, Params(f): Params<HistoryFilter>) -> ApiResult<Vec<Event>> {
     let state = agent.db.state();
     require_cluster(&state)?;
     let events: Vec<Event> = state

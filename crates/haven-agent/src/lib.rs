@@ -325,7 +325,7 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Res
     });
     tracing::info!(node = %agent.config.name, id = agent.config.id, listen = %agent.config.listen, "agent starting");
 
-    let router = api::router(agent.clone()).merge(peer::router(agent.clone())).merge(haven_raft::router(&agent.db));
+    let router = api::app(agent.clone());
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
 
     let tasks = vec![

@@ -151,7 +151,8 @@ fn set_check8(report: &mut HaReport, result: CheckResult, message: String) {
 
 #[utoipa::path(post, path = "/api/v1/vms/make-ha", tag = "vms", request_body = MakeHaRequest,
     responses((status = 200, body = HaReport, description = "the wizard ran; `ok` says whether the VM is now highly available"),
-              (status = 400, body = haven_api::ErrorBody), (status = 404, body = haven_api::ErrorBody)))]
+              (status = 400, body = haven_api::ErrorBody), (status = 404, body = haven_api::ErrorBody),
+              (status = 502, body = haven_api::ErrorBody)))]
 pub async fn make_ha(
     AxState(agent): AxState<Arc<Agent>>,
     Body(req): Body<MakeHaRequest>,

@@ -13,8 +13,12 @@ use haven_model::{Node, NodeLiveness, NodeRole};
 use haven_raft::WriteError;
 use haven_state::{Command, Request, Response};
 
-use crate::api::ApiError;
+use crate::api::{ApiError, Body};
 use crate::{Agent, SubmitError};
+
+/// Largest forwarded write (`/internal/write`): one command as the leader would commit it,
+/// within the 512 KiB an entry may have in an AppendEntries batch (`haven_raft::network::APPEND_LIMIT`).
+pub const FORWARD_LIMIT: usize = 512 * 1024;
 
 /// Most voters a cluster has; later nodes join as learners.
 pub const MAX_VOTERS: usize = 5;
@@ -29,7 +33,10 @@ pub fn router(agent: Arc<Agent>) -> Router {
 
 /// Commits a request forwarded by another node; this node must be the leader. A commit
 /// timeout is answered 504 (outcome unknown), never as a refusal.
-async fn write(AxState(agent): AxState<Arc<Agent>>, Json(req): Json<Request>) -> Result<Json<Response>, ApiError> {
+async fn write(
+    AxState(agent): AxState<Arc<Agent>>,
+    Body(req): Body<Request, FORWARD_LIMIT>,
+) -> Result<Json<Response>, ApiError> {
     match agent.db.write(req.clone()).await {
         Ok(resp) => Ok(Json(resp)),
         Err(e @ WriteError::ForwardToLeader { .. }) => Err(ApiError::new(421, "not_leader", e.to_string())),
@@ -44,7 +51,7 @@ async fn write(AxState(agent): AxState<Arc<Agent>>, Json(req): Json<Request>) ->
 
 async fn heartbeat(
     AxState(agent): AxState<Arc<Agent>>,
-    Json(hb): Json<Heartbeat>,
+    Body(hb): Body<Heartbeat>,
 ) -> Result<Json<HeartbeatReply>, ApiError> {
     match crate::lease::grant(&agent, &hb).await {
         Ok(r) => Ok(Json(r)),
@@ -102,7 +109,7 @@ pub async fn send_heartbeat(
 
 /// A node asks to join: only the leader admits it (as a learner that has caught up, then a
 /// voter while there are fewer than five), then records it in the cluster state.
-async fn join(AxState(agent): AxState<Arc<Agent>>, Json(j): Json<PeerJoin>) -> Result<Json<Node>, ApiError> {
+async fn join(AxState(agent): AxState<Arc<Agent>>, Body(j): Body<PeerJoin>) -> Result<Json<Node>, ApiError> {
     let state = agent.db.state();
     let Some(cluster) = &state.cluster else {
         return Err(ApiError::new(409, "not_initialized", "this node is not in an initialized cluster"));

@@ -5,12 +5,12 @@
 use std::sync::Arc;
 
 use axum::Json;
-use axum::extract::{Path, State as AxState};
+use axum::extract::State as AxState;
 use haven_model::{Resource, ResourceKind, VmStatus};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use crate::api::{ApiError, Body};
+use crate::api::{ApiError, Body, Name};
 use crate::{Agent, SubmitError};
 
 /// A VM as the API shows it.
@@ -85,23 +85,23 @@ pub async fn list_vms(AxState(agent): AxState<Arc<Agent>>) -> Result<Json<Vec<Vm
 }
 
 #[utoipa::path(get, path = "/api/v1/vms/{name}", tag = "vms", responses((status = 200, body = VmView), (status = 404, body = haven_api::ErrorBody)))]
-pub async fn get_vm(AxState(agent): AxState<Arc<Agent>>, Path(name): Path<String>) -> Result<Json<VmView>, ApiError> {
+pub async fn get_vm(AxState(agent): AxState<Arc<Agent>>, Name(name): Name) -> Result<Json<VmView>, ApiError> {
     let r = vm_resource(&agent, &name)?;
     Ok(Json(view(&agent, r).await))
 }
 
 #[utoipa::path(post, path = "/api/v1/vms/{name}/guest-control", tag = "vms", request_body = GuestControl,
-    responses((status = 200), (status = 404, body = haven_api::ErrorBody), (status = 409, body = haven_api::ErrorBody)))]
+    responses((status = 200, body = haven_api::GuestControlSent), (status = 404, body = haven_api::ErrorBody), (status = 409, body = haven_api::ErrorBody), (status = 502, body = haven_api::ErrorBody)))]
 pub async fn guest_control(
     AxState(agent): AxState<Arc<Agent>>,
-    Path(name): Path<String>,
+    Name(name): Name,
     Body(req): Body<GuestControl>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<haven_api::GuestControlSent>, ApiError> {
     let r = vm_resource(&agent, &name)?;
     if let Some(addr) = elsewhere(&agent, &r) {
         let client = haven_api::Client::with_timeout(&addr, std::time::Duration::from_secs(5));
         return client
-            .post::<_, serde_json::Value>(&format!("/api/v1/vms/{name}/guest-control"), &req)
+            .post::<_, haven_api::GuestControlSent>(&format!("/api/v1/vms/{name}/guest-control"), &req)
             .await
             .map(Json)
             .map_err(|e| ApiError::new(e.status().unwrap_or(502), "unavailable", e.to_string()));
@@ -114,7 +114,7 @@ pub async fn guest_control(
         .send_guest_control(&ctx, &req.line)
         .await
         .map_err(|e| ApiError::new(409, "conflict", e.to_string()))?;
-    Ok(Json(serde_json::json!({"sent": req.line, "vm": name, "node": agent.name()})))
+    Ok(Json(haven_api::GuestControlSent { sent: req.line, vm: name, node: agent.name().to_string() }))
 }
 
 /// `PUT /api/v1/vms/{name}/definition`: the new text of the VM's definition file.
@@ -171,12 +171,12 @@ fn definition_file(agent: &Agent, vm: &Resource) -> Result<std::path::PathBuf, A
 }
 
 #[utoipa::path(put, path = "/api/v1/vms/{name}/definition", tag = "vms", request_body = DefinitionEdit,
-    responses((status = 200), (status = 400, body = haven_api::ErrorBody), (status = 409, body = haven_api::ErrorBody)))]
+    responses((status = 200, body = haven_api::DefinitionEdited), (status = 400, body = haven_api::ErrorBody), (status = 409, body = haven_api::ErrorBody)))]
 pub async fn edit_definition(
     AxState(agent): AxState<Arc<Agent>>,
-    Path(name): Path<String>,
-    Body(edit): Body<DefinitionEdit>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+    Name(name): Name,
+    Body(edit): Body<DefinitionEdit, { haven_api::MAX_DEFINITION_BODY_BYTES }>,
+) -> Result<Json<haven_api::DefinitionEdited>, ApiError> {
     use haven_model::ResourceState::{Online, Starting, Stopping};
     let vm = vm_resource(&agent, &name)?;
     if matches!(vm.status.state, Online | Starting | Stopping) {
@@ -200,14 +200,18 @@ pub async fn edit_definition(
         .and_then(|()| std::fs::rename(&tmp, &file))
         .map_err(|e| ApiError::new(500, "internal", format!("cannot write {}: {e}", file.display())))?;
     tracing::info!(vm = %name, file = %file.display(), "VM definition edited");
-    Ok(Json(serde_json::json!({"vm": name, "file": file, "applies": "at the VM's next start"})))
+    Ok(Json(haven_api::DefinitionEdited {
+        vm: name,
+        file: file.display().to_string(),
+        applies: "at the VM's next start".into(),
+    }))
 }
 
 /// `GET /api/v1/vms/{name}/console`: the end of the guest's serial console log (up to
 /// 64 KiB), from the node that runs it.
 #[utoipa::path(get, path = "/api/v1/vms/{name}/console", tag = "vms",
-    responses((status = 200, body = String), (status = 404, body = haven_api::ErrorBody), (status = 409, body = haven_api::ErrorBody)))]
-pub async fn console(AxState(agent): AxState<Arc<Agent>>, Path(name): Path<String>) -> Result<Json<String>, ApiError> {
+    responses((status = 200, body = String), (status = 404, body = haven_api::ErrorBody), (status = 409, body = haven_api::ErrorBody), (status = 502, body = haven_api::ErrorBody)))]
+pub async fn console(AxState(agent): AxState<Arc<Agent>>, Name(name): Name) -> Result<Json<String>, ApiError> {
     let r = vm_resource(&agent, &name)?;
     if let Some(addr) = elsewhere(&agent, &r) {
         let client = haven_api::Client::with_timeout(&addr, std::time::Duration::from_secs(5));
@@ -249,7 +253,7 @@ pub struct VmCreate {
     responses((status = 200, body = VmView), (status = 400, body = haven_api::ErrorBody), (status = 404, body = haven_api::ErrorBody), (status = 409, body = haven_api::ErrorBody)))]
 pub async fn create_vm(
     AxState(agent): AxState<Arc<Agent>>,
-    Body(req): Body<VmCreate>,
+    Body(req): Body<VmCreate, { haven_api::MAX_DEFINITION_BODY_BYTES }>,
 ) -> Result<Json<VmView>, ApiError> {
     use haven_model::{DiskBackend, ResourceProps, ResourceSpec};
     let refused = |e: haven_model::InvalidInput| ApiError::from(SubmitError::Refused(e.into()));

@@ -10,10 +10,17 @@ pub struct ErrorBody {
     pub error: ErrorDetail,
 }
 
+impl ErrorBody {
+    pub fn new(code: impl Into<String>, message: impl Into<String>) -> ErrorBody {
+        ErrorBody { error: ErrorDetail { code: code.into(), message: message.into(), field: None } }
+    }
+}
+
 #[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
 pub struct ErrorDetail {
     /// `not_found`, `already_exists`, `invalid`, `conflict`, `bad_request`, `too_large`,
-    /// `no_quorum`, `not_initialized`, `unavailable`, `internal`.
+    /// `method_not_allowed`, `uri_too_long`, `no_quorum`, `not_initialized`, `bad_token`,
+    /// `unavailable`, `internal`.
     pub code: String,
     /// What was wrong, naming the offending value, and what to do.
     pub message: String,
@@ -160,4 +167,43 @@ pub struct MakeHaRequest {
     /// to the cluster-managed form when that is all that is wrong.
     #[serde(default)]
     pub fix: bool,
+}
+
+/// `GET /api/v1/cluster/token`.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct JoinToken {
+    pub join_token: String,
+}
+
+/// `DELETE /api/v1/groups/{name}` and `DELETE /api/v1/resources/{name}`.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct Deleted {
+    /// The name of the object deleted.
+    pub deleted: String,
+}
+
+/// `DELETE /api/v1/nodes/{name}`.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct Removed {
+    /// The name of the node removed from the cluster.
+    pub removed: String,
+}
+
+/// `POST /api/v1/vms/{name}/guest-control`: the line was written to the guest's channel.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct GuestControlSent {
+    pub sent: String,
+    pub vm: String,
+    /// The node that runs the VM.
+    pub node: String,
+}
+
+/// `PUT /api/v1/vms/{name}/definition`: the definition file was replaced.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct DefinitionEdited {
+    pub vm: String,
+    /// The file written, on this node.
+    pub file: String,
+    /// When the change takes effect: "at the VM's next start".
+    pub applies: String,
 }

@@ -20,9 +20,7 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Component, Path, PathBuf};
 use std::process::Command;
 
-use haven_model::{
-    CheckResult, DefinitionFormat, DiskBackend, DiskParams, HaCheck, HaPathFix, ImageFormat, InvalidInput, VmDefinition,
-};
+use haven_model::{CheckResult, DiskBackend, DiskParams, HaCheck, HaPathFix, ImageFormat, InvalidInput, VmDefinition};
 
 /// A `disk` resource of the cluster, as the wizard needs to know it.
 #[derive(Clone, Debug)]
@@ -518,24 +516,17 @@ pub fn run(input: &WizardInput) -> Result<WizardOutcome, InvalidInput> {
     let roots = input.volumes.iter().map(|v| root_of(v, &volumes_dir)).collect();
     let cx = Ctx { input, volumes_dir, roots };
     let def_local = cx.local(&input.definition);
-    let text = fs::read_to_string(&def_local).map_err(|e| {
+    let text = crate::vm_config::read_definition(&def_local).map_err(|e| {
         InvalidInput::new(
             "path",
             format!(
-                "cannot read the VM definition {} on node {:?}: {e}; give the path of a definition file (TOML, or \
-                 JSON ending in .json) on that node",
-                input.definition.display(),
+                "{} (on node {:?}); give the path of a VM definition file (TOML, or JSON ending in .json) on that node",
+                e.message.replace(&def_local.display().to_string(), &input.definition.display().to_string()),
                 input.node
             ),
         )
     })?;
-    let def =
-        VmDefinition::parse(&text, DefinitionFormat::for_path(&input.definition.to_string_lossy())).map_err(|e| {
-            InvalidInput::new(
-                e.field.clone(),
-                format!("{} ({}): {}", e.message, input.definition.display(), "fix the definition file"),
-            )
-        })?;
+    let def = VmDefinition::parse_file(&text, &input.definition.to_string_lossy())?;
 
     // The definition itself, then every file it names, resolved against the definition's
     // directory in its cluster form (so relative paths never look like aliases).
@@ -1241,7 +1232,7 @@ pub fn apply_fixes(out: &mut WizardOutcome) -> Result<(), String> {
             }
             text = text.replacen(&quoted_before, &format!("\"{after}\""), 1);
         }
-        VmDefinition::parse(&text, DefinitionFormat::for_path(&file.to_string_lossy()))
+        VmDefinition::parse_file(&text, &file.to_string_lossy())
             .map_err(|e| format!("the rewritten definition does not parse ({e}); nothing was written"))?;
         let tmp = file.with_extension("haven-fix.tmp");
         fs::write(&tmp, &text)

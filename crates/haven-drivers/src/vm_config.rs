@@ -14,7 +14,7 @@ use std::io::{self, Write};
 use std::path::{Component, Path, PathBuf};
 
 use async_trait::async_trait;
-use haven_model::{DefinitionFormat, InvalidInput, ResourceKind, ResourceSpec, VmConfigParams, VmDefinition};
+use haven_model::{InvalidInput, ResourceKind, ResourceSpec, VmConfigParams, VmDefinition};
 use serde::{Deserialize, Serialize};
 
 use crate::{Depth, DriverError, Health, ResourceCtx, ResourceDriver};
@@ -32,19 +32,59 @@ pub struct Registration {
     pub definition: VmDefinition,
 }
 
+/// Largest VM definition file read (a definition is a few hundred bytes of TOML or JSON;
+/// anything much larger is some other file, and is not read into memory).
+pub const MAX_DEFINITION_BYTES: usize = 64 * 1024;
+
+/// Reads the text of the definition file at `path`: a regular file of at most
+/// [`MAX_DEFINITION_BYTES`] of UTF-8. The errors name the file, never its content.
+pub fn read_definition(path: &Path) -> Result<String, InvalidInput> {
+    use std::io::Read;
+    let invalid = |why: String| InvalidInput::new("path", why);
+    // Looked at before it is opened: opening a FIFO would wait for a writer.
+    let meta = fs::metadata(path).map_err(|e| invalid(format!("cannot read {}: {e}", path.display())))?;
+    if !meta.is_file() {
+        return Err(invalid(format!("{} is not a regular file, so not a VM definition", path.display())));
+    }
+    let file = fs::File::open(path).map_err(|e| invalid(format!("cannot read {}: {e}", path.display())))?;
+    let mut bytes = Vec::new();
+    file.take(MAX_DEFINITION_BYTES as u64 + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| invalid(format!("cannot read {}: {e}", path.display())))?;
+    if bytes.len() > MAX_DEFINITION_BYTES {
+        return Err(invalid(format!(
+            "{} is larger than {MAX_DEFINITION_BYTES} bytes, so not a VM definition (a definition is a small TOML \
+             or JSON file)",
+            path.display()
+        )));
+    }
+    String::from_utf8(bytes).map_err(|e| {
+        invalid(format!(
+            "{} is not a VM definition: it is not UTF-8 text (at byte {})",
+            path.display(),
+            e.utf8_error().valid_up_to()
+        ))
+    })
+}
+
 /// Reads, parses and validates a VM definition. Relative paths in it (kernel, initrd,
 /// disks) are taken relative to the file's directory and returned absolute; every file it
 /// names must exist. The error's field is the path inside the file (`disks[0].path`).
 pub fn load_definition(path: &Path) -> Result<VmDefinition, InvalidInput> {
-    let text = fs::read_to_string(path)
-        .map_err(|e| InvalidInput::new("path", format!("cannot read {}: {e}", path.display())))?;
-    definition_from_text(path, &text)
+    definition_from_text(path, &read_definition(path)?)
 }
 
 /// Parses and validates definition `text` as if it were the file at `path` (relative paths
-/// are resolved against its directory and must exist).
+/// are resolved against its directory and must exist). Errors never quote the text
+/// (`VmDefinition::parse_file`).
 pub fn definition_from_text(path: &Path, text: &str) -> Result<VmDefinition, InvalidInput> {
-    let mut def = VmDefinition::parse(text, DefinitionFormat::for_path(&path.to_string_lossy()))?;
+    if text.len() > MAX_DEFINITION_BYTES {
+        return Err(InvalidInput::new(
+            "definition",
+            format!("is {} bytes, more than the {MAX_DEFINITION_BYTES} a VM definition may have", text.len()),
+        ));
+    }
+    let mut def = VmDefinition::parse_file(text, &path.to_string_lossy())?;
     let base = path.parent().unwrap_or(Path::new("/"));
     let resolve = |field: String, p: &mut String| -> Result<(), InvalidInput> {
         let full = base.join(&*p);
@@ -99,8 +139,17 @@ pub fn find_registration(state_dir: &Path, resource: &str) -> io::Result<Option<
 
 fn read_registration(path: &Path) -> io::Result<Option<Registration>> {
     match fs::read_to_string(path) {
+        // The error gives the position only: a registration holds a definition's text.
         Ok(text) => serde_json::from_str(&text).map(Some).map_err(|e| {
-            io::Error::new(io::ErrorKind::InvalidData, format!("{} is not a VM registration ({e})", path.display()))
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "{} is not a VM registration (JSON error at line {}, column {}); remove it",
+                    path.display(),
+                    e.line(),
+                    e.column()
+                ),
+            )
         }),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(e),
@@ -185,10 +234,8 @@ impl ResourceDriver for VmConfigDriver {
         let params = Self::params(&ctx.spec)?;
         let path = definition_path(ctx, &params.path);
         Self::check_on_volume(ctx, &path)?;
-        let text = fs::read_to_string(&path)
-            .map_err(|e| Self::err(ctx, format!("cannot read definition {}: {e}", path.display())))?;
-        let definition = definition_from_text(&path, &text)
-            .map_err(|e| Self::err(ctx, format!("definition {}: {e}; fix the file", path.display())))?;
+        let text = read_definition(&path).map_err(|e| Self::err(ctx, e.message))?;
+        let definition = definition_from_text(&path, &text).map_err(|e| Self::err(ctx, e.to_string()))?;
         let reg_path = Self::registration_path(ctx, &definition.name);
         if let Some(other) = read_registration(&reg_path)
             .map_err(|e| Self::err(ctx, format!("cannot read {}: {e}", reg_path.display())))?

@@ -160,7 +160,7 @@ async fn definitions_are_validated_and_registered() {
         (("memory_mib = 256", "memory_mib = 0"), "memory_mib", "0 is too small; the least allowed is 16"),
         (("vcpus = 1", "vcpus = 0"), "vcpus", "0 is too small; the least allowed is 1"),
         (("path = \"data.img\"", "path = \"data.img\"\nformat = \"vhd\""), "disks[0].format", "unknown variant"),
-        (("heartbeat = true", "heartbeat = true\nballoon = 1"), "balloon", "unknown field `balloon`"),
+        (("heartbeat = true", "heartbeat = true\nballoon = 1"), "definition", "unknown field; expected one of"),
     ] {
         write(&definition(&fake_guest).replace(edit.0, edit.1));
         let e = load_definition(&def_path).unwrap_err();

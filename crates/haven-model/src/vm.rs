@@ -223,32 +223,21 @@ impl DefinitionFormat {
 }
 
 impl VmDefinition {
-    /// Parses and validates a definition; the error's field is the path inside the file
-    /// (`disks[0].format`, `memory_mib`).
+    /// Parses and validates a definition given as text by the caller (an API body); the
+    /// error's field is the path inside the text (`disks[0].format`, `memory_mib`).
+    /// Parse errors give a line and column, never a line of the text.
     pub fn parse(text: &str, format: DefinitionFormat) -> Result<VmDefinition, InvalidInput> {
-        let def: VmDefinition = match format {
-            DefinitionFormat::Json => {
-                let mut de = serde_json::Deserializer::from_str(text);
-                serde_path_to_error::deserialize(&mut de).map_err(|e| {
-                    let field = field_of(e.path());
-                    InvalidInput::new(field, e.into_inner().to_string())
-                })?
-            }
-            DefinitionFormat::Toml => {
-                let de = toml::Deserializer::parse(text).map_err(|e| syntax_error(&e))?;
-                serde_path_to_error::deserialize(de).map_err(|e| {
-                    let field = field_of(e.path());
-                    let inner = e.into_inner();
-                    if field == "definition" {
-                        syntax_error(&inner)
-                    } else {
-                        InvalidInput::new(field, inner.message().to_string())
-                    }
-                })?
-            }
-        };
-        def.validate()?;
-        Ok(def)
+        parse_as(text, format, None)
+    }
+
+    /// Parses and validates the definition file at `path` (read by the caller). The format
+    /// follows the name (`.json` is JSON, anything else TOML). The file may be anything a
+    /// client named, so an error never quotes it: a file that does not parse is "not a VM
+    /// definition" at a line and column, and a field that does not fit is named with what
+    /// it should be, not what it holds. Only a file that is a definition in every field
+    /// gets its values quoted (by `validate`).
+    pub fn parse_file(text: &str, path: &str) -> Result<VmDefinition, InvalidInput> {
+        parse_as(text, DefinitionFormat::for_path(path), Some(path))
     }
 
     /// Checks the values (not the files they name).
@@ -309,15 +298,145 @@ impl VmDefinition {
     }
 }
 
-fn field_of(path: &serde_path_to_error::Path) -> String {
-    let p = path.to_string();
-    if p == "." || p.is_empty() { "definition".to_string() } else { p }
+fn field_of(path: &str) -> String {
+    if path == "." || path.is_empty() { "definition".to_string() } else { path.to_string() }
 }
 
-fn syntax_error(e: &toml::de::Error) -> InvalidInput {
-    // The full message quotes the offending line; keep it on one line for error chains.
-    let text = e.to_string().lines().map(str::trim).filter(|l| !l.is_empty()).collect::<Vec<_>>().join(" ");
-    InvalidInput::new("definition", text)
+/// Where a parse error is: line and column, both from 1.
+fn line_column(text: &str, offset: usize) -> (usize, usize) {
+    let mut end = offset.min(text.len());
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    let before = &text[..end];
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, column)
+}
+
+fn parse_as(text: &str, format: DefinitionFormat, file: Option<&str>) -> Result<VmDefinition, InvalidInput> {
+    let syntax = match format {
+        DefinitionFormat::Json => "JSON",
+        DefinitionFormat::Toml => "TOML",
+    };
+    let not_a_definition = |(line, column): (usize, usize)| {
+        let message = match file {
+            Some(path) => format!(
+                "{path} is not a VM definition (TOML, or JSON for a name ending in .json): {syntax} parse error at \
+                 line {line}, column {column}; give the path of a VM definition file, or fix its syntax there"
+            ),
+            None => format!(
+                "is not a VM definition: {syntax} parse error at line {line}, column {column}; fix the syntax there"
+            ),
+        };
+        InvalidInput::new("definition", message)
+    };
+    let misfit = |path: String, message: &str, at: Option<(usize, usize)>| {
+        // An unknown key is the last segment of the path: name the object it is in instead,
+        // since the key itself is the file's content.
+        let unknown_key = message.starts_with("unknown field");
+        let field = if unknown_key { parent_of(&path) } else { field_of(&path) };
+        let reason = without_values(message);
+        let at = match (at, file) {
+            (Some((l, c)), Some(path)) => format!(" (line {l}, column {c} of {path}); fix the definition file"),
+            (Some((l, c)), None) => format!(" (line {l}, column {c})"),
+            (None, Some(path)) => format!(" ({path}); fix the definition file"),
+            (None, None) => String::new(),
+        };
+        InvalidInput::new(field, format!("{reason}{at}"))
+    };
+    let def: VmDefinition = match format {
+        DefinitionFormat::Json => {
+            let mut de = serde_json::Deserializer::from_str(text);
+            let def = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+                let path = e.path().to_string();
+                let inner = e.into_inner();
+                let at = (inner.line(), inner.column());
+                match inner.classify() {
+                    serde_json::error::Category::Data => {
+                        let full = inner.to_string();
+                        let suffix = format!(" at line {} column {}", at.0, at.1);
+                        misfit(path, full.strip_suffix(&suffix).unwrap_or(&full), Some(at))
+                    }
+                    _ => not_a_definition(at),
+                }
+            })?;
+            de.end().map_err(|e| not_a_definition((e.line(), e.column())))?;
+            def
+        }
+        DefinitionFormat::Toml => {
+            let span_at = |e: &toml::de::Error| e.span().map(|s| line_column(text, s.start));
+            let de = toml::Deserializer::parse(text).map_err(|e| not_a_definition(span_at(&e).unwrap_or((1, 1))))?;
+            serde_path_to_error::deserialize(de).map_err(|e| {
+                let path = e.path().to_string();
+                let inner = e.into_inner();
+                let at = span_at(&inner);
+                let known = KNOWN_SERDE_ERRORS.iter().any(|p| inner.message().starts_with(p));
+                if !known && field_of(&path) == "definition" {
+                    // A syntax error found while deserializing.
+                    not_a_definition(at.unwrap_or((1, 1)))
+                } else {
+                    misfit(path, inner.message(), at)
+                }
+            })?
+        }
+    };
+    def.validate().map_err(|e| match file {
+        Some(path) => InvalidInput::new(e.field, format!("{} ({path}); fix the definition file", e.message)),
+        None => e,
+    })?;
+    Ok(def)
+}
+
+fn parent_of(path: &str) -> String {
+    match path.rfind(['.', '[']) {
+        Some(i) if i > 0 => path[..i].to_string(),
+        _ => "definition".to_string(),
+    }
+}
+
+/// How serde's own data errors begin (serde::de::Error's provided messages).
+const KNOWN_SERDE_ERRORS: &[&str] = &[
+    "invalid type: ",
+    "invalid value: ",
+    "invalid length ",
+    "unknown variant ",
+    "unknown field ",
+    "missing field ",
+    "duplicate field ",
+];
+
+/// What a serde data error says, without the values of the input it quotes:
+/// `invalid type: string "two", expected u32` becomes `wrong type; expected u32`. What
+/// follows "expected" comes from the definition's schema, not from the input. Field names
+/// in `missing field`/`duplicate field` are the schema's (only known fields are noticed).
+fn without_values(message: &str) -> String {
+    let expected = message.rfind(", expected ").map(|i| &message[i + 2..]);
+    let with_expected = |what: &str| match expected {
+        Some(e) => format!("{what}; {e}"),
+        None => what.to_string(),
+    };
+    if message.starts_with("invalid type: ") {
+        with_expected("wrong type")
+    } else if message.starts_with("invalid value: ") {
+        with_expected("value out of range or not accepted")
+    } else if message.starts_with("invalid length ") {
+        with_expected("wrong number of elements")
+    } else if message.starts_with("unknown variant ") {
+        with_expected("unknown variant")
+    } else if message.starts_with("unknown field ") {
+        match expected {
+            Some(_) => with_expected("unknown field"),
+            None => "unknown field; this table takes no fields".to_string(),
+        }
+    } else if (message.starts_with("missing field `") || message.starts_with("duplicate field `"))
+        && message.matches('`').count() == 2
+        && message.ends_with('`')
+    {
+        message.to_string()
+    } else {
+        "does not fit a VM definition".to_string()
+    }
 }
 
 fn is_mac(text: &str) -> bool {
@@ -489,7 +608,8 @@ path = "data.img"
         let e = err(&GOOD.replace("path = \"data.img\"", "path = \"data.img\"\nformat = \"vhd\""));
         assert_eq!(e.field, "disks[0].format", "{e}");
         let e = err(&GOOD.replace("heartbeat = true", "heartbeat = true\ncolour = 1"));
-        assert!(e.message.contains("unknown field `colour`"), "{e}");
+        assert_eq!(e.field, "definition", "{e}");
+        assert!(e.message.starts_with("unknown field; expected one of `name`"), "{e}");
         let e = err(&GOOD.replace("kernel = \"vmlinuz\"", "disk = 3"));
         assert_eq!(e.field, "boot.disk", "{e}");
         let e = err(&GOOD.replace("vcpus = 1", "vcpus = \"two\""));
@@ -500,5 +620,63 @@ path = "data.img"
         )
         .unwrap_err();
         assert_eq!(e.field, "boot.kernel", "{e}");
+    }
+
+    /// A file that is not a definition, or a field that does not fit, is described by
+    /// position and by what the schema expects; nothing of the text is quoted.
+    #[test]
+    fn errors_never_quote_the_text() {
+        let secret = "S3CRET";
+        let cases = [
+            (
+                format!("root:$6${secret}:19000:0:99999:7:::\n"),
+                DefinitionFormat::Toml,
+                "definition",
+                "TOML parse error at line 1",
+            ),
+            (format!("{{\"password\": \"{secret}\"}}"), DefinitionFormat::Json, "definition", "unknown field"),
+            (format!("[db]\n{secret} = 1\n"), DefinitionFormat::Toml, "definition", "unknown field"),
+            (
+                GOOD.replace("vcpus = 1", &format!("vcpus = \"{secret}\"")),
+                DefinitionFormat::Toml,
+                "vcpus",
+                "wrong type; expected u32",
+            ),
+            (
+                GOOD.replace("[[disks]]", &format!("[[disks]]\nformat = \"{secret}\"")),
+                DefinitionFormat::Toml,
+                "disks[0].format",
+                "unknown variant; expected `raw` or `qcow2`",
+            ),
+            (
+                GOOD.replace("[boot]", &format!("[boot]\n{secret} = 2")),
+                DefinitionFormat::Toml,
+                "boot",
+                "unknown field; expected one of `kernel`",
+            ),
+            (
+                format!("{{\"name\": \"{secret}\", \"vcpus\": \"{secret}\"}}"),
+                DefinitionFormat::Json,
+                "vcpus",
+                "wrong type; expected u32 (line 1",
+            ),
+            (format!("{{\"name\": \"{secret}"), DefinitionFormat::Json, "definition", "JSON parse error at line 1"),
+        ];
+        for (text, format, field, needle) in cases {
+            let e = VmDefinition::parse(&text, format).unwrap_err();
+            assert_eq!(e.field, field, "{e} for {text:?}");
+            assert!(e.message.contains(needle), "{e:?} should contain {needle:?}");
+            assert!(!e.to_string().contains(secret), "{e} quotes the text");
+            let f = VmDefinition::parse_file(
+                &text,
+                if format == DefinitionFormat::Json { "/etc/x.json" } else { "/etc/x" },
+            )
+            .unwrap_err();
+            assert!(f.message.contains("/etc/x"), "{f}");
+            assert!(!f.to_string().contains(secret), "{f} quotes the file");
+        }
+        let e = VmDefinition::parse_file("root:x:0:0:root:/root:/bin/bash\n", "/etc/passwd").unwrap_err();
+        assert!(e.message.starts_with("/etc/passwd is not a VM definition"), "{e}");
+        assert!(!e.message.contains("/bin/bash"), "{e}");
     }
 }

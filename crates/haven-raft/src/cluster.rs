@@ -67,6 +67,8 @@ impl RaftTuning {
             install_snapshot_timeout: INSTALL_SNAPSHOT_TIMEOUT_MS,
             snapshot_policy: SnapshotPolicy::LogsSinceLast(self.snapshot_logs.max(1)),
             max_in_snapshot_log_to_keep: self.snapshot_logs,
+            // Bounds an AppendEntries body (see `network::APPEND_LIMIT`).
+            max_payload_entries: crate::network::MAX_PAYLOAD_ENTRIES,
             ..Config::default()
         };
         config.validate().map_err(|e| DbError::Tuning { tuning: self.clone(), reason: e.to_string() })

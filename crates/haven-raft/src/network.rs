@@ -13,7 +13,9 @@
 use std::io::Cursor;
 use std::time::Duration;
 
-use axum::extract::{DefaultBodyLimit, Query, State as AxumState};
+use axum::extract::{FromRequest, FromRequestParts, Query, Request, State as AxumState};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use openraft::error::{
@@ -41,8 +43,28 @@ pub const SNAPSHOT_PATH: &str = "/internal/raft/snapshot";
 /// Path of the leader-contact query a new leader sends (see [`crate::contact`]).
 pub const CONTACT_PATH: &str = "/internal/raft/leader-contact";
 
-/// Largest RPC body accepted: snapshots carry the whole cluster state.
-const MAX_BODY_BYTES: usize = 256 * 1024 * 1024;
+/// Most log entries one AppendEntries carries (openraft's `max_payload_entries`; its
+/// default, 300, would let a batch of large entries exceed [`APPEND_LIMIT`]).
+pub const MAX_PAYLOAD_ENTRIES: u64 = 64;
+
+/// Largest AppendEntries body accepted: [`MAX_PAYLOAD_ENTRIES`] entries of up to 512 KiB of
+/// JSON each. An entry is one command: an API write (its body is at most 64 KiB, so its
+/// command a little more) or a command of the agents (a wizard report, a status change),
+/// typically well under 4 KiB. So a batch is normally under 1 MiB; 32 MiB is the margin.
+pub const APPEND_LIMIT: usize = 32 * 1024 * 1024;
+
+/// Largest snapshot body accepted. Snapshots are sent whole, in one request, as the JSON of
+/// the cluster state: nodes, groups, resources and the last 2,000 events. A cluster of
+/// a hundred groups of five resources is about 1 MiB; 64 MiB leaves a margin of 60 times.
+/// A leader whose snapshot would be larger says so in its log (see `full_snapshot`).
+pub const SNAPSHOT_LIMIT: usize = 64 * 1024 * 1024;
+
+/// How long a snapshot body may take to arrive once its turn came (the sender's own
+/// install timeout is 10 s).
+const SNAPSHOT_READ_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Largest body of the small RPCs (RequestVote): a vote and a log id.
+pub const VOTE_LIMIT: usize = 64 * 1024;
 
 /// Body of `POST /internal/raft/snapshot`: a whole snapshot in one request.
 #[derive(Debug, Serialize, Deserialize)]
@@ -230,6 +252,16 @@ impl RaftNetwork<TypeConfig> for HttpConnection {
                 snapshot.meta.snapshot_id
             ))))
         })?;
+        if data.len() + 4096 > SNAPSHOT_LIMIT {
+            let e = std::io::Error::other(format!(
+                "snapshot {} is {} bytes, more than the {SNAPSHOT_LIMIT} bytes a peer accepts; the cluster state \
+                 is too large to replicate (delete unused groups and resources)",
+                snapshot.meta.snapshot_id,
+                data.len()
+            ));
+            tracing::error!("{e}");
+            return Err(StreamingError::Unreachable(Unreachable::new(&e)));
+        }
         let transfer = SnapshotTransfer { vote, meta: snapshot.meta, data };
         let send = self.call::<_, SnapshotResponse<u64>, Fatal<u64>>(
             SNAPSHOT_PATH,
@@ -245,27 +277,80 @@ impl RaftNetwork<TypeConfig> for HttpConnection {
     }
 }
 
-/// The peer RPC endpoints of `db`, to merge into the agent's HTTP router.
+/// The peer RPC endpoints of `db`, to merge into the agent's HTTP router. Each route
+/// reads at most its own limit ([`APPEND_LIMIT`], [`VOTE_LIMIT`], [`SNAPSHOT_LIMIT`]);
+/// a larger body gets 413, a body that does not parse 400, both as the API's JSON error
+/// body and without echoing the request. One snapshot is read at a time.
 pub fn router(db: &ClusterDb) -> Router {
-    let peer = Peer { raft: db.raft().clone(), contact: db.contact().clone() };
+    let peer = Peer {
+        raft: db.raft().clone(),
+        contact: db.contact().clone(),
+        snapshots: std::sync::Arc::new(tokio::sync::Semaphore::new(1)),
+    };
     Router::new()
         .route(APPEND_PATH, post(append))
         .route(VOTE_PATH, post(vote))
         .route(SNAPSHOT_PATH, post(snapshot))
         .route(CONTACT_PATH, get(contact))
-        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(peer)
+}
+
+/// A JSON RPC body of at most `LIMIT` bytes.
+pub struct RpcBody<T, const LIMIT: usize>(pub T);
+
+/// A refused RPC request: the API's JSON error body.
+pub struct RpcRejection(haven_api::body::BodyError);
+
+impl IntoResponse for RpcRejection {
+    fn into_response(self) -> Response {
+        let status = StatusCode::from_u16(self.0.status).unwrap_or(StatusCode::BAD_REQUEST);
+        (status, Json(self.0.into_body())).into_response()
+    }
+}
+
+impl<S: Send + Sync, T: DeserializeOwned, const LIMIT: usize> FromRequest<S> for RpcBody<T, LIMIT> {
+    type Rejection = RpcRejection;
+    async fn from_request(req: Request, _state: &S) -> Result<Self, Self::Rejection> {
+        let declared = req.headers().get(axum::http::header::CONTENT_LENGTH);
+        if declared.and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok()).is_some_and(|n| n > LIMIT as u64)
+        {
+            return Err(RpcRejection(haven_api::body::too_large(LIMIT)));
+        }
+        let bytes = axum::body::to_bytes(req.into_body(), LIMIT)
+            .await
+            .map_err(|_| RpcRejection(haven_api::body::too_large(LIMIT)))?;
+        haven_api::body::parse_json(&bytes).map(RpcBody).map_err(RpcRejection)
+    }
+}
+
+/// A query string that does not parse is a 400 JSON error body too.
+pub struct RpcQuery<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for RpcQuery<T> {
+    type Rejection = RpcRejection;
+    async fn from_request_parts(parts: &mut axum::http::request::Parts, state: &S) -> Result<Self, Self::Rejection> {
+        Query::<T>::from_request_parts(parts, state).await.map(|Query(q)| RpcQuery(q)).map_err(|_| {
+            RpcRejection(haven_api::body::BodyError {
+                status: 400,
+                code: "bad_request",
+                message: "the query string does not fit this route; send ?term=<u64>".into(),
+                field: None,
+            })
+        })
+    }
 }
 
 #[derive(Clone)]
 struct Peer {
     raft: Raft,
     contact: LeaderContact,
+    /// One snapshot body in memory at a time, however many are sent.
+    snapshots: std::sync::Arc<tokio::sync::Semaphore>,
 }
 
 async fn append(
     AxumState(peer): AxumState<Peer>,
-    Json(rpc): Json<AppendEntriesRequest<TypeConfig>>,
+    RpcBody(rpc): RpcBody<AppendEntriesRequest<TypeConfig>, APPEND_LIMIT>,
 ) -> Json<Result<AppendEntriesResponse<u64>, RaftError<u64>>> {
     // Noted before Raft sees it, so that it is noted before any reply can vouch for the
     // sender (see `contact`).
@@ -279,7 +364,7 @@ pub struct ContactQuery {
     pub term: u64,
 }
 
-async fn contact(AxumState(peer): AxumState<Peer>, Query(q): Query<ContactQuery>) -> Json<ContactReply> {
+async fn contact(AxumState(peer): AxumState<Peer>, RpcQuery(q): RpcQuery<ContactQuery>) -> Json<ContactReply> {
     // The term first: once it is at least `q.term`, no contact of a lower term can follow.
     let term = peer.raft.metrics().borrow().current_term;
     let last = peer.contact.last_before(q.term);
@@ -289,16 +374,43 @@ async fn contact(AxumState(peer): AxumState<Peer>, Query(q): Query<ContactQuery>
 
 async fn vote(
     AxumState(peer): AxumState<Peer>,
-    Json(rpc): Json<VoteRequest<u64>>,
+    RpcBody(rpc): RpcBody<VoteRequest<u64>, VOTE_LIMIT>,
 ) -> Json<Result<VoteResponse<u64>, RaftError<u64>>> {
     Json(peer.raft.vote(rpc).await)
 }
 
-async fn snapshot(
-    AxumState(peer): AxumState<Peer>,
-    Json(transfer): Json<SnapshotTransfer>,
-) -> Json<Result<SnapshotResponse<u64>, Fatal<u64>>> {
+async fn snapshot(AxumState(peer): AxumState<Peer>, req: Request) -> Response {
+    // The permit is taken before the body is read: a second sender waits, its body unread.
+    let Ok(_permit) = peer.snapshots.clone().acquire_owned().await else {
+        return RpcRejection(haven_api::body::BodyError {
+            status: 503,
+            code: "unavailable",
+            message: "this node is shutting down".into(),
+            field: None,
+        })
+        .into_response();
+    };
+    // A sender that trickles its body must not keep the permit: a real one sends it well
+    // within its own install timeout.
+    let read = RpcBody::<SnapshotTransfer, SNAPSHOT_LIMIT>::from_request(req, &());
+    let transfer = match tokio::time::timeout(SNAPSHOT_READ_TIMEOUT, read).await {
+        Ok(Ok(RpcBody(t))) => t,
+        Ok(Err(e)) => return e.into_response(),
+        Err(_) => {
+            return RpcRejection(haven_api::body::BodyError {
+                status: 408,
+                code: "bad_request",
+                message: format!(
+                    "the snapshot body did not arrive within {} s; send it at once",
+                    SNAPSHOT_READ_TIMEOUT.as_secs()
+                ),
+                field: None,
+            })
+            .into_response();
+        }
+    };
     let raft = peer.raft;
     let snapshot = Snapshot { meta: transfer.meta, snapshot: Box::new(Cursor::new(transfer.data.into_bytes())) };
-    Json(raft.install_full_snapshot(transfer.vote, snapshot).await)
+    let reply: Result<SnapshotResponse<u64>, Fatal<u64>> = raft.install_full_snapshot(transfer.vote, snapshot).await;
+    Json(reply).into_response()
 }
