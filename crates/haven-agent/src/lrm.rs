@@ -205,9 +205,9 @@ impl GroupWorker {
                     && !stopping
                     && let Some(g) = group.filter(|g| g.handoff.as_ref().is_some_and(|h| h.from == self.agent.name()))
                 {
-                    // Everything of it is stopped here: the move may go on. (Sent again by
-                    // a later worker if this one ends before it is committed; a duplicate
-                    // changes nothing.)
+                    // Everything of it is stopped here: the move may go on. The report
+                    // queue retries the release until it commits, and `run` starts no new
+                    // worker for this handoff meanwhile (one per commit used to re-send it).
                     tracing::info!(group = %self.group, generation = g.generation, "stopped for a move; releasing it");
                     self.agent.release(&self.group, g.generation);
                     return Some(g.generation);
