@@ -516,7 +516,11 @@ async fn vm_restarts_in_place_when_qemu_dies_or_its_guest_stops_heartbeating() {
     // Offline, invalid definitions are refused with the field named; a valid one is written
     // and used at the next start.
     refused(edit(original.replace("memory_mib = 192", "memory_mib = 0")).await, 400, "memory_mib");
-    refused(edit(original.replace("vcpus = 1", "vcpus = 1\ncolour = \"red\"")).await, 400, "colour");
+    refused(
+        edit(original.replace("vcpus = 1", "vcpus = 1\ncolour = \"red\"")).await,
+        400,
+        "unknown field; expected one of `name`",
+    );
     refused(edit(original.replace("path = \"data.img\"", "path = \"missing.img\"")).await, 400, "disks[0].path");
     assert_eq!(std::fs::read_to_string(volume.join("vm1.toml")).expect("vm1.toml"), original);
     edit(smaller.clone()).await.expect("a valid edit while offline");
