@@ -9,7 +9,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{Lab, alive, processes_in};
-use haven_api::{ClientError, GroupView, ResourceView};
+use haven_api::{Client, ClientError, GroupView, ResourceView};
 use haven_model::ResourceState;
 use serde_json::{Value, json};
 
@@ -17,22 +17,31 @@ use serde_json::{Value, json};
 /// may take in all: far below the pending timeout, which is a day.
 const OFFLINE_AND_DELETE_WITHIN: Duration = Duration::from_secs(15);
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_start_that_never_finishes_is_cancelled_by_offline_and_the_resource_deleted() {
-    let lab = Lab::start(2).await;
-    let c = lab.client(0).clone();
+/// Group `stuck` (node2 preferred) with one `process` resource `s` whose health check never
+/// passes, so its start never finishes.
+async fn create_stuck(c: &Client, params: Value, props: Value) {
     let _: GroupView =
         c.post("/api/v1/groups", &json!({"name": "stuck", "preferred_owners": ["node2"]})).await.expect("group");
     let _: ResourceView = c
         .post(
             "/api/v1/resources",
-            &json!({"name": "s", "group": "stuck", "type": "process",
-                    "params": {"argv": ["sh", "-c", "echo $$ > leader.pid; exec sleep 100000"],
-                               "check": {"kind": "command", "argv": ["false"], "timeout": "1h"}},
-                    "props": {"pending_timeout": "1day", "is_alive_interval": "1day", "looks_alive_interval": "1day"}}),
+            &json!({"name": "s", "group": "stuck", "type": "process", "params": params, "props": props}),
         )
         .await
         .expect("create resource s");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_start_that_never_finishes_is_cancelled_by_offline_and_the_resource_deleted() {
+    let lab = Lab::start(2).await;
+    let c = lab.client(0).clone();
+    create_stuck(
+        &c,
+        json!({"argv": ["sh", "-c", "echo $$ > leader.pid; exec sleep 100000"],
+               "check": {"kind": "command", "argv": ["false"], "timeout": "1h"}}),
+        json!({"pending_timeout": "1day", "is_alive_interval": "1day", "looks_alive_interval": "1day"}),
+    )
+    .await;
     let node2 = lab.index_of("node2");
     let run_dir = lab.node(node2).run_dir("s");
 
@@ -101,17 +110,12 @@ async fn a_start_that_never_finishes_is_cancelled_by_offline_and_the_resource_de
 async fn a_start_that_never_finishes_does_not_hold_up_a_move() {
     let lab = Lab::start(2).await;
     let c = lab.client(0).clone();
-    let _: GroupView =
-        c.post("/api/v1/groups", &json!({"name": "stuck", "preferred_owners": ["node2"]})).await.expect("group");
-    let _: ResourceView = c
-        .post(
-            "/api/v1/resources",
-            &json!({"name": "s", "group": "stuck", "type": "process",
-                    "params": {"argv": ["sleep", "100000"], "check": {"kind": "command", "argv": ["false"]}},
-                    "props": {"pending_timeout": "1day"}}),
-        )
-        .await
-        .expect("create resource s");
+    create_stuck(
+        &c,
+        json!({"argv": ["sleep", "100000"], "check": {"kind": "command", "argv": ["false"]}}),
+        json!({"pending_timeout": "1day"}),
+    )
+    .await;
     let on = |name: &'static str| {
         let lab = &lab;
         async move || {
