@@ -58,26 +58,16 @@ pub struct Timing {
 }
 
 impl Timing {
+    /// The named profile of `haven_node::TimingProfile`, the one table of them.
     pub fn profile(name: &str) -> Option<Timing> {
-        let scale = match name {
-            "default" => 2,
-            "aggressive" => 1,
-            _ => return None,
-        };
-        let ms = |x: u64| Duration::from_millis(x * scale);
-        // openraft 0.9 makes a follower that heard from a leader wait its "leader lease"
-        // (= election_max) *plus* a random election timeout (election_min..election_max),
-        // checked every 1.5 heartbeats, before it stands for election: here 0.5-0.75 s
-        // after the last heartbeat (aggressive). That, one vote round and one renewal
-        // must fit well inside the lease, or losing the leader's node makes every other
-        // node self-fence.
+        let p = haven_node::TimingProfile::by_name(name)?;
         Some(Timing {
-            renew_interval: ms(250),
-            lease: ms(1500),
-            margin: ms(500),
-            raft_heartbeat: ms(100),
-            election_min: ms(200),
-            election_max: ms(300),
+            renew_interval: Duration::from_millis(p.renew_ms),
+            lease: Duration::from_millis(p.lease_ms),
+            margin: Duration::from_millis(p.margin_ms),
+            raft_heartbeat: Duration::from_millis(p.raft_heartbeat_ms),
+            election_min: Duration::from_millis(p.election_min_ms),
+            election_max: Duration::from_millis(p.election_max_ms),
         })
     }
 }

@@ -1,55 +1,68 @@
 //! The lease keeper: this node renews a time-bounded lease with the Raft leader every
-//! `renew_interval`. The lease counts from the moment the renewal was *sent*, so the node's
-//! own deadline is never later than the deadline the leader computes from the moment it
-//! *received* it (plus the margin). Without a valid lease the node runs nothing.
+//! `renew_interval`. The lease itself (when it is valid, `may_run`, the drift allowance, the
+//! rule that it counts from the moment the renewal was *sent*) is `haven_node::Lease`, the
+//! code the simulator drives too; this module runs it on tokio's clock, converting
+//! `Instant`s to the core's microseconds at the edge, and sends the renewals.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use haven_api::{Heartbeat, HeartbeatReply};
 use haven_drivers::time::instant_after;
+use haven_node::{Lease, LeaseRule, Micros, Renewal};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::{Agent, Timing, peer};
 
-#[derive(Clone, Copy, Debug, Default)]
-struct Lease {
-    valid_until: Option<Instant>,
-    /// The leader's applied index when it granted the lease.
-    min_applied: u64,
-}
-
 /// This node's lease, as far as this node knows.
 pub struct LeaseKeeper {
     timing: Timing,
+    /// The origin of the core's clock readings.
+    epoch: Instant,
     lease: Mutex<Lease>,
     changed: watch::Sender<u64>,
 }
 
+fn micros(d: Duration) -> Micros {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
+}
+
 impl LeaseKeeper {
     pub fn new(timing: Timing) -> LeaseKeeper {
-        LeaseKeeper { timing, lease: Mutex::new(Lease::default()), changed: watch::channel(0).0 }
+        LeaseKeeper { timing, epoch: Instant::now(), lease: Mutex::new(Lease::new()), changed: watch::channel(0).0 }
     }
 
-    fn get(&self) -> Lease {
-        *self.lease.lock().unwrap_or_else(|e| e.into_inner())
+    fn with<T>(&self, f: impl FnOnce(&mut Lease) -> T) -> T {
+        f(&mut self.lease.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// `t` on the core's clock.
+    fn at(&self, t: Instant) -> Micros {
+        micros(t.saturating_duration_since(self.epoch))
+    }
+
+    fn now(&self) -> Micros {
+        self.at(Instant::now())
     }
 
     /// Whether the lease is valid now.
     pub fn valid(&self) -> bool {
-        self.get().valid_until.is_some_and(|t| Instant::now() < t)
+        let now = self.now();
+        self.with(|l| l.valid(now))
     }
 
     /// When the lease ends, if it is valid.
     pub fn valid_until(&self) -> Option<Instant> {
-        self.get().valid_until.filter(|t| Instant::now() < *t)
+        let now = self.now();
+        let until = self.with(|l| l.valid_until().filter(|_| l.valid(now)))?;
+        Some(instant_after(self.epoch, Duration::from_micros(until)))
     }
 
     /// Valid lease and the local state is at least as new as the leader's was.
     pub fn may_run(&self, applied_index: u64) -> bool {
-        let l = self.get();
-        l.valid_until.is_some_and(|t| Instant::now() < t) && applied_index >= l.min_applied
+        let now = self.now();
+        self.with(|l| l.may_run(now, applied_index))
     }
 
     /// A receiver that changes whenever the lease is renewed or lost.
@@ -57,13 +70,30 @@ impl LeaseKeeper {
         self.changed.subscribe()
     }
 
-    fn renewed(&self, sent: Instant, min_applied: u64) {
-        // Allow for the local clock running up to 1% slower than the leader's.
-        let lease = self.timing.lease.mul_f64(0.99);
-        {
-            let mut l = self.lease.lock().unwrap_or_else(|e| e.into_inner());
-            l.valid_until = Some(instant_after(sent, lease));
-            l.min_applied = min_applied;
+    /// A renewal sent at `sent`, unless one is in flight (`run` sends one at a time).
+    fn begin_renewal(&self, sent: Instant) -> Option<Renewal> {
+        let sent = self.at(sent);
+        self.with(|l| l.begin_renewal(sent))
+    }
+
+    fn renewed(&self, renewal: Renewal, min_applied: u64) {
+        let (now, lease_len) = (self.now(), micros(self.timing.lease));
+        if self.with(|l| l.renewed(renewal, now, min_applied, lease_len, LeaseRule::FromSend)) {
+            self.changed.send_modify(|v| *v += 1);
+        }
+    }
+
+    fn renewal_failed(&self, renewal: Renewal) {
+        self.with(|l| l.renewal_failed(renewal));
+    }
+
+    /// Logs and announces a change of validity since the last look.
+    fn notice(&self) {
+        let now = self.now();
+        match self.with(|l| l.noticed(now)) {
+            Some(true) => tracing::info!("lease acquired"),
+            Some(false) => tracing::warn!("lease lost: no renewal from a leader with quorum"),
+            None => return,
         }
         self.changed.send_modify(|v| *v += 1);
     }
@@ -72,22 +102,15 @@ impl LeaseKeeper {
 /// Renews the lease until `stop`.
 pub async fn run(agent: Arc<Agent>, mut stop: watch::Receiver<bool>) {
     let interval = agent.timing.renew_interval;
-    let mut was_valid = false;
     loop {
         let started = Instant::now();
-        if let Some(reply) = renew_once(&agent).await {
-            agent.lease.renewed(started, reply.applied_index);
-        }
-        let valid = agent.lease.valid();
-        if valid != was_valid {
-            if valid {
-                tracing::info!("lease acquired");
-            } else {
-                tracing::warn!("lease lost: no renewal from a leader with quorum");
+        if let Some(renewal) = agent.lease.begin_renewal(started) {
+            match renew_once(&agent).await {
+                Some(reply) => agent.lease.renewed(renewal, reply.applied_index),
+                None => agent.lease.renewal_failed(renewal),
             }
-            agent.lease.changed.send_modify(|v| *v += 1);
-            was_valid = valid;
         }
+        agent.lease.notice();
         let next = instant_after(started, interval);
         // A new leader is renewed with at once: after the leader's node is lost, the first
         // renewal with its successor must not wait for the next tick (nor, in `renew_once`,
@@ -99,9 +122,7 @@ pub async fn run(agent: Arc<Agent>, mut stop: watch::Receiver<bool>) {
             Ok(_) = metrics.wait_for(|m| m.current_leader.is_some() && m.current_leader != leader_before) => {}
             _ = stop.wait_for(|s| *s) => return,
         }
-        if !agent.lease.valid() && was_valid {
-            agent.lease.changed.send_modify(|v| *v += 1);
-        }
+        agent.lease.notice();
     }
 }
 
@@ -158,9 +179,4 @@ pub async fn grant(agent: &Agent, hb: &Heartbeat) -> Result<HeartbeatReply, Gran
         return Err(GrantError::MarkedDown(hb.node.clone()));
     }
     Ok(HeartbeatReply { leader_id: agent.db.node_id(), applied_index })
-}
-
-/// Time left on the lease, for logs and status.
-pub fn remaining(agent: &Agent) -> Duration {
-    agent.lease.valid_until().map(|t| t.saturating_duration_since(Instant::now())).unwrap_or_default()
 }

@@ -1,12 +1,13 @@
 //! Sends the local resource manager's status reports to the cluster in order, without
 //! making the resource manager wait for the network (self-fencing must never block on a
-//! write that cannot commit). A report that fails is retried until a newer report for the
-//! same resource replaces it.
+//! write that cannot commit). The queue's rules (order, duplicates dropped, a failed report
+//! retried unless a newer one about the same thing replaced it) are
+//! `haven_node::ReportQueue`, which the simulator drives too; this task only sends.
 
-use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
+use haven_node::ReportQueue;
 use haven_state::Command;
 use tokio::sync::mpsc;
 
@@ -26,56 +27,30 @@ impl Reporter {
     }
 }
 
-/// What a report is about: a newer report with the same key replaces an older one that
-/// could not be sent (a resource's status; a group's release).
-fn resource_of(c: &Command) -> Option<(&'static str, &str)> {
-    match c {
-        Command::ReportResource { resource, .. } => Some(("resource", resource)),
-        Command::ReleaseGroup { group, .. } => Some(("release", group)),
-        _ => None,
-    }
-}
-
-/// Queues `c` unless the last queued report about the same thing is the very same report
-/// (a duplicate would commit once more and change nothing). Only the *last* one counts:
-/// `starting, online, starting` must keep its order and its final word.
-///
-/// Without this, a node handing off several groups could queue releases faster than they
-/// commit: every commit woke the resource manager, which sent each pending group's release
-/// again, so the queue grew by one per group per commit, a new handoff's release waited
-/// behind all of them, and the moves never finished (issue 9: groups stuck `moving`).
-fn enqueue(queue: &mut VecDeque<Command>, c: Command) {
-    if let Some(key) = resource_of(&c)
-        && queue.iter().rev().find(|q| resource_of(q) == Some(key)).is_some_and(|q| *q == c)
-    {
-        return;
-    }
-    queue.push_back(c);
-}
-
 pub(crate) async fn run(agent: Arc<Agent>, mut rx: mpsc::UnboundedReceiver<Command>) {
-    let mut queue: VecDeque<Command> = VecDeque::new();
+    let mut queue = ReportQueue::new();
     loop {
-        if queue.is_empty() {
+        if queue.is_idle() {
             match rx.recv().await {
-                Some(c) => enqueue(&mut queue, c),
+                Some(c) => queue.push(c),
                 None => return,
             }
         }
         while let Ok(c) = rx.try_recv() {
-            enqueue(&mut queue, c);
+            queue.push(c);
         }
-        let Some(cmd) = queue.pop_front() else { continue };
+        let Some(cmd) = queue.next_to_send() else { continue };
         let by = agent.name().to_string();
-        match agent.submit(&by, cmd.clone()).await {
-            Ok(_) => {}
+        match agent.submit(&by, cmd).await {
+            Ok(_) => queue.sent(),
             // The state machine refused it (e.g. the resource was deleted): nothing to retry.
-            Err(SubmitError::Refused(e)) => tracing::debug!(error = %e, "status report refused"),
+            Err(SubmitError::Refused(e)) => {
+                tracing::debug!(error = %e, "status report refused");
+                queue.sent();
+            }
             Err(e) => {
-                let superseded = queue.iter().any(|q| resource_of(q) == resource_of(&cmd));
-                if !superseded {
+                if queue.failed() {
                     tracing::debug!(error = %e, "status report not committed; will retry");
-                    queue.push_front(cmd);
                 }
                 tokio::time::sleep(Duration::from_millis(250)).await;
             }

@@ -32,9 +32,17 @@ pub struct Timing {
     pub margin_ms: u64,
 }
 
+impl Timing {
+    /// The leader's side of a timing profile (`haven_node::TimingProfile`).
+    pub const fn of(p: &haven_node::TimingProfile) -> Timing {
+        Timing { lease_ms: p.lease_ms, margin_ms: p.margin_ms }
+    }
+}
+
 impl Default for Timing {
+    /// The default profile's.
     fn default() -> Self {
-        Timing { lease_ms: 3000, margin_ms: 1000 }
+        Timing::of(&haven_node::TimingProfile::DEFAULT)
     }
 }
 

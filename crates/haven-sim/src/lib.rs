@@ -18,11 +18,12 @@
 //!   report) commits only if the leader reaches a majority at that instant. Every node
 //!   applies the committed log to its *own* copy after a per-node replication delay, and
 //!   only while it is reachable from the leader, so nodes act on stale state.
-//! - **Lease protocol** (`sim`: lease keeper and grant), as `haven-agent/src/lease.rs`:
-//!   a node renews every `renew_interval` (waiting at most lease/2 for the reply); the
-//!   leader answers only after a quorum round and records the renewal in its own clock;
-//!   the node's lease is `sent + lease × 0.99` in its own clock, and it may run only with
-//!   a valid lease and once it has applied the leader's commit index at the grant.
+//! - **Lease protocol** (`sim`: the renewal messages and the grant): a node renews every
+//!   `renew_interval` (waiting at most lease/2 for the reply); the leader answers only
+//!   after a quorum round and records the renewal in its own clock. The node's side is
+//!   the agent's own `haven_node::Lease`, driven with the node's local clock: the lease is
+//!   `sent + lease × 0.99`, and the node may run only with a valid lease and once it has
+//!   applied the leader's commit index at the grant.
 //! - **Controller** (`sim`): on the leader every renew_interval/2 (its clock); on a new
 //!   term it counts every lease as renewed at `leader_since` at least (it keeps the
 //!   renewals it received itself, in any term):
@@ -36,8 +37,8 @@
 //!   stop 10–300 ms, dependency order, `may_run` before each start, self-fence (stop all)
 //!   when the lease is gone, noticed within the agent's 100 ms tick; injected resource
 //!   failures are noticed at the next LooksAlive check and handled with the real
-//!   `restart_decision`, then reported; status reports are queued and retried in order as
-//!   the agent's reporter does.
+//!   `restart_decision`, then reported; status reports go through the agent's own
+//!   `haven_node::ReportQueue` (order, duplicates dropped, retried unless superseded).
 //! - **Faults** (`scenario`): message loss, slow network (one-way delay up to 1.4 s),
 //!   partitions (random split, healed later), node crash and restart, leader crash,
 //!   resource failures, failed starts. A crashed node runs nothing; a partitioned node's
@@ -94,16 +95,20 @@ pub mod rng;
 pub mod scenario;
 mod sim;
 
+use haven_node::TimingProfile;
 pub use invariants::Violation;
 pub use sim::fmt_time;
 
-/// Lease and election timing, as the agent's `Timing::profile`.
+/// Lease and election timing: a `haven_node::TimingProfile` (the agent's profiles) and the
+/// bound on the simulated clocks' drift.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Profile {
     pub name: &'static str,
     pub renew_ms: u64,
     pub lease_ms: u64,
     pub margin_ms: u64,
+    /// When a follower stands for election after it last heard from the leader
+    /// (`TimingProfile::stands_after_ms`: openraft's leader lease plus one election timeout).
     pub election_min_ms: u64,
     pub election_max_ms: u64,
     /// Bound on each node's clock-rate error, in parts per million.
@@ -111,36 +116,27 @@ pub struct Profile {
 }
 
 impl Profile {
-    /// renew 500 ms, lease 3 s, margin 1 s, election 0.8–1.6 s.
-    pub const DEFAULT: Profile = Profile {
-        name: "default",
-        renew_ms: 500,
-        lease_ms: 3000,
-        margin_ms: 1000,
-        // The agent's raft election timeout is 400-600 ms, and openraft 0.9 waits its leader
-        // lease (the timeout's max) on top: a follower stands 1.0-1.2 s after it last heard
-        // from the leader.
-        election_min_ms: 1000,
-        election_max_ms: 1200,
-        drift_ppm: 5000,
-    };
-    /// Half of each.
-    pub const AGGRESSIVE: Profile = Profile {
-        name: "aggressive",
-        renew_ms: 250,
-        lease_ms: 1500,
-        margin_ms: 500,
-        election_min_ms: 500,
-        election_max_ms: 600,
-        drift_ppm: 5000,
-    };
+    /// The agent's default profile: renew 500 ms, lease 3 s, margin 1 s, election 1.0–1.2 s.
+    pub const DEFAULT: Profile = Profile::of(TimingProfile::DEFAULT);
+    /// The agent's aggressive profile: half of each.
+    pub const AGGRESSIVE: Profile = Profile::of(TimingProfile::AGGRESSIVE);
+
+    /// `p` with clocks drifting up to ±5000 ppm (±0.5 %, half the lease's 1 % allowance).
+    pub const fn of(p: TimingProfile) -> Profile {
+        let (election_min_ms, election_max_ms) = p.stands_after_ms();
+        Profile {
+            name: p.name,
+            renew_ms: p.renew_ms,
+            lease_ms: p.lease_ms,
+            margin_ms: p.margin_ms,
+            election_min_ms,
+            election_max_ms,
+            drift_ppm: 5000,
+        }
+    }
 
     pub fn by_name(name: &str) -> Option<Profile> {
-        match name {
-            "default" => Some(Profile::DEFAULT),
-            "aggressive" => Some(Profile::AGGRESSIVE),
-            _ => None,
-        }
+        TimingProfile::by_name(name).map(Profile::of)
     }
 }
 
@@ -153,7 +149,8 @@ pub enum BrokenRule {
     /// tick, so nothing would ever be placed: a liveness failure, not a two-owner one.)
     SkipLeaseWait,
     /// Nodes count their lease from when the grant *arrived* instead of when the renewal
-    /// was sent, so a slow reply stretches the lease past the leader's deadline.
+    /// was sent, so a slow reply stretches the lease past the leader's deadline: the shared
+    /// `haven_node::Lease::renewed` is called with `LeaseRule::FromReceipt`.
     LeaseFromReceipt,
     /// The leader grants renewals while a controller tick is being committed, and to nodes
     /// the state marks down (the agent before the fix described in the crate docs).

@@ -7,9 +7,10 @@
 //! (lease, heartbeats seen, queued reports, workers) is lost, and every resource it ran is
 //! gone (the process driver ties resources to the agent's life).
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 
-use haven_state::{Command, Request, State};
+use haven_node::{Lease, ReportQueue};
+use haven_state::{Request, State};
 
 use crate::clock::{Clock, Micros};
 use crate::lrm::{Op, Worker};
@@ -24,11 +25,12 @@ pub struct Node {
     /// The node's own copy of the committed state and how many log entries it applied.
     pub applied: State,
     pub applied_index: usize,
+    /// The lease keeper's state: the same `haven_node::Lease` the agent runs, in this
+    /// node's local µs.
     pub lease: Lease,
     pub leader_side: LeaderSide,
-    /// Status reports not yet committed, oldest first, and whether one is in flight.
-    pub reports: VecDeque<Command>,
-    pub report_in_flight: bool,
+    /// Status reports not yet committed: the agent's `haven_node::ReportQueue`.
+    pub reports: ReportQueue,
     pub workers: BTreeMap<String, Worker>,
     /// Per group: the driver call in progress and its id.
     pub busy: BTreeMap<String, (Op, u64)>,
@@ -38,19 +40,6 @@ pub struct Node {
     pub contact: BTreeMap<u64, u64>,
     /// No contact before this (local µs): the start of the current incarnation.
     pub contact_floor: u64,
-}
-
-/// The lease keeper (`haven-agent` `lease.rs`), in this node's local µs.
-#[derive(Debug, Default)]
-pub struct Lease {
-    pub valid_until: Option<u64>,
-    /// The leader's applied index when it granted the lease.
-    pub min_applied: usize,
-    /// The renewal in flight: (sequence, local send time).
-    pub outstanding: Option<(u64, u64)>,
-    pub next_seq: u64,
-    /// Whether the lease was valid at the last look (for the trace only).
-    pub was_valid: bool,
 }
 
 /// What the node keeps while it is the leader (`Agent::heartbeats` and the controller
@@ -78,10 +67,9 @@ impl Node {
             incarnation: 0,
             applied,
             applied_index: setup.len(),
-            lease: Lease::default(),
+            lease: Lease::new(),
             leader_side: LeaderSide::default(),
-            reports: VecDeque::new(),
-            report_in_flight: false,
+            reports: ReportQueue::new(),
             workers: groups.iter().map(|g| (g.clone(), Worker::default())).collect(),
             busy: BTreeMap::new(),
             contact: BTreeMap::new(),
@@ -105,23 +93,23 @@ impl Node {
         self.clock.local(t)
     }
 
-    /// `LeaseKeeper::may_run`: a valid lease and the state the leader had at the grant.
+    /// `Lease::may_run` on this node's clock at true time `t`.
     pub fn may_run(&self, t: Micros) -> bool {
-        self.lease_valid(t) && self.applied_index >= self.lease.min_applied
+        self.lease.may_run(self.local(t), self.applied_index as u64)
     }
 
+    /// `Lease::valid` on this node's clock at true time `t`.
     pub fn lease_valid(&self, t: Micros) -> bool {
-        self.lease.valid_until.is_some_and(|u| self.local(t) < u)
+        self.lease.valid(self.local(t))
     }
 
     /// A crash: everything in memory is gone; the applied state stays on disk.
     pub fn crash(&mut self) {
         self.alive = false;
         self.incarnation += 1;
-        self.lease = Lease { next_seq: self.lease.next_seq, ..Lease::default() };
+        self.lease.forget();
         self.leader_side = LeaderSide::default();
         self.reports.clear();
-        self.report_in_flight = false;
         self.workers.values_mut().for_each(|w| *w = Worker::default());
         self.busy.clear();
         self.contact.clear();

@@ -12,6 +12,7 @@ use std::cmp::Ordering;
 use std::collections::{BinaryHeap, VecDeque};
 
 use haven_controller::{Decision, Observations, Timing};
+use haven_node::{LeaseRule, Renewal};
 use haven_state::{Command, Request};
 
 use crate::clock::{Clock, EPOCH_US, Micros};
@@ -41,24 +42,24 @@ enum Ev {
         node: usize,
         leader: usize,
         term: u64,
-        seq: u64,
+        renewal: Renewal,
     },
     GrantDone {
         node: usize,
         leader: usize,
         leader_inc: u64,
-        seq: u64,
+        renewal: Renewal,
     },
     RenewReply {
         node: usize,
         inc: u64,
-        seq: u64,
+        renewal: Renewal,
         min_applied: usize,
     },
     RenewTimeout {
         node: usize,
         inc: u64,
-        seq: u64,
+        renewal: Renewal,
     },
     ControllerTick {
         node: usize,
@@ -104,7 +105,6 @@ enum Ev {
     ReportRetry {
         node: usize,
         inc: u64,
-        cmd: Box<Command>,
     },
     Election,
     NextFault,
@@ -361,7 +361,7 @@ impl Sim {
     fn handle(&mut self, ev: Ev) {
         match ev {
             Ev::RenewTick { node, inc } => self.renew_tick(node, inc),
-            Ev::RenewArrive { node, leader, term, seq } => {
+            Ev::RenewArrive { node, leader, term, renewal } => {
                 // `grant`: answer only after a quorum round proves leadership.
                 let l = &self.nodes[leader];
                 if !l.alive || self.db.leader != Some(leader) || self.db.term != term || !self.has_quorum(leader) {
@@ -379,15 +379,15 @@ impl Sim {
                 }
                 let (lo, hi) = self.net.delay_us;
                 let round = 2 * self.rng.range(lo, hi);
-                self.after(round, Ev::GrantDone { node, leader, leader_inc, seq });
+                self.after(round, Ev::GrantDone { node, leader, leader_inc, renewal });
             }
-            Ev::GrantDone { node, leader, leader_inc, seq } => {
+            Ev::GrantDone { node, leader, leader_inc, renewal } => {
                 if !self.live(leader, leader_inc) {
                     return;
                 }
                 if self.opts.broken != Some(BrokenRule::UnguardedGrant) && self.nodes[leader].leader_side.committing {
                     // A grant waits for the controller's tick to commit (`lease::grant`).
-                    self.after(MS, Ev::GrantDone { node, leader, leader_inc, seq });
+                    self.after(MS, Ev::GrantDone { node, leader, leader_inc, renewal });
                     return;
                 }
                 let received = self.nodes[leader].clock.local_ms(self.now);
@@ -401,20 +401,17 @@ impl Sim {
                 let min_applied = self.db.len();
                 let inc = self.nodes[node].incarnation;
                 if let Some(d) = self.net.send(&mut self.rng, leader, node) {
-                    self.after(d, Ev::RenewReply { node, inc, seq, min_applied });
+                    self.after(d, Ev::RenewReply { node, inc, renewal, min_applied });
                 }
             }
-            Ev::RenewReply { node, inc, seq, min_applied } => self.renew_reply(node, inc, seq, min_applied),
-            Ev::RenewTimeout { node, inc, seq } => {
+            Ev::RenewReply { node, inc, renewal, min_applied } => self.renew_reply(node, inc, renewal, min_applied),
+            Ev::RenewTimeout { node, inc, renewal } => {
                 if !self.live(node, inc) {
                     return;
                 }
                 let n = &mut self.nodes[node];
-                if let Some((s, sent)) = n.lease.outstanding
-                    && s == seq
-                {
-                    n.lease.outstanding = None;
-                    let next = n.clock.true_at(sent + self.opts.profile.renew_ms * MS);
+                if n.lease.renewal_failed(renewal) {
+                    let next = n.clock.true_at(renewal.next_at(self.opts.profile.renew_ms * MS));
                     self.at(next, Ev::RenewTick { node, inc });
                 }
             }
@@ -444,16 +441,12 @@ impl Sim {
             Ev::OpDone { node, inc, group, id } => self.op_done(node, inc, group, id),
             Ev::ReportSend { node, inc } => self.report_send(node, inc),
             Ev::ReportArrive { node, inc, leader, cmd } => self.report_arrive(node, inc, leader, cmd),
-            Ev::ReportRetry { node, inc, cmd } => {
+            Ev::ReportRetry { node, inc } => {
                 if !self.live(node, inc) {
                     return;
                 }
-                let n = &mut self.nodes[node];
-                let superseded = n.reports.iter().any(|q| resource_of(q) == resource_of(&cmd));
-                if !superseded {
-                    n.reports.push_front(*cmd);
-                }
-                n.report_in_flight = false;
+                // Back to the front of the queue unless superseded (`ReportQueue::failed`).
+                self.nodes[node].reports.failed();
                 self.report_send(node, inc);
             }
             Ev::Election => self.election(),
@@ -497,52 +490,49 @@ impl Sim {
     // ----- lease keeper (node side) ---------------------------------------------------
 
     fn renew_tick(&mut self, node: usize, inc: u64) {
-        if !self.live(node, inc) || self.nodes[node].lease.outstanding.is_some() {
+        if !self.live(node, inc) {
             return;
         }
         let p = self.opts.profile;
         let n = &mut self.nodes[node];
-        let sent = n.local(self.now);
+        let Some(renewal) = n.lease.begin_renewal(n.local(self.now)) else { return }; // one in flight
         let Some(leader) = self.db.leader else {
-            let next = n.clock.true_at(sent + p.renew_ms * MS);
+            n.lease.renewal_failed(renewal);
+            let next = n.clock.true_at(renewal.next_at(p.renew_ms * MS));
             self.at(next, Ev::RenewTick { node, inc });
             return;
         };
-        let seq = n.lease.next_seq;
-        n.lease.next_seq += 1;
-        n.lease.outstanding = Some((seq, sent));
         // `renew_once` gives up waiting after lease / 2.
-        let timeout = n.clock.true_at(sent + p.lease_ms * MS / 2);
-        self.at(timeout, Ev::RenewTimeout { node, inc, seq });
+        let timeout = n.clock.true_at(renewal.gives_up_at(p.lease_ms * MS));
+        self.at(timeout, Ev::RenewTimeout { node, inc, renewal });
         let term = self.db.term;
         if let Some(d) = self.net.send(&mut self.rng, node, leader) {
-            self.after(d, Ev::RenewArrive { node, leader, term, seq });
+            self.after(d, Ev::RenewArrive { node, leader, term, renewal });
         }
     }
 
-    fn renew_reply(&mut self, node: usize, inc: u64, seq: u64, min_applied: usize) {
+    fn renew_reply(&mut self, node: usize, inc: u64, renewal: Renewal, min_applied: usize) {
         if !self.live(node, inc) {
             return;
         }
-        let lease = self.lease_us() * 99 / 100;
+        let lease = self.lease_us();
         let renew = self.opts.profile.renew_ms * MS;
-        let from_receipt = self.opts.broken == Some(BrokenRule::LeaseFromReceipt);
-        let now = self.now;
+        let rule = match self.opts.broken {
+            Some(BrokenRule::LeaseFromReceipt) => LeaseRule::FromReceipt,
+            _ => LeaseRule::FromSend,
+        };
         let n = &mut self.nodes[node];
-        let Some((s, sent)) = n.lease.outstanding else { return };
-        if s != seq {
+        let received = n.local(self.now);
+        if !n.lease.renewed(renewal, received, min_applied as u64, lease, rule) {
             return;
         }
-        n.lease.outstanding = None;
-        let start = if from_receipt { n.local(now) } else { sent };
-        let until = start + lease;
-        n.lease.valid_until = Some(until);
-        n.lease.min_applied = min_applied;
-        let next = n.clock.true_at(sent + renew);
+        let next = n.clock.true_at(renewal.next_at(renew));
         // The agent's workers wake exactly at the lease end (self-fencing waits for no tick).
-        let expiry = n.clock.true_at(until);
+        let expiry = n.lease.valid_until().map(|until| n.clock.true_at(until));
         self.at(next, Ev::RenewTick { node, inc });
-        self.at(expiry, Ev::LeaseEnd { node, inc });
+        if let Some(expiry) = expiry {
+            self.at(expiry, Ev::LeaseEnd { node, inc });
+        }
         self.lrm_eval(node);
     }
 
@@ -724,9 +714,8 @@ impl Sim {
             return;
         }
         let now = self.now;
-        let valid = self.nodes[node].lease_valid(now);
-        if valid != self.nodes[node].lease.was_valid {
-            self.nodes[node].lease.was_valid = valid;
+        let local = self.nodes[node].local(now);
+        if let Some(valid) = self.nodes[node].lease.noticed(local) {
             self.note(|s| format!("{}: lease {}", s.names[node], if valid { "acquired" } else { "lost" }));
         }
         for gi in 0..self.groups.len() {
@@ -739,7 +728,7 @@ impl Sim {
                 me: &n.name,
                 group,
                 state: &n.applied,
-                may_run: n.lease_valid(now) && n.applied_index >= n.lease.min_applied,
+                may_run: n.may_run(now),
                 lease_valid: n.lease_valid(now),
                 now: n.clock.local(now),
             };
@@ -751,8 +740,8 @@ impl Sim {
             if let Some(generation) = release {
                 let group = self.groups[gi].clone();
                 let n = &mut self.nodes[node];
-                n.reports.push_back(Command::ReleaseGroup { node: n.name.clone(), group, generation });
-                if !n.report_in_flight {
+                n.reports.push(Command::ReleaseGroup { node: n.name.clone(), group, generation });
+                if !n.reports.in_flight() {
                     let inc = n.incarnation;
                     self.after(0, Ev::ReportSend { node, inc });
                 }
@@ -834,7 +823,7 @@ impl Sim {
             .map(|i| {
                 let n = &self.nodes[i];
                 let owner = n.applied.groups.get(&group).and_then(|g| g.owner.clone()).unwrap_or("-".into());
-                let lease = match n.lease.valid_until {
+                let lease = match n.lease.valid_until() {
                     Some(u) => format!("lease until local {}", fmt_time(u.saturating_sub(n.clock.local(0)))),
                     None => "no lease".to_string(),
                 };
@@ -923,7 +912,7 @@ impl Sim {
         }
         let n = &mut self.nodes[node];
         for r in reports {
-            n.reports.push_back(Command::ReportResource {
+            n.reports.push(Command::ReportResource {
                 node: n.name.clone(),
                 resource: r.resource,
                 state: r.state,
@@ -931,18 +920,18 @@ impl Sim {
                 failure: r.failure,
             });
         }
-        if !n.report_in_flight {
+        if !n.reports.in_flight() {
             let inc = n.incarnation;
             self.after(0, Ev::ReportSend { node, inc });
         }
     }
 
     fn report_send(&mut self, node: usize, inc: u64) {
-        if !self.live(node, inc) || self.nodes[node].report_in_flight {
+        if !self.live(node, inc) {
             return;
         }
-        let Some(cmd) = self.nodes[node].reports.pop_front() else { return };
-        self.nodes[node].report_in_flight = true;
+        // One at a time: nothing while a report is in flight.
+        let Some(cmd) = self.nodes[node].reports.next_to_send() else { return };
         let sent = match self.db.leader {
             Some(leader) => self.net.send(&mut self.rng, node, leader).map(|d| (leader, d)),
             None => None,
@@ -952,7 +941,7 @@ impl Sim {
                 let d = d + self.write_latency();
                 self.after(d, Ev::ReportArrive { node, inc, leader, cmd: Box::new(cmd) });
             }
-            None => self.after(500 * MS, Ev::ReportRetry { node, inc, cmd: Box::new(cmd) }),
+            None => self.after(500 * MS, Ev::ReportRetry { node, inc }),
         }
     }
 
@@ -960,7 +949,7 @@ impl Sim {
         let ok = self.nodes[leader].alive && self.db.leader == Some(leader) && self.has_quorum(leader);
         if !ok {
             if self.live(node, inc) {
-                self.after(250 * MS, Ev::ReportRetry { node, inc, cmd });
+                self.after(250 * MS, Ev::ReportRetry { node, inc });
             }
             return;
         }
@@ -974,7 +963,7 @@ impl Sim {
         }
         self.replicate();
         if self.live(node, inc) {
-            self.nodes[node].report_in_flight = false;
+            self.nodes[node].reports.sent();
             self.report_send(node, inc);
         }
     }
@@ -1194,16 +1183,6 @@ impl Sim {
             self.violations.push(v);
         }
         self.done = true;
-    }
-}
-
-/// What a report is about: a newer report with the same key replaces an older one that
-/// could not be sent (a resource's status; a group's release).
-fn resource_of(c: &Command) -> Option<(&'static str, &str)> {
-    match c {
-        Command::ReportResource { resource, .. } => Some(("resource", resource)),
-        Command::ReleaseGroup { group, .. } => Some(("release", group)),
-        _ => None,
     }
 }
 

@@ -1,0 +1,25 @@
+//! `haven-node`: what a node decides on its own side, without I/O, so that the agent runs
+//! it and the simulator (`haven-sim`) drives the very same code with its clocks.
+//!
+//! No tokio, no clock, no files, no network. Time is an argument: [`Micros`], a reading of
+//! the node's *own* monotonic clock in microseconds from an origin the caller chooses (the
+//! agent: when its lease keeper was created; the simulator: the node's local clock). Only
+//! differences and comparisons of readings from one clock mean anything.
+//!
+//! - [`lease`]: the lease this node holds with the leader — when it is valid, whether the
+//!   node may run resources, and the clock-drift allowance, in one place.
+//! - [`report`]: the queue of status reports to the cluster — order, duplicates dropped,
+//!   retries unless a newer report about the same thing replaced them.
+//! - [`timing`]: the timing profiles (default, aggressive), one table from which the
+//!   agent's, the controller's, Raft's and the simulator's timing are derived.
+
+pub mod lease;
+pub mod report;
+pub mod timing;
+
+pub use lease::{Lease, LeaseRule, Renewal};
+pub use report::ReportQueue;
+pub use timing::TimingProfile;
+
+/// Microseconds on the node's own monotonic clock (see the crate documentation).
+pub type Micros = u64;
