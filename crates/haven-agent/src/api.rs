@@ -323,7 +323,12 @@ pub const WRITE_ERRORS: &[(u16, &str)] = &[
     (400, "invalid input (the message names the field and the value)"),
     (404, "an object the request names does not exist"),
     (409, "a conflict with the cluster's state: the object exists, is in use, or the node is not in a cluster"),
-    (503, "no quorum, or no leader right now: the write was not applied; retry"),
+    (422, "`request_id_reused`: the `Idempotency-Key` was already used for another request"),
+    (
+        503,
+        "Not applied: `no_quorum` (no leader could take it), `unavailable`, or `shutting_down` \
+         (this agent is stopping; the message names another node); retry",
+    ),
 ];
 
 /// Reads of the cluster state.

@@ -238,8 +238,10 @@ pub fn percent_encode(id: &str) -> String {
         .collect()
 }
 
-/// Documents, on every write route of the OpenAPI document, the `Idempotency-Key` header,
-/// the 504 `outcome_unknown` answer and the 503 of a stopping agent.
+/// Documents, on every write route of the OpenAPI document, the `Idempotency-Key` header
+/// and the 504 `outcome_unknown` answer (its own body schema). The other error statuses of
+/// writes, 422 `request_id_reused` and 503 `shutting_down` among them, are in
+/// `api::WRITE_ERRORS`.
 pub struct WriteDocs;
 
 impl Modify for WriteDocs {
@@ -273,25 +275,6 @@ impl Modify for WriteDocs {
                     )
                     .build();
                 op.responses.responses.entry("504".into()).or_insert(unknown.into());
-                let refused = ResponseBuilder::new()
-                    .description(
-                        "Not applied: `no_quorum` (no leader could take it), `unavailable`, or `shutting_down` \
-                         (this agent is stopping; the message names another node)",
-                    )
-                    .content(
-                        "application/json",
-                        ContentBuilder::new().schema(Some(Ref::from_schema_name("ErrorBody"))).build(),
-                    )
-                    .build();
-                op.responses.responses.entry("503".into()).or_insert(refused.into());
-                let reused = ResponseBuilder::new()
-                    .description("`request_id_reused`: the `Idempotency-Key` was already used for another request")
-                    .content(
-                        "application/json",
-                        ContentBuilder::new().schema(Some(Ref::from_schema_name("ErrorBody"))).build(),
-                    )
-                    .build();
-                op.responses.responses.entry("422".into()).or_insert(reused.into());
             }
         }
     }
