@@ -49,9 +49,11 @@ async fn a_start_that_never_finishes_is_cancelled_by_offline_and_the_resource_de
     let pids = lab
         .wait_for("s starting on node2 with its process running", 20, async || {
             let r = lab.resource(0, "s").await?;
-            let pids = processes_in(&run_dir);
-            (r.status.state == ResourceState::Starting && r.status.node.as_deref() == Some("node2") && !pids.is_empty())
-                .then_some(pids)
+            // The resource's own process (the script writes its pid; `exec` keeps it), not
+            // the health checks that come and go in the same directory.
+            let pid: i32 = std::fs::read_to_string(run_dir.join("leader.pid")).ok()?.trim().parse().ok()?;
+            (r.status.state == ResourceState::Starting && r.status.node.as_deref() == Some("node2") && alive(pid))
+                .then_some(vec![pid])
         })
         .await;
     lab.note(&format!("s is starting on node2, processes {pids:?}"));
