@@ -9,7 +9,14 @@
 //!
 //! Every write carries an `Idempotency-Key`: a random key made once per client (one per
 //! CLI invocation) with a counter per write, the same on every server it is sent to, so the
-//! cluster applies each at most once.
+//! cluster applies each at most once. [`Client::with_idempotency_key`] gives a client whose
+//! writes all carry one key of the caller's choosing (to retry a write whose outcome is
+//! unknown).
+//!
+//! This module is the transport: methods that take a path. The operations of the API, one
+//! method each with its wire types, are in [`crate::routes`]; call those. The path-taking
+//! methods stay public for the agent's forwarding and for tests that send raw or malformed
+//! requests on purpose.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
@@ -88,6 +95,8 @@ pub struct Client {
     /// This client's random part of every write's `Idempotency-Key`.
     key: String,
     writes: Arc<AtomicU32>,
+    /// Set by [`Client::with_idempotency_key`]: every write carries this key instead.
+    fixed_key: Option<Arc<str>>,
 }
 
 /// The request header that carries a write's id.
@@ -126,12 +135,23 @@ impl Client {
             http,
             key: random_key(),
             writes: Arc::new(AtomicU32::new(0)),
+            fixed_key: None,
         }
+    }
+
+    /// This client (same servers, sharing which answered last) with every write carrying
+    /// `key` as its `Idempotency-Key`: send a write again under the key it was first sent
+    /// with, and the cluster applies it at most once.
+    pub fn with_idempotency_key(&self, key: &str) -> Client {
+        Client { fixed_key: Some(key.into()), ..self.clone() }
     }
 
     /// The `Idempotency-Key` of this client's next write.
     fn next_key(&self) -> String {
-        format!("{}-{}", self.key, self.writes.fetch_add(1, Ordering::Relaxed) + 1)
+        match &self.fixed_key {
+            Some(k) => k.to_string(),
+            None => format!("{}-{}", self.key, self.writes.fetch_add(1, Ordering::Relaxed) + 1),
+        }
     }
 
     /// The server the next request goes to first: the one that answered last, else the

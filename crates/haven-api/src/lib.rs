@@ -1,12 +1,17 @@
 //! The REST API's wire types (shared by the agent that serves them and the CLI that calls
-//! them) and a small HTTP client. No server code lives here, only shapes and transport.
+//! them) and its client: the transport ([`client`]) and one typed method per operation
+//! ([`routes`]), the only place that spells the routes' paths. [`specs`] builds the request
+//! bodies callers write most. No server code lives here, only shapes and transport.
 
 pub mod body;
 pub mod client;
+pub mod routes;
+pub mod specs;
 pub mod types;
 
 pub use body::{MAX_BODY_BYTES, MAX_DEFINITION_BODY_BYTES, MAX_URI_BYTES};
 pub use client::{Client, ClientError};
+pub use routes::segment;
 pub use types::*;
 
 /// Prefix of every public route.

@@ -207,3 +207,56 @@ pub struct DefinitionEdited {
     /// When the change takes effect: "at the VM's next start".
     pub applies: String,
 }
+
+/// `GET /api/v1/history`: which events to return. Every filter given must match.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct HistoryQuery {
+    pub group: Option<String>,
+    pub resource: Option<String>,
+    pub node: Option<String>,
+    /// The most recent events to return (the agent's default: 100).
+    pub limit: Option<usize>,
+}
+
+impl HistoryQuery {
+    /// The events of group `name`.
+    pub fn group(name: &str) -> HistoryQuery {
+        HistoryQuery { group: Some(name.to_string()), ..HistoryQuery::default() }
+    }
+
+    /// The events of resource `name`.
+    pub fn resource(name: &str) -> HistoryQuery {
+        HistoryQuery { resource: Some(name.to_string()), ..HistoryQuery::default() }
+    }
+
+    /// The events of node `name`.
+    pub fn node(name: &str) -> HistoryQuery {
+        HistoryQuery { node: Some(name.to_string()), ..HistoryQuery::default() }
+    }
+
+    /// At most the `n` most recent of them.
+    pub fn limit(self, n: usize) -> HistoryQuery {
+        HistoryQuery { limit: Some(n), ..self }
+    }
+}
+
+/// `GET /api/v1/requests/{id}`: the committed outcome of a request.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct RequestView {
+    pub request_id: String,
+    /// `succeeded` or `refused`.
+    pub outcome: String,
+    /// The HTTP status the request was (or would have been) answered with.
+    pub status: u16,
+    /// The proposer's time stamp of the request (ms since the Unix epoch).
+    pub at: haven_model::Millis,
+    /// Who sent it (`operator` for API writes).
+    pub by: String,
+    /// Why it was refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<ErrorDetail>,
+    /// What it returned: `{kind, value}` with the object it created or changed, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub reply: Option<haven_state::Reply>,
+}
