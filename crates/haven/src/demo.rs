@@ -21,8 +21,9 @@ use std::time::{Duration, Instant};
 
 use clap::{Args, Subcommand};
 use haven_agent::host::{in_path, kill_session, session_members};
-use haven_api::{Client, ClusterStatus, GroupView, InitResponse, NodeView};
-use serde_json::json;
+use haven_api::{Client, GroupView, NodeView, specs};
+use haven_model::{Dur, GroupSpec, HealthCheck, ResourceProps, ResourceSpec};
+use serde::Serialize;
 
 use crate::cli::{EXIT_REFUSED, EXIT_UNAVAILABLE, EXIT_USAGE, Failure};
 use crate::output::{self, Format};
@@ -88,11 +89,11 @@ const LOG_TAIL_LINES: usize = 15;
 pub async fn run(args: DemoArgs, fmt: Format) -> Result<(), Failure> {
     match args.action {
         Some(DemoAction::Kill { node, dir }) => {
-            println!("{}", DemoNode::open(&dir, &node)?.kill()?);
+            DemoNode::open(&dir, &node)?.kill()?.print(fmt);
             return Ok(());
         }
         Some(DemoAction::Restart { node, dir }) => {
-            println!("{}", DemoNode::open(&dir, &node)?.restart().await?);
+            DemoNode::open(&dir, &node)?.restart().await?.print(fmt);
             return Ok(());
         }
         None => {}
@@ -175,6 +176,35 @@ pub async fn run(args: DemoArgs, fmt: Format) -> Result<(), Failure> {
         }
     }
     result
+}
+
+/// What `demo kill` or `demo restart` did: `message` for people, the rest for `-o json`.
+#[derive(Debug, Serialize)]
+struct Done {
+    node: String,
+    /// `killed` or `restarted`.
+    action: &'static str,
+    /// The session killed, or the new agent's pid (its session id).
+    session: i32,
+    /// `kill`: how many processes were killed (the agent and those it started).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    processes: Option<usize>,
+    /// `restart`: where the new agent answers, and the leader it rejoined under.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    address: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    leader: Option<String>,
+    message: String,
+}
+
+impl Done {
+    fn print(&self, fmt: Format) {
+        if fmt == Format::Json {
+            output::json(self);
+        } else {
+            println!("{}", self.message);
+        }
+    }
 }
 
 /// Prints a line of the shutdown. Unlike `println!` it cannot panic when the terminal has
@@ -402,8 +432,8 @@ impl DemoNode {
     }
 
     /// `demo kill`: SIGKILL to the node's session, then a check that it is empty.
-    fn kill(&self) -> Result<String, Failure> {
-        let (sid, what) = match self.run_state() {
+    fn kill(&self) -> Result<Done, Failure> {
+        let (sid, count, what) = match self.run_state() {
             NodeRun::Stopped { last } => {
                 let gone = last.map(|p| format!(" (its last agent, pid {p}, is gone)")).unwrap_or_default();
                 return Err(refused(format!(
@@ -414,10 +444,10 @@ impl DemoNode {
                 )));
             }
             NodeRun::Running { pid, others } => {
-                (pid, format!("its agent (pid {pid}) and {others} processes it started"))
+                (pid, others + 1, format!("its agent (pid {pid}) and {others} processes it started"))
             }
             NodeRun::Orphans { sid, pids } => {
-                (sid, format!("the {} processes its dead agent had started (session {sid})", pids.len()))
+                (sid, pids.len(), format!("the {} processes its dead agent had started (session {sid})", pids.len()))
             }
         };
         kill_session(sid);
@@ -431,7 +461,15 @@ impl DemoNode {
                 KILL_LIMIT.as_secs()
             )));
         }
-        Ok(format!("killed {}: {what}; none is left", self.name))
+        Ok(Done {
+            node: self.name.clone(),
+            action: "killed",
+            session: sid,
+            processes: Some(count),
+            address: None,
+            leader: None,
+            message: format!("killed {}: {what}; none is left", self.name),
+        })
     }
 
     /// An exclusive lock on the node's `agent.lock`, held while its agent is started or the
@@ -460,7 +498,7 @@ impl DemoNode {
 
     /// `demo restart`: starts the node's agent if nothing of it runs, and waits until its
     /// API answers and it holds a lease under a leader again.
-    async fn restart(&self) -> Result<String, Failure> {
+    async fn restart(&self) -> Result<Done, Failure> {
         let lock = self.lock()?;
         if demo_pid(&self.demo_dir).is_none() {
             return Err(refused(format!(
@@ -516,14 +554,23 @@ impl DemoNode {
                     log_tail(&self.log_file(), log_start)
                 )));
             }
-            if let Ok(s) = client.get::<ClusterStatus>("/api/v1/cluster").await {
+            if let Ok(s) = client.cluster_status().await {
                 answered = true;
                 if let Some(leader) = s.leader.filter(|_| s.lease_valid) {
                     let leader = leader.name.unwrap_or_else(|| format!("node id {}", leader.id));
-                    return Ok(format!(
-                        "restarted {}: agent pid {pid} answers on {addr} and has rejoined the cluster (leader {leader})",
-                        self.name
-                    ));
+                    return Ok(Done {
+                        node: self.name.clone(),
+                        action: "restarted",
+                        session: i32::try_from(pid).unwrap_or(i32::MAX),
+                        processes: None,
+                        address: Some(addr.clone()),
+                        message: format!(
+                            "restarted {}: agent pid {pid} answers on {addr} and has rejoined the cluster (leader \
+                             {leader})",
+                            self.name
+                        ),
+                        leader: Some(leader),
+                    });
                 }
             }
             if Instant::now() >= deadline {
@@ -694,18 +741,14 @@ async fn start(args: &DemoArgs, cluster: &mut DemoCluster, fmt: Format) -> Resul
     }
     for (name, addr, c) in &clients {
         wait_for(&format!("agent {name} to answer on {addr}"), Duration::from_secs(30), || async {
-            c.get::<serde_json::Value>("/api/v1/cluster").await.is_ok()
+            c.cluster_status().await.is_ok()
         })
         .await?;
     }
     let (_, first_addr, first) = &clients[0];
-    let init: InitResponse =
-        first.post("/api/v1/cluster/init", &json!({"name": "demo"})).await.map_err(Failure::from)?;
+    let init = first.init_cluster("demo").await?;
     for (_, _, c) in &clients[1..] {
-        let _: NodeView = c
-            .post("/api/v1/cluster/join", &json!({"address": first_addr, "token": init.join_token}))
-            .await
-            .map_err(Failure::from)?;
+        c.join_cluster(first_addr, &init.join_token).await?;
     }
     create_samples(first).await?;
     let vm = if args.no_vm { Err("--no-vm was given".to_string()) } else { prepare_vm_volume(&cluster.dir).await };
@@ -722,19 +765,23 @@ async fn start(args: &DemoArgs, cluster: &mut DemoCluster, fmt: Format) -> Resul
     };
     let limit = if with_vm { 180 } else { 60 };
     wait_for("the sample groups to come online", Duration::from_secs(limit), || async {
-        let groups: Vec<GroupView> = first.get("/api/v1/groups").await.unwrap_or_default();
+        let groups = first.groups().await.unwrap_or_default();
         !groups.is_empty() && groups.iter().all(|g| g.state == "online")
     })
     .await?;
 
-    let nodes: Vec<NodeView> = first.get("/api/v1/nodes").await.map_err(Failure::from)?;
-    let groups: Vec<GroupView> = first.get("/api/v1/groups").await.map_err(Failure::from)?;
+    let nodes = first.nodes().await?;
+    let groups = first.groups().await?;
     let servers: Vec<&str> = clients.iter().map(|(_, addr, _)| addr.as_str()).collect();
     let servers = servers.join(",");
     if fmt == Format::Json {
-        output::json(
-            &json!({"dir": cluster.dir, "server": first_addr, "servers": servers, "nodes": nodes, "groups": groups}),
-        );
+        output::json(&Started {
+            dir: &cluster.dir,
+            groups: &groups,
+            nodes: &nodes,
+            server: first_addr,
+            servers: &servers,
+        });
         return Ok(());
     }
     let dir = cluster.dir.display();
@@ -803,6 +850,19 @@ async fn start(args: &DemoArgs, cluster: &mut DemoCluster, fmt: Format) -> Resul
     Ok(())
 }
 
+/// `haven -o json demo`, once the cluster runs. Its fields are in alphabetical order, the
+/// order they were always printed in.
+#[derive(Serialize)]
+struct Started<'a> {
+    dir: &'a Path,
+    groups: &'a [GroupView],
+    nodes: &'a [NodeView],
+    /// The first node's `host:port`.
+    server: &'a str,
+    /// Every node's, separated by commas (for `HAVEN_SERVER`).
+    servers: &'a str,
+}
+
 /// The directory of this binary when `haven` in PATH is not this binary: the demo then
 /// prints `export PATH=<it>:$PATH`, so the commands it suggests run the same build.
 fn path_hint() -> Option<String> {
@@ -819,36 +879,35 @@ fn path_hint() -> Option<String> {
 async fn create_samples(c: &Client) -> Result<(), Failure> {
     // A web server whose health check is a real HTTP GET, if python3 is there to serve it.
     let web_params = if in_path("python3") {
-        json!({"argv": ["python3", "-m", "http.server", "18080", "--bind", "127.0.0.1"],
-               "check": {"kind": "http", "url": "http://127.0.0.1:18080/"}})
+        let mut p = specs::process_params(&["python3", "-m", "http.server", "18080", "--bind", "127.0.0.1"]);
+        p.check = Some(HealthCheck::Http { url: "http://127.0.0.1:18080/".into(), timeout: Dur::from_secs(5) });
+        p
     } else {
         println!(
             "note: python3 is not installed, so the sample web group runs `sleep infinity` instead of a web server"
         );
-        json!({"argv": ["sleep", "infinity"]})
+        specs::process_params(&["sleep", "infinity"])
     };
-    let calls: Vec<(&str, serde_json::Value)> = vec![
-        ("/api/v1/groups", json!({"name": "web", "preferred_owners": ["node1"]})),
-        (
-            "/api/v1/resources",
-            json!({"name": "web-server", "group": "web", "type": "process", "params": web_params,
-                   "props": {"is_alive_interval": "10s", "looks_alive_interval": "1s"}}),
-        ),
-        ("/api/v1/groups", json!({"name": "batch"})),
-        (
-            "/api/v1/resources",
-            json!({"name": "queue", "group": "batch", "type": "process",
-                   "params": {"argv": ["sleep", "infinity"]}, "props": {"looks_alive_interval": "1s"}}),
-        ),
-        (
-            "/api/v1/resources",
-            json!({"name": "worker", "group": "batch", "type": "process", "depends_on": ["queue"],
-                   "params": {"argv": ["sh", "-c", "while :; do date >> worker.log; sleep 1; done"]},
-                   "props": {"looks_alive_interval": "1s"}}),
-        ),
+    let looks_alive_1s = ResourceProps { looks_alive_interval: Dur::from_secs(1), ..ResourceProps::default() };
+    let groups =
+        [GroupSpec { preferred_owners: vec!["node1".into()], ..GroupSpec::new("web") }, GroupSpec::new("batch")];
+    let resources = [
+        ResourceSpec {
+            props: ResourceProps { is_alive_interval: Dur::from_secs(10), ..looks_alive_1s.clone() },
+            ..specs::resource("web-server", "web", haven_model::ResourceKind::Process, &web_params)
+        },
+        ResourceSpec { props: looks_alive_1s.clone(), ..specs::process("queue", "batch", &["sleep", "infinity"]) },
+        ResourceSpec {
+            props: looks_alive_1s,
+            depends_on: vec!["queue".into()],
+            ..specs::process("worker", "batch", &["sh", "-c", "while :; do date >> worker.log; sleep 1; done"])
+        },
     ];
-    for (path, body) in calls {
-        let _: serde_json::Value = c.post(path, &body).await.map_err(Failure::from)?;
+    for g in &groups {
+        c.create_group(g).await?;
+    }
+    for r in &resources {
+        c.create_resource(r).await?;
     }
     Ok(())
 }
@@ -898,27 +957,22 @@ async fn prepare_vm_volume(dir: &Path) -> Result<PathBuf, String> {
 }
 
 async fn create_vm_sample(c: &Client, volume: &Path) -> Result<(), Failure> {
-    let calls: Vec<(&str, serde_json::Value)> = vec![
-        ("/api/v1/groups", json!({"name": "vm", "preferred_owners": ["node2"]})),
-        (
-            "/api/v1/resources",
-            json!({"name": "vol1", "group": "vm", "type": "disk",
-                   "params": {"backend": "dir", "volume_id": "demo-vol-1", "volume_name": "vol1",
-                              "path": volume.to_string_lossy()}}),
-        ),
-        (
-            "/api/v1/resources",
-            json!({"name": "vm-config", "group": "vm", "type": "vm-config",
-                   "params": {"path": "vol1/vm.toml"}, "depends_on": ["vol1"]}),
-        ),
-        (
-            "/api/v1/resources",
-            json!({"name": "vm", "group": "vm", "type": "vm", "params": {"config": "vm-config"},
-                   "props": {"looks_alive_interval": "1s", "is_alive_interval": "5s"}, "depends_on": ["vm-config"]}),
-        ),
+    c.create_group(&GroupSpec { preferred_owners: vec!["node2".into()], ..GroupSpec::new("vm") }).await?;
+    let resources = [
+        specs::dir_disk("vol1", "vm", "demo-vol-1", "vol1", &volume.to_string_lossy()),
+        ResourceSpec { depends_on: vec!["vol1".into()], ..specs::vm_config("vm-config", "vm", "vol1/vm.toml") },
+        ResourceSpec {
+            props: ResourceProps {
+                looks_alive_interval: Dur::from_secs(1),
+                is_alive_interval: Dur::from_secs(5),
+                ..ResourceProps::default()
+            },
+            depends_on: vec!["vm-config".into()],
+            ..specs::vm("vm", "vm", "vm-config")
+        },
     ];
-    for (path, body) in calls {
-        let _: serde_json::Value = c.post(path, &body).await.map_err(Failure::from)?;
+    for r in &resources {
+        c.create_resource(r).await?;
     }
     Ok(())
 }

@@ -1,0 +1,104 @@
+//! `haven cluster`: found a cluster, join one, show its status and the join token.
+//! `init` and `join` act on one particular agent, so they refuse a list of servers.
+
+use clap::Subcommand;
+use haven_api::Client;
+
+use super::{Failure, strip, usage};
+use crate::output::{self, Format};
+
+#[derive(Subcommand, Debug)]
+pub enum ClusterCmd {
+    /// Found a new cluster with the agent at --server as its first node; prints the join token.
+    Init {
+        /// Cluster name.
+        #[arg(long, default_value = "haven")]
+        name: String,
+    },
+    /// Make the agent at --server join the cluster that ADDRESS (any member) belongs to.
+    Join {
+        /// host:port of any member of the cluster.
+        address: String,
+        /// The join token printed by `haven cluster init` (or `haven cluster token`).
+        #[arg(long)]
+        token: String,
+    },
+    /// Show the cluster name, leader, members and this agent's lease.
+    Status,
+    /// Print the join token for new nodes.
+    Token,
+}
+
+/// `cluster init` and `cluster join` act on one particular agent, so they take one server:
+/// with several, moving on to the next would found or join the wrong node.
+fn one_server(c: &Client, what: &str) -> Result<(), Failure> {
+    match c.servers() {
+        [_] => Ok(()),
+        many => Err(usage(format!(
+            "`haven cluster {what}` acts on one particular agent, but --server (or HAVEN_SERVER) names {} ({}); \
+             give just that agent, e.g. --server {}",
+            many.len(),
+            many.iter().map(|s| strip(s)).collect::<Vec<_>>().join(","),
+            many.first().map(|s| strip(s)).unwrap_or("127.0.0.1:7400")
+        ))),
+    }
+}
+
+pub(super) async fn run(c: &Client, fmt: Format, cmd: ClusterCmd) -> Result<(), Failure> {
+    match cmd {
+        ClusterCmd::Init { name } => {
+            one_server(c, "init")?;
+            let r = c.init_cluster(&name).await?;
+            if fmt == Format::Json {
+                output::json(&r);
+            } else {
+                println!("cluster {:?} created on {}", r.name, c.base());
+                println!("join other nodes with:");
+                println!("  haven --server <new-node> cluster join {} --token {}", strip(c.base()), r.join_token);
+            }
+        }
+        ClusterCmd::Join { address, token } => {
+            one_server(c, "join")?;
+            let n = c.join_cluster(&address, &token).await?;
+            if fmt == Format::Json {
+                output::json(&n);
+            } else {
+                println!("node {:?} joined the cluster as a {:?}", n.node.name, n.node.role);
+            }
+        }
+        ClusterCmd::Status => {
+            let s = c.cluster_status().await?;
+            if fmt == Format::Json {
+                output::json(&s);
+            } else {
+                let leader = s
+                    .leader
+                    .as_ref()
+                    .map(|l| format!("{} (id {}, {})", l.name.clone().unwrap_or_default(), l.id, l.address))
+                    .unwrap_or_else(|| "none elected".into());
+                println!("cluster:      {}", s.name.clone().unwrap_or_else(|| "(not initialized)".into()));
+                println!(
+                    "this node:    {} (id {}, {})",
+                    s.this_node.name.clone().unwrap_or_default(),
+                    s.this_node.id,
+                    s.this_node.address
+                );
+                println!("leader:       {leader}");
+                println!("term:         {}", s.term);
+                println!("voters:       {:?}", s.voters);
+                println!("learners:     {:?}", s.learners);
+                println!("lease valid:  {}", s.lease_valid);
+                println!("applied:      {}", s.applied_index);
+            }
+        }
+        ClusterCmd::Token => {
+            let t = c.join_token().await?;
+            if fmt == Format::Json {
+                output::json(&t);
+            } else {
+                println!("{}", t.join_token);
+            }
+        }
+    }
+    Ok(())
+}
