@@ -12,8 +12,8 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::Lab;
-use haven_api::{ClientError, GroupView};
-use serde_json::{Value, json};
+use haven_api::{ClientError, HistoryQuery, specs};
+use haven_model::{GroupSpec, ResourceSpec, ResourceState};
 
 /// A small xorshift generator: the test needs reproducible choices, not good randomness.
 struct Rng(u64);
@@ -46,35 +46,30 @@ async fn act(lab: &Lab, rng: &mut Rng, via: usize) -> Result<(), ClientError> {
             let owners: Vec<String> = (0..rng.below(3)).map(|_| lab.name(rng.below(3)).to_string()).collect();
             let mut owners_dedup = owners.clone();
             owners_dedup.dedup();
-            c.post::<_, Value>("/api/v1/groups", &json!({"name": g, "preferred_owners": owners_dedup})).await?;
+            c.create_group(&GroupSpec { preferred_owners: owners_dedup, ..GroupSpec::new(g) }).await?;
         }
         1 | 2 => {
-            c.post::<_, Value>(
-                "/api/v1/resources",
-                &json!({"name": r, "group": g, "type": "process",
-                        "params": {"argv": ["sleep", "infinity"]},
-                        "props": {"looks_alive_interval": "300ms"}}),
-            )
-            .await?;
+            let spec =
+                ResourceSpec { props: common::looks_alive(300), ..specs::process(&r, &g, &["sleep", "infinity"]) };
+            c.create_resource(&spec).await?;
         }
         3..=5 => {
-            c.post::<_, Value>(&format!("/api/v1/groups/{g}/move"), &json!({"node": node})).await?;
+            c.move_group(&g, &node).await?;
         }
         6 => {
-            c.post::<_, Value>(&format!("/api/v1/nodes/{node}/pause"), &json!({})).await?;
+            c.set_node_paused(&node, true).await?;
         }
         7 => {
-            c.post::<_, Value>(&format!("/api/v1/nodes/{node}/resume"), &json!({})).await?;
+            c.set_node_paused(&node, false).await?;
         }
         8 => {
-            let online = if rng.below(2) == 0 { "online" } else { "offline" };
-            c.post::<_, Value>(&format!("/api/v1/groups/{g}/{online}"), &json!({})).await?;
+            c.set_group_online(&g, rng.below(2) == 0).await?;
         }
         9 => {
-            c.delete::<Value>(&format!("/api/v1/resources/{r}")).await?;
+            c.delete_resource(&r).await?;
         }
         _ => {
-            c.delete::<Value>(&format!("/api/v1/groups/{g}")).await?;
+            c.delete_group(&g).await?;
         }
     }
     Ok(())
@@ -115,12 +110,11 @@ async fn operator_churn_settles() {
     // The operators stop: every node resumed, every group brought online.
     let c = lab.client(0);
     for i in 0..3 {
-        let _: Value = c.post(&format!("/api/v1/nodes/{}/resume", lab.name(i)), &json!({})).await.expect("resume");
+        c.set_node_paused(lab.name(i), false).await.expect("resume");
     }
-    let groups: Vec<GroupView> = c.get("/api/v1/groups").await.expect("groups");
+    let groups = c.groups().await.expect("groups");
     for g in &groups {
-        let _: Value =
-            c.post(&format!("/api/v1/groups/{}/online", g.group.spec.name), &json!({})).await.expect("online");
+        c.set_group_online(&g.group.spec.name, true).await.expect("online");
     }
 
     // Settled: no handoff left, every group with resources online on its owner.
@@ -132,8 +126,7 @@ async fn operator_churn_settles() {
             }
             for r in &g.resources {
                 let Some(view) = lab.resource(0, r).await else { return false };
-                let status = serde_json::to_value(&view).unwrap_or_default();
-                if status["status"]["state"] != "online" || status["status"]["node"] != json!(g.group.owner) {
+                if view.status.state != ResourceState::Online || view.status.node != g.group.owner {
                     return false;
                 }
             }
@@ -147,9 +140,13 @@ async fn operator_churn_settles() {
     tokio::time::sleep(Duration::from_secs(3)).await;
     let after = lab.status(0).await.expect("status").applied_index;
     if after - before > 3 {
-        let groups: Value = c.get("/api/v1/groups").await.unwrap_or_default();
-        let history: Value = c.get("/api/v1/history?limit=40").await.unwrap_or_default();
-        eprintln!("groups: {groups:#}\nlast events: {history:#}");
+        let groups = c.groups().await.unwrap_or_default();
+        let history = c.history(&HistoryQuery::default().limit(40)).await.unwrap_or_default();
+        eprintln!(
+            "groups: {}\nlast events: {}",
+            serde_json::to_string_pretty(&groups).unwrap_or_default(),
+            serde_json::to_string_pretty(&history).unwrap_or_default()
+        );
     }
     assert!(
         after - before <= 3,

@@ -12,9 +12,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use common::Lab;
-use haven_api::{Client, ClientError, GroupView};
-use serde_json::{Value, json};
+use common::{Lab, group_preferring};
+use haven_api::{Client, ClientError, HistoryQuery, specs};
+use haven_model::GroupSpec;
+use serde_json::Value;
 
 /// Concurrent writers, and writes each sends.
 const WRITERS: usize = 4;
@@ -43,7 +44,7 @@ fn key_of(name: &str) -> String {
 }
 
 async fn create(client: &Client, name: &str) -> Told {
-    match client.post_keyed::<_, GroupView>("/api/v1/groups", &json!({"name": name}), &key_of(name)).await {
+    match client.with_idempotency_key(&key_of(name)).create_group(&GroupSpec::new(name)).await {
         Ok(g) => {
             assert_eq!(g.group.spec.name, name);
             Told::Succeeded
@@ -88,8 +89,8 @@ fn stream(client: &Client, acked: &Arc<AtomicUsize>) -> Vec<tokio::task::JoinHan
 
 /// How many `group-created` events node `i` has for `name` (`None`: it did not answer).
 async fn created_events(lab: &Lab, i: usize, name: &str) -> Option<usize> {
-    let events: Vec<Value> = lab.client(i).get(&format!("/api/v1/history?group={name}&limit=1000")).await.ok()?;
-    Some(events.iter().filter(|e| e["kind"] == "group-created").count())
+    let events = lab.client(i).history(&HistoryQuery::group(name).limit(1000)).await.ok()?;
+    Some(events.iter().filter(|e| e.kind == "group-created").count())
 }
 
 /// Whether group `name` exists, as node `i` sees it, and how many times it was created.
@@ -127,14 +128,13 @@ async fn check_outcomes(lab: &Lab, via: usize, told: &[(String, Told)]) -> BTree
                     lab.note(&format!("{name}: no answer ({why})"));
                 }
                 let key = key_of(name);
-                let looked: Result<Value, ClientError> = lab.client(via).get(&format!("/api/v1/requests/{key}")).await;
-                match looked {
+                match lab.client(via).request_outcome(&key).await {
                     Ok(v) => {
-                        assert_eq!(v["request_id"], key.as_str());
-                        let applied = v["outcome"] == "succeeded";
-                        assert!(applied || v["outcome"] == "refused", "{v}");
+                        assert_eq!(v.request_id, key);
+                        let applied = v.outcome == "succeeded";
+                        assert!(applied || v.outcome == "refused", "{v:?}");
                         let want = if applied { (true, 1) } else { (false, 0) };
-                        assert_eq!(existence(lab, via, name).await, want, "{name}: its lookup said {v}");
+                        assert_eq!(existence(lab, via, name).await, want, "{name}: its lookup said {v:?}");
                     }
                     Err(ClientError::Api { status: 404, .. }) => {
                         // Not committed: the same request again is applied (once).
@@ -212,16 +212,9 @@ async fn a_graceful_stop_under_write_load_is_quick_and_refuses_what_it_does_not_
     // A resource there that takes a moment to stop keeps the agent stopping for that long:
     // writes sent meanwhile must be refused at once.
     let c = lab.client(leader).clone();
-    let _: GroupView =
-        c.post("/api/v1/groups", &json!({"name": "slow", "preferred_owners": [lab.name(s)]})).await.expect("group");
-    let _: Value = c
-        .post(
-            "/api/v1/resources",
-            &json!({"name": "slow-stop", "group": "slow", "type": "process",
-                    "params": {"argv": ["sh", "-c", "trap 'sleep 0.5; exit 0' TERM; while :; do sleep 0.1; done"]}}),
-        )
-        .await
-        .expect("resource");
+    c.create_group(&group_preferring("slow", &[lab.name(s)])).await.expect("group");
+    let argv = ["sh", "-c", "trap 'sleep 0.5; exit 0' TERM; while :; do sleep 0.1; done"];
+    c.create_resource(&specs::process("slow-stop", "slow", &argv)).await.expect("resource");
     let owner = lab.name(s).to_string();
     lab.wait_until("the slow-stopping resource online there", 30, async || {
         lab.online_on(leader, "slow").await.as_deref() == Some(owner.as_str())
@@ -261,11 +254,12 @@ async fn a_graceful_stop_under_write_load_is_quick_and_refuses_what_it_does_not_
     assert!(counts.contains_key("shutting_down"), "writes sent while it stopped were refused at once: {counts:?}");
 }
 
-/// A raw HTTP/1.1 POST of `body` (no `Idempotency-Key`, as a caller that sends none):
-/// the status, the reply's `idempotency-key` header, and the JSON body.
-fn post_without_key(addr: &str, path: &str, body: &Value) -> (u16, Option<String>, Value) {
+/// A raw HTTP/1.1 POST of `body` to `path` (no `Idempotency-Key`, as a caller that sends
+/// none, which the typed client never is): the status, the reply's `idempotency-key`
+/// header, and the JSON body.
+fn post_without_key(addr: &str, path: &str, body: &impl serde::Serialize) -> (u16, Option<String>, Value) {
     use std::io::{Read, Write};
-    let body = body.to_string();
+    let body = serde_json::to_string(body).expect("a JSON body");
     let mut conn = std::net::TcpStream::connect(addr).expect("connect");
     conn.set_read_timeout(Some(Duration::from_secs(15))).expect("timeout");
     let req = format!(
@@ -297,7 +291,7 @@ async fn a_write_that_times_out_is_unknown_then_resolved_by_its_id() {
     // The leader proposes it and cannot commit it: not "refused", unknown, with its id.
     let addr = lab.node(l).addr.clone();
     let (status, header, body) =
-        tokio::task::block_in_place(|| post_without_key(&addr, "/api/v1/groups", &json!({"name": "late"})));
+        tokio::task::block_in_place(|| post_without_key(&addr, "/api/v1/groups", &GroupSpec::new("late")));
     assert_eq!(status, 504, "{body}");
     assert_eq!(body["error"]["code"], "outcome_unknown", "{body}");
     let id = body["error"]["request_id"].as_str().expect("the error names the request id").to_string();
@@ -307,7 +301,7 @@ async fn a_write_that_times_out_is_unknown_then_resolved_by_its_id() {
     let keyed = create(lab.client(l), "late-keyed").await;
     assert!(matches!(keyed, Told::Unknown), "{keyed:?}");
     // Not committed (yet): the lookup says so, and how to go on.
-    match lab.client(l).get::<Value>(&format!("/api/v1/requests/{id}")).await {
+    match lab.client(l).request_outcome(&id).await {
         Err(ClientError::Api { status: 404, message, .. }) => {
             assert!(message.contains("at most once"), "{message}")
         }
@@ -330,17 +324,18 @@ async fn a_write_that_times_out_is_unknown_then_resolved_by_its_id() {
     let via = (0..3).find(|i| lab.node(*i).id == new_leader).expect("the leader is a lab node");
     let told = [("late-keyed".to_string(), Told::Unknown)];
     // `late` was sent without a key: look it up (and retry it) under the agent's id.
-    let looked: Result<Value, ClientError> = lab.client(via).get(&format!("/api/v1/requests/{id}")).await;
+    let looked = lab.client(via).request_outcome(&id).await;
     lab.note(&format!("the timed-out write's lookup after the quorum came back: {looked:?}"));
     match looked {
         Ok(v) => {
-            assert_eq!(v["outcome"], "succeeded", "{v}");
+            assert_eq!(v.outcome, "succeeded", "{v:?}");
             assert_eq!(existence(&lab, via, "late").await, (true, 1));
         }
         Err(ClientError::Api { status: 404, .. }) => {
-            let again: GroupView = lab
+            let again = lab
                 .client(via)
-                .post_keyed("/api/v1/groups", &json!({"name": "late"}), &id)
+                .with_idempotency_key(&id)
+                .create_group(&GroupSpec::new("late"))
                 .await
                 .expect("the same request again with its id");
             assert_eq!(again.group.spec.name, "late");
@@ -353,7 +348,7 @@ async fn a_write_that_times_out_is_unknown_then_resolved_by_its_id() {
 
     // A malformed key is refused, naming the header and the bound.
     let long = "k".repeat(129);
-    match lab.client(via).post_keyed::<_, Value>("/api/v1/groups", &json!({"name": "bad-key"}), &long).await {
+    match lab.client(via).with_idempotency_key(&long).create_group(&GroupSpec::new("bad-key")).await {
         Err(ClientError::Api { status: 400, field: Some(f), message, .. }) => {
             assert_eq!(f, "Idempotency-Key");
             assert!(message.contains("128"), "{message}");
@@ -361,7 +356,7 @@ async fn a_write_that_times_out_is_unknown_then_resolved_by_its_id() {
         other => panic!("a 129-character key: {other:?}"),
     }
     // A used key with another request is refused, and that request is not applied.
-    match lab.client(via).post_keyed::<_, Value>("/api/v1/groups", &json!({"name": "other"}), &id).await {
+    match lab.client(via).with_idempotency_key(&id).create_group(&GroupSpec::new("other")).await {
         Err(ClientError::Api { status: 422, code, message, .. }) => {
             assert_eq!(code, "request_id_reused");
             assert!(message.contains("another request"), "{message}");

@@ -6,9 +6,9 @@ mod common;
 
 use std::path::Path;
 
-use common::{Lab, alive, cwd_of, pid_in, processes_in};
-use haven_api::{GroupView, ResourceView};
-use serde_json::json;
+use common::{Lab, alive, cwd_of, group_preferring, looks_alive, pid_in, processes_in};
+use haven_api::{GroupView, specs};
+use haven_model::ResourceSpec;
 
 /// The `start <pid> <cwd>` lines the resource wrote, one per start.
 fn starts(evidence: &Path) -> Vec<(i32, String)> {
@@ -42,15 +42,9 @@ async fn killed_owner_fails_over_and_does_not_start_again_when_back(owner_is_lea
     let a = (0..3).find(|i| (lab.node(*i).id == leader) == owner_is_leader).expect("a node of that kind");
     let a_name = lab.name(a).to_string();
     let c = lab.client(0).clone();
-    let _: GroupView = c.post("/api/v1/groups", &json!({"name": "g", "preferred_owners": [a_name]})).await.unwrap();
+    c.create_group(&group_preferring("g", &[&a_name])).await.unwrap();
     let script = format!("echo start $$ $(pwd) >> {}; exec sleep infinity", evidence.display());
-    let _: ResourceView = c
-        .post(
-            "/api/v1/resources",
-            &json!({"name": "r", "group": "g", "type": "process",
-                    "params": {"argv": ["sh", "-c", script]},
-                    "props": {"looks_alive_interval": "200ms"}}),
-        )
+    c.create_resource(&ResourceSpec { props: looks_alive(200), ..specs::process("r", "g", &["sh", "-c", &script]) })
         .await
         .unwrap();
     let owner = lab
@@ -112,8 +106,8 @@ async fn killed_owner_fails_over_and_does_not_start_again_when_back(owner_is_lea
         specs(lab.groups(si).await.expect("groups from the survivor")),
         "{a_name} should have the same groups as the survivors"
     );
-    let res_a: Vec<ResourceView> = lab.client(a).get("/api/v1/resources").await.unwrap();
-    let res_s: Vec<ResourceView> = lab.client(si).get("/api/v1/resources").await.unwrap();
+    let res_a = lab.client(a).resources().await.unwrap();
+    let res_s = lab.client(si).resources().await.unwrap();
     assert_eq!(
         res_a.iter().map(|r| &r.spec).collect::<Vec<_>>(),
         res_s.iter().map(|r| &r.spec).collect::<Vec<_>>(),

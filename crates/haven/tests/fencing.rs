@@ -7,10 +7,10 @@ mod common;
 
 use std::path::Path;
 
-use common::{Lab, processes_in};
-use haven_api::{GroupView, NodeView, ResourceView};
+use common::{Lab, group_preferring, looks_alive, processes_in};
+use haven_api::{GroupView, HistoryQuery, specs};
+use haven_model::ResourceSpec;
 use haven_state::Event;
-use serde_json::json;
 
 /// The `start <pid> <cwd>` lines the resource wrote, one per start.
 fn starts(evidence: &Path) -> Vec<String> {
@@ -19,7 +19,7 @@ fn starts(evidence: &Path) -> Vec<String> {
 
 /// Events of kind `kind` about node `node`, as node `i` sees the history.
 async fn events(lab: &Lab, i: usize, node: &str, kind: &str) -> Option<Vec<Event>> {
-    let all: Vec<Event> = lab.client(i).get(&format!("/api/v1/history?node={node}&limit=1000")).await.ok()?;
+    let all: Vec<Event> = lab.client(i).history(&HistoryQuery::node(node).limit(1000)).await.ok()?;
     Some(all.into_iter().filter(|e| e.kind == kind).collect())
 }
 
@@ -61,14 +61,9 @@ async fn group_waits_while_fencing_fails_and_fails_over_once_fenced() {
     assert_eq!(set["fence"]["agent"], "fence_dummy", "fence agent not set: {set}");
 
     let c = lab.client(v).clone();
-    let _: GroupView = c.post("/api/v1/groups", &json!({"name": "g", "preferred_owners": [a_name]})).await.unwrap();
+    c.create_group(&group_preferring("g", &[&a_name])).await.unwrap();
     let script = format!("echo start $$ $(pwd) >> {}; exec sleep infinity", evidence.display());
-    let _: ResourceView = c
-        .post(
-            "/api/v1/resources",
-            &json!({"name": "r", "group": "g", "type": "process",
-                    "params": {"argv": ["sh", "-c", script]}, "props": {"looks_alive_interval": "200ms"}}),
-        )
+    c.create_resource(&ResourceSpec { props: looks_alive(200), ..specs::process("r", "g", &["sh", "-c", &script]) })
         .await
         .unwrap();
     lab.wait_until(&format!("g online on {a_name}"), 20, async || {
@@ -106,7 +101,7 @@ async fn group_waits_while_fencing_fails_and_fails_over_once_fenced() {
     let g: GroupView = lab.group(v, "g").await.expect("g");
     assert_eq!(g.group.owner.as_deref(), Some(a_name.as_str()), "g must wait for {a_name} to be fenced");
     assert!(events(&lab, v, &a_name, "node-fenced").await.expect("history").is_empty());
-    let n: NodeView = lab.client(v).get(&format!("/api/v1/nodes/{a_name}")).await.expect("node view");
+    let n = lab.client(v).node(&a_name).await.expect("node view");
     assert_eq!(n.status, "down");
     assert!(n.fence_status.as_ref().is_some_and(|s| s.failures >= 2), "fence status: {:?}", n.fence_status);
 
@@ -129,7 +124,7 @@ async fn group_waits_while_fencing_fails_and_fails_over_once_fenced() {
     let status = std::fs::read_to_string(&status_file).expect("the status file");
     assert_eq!(status.trim().to_lowercase(), "off", "fence_dummy should have powered {a_name} off");
     // Recovery came after the fence, never before.
-    let history: Vec<Event> = lab.client(v).get("/api/v1/history?group=g&limit=1000").await.expect("history");
+    let history = lab.client(v).history(&HistoryQuery::group("g").limit(1000)).await.expect("history");
     let failover = history
         .iter()
         .find(|e| e.kind == "group-failover" && e.node.as_deref() == Some(s.as_str()))

@@ -8,7 +8,7 @@ use std::collections::BTreeSet;
 
 use common::Lab;
 use haven_api::GroupView;
-use serde_json::json;
+use haven_model::GroupSpec;
 
 const BEFORE: usize = 30;
 const AFTER: usize = 10;
@@ -30,9 +30,9 @@ async fn writes_survive_the_leader_dying_and_the_old_leader_catches_up() {
     for k in 0..BEFORE {
         let via = if k % 2 == 0 { f } else { l };
         let name = format!("g{k}");
-        let g: GroupView = lab
+        let g = lab
             .client(via)
-            .post("/api/v1/groups", &json!({"name": name}))
+            .create_group(&GroupSpec::new(&name))
             .await
             .unwrap_or_else(|e| panic!("creating {name} through {} failed: {e}", lab.name(via)));
         assert_eq!(g.group.spec.name, name);
@@ -62,8 +62,8 @@ async fn writes_survive_the_leader_dying_and_the_old_leader_catches_up() {
     for k in BEFORE..BEFORE + AFTER {
         let via = survivors[k % 2];
         let name = format!("g{k}");
-        let g: GroupView =
-            lab.client(via).post("/api/v1/groups", &json!({"name": name})).await.unwrap_or_else(|e| {
+        let g =
+            lab.client(via).create_group(&GroupSpec::new(&name)).await.unwrap_or_else(|e| {
                 panic!("creating {name} through {} after the leader died failed: {e}", lab.name(via))
             });
         assert_eq!(g.group.spec.name, name);

@@ -13,12 +13,11 @@ mod common;
 
 use std::process::Command;
 
-use common::{HAVEN, Lab, installed, test_guest};
+use common::{HAVEN, Lab, group_preferring, installed, test_guest};
 use haven_agent::vm_api::VmView;
-use haven_api::{GroupView, ResourceView};
-use haven_model::{CheckResult, HaReport, ResourceState};
-use haven_state::Event;
-use serde_json::{Value, json};
+use haven_api::{HistoryQuery, specs};
+use haven_model::{CheckResult, Dur, HaReport, ResourceState, ResourceUpdate, VmParams};
+use serde_json::json;
 
 /// From placement to the first heartbeat: KVM probe, QEMU start, a TCG boot.
 const BOOT_LIMIT_S: u64 = 90;
@@ -59,17 +58,8 @@ async fn make_ha_walkthrough_then_move_to_every_node_and_back() {
     let shared = lab.dir().join("shared/vol1");
     std::fs::create_dir_all(&shared).expect("volume");
     std::fs::write(shared.join(".haven-volume"), "lab-vol-1\n").expect(".haven-volume");
-    let _: GroupView = c
-        .post("/api/v1/groups", &json!({"name": "available-storage", "preferred_owners": [node1]}))
-        .await
-        .expect("group");
-    let _: ResourceView = c
-        .post(
-            "/api/v1/resources",
-            &json!({"name": "vol1", "group": "available-storage", "type": "disk",
-                    "params": {"backend": "dir", "volume_id": "lab-vol-1", "volume_name": "vol1",
-                               "path": shared.to_string_lossy()}}),
-        )
+    c.create_group(&group_preferring("available-storage", &[&node1])).await.expect("group");
+    c.create_resource(&specs::dir_disk("vol1", "available-storage", "lab-vol-1", "vol1", &shared.to_string_lossy()))
         .await
         .expect("disk resource");
     lab.wait_until("vol1 online on node 1", 30, async || {
@@ -111,11 +101,11 @@ path = "data.img"
     let dry: HaReport = serde_json::from_str(&out).expect("report");
     assert!(dry.ok && dry.dry_run && !dry.applied, "{dry:#?}");
     assert_eq!(dry.group.as_deref(), Some("available-storage"));
-    assert!(c.get::<Value>("/api/v1/resources/web").await.is_err(), "a dry run created the VM");
+    assert!(c.resource("web").await.is_err(), "a dry run created the VM");
 
     // The article's flow: the storage waits offline in "available storage"; the wizard
     // makes a new group for the VM and moves its disk in.
-    let _: GroupView = c.post("/api/v1/groups/available-storage/offline", &json!({})).await.expect("offline");
+    c.set_group_online("available-storage", false).await.expect("offline");
     lab.wait_until("vol1 offline", 30, async || {
         lab.resource(0, "vol1").await.is_some_and(|r| r.status.state == ResourceState::Offline)
     })
@@ -126,7 +116,7 @@ path = "data.img"
     assert!(text.contains("[PASS] 1 vm-stopped") && text.contains("[PASS] 8 cluster-changes"), "{text}");
     assert!(text.contains("move disk resource \"vol1\" from group \"available-storage\" into group \"web\""), "{text}");
 
-    let events: Vec<Event> = c.get("/api/v1/history?resource=web&limit=500").await.expect("history");
+    let events = c.history(&HistoryQuery::resource("web").limit(500)).await.expect("history");
     let entry = events.iter().rev().find(|e| e.kind == "ha-wizard").expect("the report is in the history");
     let report = entry.report.clone().expect("with the report");
     println!("---- report in the history (JSON)\n{}\n----", serde_json::to_string_pretty(&report).expect("json"));
@@ -145,22 +135,23 @@ path = "data.img"
     assert_eq!(g["state"], json!("online"), "{g:#}");
     let (_, shown, _) = cli(&lab, &["group", "show", "web"]);
     println!("---- haven group show web\n{shown}----");
-    let storage: GroupView = c.get("/api/v1/groups/available-storage").await.expect("storage group");
+    let storage = c.group("available-storage").await.expect("storage group");
     assert!(storage.resources.is_empty(), "vol1 moved out of available-storage: {storage:?}");
-    let config: ResourceView = c.get("/api/v1/resources/web-config").await.expect("web-config");
+    let config = c.resource("web-config").await.expect("web-config");
     assert_eq!(
         (config.spec.params.clone(), config.spec.depends_on.clone()),
         (json!({"path": "vol1/web/vm.toml"}), vec!["vol1".to_string()])
     );
 
     // The test guest ignores the ACPI power button: stop it after 2 s instead of 30 s.
-    let _: ResourceView = c
-        .patch(
-            "/api/v1/resources/web",
-            &json!({"params": {"config": "web-config", "heartbeat_timeout": "5s", "shutdown_timeout": "2s"}}),
-        )
-        .await
-        .expect("shorter shutdown_timeout");
+    let params = VmParams {
+        config: "web-config".into(),
+        heartbeat_timeout: Dur::from_secs(5),
+        shutdown_timeout: Dur::from_secs(2),
+        boot_timeout: Dur::from_secs(120),
+    };
+    let update = ResourceUpdate { params: Some(serde_json::to_value(params).expect("params")), ..Default::default() };
+    c.update_resource("web", &update).await.expect("shorter shutdown_timeout");
 
     // Move it to every other node and back, live (`haven group move`): the group is handed
     // off (the old owner stops the guest, then the new one starts it) and each time a new
@@ -179,7 +170,7 @@ path = "data.img"
         last = boot;
     }
     // No start failed on the way (a start while the old QEMU still held the images would).
-    let history: Vec<serde_json::Value> = c.get("/api/v1/history?group=web&limit=1000").await.expect("history");
-    let failed: Vec<&serde_json::Value> = history.iter().filter(|e| e["kind"] == "resource-failed").collect();
+    let history = c.history(&HistoryQuery::group("web").limit(1000)).await.expect("history");
+    let failed: Vec<_> = history.iter().filter(|e| e.kind == "resource-failed").collect();
     assert!(failed.is_empty(), "failures during the moves: {failed:#?}");
 }

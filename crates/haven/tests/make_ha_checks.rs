@@ -14,10 +14,10 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use common::{HAVEN, Lab};
-use haven_api::{GroupView, ResourceView};
-use haven_model::{CheckResult, HaCheck, HaReport, ResourceState};
-use haven_state::Event;
-use serde_json::{Value, json};
+use haven_api::{HistoryQuery, specs};
+use haven_model::{
+    CheckResult, DiskBackend, DiskParams, GroupSpec, HaCheck, HaReport, ResourceKind, ResourceSpec, ResourceState,
+};
 
 /// A one-node lab with group `g` (online on the node) holding `vol1`, a `dir` volume at
 /// `<lab>/shared/vol1`, online.
@@ -41,29 +41,16 @@ impl Fixture {
     }
 
     async fn group(&self, name: &str, online: bool) {
-        let _: GroupView = self
-            .lab
-            .client(0)
-            .post("/api/v1/groups", &json!({"name": name, "preferred_owners": [self.lab.name(0)], "online": online}))
-            .await
-            .expect("create group");
+        let spec = GroupSpec { online, ..common::group_preferring(name, &[self.lab.name(0)]) };
+        self.lab.client(0).create_group(&spec).await.expect("create group");
     }
 
     /// A `dir` volume `<shared>/<name>` (or `path`) with its disk resource `name` in `group`.
     async fn volume_at(&self, group: &str, name: &str, path: &Path) {
         std::fs::create_dir_all(path).expect("volume directory");
         std::fs::write(path.join(".haven-volume"), format!("id-{name}\n")).expect(".haven-volume");
-        let _: ResourceView = self
-            .lab
-            .client(0)
-            .post(
-                "/api/v1/resources",
-                &json!({"name": name, "group": group, "type": "disk",
-                        "params": {"backend": "dir", "volume_id": format!("id-{name}"), "volume_name": name,
-                                   "path": path.to_string_lossy()}}),
-            )
-            .await
-            .expect("create disk resource");
+        let disk = specs::dir_disk(name, group, &format!("id-{name}"), name, &path.to_string_lossy());
+        self.lab.client(0).create_resource(&disk).await.expect("create disk resource");
     }
 
     async fn volume(&self, group: &str, name: &str) -> PathBuf {
@@ -86,13 +73,13 @@ impl Fixture {
     }
 
     /// Groups (spec, owner) and resources (spec): what the wizard may change.
-    async fn snapshot(&self) -> Value {
-        let groups: Vec<GroupView> = self.lab.client(0).get("/api/v1/groups").await.expect("groups");
-        let resources: Vec<ResourceView> = self.lab.client(0).get("/api/v1/resources").await.expect("resources");
-        json!({
-            "groups": groups.iter().map(|g| json!({"spec": g.group.spec, "owner": g.group.owner})).collect::<Vec<_>>(),
-            "resources": resources.iter().map(|r| json!(r.spec)).collect::<Vec<_>>(),
-        })
+    async fn snapshot(&self) -> (Vec<(GroupSpec, Option<String>)>, Vec<ResourceSpec>) {
+        let groups = self.lab.client(0).groups().await.expect("groups");
+        let resources = self.lab.client(0).resources().await.expect("resources");
+        (
+            groups.into_iter().map(|g| (g.group.spec, g.group.owner)).collect(),
+            resources.into_iter().map(|r| r.spec).collect(),
+        )
     }
 
     /// `haven -o json vm make-ha <args>`: exit status and report.
@@ -123,8 +110,7 @@ impl Fixture {
     }
 
     async fn last_report(&self, vm: &str) -> HaReport {
-        let events: Vec<Event> =
-            self.lab.client(0).get(&format!("/api/v1/history?resource={vm}&limit=500")).await.expect("history");
+        let events = self.lab.client(0).history(&HistoryQuery::resource(vm).limit(500)).await.expect("history");
         let e = events.iter().rev().find(|e| e.kind == "ha-wizard").expect("an ha-wizard history entry");
         *e.report.clone().expect("the entry carries the report")
     }
@@ -295,7 +281,7 @@ async fn check2_files_off_cluster_storage_or_on_an_offline_volume_are_refused() 
     // On the volume, but the volume is offline: read through its shared directory, refused.
     definition(&def, "web", &[("web.img", "raw")]);
     raw_image(&f.cluster("vol1", "web/web.img"));
-    let _: GroupView = f.lab.client(0).post("/api/v1/groups/g/offline", &json!({})).await.expect("offline");
+    f.lab.client(0).set_group_online("g", false).await.expect("offline");
     f.lab
         .wait_until("vol1 offline", 30, async || {
             f.lab.resource(0, "vol1").await.is_some_and(|r| r.status.state == ResourceState::Offline)
@@ -342,7 +328,7 @@ async fn check3_vms_sharing_a_volume_join_one_group_with_a_warning() {
         "group \"g\" already holds VM(s) \"old\" on volume(s) vol1; the VM joins it: these VMs will always move together"
     );
     assert_eq!((r.errors, r.warnings, r.applied), (0, 1, true));
-    let web_vm: ResourceView = f.lab.client(0).get("/api/v1/resources/web").await.expect("web");
+    let web_vm = f.lab.client(0).resource("web").await.expect("web");
     assert_eq!(web_vm.spec.group, "g");
     assert_eq!(f.last_report("web").await, r);
 
@@ -371,16 +357,9 @@ async fn check4_every_backing_file_outside_the_group_is_named() {
     // vol2 belongs to a group that holds more than disks: it cannot move into "g".
     f.group("other", true).await;
     f.volume("other", "vol2").await;
-    let _: ResourceView = f
-        .lab
-        .client(0)
-        .post(
-            "/api/v1/resources",
-            &json!({"name": "svc", "group": "other", "type": "process",
-                                            "params": {"argv": ["sleep", "infinity"]}, "depends_on": ["vol2"]}),
-        )
-        .await
-        .expect("process");
+    let svc =
+        ResourceSpec { depends_on: vec!["vol2".into()], ..specs::process("svc", "other", &["sleep", "infinity"]) };
+    f.lab.client(0).create_resource(&svc).await.expect("process");
     f.wait_online("vol2").await;
     let local = f.lab.dir().join("local");
     std::fs::create_dir_all(&local).expect("local dir");
@@ -538,16 +517,9 @@ async fn check6_a_volume_mounted_inside_another_needs_the_same_group() {
     // vol2 is the filesystem mounted at vol1/inner, in a group that also runs a process.
     f.group("other", true).await;
     f.volume_at("other", "vol2", &inner).await;
-    let _: ResourceView = f
-        .lab
-        .client(0)
-        .post(
-            "/api/v1/resources",
-            &json!({"name": "svc", "group": "other", "type": "process",
-                                            "params": {"argv": ["sleep", "infinity"]}, "depends_on": ["vol2"]}),
-        )
-        .await
-        .expect("process");
+    let svc =
+        ResourceSpec { depends_on: vec!["vol2".into()], ..specs::process("svc", "other", &["sleep", "infinity"]) };
+    f.lab.client(0).create_resource(&svc).await.expect("process");
     f.wait_online("vol2").await;
     raw_image(&inner.join("data.img"));
     let def = f.cluster("vol1", "web/vm.toml");
@@ -567,14 +539,14 @@ async fn check6_a_volume_mounted_inside_another_needs_the_same_group() {
     );
 
     // Both volumes in one group: it passes (dry run).
-    let _: GroupView = f.lab.client(0).post("/api/v1/groups/other/offline", &json!({})).await.expect("offline");
+    f.lab.client(0).set_group_online("other", false).await.expect("offline");
     f.lab
         .wait_until("vol2 offline", 30, async || {
             f.lab.resource(0, "vol2").await.is_some_and(|r| r.status.state == ResourceState::Offline)
         })
         .await;
     for r in ["svc", "vol2"] {
-        let _: Value = f.lab.client(0).delete(&format!("/api/v1/resources/{r}")).await.expect("delete");
+        f.lab.client(0).delete_resource(r).await.expect("delete");
     }
     f.volume_at("g", "vol2", &inner).await;
     f.wait_online("vol2").await;
@@ -613,16 +585,15 @@ async fn check7_a_pass_through_device_must_be_a_disk_resource_of_the_group() {
     );
     // As a disk resource of an offline, disk-only group it moves into "g": it passes (dry run).
     f.group("ptg", false).await;
-    let _: ResourceView = f
-        .lab
-        .client(0)
-        .post(
-            "/api/v1/resources",
-            &json!({"name": "pt", "group": "ptg", "type": "disk",
-                   "params": {"backend": "block", "volume_id": "pt-1", "volume_name": "pt", "uuid": uuid}}),
-        )
-        .await
-        .expect("block disk resource");
+    let block = DiskParams {
+        backend: DiskBackend::Block,
+        volume_id: "pt-1".into(),
+        volume_name: "pt".into(),
+        path: None,
+        uuid: Some(uuid.to_string()),
+    };
+    let pt = specs::resource("pt", "ptg", ResourceKind::Disk, &block);
+    f.lab.client(0).create_resource(&pt).await.expect("block disk resource");
     let (code, r, err) = f.wizard(&["--dry-run", &def.to_string_lossy()]);
     assert_eq!(code, Some(0), "{r:#?} {err}");
     let c = entry(&r, 7);

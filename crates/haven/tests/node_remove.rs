@@ -4,8 +4,8 @@
 mod common;
 
 use common::Lab;
-use haven_api::{ClusterStatus, GroupView};
-use serde_json::json;
+use haven_api::ClusterStatus;
+use haven_model::GroupSpec;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_node_is_removed_from_the_state_and_the_voters() {
@@ -17,7 +17,7 @@ async fn a_dead_node_is_removed_from_the_state_and_the_voters() {
     let dead_name = lab.name(dead).to_string();
     let dead_id = lab.node(dead).id;
 
-    let up_refused = lab.client(via).delete::<serde_json::Value>(&format!("/api/v1/nodes/{dead_name}")).await;
+    let up_refused = lab.client(via).remove_node(&dead_name).await;
     assert!(matches!(up_refused, Err(haven_api::ClientError::Api { status: 409, .. })), "{up_refused:?}");
 
     lab.kill_node(dead);
@@ -25,8 +25,8 @@ async fn a_dead_node_is_removed_from_the_state_and_the_voters() {
         lab.node_list(via).await.is_some_and(|n| n.iter().any(|n| n.node.name == dead_name && n.status == "down"))
     })
     .await;
-    let _: serde_json::Value =
-        lab.client(via).delete(&format!("/api/v1/nodes/{dead_name}")).await.expect("remove the dead node");
+    let removed = lab.client(via).remove_node(&dead_name).await.expect("remove the dead node");
+    assert_eq!(removed.removed, dead_name);
     lab.wait_until(&format!("{dead_name} gone from the state and the voters"), 20, async || {
         let Some(nodes) = lab.node_list(via).await else { return false };
         let Some(st): Option<ClusterStatus> = lab.status(via).await else { return false };
@@ -34,5 +34,5 @@ async fn a_dead_node_is_removed_from_the_state_and_the_voters() {
     })
     .await;
     // Two voters of two: writes still commit.
-    let _: GroupView = lab.client(via).post("/api/v1/groups", &json!({"name": "after"})).await.expect("a write");
+    lab.client(via).create_group(&GroupSpec::new("after")).await.expect("a write");
 }

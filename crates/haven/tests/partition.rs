@@ -7,9 +7,9 @@
 
 mod common;
 
-use common::{Lab, alive, assert_no_overlap, lines_from, pid_in, processes_in, stints};
-use haven_api::{GroupView, ResourceView};
-use serde_json::json;
+use common::{Lab, alive, assert_no_overlap, group_preferring, lines_from, looks_alive, pid_in, processes_in, stints};
+use haven_api::specs;
+use haven_model::ResourceSpec;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn isolated_follower_owner_stops_before_the_majority_starts_its_group() {
@@ -35,13 +35,8 @@ async fn isolated_owner_stops_before_the_majority_starts_its_group(owner_is_lead
     // A bystander: group h on a survivor must keep running through all of it (losing the
     // leader's node must not make the others self-fence).
     let b_name = lab.name(survivors[1]).to_string();
-    let _: GroupView = c.post("/api/v1/groups", &json!({"name": "h", "preferred_owners": [b_name]})).await.unwrap();
-    let _: ResourceView = c
-        .post(
-            "/api/v1/resources",
-            &json!({"name": "q", "group": "h", "type": "process",
-                    "params": {"argv": ["sleep", "infinity"]}, "props": {"looks_alive_interval": "200ms"}}),
-        )
+    c.create_group(&group_preferring("h", &[&b_name])).await.unwrap();
+    c.create_resource(&ResourceSpec { props: looks_alive(200), ..specs::process("q", "h", &["sleep", "infinity"]) })
         .await
         .unwrap();
     let run_a = lab.node(a).run_dir("r");

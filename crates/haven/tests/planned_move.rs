@@ -7,9 +7,10 @@ mod common;
 
 use std::path::Path;
 
-use common::{Lab, assert_no_overlap, stints};
-use haven_api::{GroupView, ResourceView};
-use serde_json::{Value, json};
+use common::{Lab, assert_no_overlap, group_preferring, stints};
+use haven_api::{HistoryQuery, specs};
+use haven_model::{Dur, ResourceProps, ResourceSpec};
+use serde_json::Value;
 
 /// Like `evidence_script`, but SIGTERM only makes it finish: it goes on writing for ~150
 /// more lines (well over a second) before it exits.
@@ -26,17 +27,12 @@ async fn moves_and_drains_wait_for_the_old_owner_to_stop() {
     let lab = Lab::start(3).await;
     let evidence = lab.dir().join("evidence.log");
     let c = lab.client(0).clone();
-    let _: GroupView =
-        c.post("/api/v1/groups", &json!({"name": "g", "preferred_owners": ["node1"]})).await.expect("create group g");
-    let _: ResourceView = c
-        .post(
-            "/api/v1/resources",
-            &json!({"name": "r", "group": "g", "type": "process",
-                    "params": {"argv": ["sh", "-c", slow_stop_script(&evidence)]},
-                    "props": {"looks_alive_interval": "200ms", "pending_timeout": "20s"}}),
-        )
-        .await
-        .expect("create resource r");
+    c.create_group(&group_preferring("g", &["node1"])).await.expect("create group g");
+    let r = ResourceSpec {
+        props: ResourceProps { pending_timeout: Dur::from_secs(20), ..common::looks_alive(200) },
+        ..specs::process("r", "g", &["sh", "-c", &slow_stop_script(&evidence)])
+    };
+    c.create_resource(&r).await.expect("create resource r");
     lab.wait_until("g online on node1", 30, async || lab.online_on(0, "g").await.as_deref() == Some("node1")).await;
 
     // Operator move: the group shows as moving (no owner) while node1 finishes its copy.
@@ -62,8 +58,8 @@ async fn moves_and_drains_wait_for_the_old_owner_to_stop() {
     assert_no_overlap(&evidence);
 
     // The history tells the story: moving, then moved once the old owner stopped it.
-    let history: Vec<Value> = c.get("/api/v1/history?group=g&limit=1000").await.expect("history");
-    let messages: Vec<&str> = history.iter().filter_map(|e| e["message"].as_str()).collect();
+    let history = c.history(&HistoryQuery::group("g").limit(1000)).await.expect("history");
+    let messages: Vec<&str> = history.iter().map(|e| e.message.as_str()).collect();
     assert!(
         messages.iter().any(|m| m.contains("is moving from \"node1\" to \"node2\"")),
         "no handoff start in the history: {messages:#?}"

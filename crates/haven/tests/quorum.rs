@@ -10,8 +10,8 @@ use std::path::Path;
 use std::time::Instant;
 
 use common::{HAVEN, Lab, alive, pid_in, processes_in};
-use haven_api::{GroupView, ResourceView};
-use serde_json::json;
+use haven_api::specs;
+use haven_model::ResourceSpec;
 
 /// The `start <pid> <cwd>` lines the resources wrote, one per start.
 fn starts(evidence: &Path) -> Vec<String> {
@@ -26,16 +26,10 @@ async fn survivor_without_quorum_stops_its_resources_refuses_writes_and_recovers
     // One group per node: g1 on node1, g2 on node2, g3 on node3.
     for i in 0..3 {
         let (g, r, node) = (format!("g{}", i + 1), format!("r{}", i + 1), lab.name(i).to_string());
-        let _: GroupView = c.post("/api/v1/groups", &json!({"name": g, "preferred_owners": [node]})).await.unwrap();
+        c.create_group(&common::group_preferring(&g, &[&node])).await.unwrap();
         let script = format!("echo start {r} $$ $(pwd) >> {}; exec sleep infinity", evidence.display());
-        let _: ResourceView = c
-            .post(
-                "/api/v1/resources",
-                &json!({"name": r, "group": g, "type": "process",
-                        "params": {"argv": ["sh", "-c", script]}, "props": {"looks_alive_interval": "200ms"}}),
-            )
-            .await
-            .unwrap();
+        let spec = ResourceSpec { props: common::looks_alive(200), ..specs::process(&r, &g, &["sh", "-c", &script]) };
+        c.create_resource(&spec).await.unwrap();
     }
     lab.wait_until("g1, g2, g3 online on node1, node2, node3", 20, async || {
         for i in 0..3 {

@@ -4,10 +4,10 @@
 
 mod common;
 
-use common::{Lab, alive, cwd_of, pid_in, sigkill};
-use haven_api::{GroupView, ResourceView};
+use common::{Lab, alive, cwd_of, group_preferring, pid_in, sigkill};
+use haven_api::{HistoryQuery, specs};
+use haven_model::{Dur, ResourceProps, ResourceSpec};
 use haven_state::Event;
-use serde_json::json;
 
 /// The pid of `r` on node `owner` once `g` is online there with a live process other
 /// than `not`.
@@ -25,16 +25,12 @@ async fn running_on(lab: &Lab, owner: &str, not: Option<i32>) -> Option<i32> {
 async fn restarts_in_place_up_to_the_threshold_then_fails_over() {
     let lab = Lab::start(3).await;
     let c = lab.client(0).clone();
-    let _: GroupView = c.post("/api/v1/groups", &json!({"name": "g", "preferred_owners": ["node2"]})).await.unwrap();
-    let _: ResourceView = c
-        .post(
-            "/api/v1/resources",
-            &json!({"name": "r", "group": "g", "type": "process",
-                    "params": {"argv": ["sleep", "infinity"]},
-                    "props": {"restart_threshold": 2, "restart_delay": "200ms", "looks_alive_interval": "200ms"}}),
-        )
-        .await
-        .unwrap();
+    c.create_group(&group_preferring("g", &["node2"])).await.unwrap();
+    let r = ResourceSpec {
+        props: ResourceProps { restart_threshold: 2, restart_delay: Dur::from_millis(200), ..common::looks_alive(200) },
+        ..specs::process("r", "g", &["sleep", "infinity"])
+    };
+    c.create_resource(&r).await.unwrap();
     let mut pid = lab.wait_for("g online on node2", 20, async || running_on(&lab, "node2", None).await).await;
 
     // Two failures within the threshold: restarted in place each time.
@@ -71,8 +67,8 @@ async fn restarts_in_place_up_to_the_threshold_then_fails_over() {
     // The history, through the CLI and the API, says what happened and why.
     let cli = lab.cli_json(0, &["history", "--group", "g"]).await;
     let cli_events: Vec<Event> = serde_json::from_value(cli).expect("`history -o json` prints events");
-    let api_events: Vec<Event> = c.get("/api/v1/history?group=g").await.unwrap();
-    for (source, events) in [("haven history", &cli_events), ("/api/v1/history", &api_events)] {
+    let api_events = c.history(&HistoryQuery::group("g")).await.unwrap();
+    for (source, events) in [("haven history", &cli_events), ("the API's history", &api_events)] {
         let failed: Vec<&Event> = events.iter().filter(|e| e.kind == "resource-failed").collect();
         assert!(failed.len() >= 3, "{source}: expected 3 resource-failed events, got {failed:#?}");
         for e in &failed {

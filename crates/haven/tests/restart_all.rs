@@ -5,7 +5,11 @@
 mod common;
 
 use common::{Lab, alive, pid_in};
-use haven_api::ResourceView;
+use haven_api::specs;
+use haven_model::{
+    Dur, Failback, GroupSpec, HealthCheck, Priority, ProcessParams, ResourceKind, ResourceProps, ResourceSpec,
+    RestartAction,
+};
 use serde_json::{Value, json};
 
 /// Runtime fields: where things are and how they are doing, not what the operator set.
@@ -48,39 +52,61 @@ async fn all_online(lab: &Lab, i: usize) -> Option<(String, String)> {
 async fn configuration_survives_a_full_restart() {
     let mut lab = Lab::start(3).await;
     let c = lab.client(0).clone();
-    let calls = [
-        (
-            "/api/v1/groups",
-            json!({"name": "web", "preferred_owners": ["node2", "node3"], "failover_threshold": 1,
-                   "failover_period": "1h", "failback": {"mode": "immediate"}, "priority": "high"}),
-        ),
-        (
-            "/api/v1/groups",
-            json!({"name": "batch", "possible_owners": ["node1", "node3"], "priority": "low",
-                   "cpus": 1, "memory_mib": 64}),
-        ),
-        (
-            "/api/v1/resources",
-            json!({"name": "db", "group": "web", "type": "process",
-                   "params": {"argv": ["sleep", "infinity"], "env": {"MODE": "lab"}},
-                   "props": {"restart_threshold": 5, "restart_delay": "1s", "looks_alive_interval": "300ms"}}),
-        ),
-        (
-            "/api/v1/resources",
-            json!({"name": "app", "group": "web", "type": "process", "depends_on": ["db"],
-                   "params": {"argv": ["sh", "-c", "exec sleep infinity"],
-                              "check": {"kind": "command", "argv": ["true"], "timeout": "2s"}},
-                   "props": {"restart_action": "restart-no-failover", "restart_period": "10m",
-                             "is_alive_interval": "30s"}}),
-        ),
-        (
-            "/api/v1/resources",
-            json!({"name": "job", "group": "batch", "type": "process", "params": {"argv": ["sleep", "infinity"]},
-                   "props": {"pending_timeout": "20s"}}),
-        ),
+    let groups = [
+        GroupSpec {
+            preferred_owners: vec!["node2".into(), "node3".into()],
+            failover_threshold: Some(1),
+            failover_period: Dur::from_secs(3600),
+            failback: Failback::Immediate,
+            priority: Priority::High,
+            ..GroupSpec::new("web")
+        },
+        GroupSpec {
+            possible_owners: vec!["node1".into(), "node3".into()],
+            priority: Priority::Low,
+            cpus: 1,
+            memory_mib: 64,
+            ..GroupSpec::new("batch")
+        },
     ];
-    for (path, body) in calls {
-        let _: Value = c.post(path, &body).await.unwrap_or_else(|e| panic!("POST {path} {body} failed: {e}"));
+    let app_params = ProcessParams {
+        check: Some(HealthCheck::Command { argv: vec!["true".into()], timeout: Dur::from_secs(2) }),
+        ..specs::process_params(&["sh", "-c", "exec sleep infinity"])
+    };
+    let db_params = ProcessParams {
+        env: [("MODE".to_string(), "lab".to_string())].into(),
+        ..specs::process_params(&["sleep", "infinity"])
+    };
+    let resources = [
+        ResourceSpec {
+            props: ResourceProps {
+                restart_threshold: 5,
+                restart_delay: Dur::from_secs(1),
+                looks_alive_interval: Dur::from_millis(300),
+                ..ResourceProps::default()
+            },
+            ..specs::resource("db", "web", ResourceKind::Process, &db_params)
+        },
+        ResourceSpec {
+            depends_on: vec!["db".into()],
+            props: ResourceProps {
+                restart_action: RestartAction::RestartNoFailover,
+                restart_period: Dur::from_secs(600),
+                is_alive_interval: Dur::from_secs(30),
+                ..ResourceProps::default()
+            },
+            ..specs::resource("app", "web", ResourceKind::Process, &app_params)
+        },
+        ResourceSpec {
+            props: ResourceProps { pending_timeout: Dur::from_secs(20), ..ResourceProps::default() },
+            ..specs::process("job", "batch", &["sleep", "infinity"])
+        },
+    ];
+    for g in &groups {
+        c.create_group(g).await.unwrap_or_else(|e| panic!("creating group {g:?} failed: {e}"));
+    }
+    for r in &resources {
+        c.create_resource(r).await.unwrap_or_else(|e| panic!("creating resource {r:?} failed: {e}"));
     }
     let (web, batch) = lab.wait_for("web and batch online", 20, async || all_online(&lab, 0).await).await;
     assert_eq!(web, "node2", "web starts on its first preferred owner");
@@ -88,7 +114,7 @@ async fn configuration_survives_a_full_restart() {
 
     let before = configuration(&lab, 0).await;
     // The non-default values are really there (so the comparison below compares something).
-    let app: ResourceView = c.get("/api/v1/resources/app").await.unwrap();
+    let app = c.resource("app").await.unwrap();
     assert_eq!(app.spec.depends_on, vec!["db".to_string()]);
     let web_json = &before["group"].as_array().unwrap().iter().find(|g| g["name"] == "web").unwrap().clone();
     assert_eq!(web_json["failover_threshold"], json!(1));

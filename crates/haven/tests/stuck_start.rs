@@ -8,10 +8,10 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{Lab, alive, processes_in};
-use haven_api::{Client, ClientError, GroupView, ResourceView};
-use haven_model::ResourceState;
-use serde_json::{Value, json};
+use common::{Lab, alive, group_preferring, processes_in};
+use haven_api::{Client, ClientError, specs};
+use haven_model::{Dur, HealthCheck, ProcessParams, ResourceKind, ResourceProps, ResourceSpec, ResourceState};
+use serde_json::json;
 
 /// How long taking the group offline (cancel the start, stop the process) and deleting
 /// may take in all: far below the pending timeout, which is a day.
@@ -19,17 +19,18 @@ const OFFLINE_AND_DELETE_WITHIN: Duration = Duration::from_secs(15);
 
 /// Group `stuck` (node2 preferred) with one `process` resource `s` whose health check never
 /// passes, so its start never finishes.
-async fn create_stuck(c: &Client, params: Value, props: Value) {
-    let _: GroupView =
-        c.post("/api/v1/groups", &json!({"name": "stuck", "preferred_owners": ["node2"]})).await.expect("group");
-    let _: ResourceView = c
-        .post(
-            "/api/v1/resources",
-            &json!({"name": "s", "group": "stuck", "type": "process", "params": params, "props": props}),
-        )
-        .await
-        .expect("create resource s");
+async fn create_stuck(c: &Client, params: ProcessParams, props: ResourceProps) {
+    c.create_group(&group_preferring("stuck", &["node2"])).await.expect("group");
+    let spec = ResourceSpec { props, ..specs::resource("s", "stuck", ResourceKind::Process, &params) };
+    c.create_resource(&spec).await.expect("create resource s");
 }
+
+/// A health check that never passes.
+fn never_healthy(timeout: Dur) -> Option<HealthCheck> {
+    Some(HealthCheck::Command { argv: vec!["false".into()], timeout })
+}
+
+const DAY: Dur = Dur::from_secs(24 * 3600);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_start_that_never_finishes_is_cancelled_by_offline_and_the_resource_deleted() {
@@ -37,9 +38,11 @@ async fn a_start_that_never_finishes_is_cancelled_by_offline_and_the_resource_de
     let c = lab.client(0).clone();
     create_stuck(
         &c,
-        json!({"argv": ["sh", "-c", "echo $$ > leader.pid; exec sleep 100000"],
-               "check": {"kind": "command", "argv": ["false"], "timeout": "1h"}}),
-        json!({"pending_timeout": "1day", "is_alive_interval": "1day", "looks_alive_interval": "1day"}),
+        ProcessParams {
+            check: never_healthy(Dur::from_secs(3600)),
+            ..specs::process_params(&["sh", "-c", "echo $$ > leader.pid; exec sleep 100000"])
+        },
+        ResourceProps { pending_timeout: DAY, is_alive_interval: DAY, looks_alive_interval: DAY, ..Default::default() },
     )
     .await;
     let node2 = lab.index_of("node2");
@@ -59,7 +62,7 @@ async fn a_start_that_never_finishes_is_cancelled_by_offline_and_the_resource_de
     lab.note(&format!("s is starting on node2, processes {pids:?}"));
 
     // Deleting it now is refused: it may be running there. The message says what to do.
-    match c.delete::<Value>("/api/v1/resources/s").await {
+    match c.delete_resource("s").await {
         Err(ClientError::Api { status, message, .. }) => {
             assert_eq!(status, 409, "{message}");
             for needle in [
@@ -114,8 +117,8 @@ async fn a_start_that_never_finishes_does_not_hold_up_a_move() {
     let c = lab.client(0).clone();
     create_stuck(
         &c,
-        json!({"argv": ["sleep", "100000"], "check": {"kind": "command", "argv": ["false"]}}),
-        json!({"pending_timeout": "1day"}),
+        ProcessParams { check: never_healthy(Dur::from_secs(5)), ..specs::process_params(&["sleep", "100000"]) },
+        ResourceProps { pending_timeout: DAY, ..Default::default() },
     )
     .await;
     let on = |name: &'static str| {

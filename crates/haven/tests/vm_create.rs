@@ -7,7 +7,8 @@
 mod common;
 
 use common::{HAVEN, Lab};
-use haven_api::{GroupView, ResourceView};
+use haven_api::specs;
+use haven_model::GroupSpec;
 use serde_json::{Value, json};
 
 fn cli(lab: &Lab, args: &[&str]) -> (Option<i32>, String, String) {
@@ -34,14 +35,8 @@ async fn vm_create_and_import_write_the_definition_and_the_resources() {
         std::fs::write(volume.join(f), b"x").expect("volume file");
     }
     let c = lab.client(0).clone();
-    let _: GroupView = c.post("/api/v1/groups", &json!({"name": "g", "online": false})).await.expect("group");
-    let _: ResourceView = c
-        .post(
-            "/api/v1/resources",
-            &json!({"name": "vol1", "group": "g", "type": "disk",
-                    "params": {"backend": "dir", "volume_id": "vol-1", "volume_name": "vol1",
-                               "path": volume.to_string_lossy()}}),
-        )
+    c.create_group(&GroupSpec { online: false, ..GroupSpec::new("g") }).await.expect("group");
+    c.create_resource(&specs::dir_disk("vol1", "g", "vol-1", "vol1", &volume.to_string_lossy()))
         .await
         .expect("disk resource");
 
@@ -76,10 +71,10 @@ async fn vm_create_and_import_write_the_definition_and_the_resources() {
         text.contains("memory_mib = 256") && text.contains("vcpus = 2") && text.contains("heartbeat = true"),
         "{text}"
     );
-    let config: ResourceView = c.get("/api/v1/resources/web-config").await.expect("web-config");
+    let config = c.resource("web-config").await.expect("web-config");
     assert_eq!(config.spec.params, json!({"path": "vol1/web/vm.toml"}));
     assert_eq!(config.spec.depends_on, ["vol1"]);
-    let vm: ResourceView = c.get("/api/v1/resources/web").await.expect("web");
+    let vm = c.resource("web").await.expect("web");
     assert_eq!(vm.spec.depends_on, ["web-config"]);
     assert_eq!(vm.spec.params["config"], json!("web-config"));
 
@@ -93,7 +88,7 @@ async fn vm_create_and_import_write_the_definition_and_the_resources() {
     assert_eq!(code, Some(1), "{err}");
     assert!(err.contains("disks[0].path") && err.contains("nope.img does not exist"), "{err}");
     assert!(!volume.join("web2/vm.toml").exists(), "a refused VM left its definition behind");
-    assert!(c.get::<Value>("/api/v1/resources/web2").await.is_err(), "a refused VM left a resource behind");
+    assert!(c.resource("web2").await.is_err(), "a refused VM left a resource behind");
 
     // Import from a QEMU command line.
     let abs = |f: &str| volume.join(f).to_string_lossy().into_owned();

@@ -19,8 +19,8 @@ use std::process::Command;
 
 use common::{HAVEN, Lab, alive, assert_guest_found_its_disk, installed, pid_in, processes_in, sigkill, test_guest};
 use haven_agent::vm_api::VmView;
-use haven_api::{GroupView, ResourceView};
-use haven_model::{Accel, ResourceState};
+use haven_api::{HistoryQuery, specs};
+use haven_model::{Accel, Dur, GroupSpec, ResourceKind, ResourceProps, ResourceSpec, ResourceState, VmParams};
 use haven_state::Event;
 use serde_json::json;
 
@@ -88,39 +88,34 @@ path = "data.img"
 /// `vm1`, then brings it online.
 async fn create_vm_group(lab: &Lab, volume: &Path, owner: &str) {
     let c = lab.client(0).clone();
-    let _: GroupView = c
-        .post("/api/v1/groups", &json!({"name": GROUP, "preferred_owners": [owner], "online": false}))
+    c.create_group(&GroupSpec { online: false, ..common::group_preferring(GROUP, &[owner]) })
         .await
         .expect("create group");
-    let _: ResourceView = c
-        .post(
-            "/api/v1/resources",
-            &json!({"name": DISK, "group": GROUP, "type": "disk",
-                    "params": {"backend": "dir", "volume_id": VOLUME_ID, "volume_name": VOLUME_NAME,
-                               "path": volume.to_string_lossy()}}),
-        )
+    c.create_resource(&specs::dir_disk(DISK, GROUP, VOLUME_ID, VOLUME_NAME, &volume.to_string_lossy()))
         .await
         .expect("create the disk resource");
-    let _: ResourceView = c
-        .post(
-            "/api/v1/resources",
-            &json!({"name": CONFIG, "group": GROUP, "type": "vm-config",
-                    "params": {"path": format!("{VOLUME_NAME}/vm1.toml")}, "depends_on": [DISK]}),
-        )
+    let config = specs::vm_config(CONFIG, GROUP, &format!("{VOLUME_NAME}/vm1.toml"));
+    c.create_resource(&ResourceSpec { depends_on: vec![DISK.into()], ..config })
         .await
         .expect("create the vm-config resource");
-    let _: ResourceView = c
-        .post(
-            "/api/v1/resources",
-            &json!({"name": VM, "group": GROUP, "type": "vm",
-                    "params": {"config": CONFIG, "heartbeat_timeout": "3s", "shutdown_timeout": "2s",
-                               "boot_timeout": "60s"},
-                    "props": {"looks_alive_interval": "500ms", "is_alive_interval": "1s", "restart_delay": "200ms"},
-                    "depends_on": [CONFIG]}),
-        )
-        .await
-        .expect("create the vm resource");
-    let _: GroupView = c.post(&format!("/api/v1/groups/{GROUP}/online"), &json!({})).await.expect("group online");
+    let params = VmParams {
+        config: CONFIG.into(),
+        heartbeat_timeout: Dur::from_secs(3),
+        shutdown_timeout: Dur::from_secs(2),
+        boot_timeout: Dur::from_secs(60),
+    };
+    let vm = ResourceSpec {
+        props: ResourceProps {
+            looks_alive_interval: Dur::from_millis(500),
+            is_alive_interval: Dur::from_secs(1),
+            restart_delay: Dur::from_millis(200),
+            ..ResourceProps::default()
+        },
+        depends_on: vec![CONFIG.into()],
+        ..specs::resource(VM, GROUP, ResourceKind::Vm, &params)
+    };
+    c.create_resource(&vm).await.expect("create the vm resource");
+    c.set_group_online(GROUP, true).await.expect("group online");
     lab.note(&format!("group {GROUP}: {DISK} -> {CONFIG} -> {VM}, preferring {owner}, online"));
 }
 
@@ -167,8 +162,7 @@ async fn group_generation(lab: &Lab, i: usize) -> u64 {
 /// Takes the group offline and waits until every resource is offline and no QEMU runs on
 /// any node, so nothing writes to the volume any more.
 async fn take_offline(lab: &Lab, via: usize) {
-    let _: GroupView =
-        lab.client(via).post(&format!("/api/v1/groups/{GROUP}/offline"), &json!({})).await.expect("group offline");
+    lab.client(via).set_group_online(GROUP, false).await.expect("group offline");
     let run_dirs: Vec<PathBuf> = (0..lab.nodes.len()).map(|i| lab.node(i).run_dir(VM)).collect();
     lab.wait_until("the group offline: every resource offline, no QEMU left on any node", 40, async || {
         for r in [VM, CONFIG, DISK] {
@@ -287,7 +281,7 @@ fn assert_one_writer_at_a_time(boots: &[Boot], alive: &[Alive], expected: &[&str
 
 /// The history of the group through node `i`.
 async fn history(lab: &Lab, i: usize) -> Vec<Event> {
-    lab.client(i).get(&format!("/api/v1/history?group={GROUP}&limit=1000")).await.expect("history")
+    lab.client(i).history(&HistoryQuery::group(GROUP).limit(1000)).await.expect("history")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -525,8 +519,7 @@ async fn vm_restarts_in_place_when_qemu_dies_or_its_guest_stops_heartbeating() {
     assert_eq!(std::fs::read_to_string(volume.join("vm1.toml")).expect("vm1.toml"), original);
     edit(smaller.clone()).await.expect("a valid edit while offline");
     assert_eq!(std::fs::read_to_string(volume.join("vm1.toml")).expect("vm1.toml"), smaller);
-    let _: serde_json::Value =
-        lab.client(other).post(&format!("/api/v1/groups/{GROUP}/online"), &json!({})).await.expect("group online");
+    lab.client(other).set_group_online(GROUP, true).await.expect("group online");
     let pid = lab
         .wait_for("the VM to start again with the edited definition", 90, async || {
             vm_view(&lab, other).await.and_then(|v| v.runtime).map(|r| r.pid)

@@ -19,9 +19,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use haven_agent::host::{kill_session, session_members};
-use haven_api::{Client, ClusterStatus, GroupView, InitResponse, NodeView, ResourceView};
-use haven_model::ResourceState;
-use serde_json::{Value, json};
+use haven_api::{Client, ClusterStatus, GroupView, NodeView, ResourceView, specs};
+use haven_model::{Dur, GroupSpec, ResourceProps, ResourceSpec, ResourceState};
+use serde_json::Value;
 
 mod guest_console;
 #[allow(unused_imports)] // only the VM tests use it
@@ -195,15 +195,11 @@ impl Lab {
         for i in 0..n {
             lab.wait_answering(i).await;
         }
-        let init: InitResponse = lab.nodes[0]
-            .client
-            .post("/api/v1/cluster/init", &json!({"name": "lab"}))
-            .await
-            .expect("cluster init failed");
+        let init = lab.nodes[0].client.init_cluster("lab").await.expect("cluster init failed");
         for i in 1..n {
-            let _: NodeView = lab.nodes[i]
+            lab.nodes[i]
                 .client
-                .post("/api/v1/cluster/join", &json!({"address": lab.nodes[0].addr, "token": init.join_token}))
+                .join_cluster(&lab.nodes[0].addr, &init.join_token)
                 .await
                 .unwrap_or_else(|e| panic!("{} could not join: {e}", lab.nodes[i].name));
         }
@@ -301,7 +297,7 @@ impl Lab {
     pub async fn wait_answering(&self, i: usize) {
         let c = &self.nodes[i].client;
         self.wait_until(&format!("{} to answer on {}", self.nodes[i].name, self.nodes[i].addr), 20, async || {
-            c.get::<Value>("/api/v1/cluster").await.is_ok()
+            c.cluster_status().await.is_ok()
         })
         .await;
     }
@@ -484,7 +480,7 @@ impl Lab {
     // ---- reads through the API (None when the node cannot answer) ----
 
     pub async fn status(&self, i: usize) -> Option<ClusterStatus> {
-        self.nodes[i].client.get("/api/v1/cluster").await.ok()
+        self.nodes[i].client.cluster_status().await.ok()
     }
 
     /// The leader's id as node `i` sees it.
@@ -493,19 +489,19 @@ impl Lab {
     }
 
     pub async fn node_list(&self, i: usize) -> Option<Vec<NodeView>> {
-        self.nodes[i].client.get("/api/v1/nodes").await.ok()
+        self.nodes[i].client.nodes().await.ok()
     }
 
     pub async fn groups(&self, i: usize) -> Option<Vec<GroupView>> {
-        self.nodes[i].client.get("/api/v1/groups").await.ok()
+        self.nodes[i].client.groups().await.ok()
     }
 
     pub async fn group(&self, i: usize, name: &str) -> Option<GroupView> {
-        self.nodes[i].client.get(&format!("/api/v1/groups/{name}")).await.ok()
+        self.nodes[i].client.group(name).await.ok()
     }
 
     pub async fn resource(&self, i: usize, name: &str) -> Option<ResourceView> {
-        self.nodes[i].client.get(&format!("/api/v1/resources/{name}")).await.ok()
+        self.nodes[i].client.resource(name).await.ok()
     }
 
     /// Whether node `i` sees `n` nodes, all up, a leader, and holds a lease itself.
@@ -535,18 +531,15 @@ impl Lab {
     /// Creates, through node `via`, group `g` preferring `owner` with one `process`
     /// resource `r` that appends evidence lines to `evidence` (see [`evidence_script`]).
     pub async fn create_evidence_group(&self, via: usize, owner: &str, evidence: &Path) {
-        let c = self.client(via).clone();
-        let _: GroupView =
-            c.post("/api/v1/groups", &json!({"name": "g", "preferred_owners": [owner]})).await.expect("create group g");
-        let _: ResourceView = c
-            .post(
-                "/api/v1/resources",
-                &json!({"name": "r", "group": "g", "type": "process",
-                        "params": {"argv": ["sh", "-c", evidence_script(evidence)]},
-                        "props": {"looks_alive_interval": "200ms"}}),
-            )
+        let c = self.client(via);
+        c.create_group(&GroupSpec { preferred_owners: vec![owner.to_string()], ..GroupSpec::new("g") })
             .await
-            .expect("create resource r");
+            .expect("create group g");
+        let r = ResourceSpec {
+            props: looks_alive(200),
+            ..specs::process("r", "g", &["sh", "-c", &evidence_script(evidence)])
+        };
+        c.create_resource(&r).await.expect("create resource r");
     }
 
     /// Runs the CLI against node `i` with `-o json` and returns its parsed output; panics
@@ -783,6 +776,19 @@ fn stat_fields(pid: i32) -> Option<Vec<String>> {
     // The command name may hold spaces and parentheses; the fields start after the last ')'.
     let rest = stat.rsplit_once(')')?.1;
     Some(rest.split_whitespace().map(str::to_string).collect())
+}
+
+// ---- request bodies ----
+
+/// Default resource properties but the cheap check every `ms` milliseconds (the lab's
+/// resources are watched closely, so failures are seen at once).
+pub fn looks_alive(ms: u64) -> ResourceProps {
+    ResourceProps { looks_alive_interval: Dur::from_millis(ms), ..ResourceProps::default() }
+}
+
+/// Group `name` preferring `owners`, in order.
+pub fn group_preferring(name: &str, owners: &[&str]) -> GroupSpec {
+    GroupSpec { preferred_owners: owners.iter().map(|o| o.to_string()).collect(), ..GroupSpec::new(name) }
 }
 
 // ---- evidence written by the resource itself ----
