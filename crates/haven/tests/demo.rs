@@ -100,7 +100,13 @@ impl Demo {
 
     /// `haven demo <action> <node> --dir <dir>`.
     fn action(&self, action: &str, node: &str) -> Output {
+        self.action_with(&[], action, node)
+    }
+
+    /// `haven <global> demo <action> <node> --dir <dir>`.
+    fn action_with(&self, global: &[&str], action: &str, node: &str) -> Output {
         let out = Command::new(HAVEN)
+            .args(global)
             .args(["demo", action, node, "--dir"])
             .arg(self.dir())
             .output()
@@ -231,9 +237,16 @@ fn demo_kill_restart_and_ctrl_c_report_what_really_happened() {
     assert!(alive(first[0]), "node1's agent still runs");
 
     // Kill node1, HAVEN_SERVER's first node: the kill is checked, the CLI moves on to node2.
-    let out = demo.action("kill", "node1");
+    // With `-o json` it says the same as JSON, with what it killed.
+    let out = demo.action_with(&["-o", "json"], "kill", "node1");
     assert!(out.status.success(), "{}", stderr(&out));
-    assert!(String::from_utf8_lossy(&out.stdout).contains("killed node1"));
+    let killed: serde_json::Value = serde_json::from_slice(&out.stdout).expect("`-o json demo kill` prints JSON");
+    assert_eq!(
+        (&killed["node"], &killed["action"], &killed["session"]),
+        (&"node1".into(), &"killed".into(), &first[0].into())
+    );
+    assert!(killed["processes"].as_u64().is_some_and(|n| n >= 1), "{killed}");
+    assert!(killed["message"].as_str().is_some_and(|m| m.contains("killed node1")), "{killed}");
     assert!(session_members(first[0]).is_empty(), "`demo kill` said so, yet node1's session has processes");
     let nodes =
         cli_until(&servers, &["node", "list"], 30, |v| statuses(v).iter().filter(|s| *s == "down").count() == 1);
