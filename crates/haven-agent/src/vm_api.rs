@@ -6,34 +6,11 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::extract::State as AxState;
-use haven_model::{Resource, ResourceKind, VmStatus};
-use serde::{Deserialize, Serialize};
-use utoipa::ToSchema;
+use haven_api::{DefinitionEdit, GuestControl, VmCreate, VmView};
+use haven_model::{Resource, ResourceKind};
 
 use crate::api::{ApiError, Body, Name};
 use crate::{Agent, SubmitError};
-
-/// A VM as the API shows it.
-#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
-pub struct VmView {
-    pub name: String,
-    pub group: String,
-    /// The node the cluster state places its group on.
-    pub owner: Option<String>,
-    /// The `vm` resource's state (`online`, `failed`, …) and where it was reported.
-    pub resource: Resource,
-    /// From the owner node: accelerator, QEMU pid, guest heartbeat. `None` if it does not
-    /// run (or the owner could not be asked).
-    pub runtime: Option<VmStatus>,
-}
-
-/// `POST /api/v1/vms/{name}/guest-control`: a line for the guest's control channel (the
-/// test guest understands `freeze`, `thaw` and `poweroff`).
-#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct GuestControl {
-    pub line: String,
-}
 
 fn vm_resource(agent: &Agent, name: &str) -> Result<Resource, ApiError> {
     let state = agent.db.state();
@@ -115,14 +92,6 @@ pub async fn guest_control(
         .await
         .map_err(|e| ApiError::new(409, "conflict", e.to_string()))?;
     Ok(Json(haven_api::GuestControlSent { sent: req.line, vm: name, node: agent.name().to_string() }))
-}
-
-/// `PUT /api/v1/vms/{name}/definition`: the new text of the VM's definition file.
-#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct DefinitionEdit {
-    /// The whole file, in the file's own syntax (TOML, or JSON for a `.json` file).
-    pub text: String,
 }
 
 /// Where the definition of `vm` lives on shared storage, seen from this node: its
@@ -233,20 +202,6 @@ pub async fn console(AxState(agent): AxState<Arc<Agent>>, Name(name): Name) -> R
     })?;
     let tail = &bytes[bytes.len().saturating_sub(64 * 1024)..];
     Ok(Json(String::from_utf8_lossy(tail).into_owned()))
-}
-
-/// `POST /api/v1/vms`: make a VM highly available in an existing group — write its
-/// definition on the group's volume and create its `vm-config` and `vm` resources.
-#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct VmCreate {
-    /// The group (must exist, with a `dir` disk resource for `volume`).
-    pub group: String,
-    /// The `disk` resource whose volume holds the definition (and, usually, the images).
-    pub volume: String,
-    /// Written to `<volume>/<name>/vm.toml`; relative paths in it are relative to that
-    /// directory. Its `name` names the VM and its resources (`<name>`, `<name>-config`).
-    pub definition: haven_model::VmDefinition,
 }
 
 #[utoipa::path(post, path = "/api/v1/vms", tag = "vms", request_body = VmCreate,
