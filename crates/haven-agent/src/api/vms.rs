@@ -9,7 +9,7 @@ use axum::extract::State as AxState;
 use haven_api::{DefinitionEdit, GuestControl, VmCreate, VmView};
 use haven_model::{Resource, ResourceKind};
 
-use crate::api::{ApiError, Body, Name};
+use super::{ApiError, Body, Name};
 use crate::{Agent, SubmitError};
 
 fn vm_resource(agent: &Agent, name: &str) -> Result<Resource, ApiError> {
@@ -52,7 +52,7 @@ async fn view(agent: &Agent, r: Resource) -> VmView {
 }
 
 #[utoipa::path(get, path = "/api/v1/vms", tag = "vms", responses((status = 200, body = [VmView])))]
-pub async fn list_vms(AxState(agent): AxState<Arc<Agent>>) -> Result<Json<Vec<VmView>>, ApiError> {
+pub(super) async fn list_vms(AxState(agent): AxState<Arc<Agent>>) -> Result<Json<Vec<VmView>>, ApiError> {
     let state = agent.db.state();
     let mut out = Vec::new();
     for r in state.resources.values().filter(|r| r.spec.kind == ResourceKind::Vm) {
@@ -62,14 +62,14 @@ pub async fn list_vms(AxState(agent): AxState<Arc<Agent>>) -> Result<Json<Vec<Vm
 }
 
 #[utoipa::path(get, path = "/api/v1/vms/{name}", tag = "vms", responses((status = 200, body = VmView), (status = 404, body = haven_api::ErrorBody)))]
-pub async fn get_vm(AxState(agent): AxState<Arc<Agent>>, Name(name): Name) -> Result<Json<VmView>, ApiError> {
+pub(super) async fn get_vm(AxState(agent): AxState<Arc<Agent>>, Name(name): Name) -> Result<Json<VmView>, ApiError> {
     let r = vm_resource(&agent, &name)?;
     Ok(Json(view(&agent, r).await))
 }
 
 #[utoipa::path(post, path = "/api/v1/vms/{name}/guest-control", tag = "vms", request_body = GuestControl,
     responses((status = 200, body = haven_api::GuestControlSent), (status = 404, body = haven_api::ErrorBody), (status = 409, body = haven_api::ErrorBody), (status = 502, body = haven_api::ErrorBody)))]
-pub async fn guest_control(
+pub(super) async fn guest_control(
     AxState(agent): AxState<Arc<Agent>>,
     Name(name): Name,
     Body(req): Body<GuestControl>,
@@ -141,7 +141,7 @@ fn definition_file(agent: &Agent, vm: &Resource) -> Result<std::path::PathBuf, A
 
 #[utoipa::path(put, path = "/api/v1/vms/{name}/definition", tag = "vms", request_body = DefinitionEdit,
     responses((status = 200, body = haven_api::DefinitionEdited), (status = 400, body = haven_api::ErrorBody), (status = 409, body = haven_api::ErrorBody)))]
-pub async fn edit_definition(
+pub(super) async fn edit_definition(
     AxState(agent): AxState<Arc<Agent>>,
     Name(name): Name,
     Body(edit): Body<DefinitionEdit, { haven_api::MAX_DEFINITION_BODY_BYTES }>,
@@ -180,7 +180,7 @@ pub async fn edit_definition(
 /// 64 KiB), from the node that runs it.
 #[utoipa::path(get, path = "/api/v1/vms/{name}/console", tag = "vms",
     responses((status = 200, body = String), (status = 404, body = haven_api::ErrorBody), (status = 409, body = haven_api::ErrorBody), (status = 502, body = haven_api::ErrorBody)))]
-pub async fn console(AxState(agent): AxState<Arc<Agent>>, Name(name): Name) -> Result<Json<String>, ApiError> {
+pub(super) async fn console(AxState(agent): AxState<Arc<Agent>>, Name(name): Name) -> Result<Json<String>, ApiError> {
     let r = vm_resource(&agent, &name)?;
     if let Some(addr) = elsewhere(&agent, &r) {
         let client = haven_api::Client::with_timeout(&addr, std::time::Duration::from_secs(5));
@@ -206,7 +206,7 @@ pub async fn console(AxState(agent): AxState<Arc<Agent>>, Name(name): Name) -> R
 
 #[utoipa::path(post, path = "/api/v1/vms", tag = "vms", request_body = VmCreate,
     responses((status = 200, body = VmView), (status = 400, body = haven_api::ErrorBody), (status = 404, body = haven_api::ErrorBody), (status = 409, body = haven_api::ErrorBody)))]
-pub async fn create_vm(
+pub(super) async fn create_vm(
     AxState(agent): AxState<Arc<Agent>>,
     Body(req): Body<VmCreate, { haven_api::MAX_DEFINITION_BODY_BYTES }>,
 ) -> Result<Json<VmView>, ApiError> {
