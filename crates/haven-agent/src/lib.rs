@@ -19,11 +19,9 @@ pub mod fence;
 pub mod host;
 pub mod lease;
 pub mod lrm;
-pub mod make_ha;
 pub mod peer;
 mod report;
 pub mod requests;
-pub mod vm_api;
 
 use std::collections::BTreeMap;
 use std::future::Future;

@@ -8,11 +8,13 @@ pub mod client;
 pub mod routes;
 pub mod specs;
 pub mod types;
+pub mod vm;
 
 pub use body::{MAX_BODY_BYTES, MAX_DEFINITION_BODY_BYTES, MAX_URI_BYTES};
 pub use client::{Client, ClientError};
 pub use routes::segment;
 pub use types::*;
+pub use vm::*;
 
 /// Prefix of every public route.
 pub const API_PREFIX: &str = "/api/v1";

@@ -10,8 +10,9 @@ use haven_model::{FenceConfig, GroupSpec, GroupUpdate, HaReport, ResourceSpec, R
 use haven_state::Event;
 
 use crate::{
-    Client, ClientError, ClusterStatus, Deleted, GroupView, HistoryQuery, InitRequest, InitResponse, JoinRequest,
-    JoinToken, MakeHaRequest, MoveRequest, NodeView, Removed, RequestView, ResourceView,
+    Client, ClientError, ClusterStatus, DefinitionEdit, DefinitionEdited, Deleted, GroupView, GuestControl,
+    GuestControlSent, HistoryQuery, InitRequest, InitResponse, JoinRequest, JoinToken, MakeHaRequest, MoveRequest,
+    NodeView, Removed, RequestView, ResourceView, VmCreate, VmView,
 };
 
 /// The prefix of every route (see [`crate::API_PREFIX`]).
@@ -191,6 +192,38 @@ impl Client {
 
     // ---- VMs ----
 
+    /// `GET /vms`: every VM, with what its owner node knows of it.
+    pub async fn vms(&self) -> Result<Vec<VmView>, ClientError> {
+        self.get(&format!("{V1}/vms")).await
+    }
+
+    /// `GET /vms/{name}` (any agent answers; the runtime comes from the owner).
+    pub async fn vm(&self, name: &str) -> Result<VmView, ClientError> {
+        self.get(&vm_path(name)).await
+    }
+
+    /// `POST /vms`: write a definition on a group's volume and create its `vm-config` and
+    /// `vm` resources.
+    pub async fn create_vm(&self, request: &VmCreate) -> Result<VmView, ClientError> {
+        self.post(&format!("{V1}/vms"), request).await
+    }
+
+    /// `GET /vms/{name}/console`: the end of the guest's serial console log.
+    pub async fn vm_console(&self, name: &str) -> Result<String, ClientError> {
+        self.get(&format!("{}/console", vm_path(name))).await
+    }
+
+    /// `PUT /vms/{name}/definition`: replace the VM's definition file with `text` (in the
+    /// file's own syntax), while the VM is offline.
+    pub async fn edit_vm_definition(&self, name: &str, text: &str) -> Result<DefinitionEdited, ClientError> {
+        self.put(&format!("{}/definition", vm_path(name)), &DefinitionEdit { text: text.to_string() }).await
+    }
+
+    /// `POST /vms/{name}/guest-control`: write `line` to the guest's control channel.
+    pub async fn guest_control(&self, name: &str, line: &str) -> Result<GuestControlSent, ClientError> {
+        self.post(&format!("{}/guest-control", vm_path(name)), &GuestControl { line: line.to_string() }).await
+    }
+
     /// `POST /vms/make-ha`: the HA wizard (the answer is its report, also when a check failed).
     pub async fn make_ha(&self, request: &MakeHaRequest) -> Result<HaReport, ClientError> {
         self.post(&format!("{V1}/vms/make-ha"), request).await
@@ -207,6 +240,10 @@ fn group_path(name: &str) -> String {
 
 fn resource_path(name: &str) -> String {
     format!("{V1}/resources/{}", segment(name))
+}
+
+fn vm_path(name: &str) -> String {
+    format!("{V1}/vms/{}", segment(name))
 }
 
 #[cfg(test)]

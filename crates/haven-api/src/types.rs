@@ -189,25 +189,6 @@ pub struct Removed {
     pub removed: String,
 }
 
-/// `POST /api/v1/vms/{name}/guest-control`: the line was written to the guest's channel.
-#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
-pub struct GuestControlSent {
-    pub sent: String,
-    pub vm: String,
-    /// The node that runs the VM.
-    pub node: String,
-}
-
-/// `PUT /api/v1/vms/{name}/definition`: the definition file was replaced.
-#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
-pub struct DefinitionEdited {
-    pub vm: String,
-    /// The file written, on this node.
-    pub file: String,
-    /// When the change takes effect: "at the VM's next start".
-    pub applies: String,
-}
-
 /// `GET /api/v1/history`: which events to return. Every filter given must match.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct HistoryQuery {
@@ -240,7 +221,7 @@ impl HistoryQuery {
     }
 }
 
-/// `GET /api/v1/requests/{id}`: the committed outcome of a request.
+/// The committed outcome of a request.
 #[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
 pub struct RequestView {
     pub request_id: String,
@@ -253,10 +234,10 @@ pub struct RequestView {
     /// Who sent it (`operator` for API writes).
     pub by: String,
     /// Why it was refused.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<ErrorDetail>,
     /// What it returned: `{kind, value}` with the object it created or changed, if any.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<Object>)]
     pub reply: Option<haven_state::Reply>,
 }

@@ -14,8 +14,7 @@ mod common;
 use std::process::Command;
 
 use common::{HAVEN, Lab, group_preferring, installed, test_guest};
-use haven_agent::vm_api::VmView;
-use haven_api::{HistoryQuery, specs};
+use haven_api::{HistoryQuery, VmView, specs};
 use haven_model::{CheckResult, Dur, HaReport, ResourceState, ResourceUpdate, VmParams};
 use serde_json::json;
 
@@ -36,7 +35,7 @@ fn cli(lab: &Lab, args: &[&str]) -> (Option<i32>, String, String) {
 /// guest heartbeats.
 async fn heartbeat(lab: &Lab, i: usize) -> Option<(String, String)> {
     let owner = lab.online_on(i, "web").await?;
-    let v: VmView = lab.client(i).get("/api/v1/vms/web").await.ok()?;
+    let v: VmView = lab.client(i).vm("web").await.ok()?;
     let rt = v.runtime?;
     (v.owner.as_deref() == Some(owner.as_str())).then_some(())?;
     rt.last_heartbeat_seq?;

@@ -9,7 +9,7 @@ mod common;
 use common::{HAVEN, Lab};
 use haven_api::specs;
 use haven_model::GroupSpec;
-use serde_json::{Value, json};
+use serde_json::json;
 
 fn cli(lab: &Lab, args: &[&str]) -> (Option<i32>, String, String) {
     let out = std::process::Command::new(HAVEN)
@@ -130,7 +130,7 @@ async fn vm_create_and_import_write_the_definition_and_the_resources() {
     for want in ["memory_mib = 1024", "vcpus = 2", "accel = \"kvm\"", "cmdline = \"quiet\"", "data.img"] {
         assert!(text.contains(want), "{want:?} missing from {text}");
     }
-    let vms: Vec<Value> = c.get("/api/v1/vms").await.expect("vms");
-    let names: Vec<&str> = vms.iter().filter_map(|v| v["name"].as_str()).collect();
+    let vms = c.vms().await.expect("vms");
+    let names: Vec<&str> = vms.iter().map(|v| v.name.as_str()).collect();
     assert_eq!(names, ["web", "web3"]);
 }

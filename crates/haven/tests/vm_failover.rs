@@ -18,8 +18,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use common::{HAVEN, Lab, alive, assert_guest_found_its_disk, installed, pid_in, processes_in, sigkill, test_guest};
-use haven_agent::vm_api::VmView;
-use haven_api::{HistoryQuery, specs};
+use haven_api::{HistoryQuery, VmView, specs};
 use haven_model::{Accel, Dur, GroupSpec, ResourceKind, ResourceProps, ResourceSpec, ResourceState, VmParams};
 use haven_state::Event;
 use serde_json::json;
@@ -119,9 +118,9 @@ async fn create_vm_group(lab: &Lab, volume: &Path, owner: &str) {
     lab.note(&format!("group {GROUP}: {DISK} -> {CONFIG} -> {VM}, preferring {owner}, online"));
 }
 
-/// `GET /api/v1/vms/vm1` through node `i` (forwarded to the owner for the runtime).
+/// VM vm1 as node `i` shows it (the request is forwarded to the owner for the runtime).
 async fn vm_view(lab: &Lab, i: usize) -> Option<VmView> {
-    lab.client(i).get(&format!("/api/v1/vms/{VM}")).await.ok()
+    lab.client(i).vm(VM).await.ok()
 }
 
 /// What a running guest shows through node `i`: (owner, boot id, heartbeat seq), once the
@@ -486,11 +485,9 @@ async fn vm_restarts_in_place_when_qemu_dies_or_its_guest_stops_heartbeating() {
     let original = std::fs::read_to_string(volume.join("vm1.toml")).expect("vm1.toml");
     let edit = |text: String| {
         let client = lab.client(other).clone();
-        async move {
-            client.put::<_, serde_json::Value>(&format!("/api/v1/vms/{VM}/definition"), &json!({ "text": text })).await
-        }
+        async move { client.edit_vm_definition(VM, &text).await }
     };
-    let refused = |r: Result<serde_json::Value, haven_api::ClientError>, status: u16, needle: &str| match r {
+    let refused = |r: Result<haven_api::DefinitionEdited, haven_api::ClientError>, status: u16, needle: &str| match r {
         Err(haven_api::ClientError::Api { status: s, message, .. }) => {
             assert_eq!(s, status, "{message}");
             assert!(message.contains(needle), "{message:?} should mention {needle:?}");

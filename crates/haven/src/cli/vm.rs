@@ -6,62 +6,12 @@
 use std::path::PathBuf;
 
 use clap::{Args, Subcommand};
-use haven_api::{Client, MakeHaRequest};
+use haven_api::{Client, MakeHaRequest, VmCreate, VmView};
 use haven_model::{Accel, VmBoot, VmDefinition, VmDisk, VmNic};
 use serde::Serialize;
 
 use super::{EXIT_REFUSED, Failure, print_done, usage, wire_value};
 use crate::output::{self, Format};
-
-// TEMPORARY until the VM wire types are in haven-api (branch `api`): then these calls
-// become methods of `haven_api::Client` like the others.
-use haven_agent::vm_api::{VmCreate, VmView};
-trait VmRoutes {
-    async fn vms(&self) -> Result<Vec<VmView>, haven_api::ClientError>;
-    async fn vm(&self, name: &str) -> Result<VmView, haven_api::ClientError>;
-    async fn create_vm(&self, req: &VmCreate) -> Result<VmView, haven_api::ClientError>;
-    async fn vm_console(&self, name: &str) -> Result<String, haven_api::ClientError>;
-    async fn edit_vm_definition(
-        &self,
-        name: &str,
-        text: &str,
-    ) -> Result<haven_api::DefinitionEdited, haven_api::ClientError>;
-    async fn guest_control(
-        &self,
-        name: &str,
-        line: &str,
-    ) -> Result<haven_api::GuestControlSent, haven_api::ClientError>;
-}
-impl VmRoutes for Client {
-    async fn vms(&self) -> Result<Vec<VmView>, haven_api::ClientError> {
-        self.get("/api/v1/vms").await
-    }
-    async fn vm(&self, name: &str) -> Result<VmView, haven_api::ClientError> {
-        self.get(&format!("/api/v1/vms/{}", haven_api::segment(name))).await
-    }
-    async fn create_vm(&self, req: &VmCreate) -> Result<VmView, haven_api::ClientError> {
-        self.post("/api/v1/vms", req).await
-    }
-    async fn vm_console(&self, name: &str) -> Result<String, haven_api::ClientError> {
-        self.get(&format!("/api/v1/vms/{}/console", haven_api::segment(name))).await
-    }
-    async fn edit_vm_definition(
-        &self,
-        name: &str,
-        text: &str,
-    ) -> Result<haven_api::DefinitionEdited, haven_api::ClientError> {
-        let body = haven_agent::vm_api::DefinitionEdit { text: text.to_string() };
-        self.put(&format!("/api/v1/vms/{}/definition", haven_api::segment(name)), &body).await
-    }
-    async fn guest_control(
-        &self,
-        name: &str,
-        line: &str,
-    ) -> Result<haven_api::GuestControlSent, haven_api::ClientError> {
-        let body = haven_agent::vm_api::GuestControl { line: line.to_string() };
-        self.post(&format!("/api/v1/vms/{}/guest-control", haven_api::segment(name)), &body).await
-    }
-}
 
 #[derive(Subcommand, Debug)]
 pub enum VmCmd {

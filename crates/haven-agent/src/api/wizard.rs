@@ -19,7 +19,8 @@ use haven_model::{
 };
 use haven_state::{Command, Request, State};
 
-use crate::api::{ApiError, Body};
+use super::cluster::require_cluster;
+use super::{ApiError, Body};
 use crate::{Agent, SubmitError, now_ms};
 
 /// Longest a forwarded wizard run may take (it scans `/proc` and runs `qemu-img`).
@@ -153,18 +154,12 @@ fn set_check8(report: &mut HaReport, result: CheckResult, message: String) {
     responses((status = 200, body = HaReport, description = "the wizard ran; `ok` says whether the VM is now highly available"),
               (status = 400, body = haven_api::ErrorBody), (status = 404, body = haven_api::ErrorBody),
               (status = 502, body = haven_api::ErrorBody)))]
-pub async fn make_ha(
+pub(super) async fn make_ha(
     AxState(agent): AxState<Arc<Agent>>,
     Body(req): Body<MakeHaRequest>,
 ) -> Result<Json<HaReport>, ApiError> {
     let state = agent.db.state();
-    if state.cluster.is_none() {
-        return Err(ApiError::new(
-            409,
-            "not_initialized",
-            "this node is not part of a cluster yet; run `haven cluster init` here or `haven cluster join <address> --token <token>`",
-        ));
-    }
+    require_cluster(&state)?;
     let node = req.node.clone().unwrap_or_else(|| agent.name().to_string());
     haven_model::validate_name("node", &node).map_err(refused)?;
     let Some(target) = state.nodes.get(&node) else {
