@@ -17,8 +17,7 @@ use axum::http::{HeaderValue, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use haven_api::{ErrorBody, ErrorDetail};
-use haven_model::Millis;
-use haven_state::{REQUEST_OUTCOME_AGE_MS, REQUEST_OUTCOME_LIMIT, Reply, StateError};
+use haven_state::{REQUEST_OUTCOME_AGE_MS, REQUEST_OUTCOME_LIMIT, StateError};
 use serde::Serialize;
 use utoipa::openapi::path::{ParameterBuilder, ParameterIn};
 use utoipa::openapi::{ContentBuilder, ObjectBuilder, Ref, Required, ResponseBuilder, Type};
@@ -146,26 +145,8 @@ pub struct OutcomeUnknownDetail {
     pub request_id: String,
 }
 
-/// The committed outcome of a request.
-#[derive(Serialize, serde::Deserialize, ToSchema)]
-pub struct RequestView {
-    pub request_id: String,
-    /// `succeeded` or `refused`.
-    pub outcome: String,
-    /// The HTTP status the request was (or would have been) answered with.
-    pub status: u16,
-    /// The proposer's time stamp of the request (ms since the Unix epoch).
-    pub at: Millis,
-    /// Who sent it (`operator` for API writes).
-    pub by: String,
-    /// Why it was refused.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub error: Option<ErrorDetail>,
-    /// What it returned: `{kind, value}` with the object it created or changed, if any.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Option<Object>)]
-    pub reply: Option<Reply>,
-}
+/// The committed outcome of a request: the wire type of `haven-api`.
+pub use haven_api::RequestView;
 
 /// Looks up the committed outcome of a write by its request id (`Idempotency-Key`).
 #[utoipa::path(get, path = "/api/v1/requests/{id}", tag = "requests",
