@@ -126,12 +126,14 @@ fn usage(message: impl Into<String>) -> Failure {
     Failure { code: EXIT_USAGE, message: message.into() }
 }
 
-/// `text`, given with option `flag`, read as the agent reads that field (a `T` of the
-/// wire types); refused (exit status 1, as the agent would refuse it) with `hint` when it
-/// does not fit.
-fn wire_value<T: DeserializeOwned>(flag: &str, text: &str, hint: &str) -> Result<T, Failure> {
-    serde_json::from_value(serde_json::Value::from(text))
-        .map_err(|e| Failure { code: EXIT_REFUSED, message: format!("{flag} {text:?} does not fit: {e}; {hint}") })
+/// `text`, given as `what` (an option, or a part of one), read as the agent reads that
+/// field (a `T` of the wire types); refused (exit status 1, as the agent would refuse it),
+/// followed by `hint` if not empty, when it does not fit.
+fn wire_value<T: DeserializeOwned>(what: &str, text: &str, hint: &str) -> Result<T, Failure> {
+    serde_json::from_value(serde_json::Value::from(text)).map_err(|e| {
+        let hint = if hint.is_empty() { String::new() } else { format!("; {hint}") };
+        Failure { code: EXIT_REFUSED, message: format!("{what} {text:?} does not fit: {e}{hint}") }
+    })
 }
 
 pub async fn run(cli: Cli) -> ExitCode {

@@ -78,7 +78,7 @@ fn fence_config(agent: Option<String>, params: &[String], action: &str, timeout:
         agent: agent.unwrap_or_default(),
         params: map,
         action: wire_value("--action", action, "use off or reboot")?,
-        timeout: wire_value("--timeout", timeout, "write it like 30s or 2m")?,
+        timeout: wire_value("--timeout", timeout, "")?,
     })
 }
 

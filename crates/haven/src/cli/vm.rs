@@ -173,9 +173,11 @@ fn parse_disk(text: &str) -> Result<VmDisk, Failure> {
     let mut disk = VmDisk { path: path.to_string(), format: Default::default(), interface: Default::default() };
     for p in parts {
         match p.split_once('=') {
-            Some(("format", f)) => disk.format = wire_value("--disk … format=", f, "use raw or qcow2")?,
+            Some(("format", f)) => {
+                disk.format = wire_value(&format!("--disk {text:?}: format"), f, "use raw or qcow2")?
+            }
             Some(("if", i)) | Some(("interface", i)) => {
-                disk.interface = wire_value("--disk … if=", i, "use virtio or ide")?
+                disk.interface = wire_value(&format!("--disk {text:?}: if"), i, "use virtio or ide")?
             }
             _ => return Err(usage(format!("--disk {text:?}: {p:?} is not format=… or if=…"))),
         }
@@ -229,8 +231,12 @@ fn definition_from_qemu(name: &str, argv: &[String]) -> Result<(VmDefinition, Ve
                 for p in v.split(',') {
                     match p.split_once('=') {
                         Some(("file", f)) => path = Some(f.to_string()),
-                        Some(("format", f)) => format = wire_value("-drive … format=", f, "use raw or qcow2")?,
-                        Some(("if", i)) => interface = wire_value("-drive … if=", i, "use virtio or ide")?,
+                        Some(("format", f)) => {
+                            format = wire_value(&format!("-drive {v:?}: format"), f, "use raw or qcow2")?
+                        }
+                        Some(("if", i)) => {
+                            interface = wire_value(&format!("-drive {v:?}: if"), i, "use virtio or ide")?
+                        }
                         _ => ignored.push(format!("-drive …{p}")),
                     }
                 }
