@@ -46,6 +46,17 @@ impl LeaseKeeper {
         self.at(Instant::now())
     }
 
+    /// The lease as it is now, and the core's clock reading of now.
+    pub fn snapshot(&self) -> (Lease, Micros) {
+        let now = self.now();
+        (self.with(|l| l.clone()), now)
+    }
+
+    /// A reading of the core's clock as a tokio instant.
+    pub fn instant(&self, t: Micros) -> Instant {
+        instant_after(self.epoch, Duration::from_micros(t))
+    }
+
     /// Whether the lease is valid now.
     pub fn valid(&self) -> bool {
         let now = self.now();

@@ -243,25 +243,10 @@ impl Agent {
         m.current_leader == Some(self.db.node_id()) && m.state.is_leader()
     }
 
-    /// Records what a local resource is doing, in the background and in order.
-    pub fn report(&self, resource: &str, state: haven_model::ResourceState, reason: Option<String>, failure: bool) {
-        self.reports.send(Command::ReportResource {
-            node: self.config.name.clone(),
-            resource: resource.to_string(),
-            state,
-            reason,
-            failure,
-        });
-    }
-
-    /// Tells the cluster, after this node's status reports so far, that it stopped every
-    /// resource of `group`, which it was asked to hand off at placement `generation`.
-    pub fn release(&self, group: &str, generation: u64) {
-        self.reports.send(Command::ReleaseGroup {
-            node: self.config.name.clone(),
-            group: group.to_string(),
-            generation,
-        });
+    /// Sends a status report of the local resource manager (`ReportResource`,
+    /// `ReleaseGroup`) to the cluster, in the background and in order.
+    pub fn send_report(&self, report: Command) {
+        self.reports.send(report);
     }
 }
 
