@@ -88,7 +88,6 @@
 pub mod clock;
 pub mod cluster_db;
 pub mod invariants;
-pub mod lrm;
 pub mod network;
 pub mod node;
 pub mod rng;
@@ -159,6 +158,37 @@ pub enum BrokenRule {
     /// instead of a majority's (`haven_raft::contact`): a leader that was cut off from the
     /// old one counts their leases as long over.
     OwnContactOnly,
+    /// The LRM keeps resources running (and starts them) after the lease ended: no
+    /// self-fencing (`haven_node::LrmRule::RunPastLease`).
+    RunPastLease,
+    /// The LRM starts a resource once it holds a lease, before it applied the state the
+    /// leader had at the grant (`haven_node::LrmRule::StartBeforeCatchUp`).
+    StartBeforeCatchUp,
+    /// The target of a handoff starts the group as soon as the handoff is committed,
+    /// before the old owner released it (`haven_node::LrmRule::StartBeforeRelease`).
+    StartBeforeRelease,
+}
+
+impl BrokenRule {
+    /// Every rule with its `--broken` name.
+    pub const ALL: [(&'static str, BrokenRule); 7] = [
+        ("skip-lease-wait", BrokenRule::SkipLeaseWait),
+        ("lease-from-receipt", BrokenRule::LeaseFromReceipt),
+        ("unguarded-grant", BrokenRule::UnguardedGrant),
+        ("own-contact-only", BrokenRule::OwnContactOnly),
+        ("run-past-lease", BrokenRule::RunPastLease),
+        ("start-before-catch-up", BrokenRule::StartBeforeCatchUp),
+        ("start-before-release", BrokenRule::StartBeforeRelease),
+    ];
+
+    /// The `--broken` name.
+    pub fn name(self) -> &'static str {
+        BrokenRule::ALL.iter().find(|(_, r)| *r == self).map(|(n, _)| *n).unwrap_or("?")
+    }
+
+    pub fn by_name(name: &str) -> Option<BrokenRule> {
+        BrokenRule::ALL.iter().find(|(n, _)| *n == name).map(|(_, r)| *r)
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -242,13 +272,7 @@ pub fn replay_command(seed: u64, opts: &Options) -> String {
         cmd.push_str(" --no-moves");
     }
     if let Some(b) = opts.broken {
-        let name = match b {
-            BrokenRule::SkipLeaseWait => "skip-lease-wait",
-            BrokenRule::LeaseFromReceipt => "lease-from-receipt",
-            BrokenRule::UnguardedGrant => "unguarded-grant",
-            BrokenRule::OwnContactOnly => "own-contact-only",
-        };
-        cmd.push_str(&format!(" --broken {name}"));
+        cmd.push_str(&format!(" --broken {}", b.name()));
     }
     cmd
 }

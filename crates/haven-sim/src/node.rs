@@ -1,19 +1,18 @@
 //! One simulated node: its clock, its applied copy of the cluster state, its lease keeper,
 //! its leader-side bookkeeping (used only while it leads), its status-report queue and one
-//! LRM worker per group.
+//! `haven_node::GroupLrm` per group (the agent's own local resource manager).
 //!
 //! Plain data: the simulator (`sim`) drives it. What survives a crash is what the agent
 //! keeps on disk — the applied state (Raft log and state machine in redb); everything else
-//! (lease, heartbeats seen, queued reports, workers) is lost, and every resource it ran is
+//! (lease, heartbeats seen, queued reports, the LRM cores) is lost, and every resource it ran is
 //! gone (the process driver ties resources to the agent's life).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
-use haven_node::{Lease, ReportQueue};
+use haven_node::{GroupLrm, Lease, ReportQueue};
 use haven_state::{Request, State};
 
 use crate::clock::{Clock, Micros};
-use crate::lrm::{Op, Worker};
 
 #[derive(Debug)]
 pub struct Node {
@@ -31,9 +30,18 @@ pub struct Node {
     pub leader_side: LeaderSide,
     /// Status reports not yet committed: the agent's `haven_node::ReportQueue`.
     pub reports: ReportQueue,
-    pub workers: BTreeMap<String, Worker>,
-    /// Per group: the driver call in progress and its id.
-    pub busy: BTreeMap<String, (Op, u64)>,
+    /// Per group: the agent's local resource manager core.
+    pub workers: BTreeMap<String, GroupLrm>,
+    /// Per group: the id of the driver call in progress (its `OpDone` event carries it; an
+    /// abandoned call's completion is ignored).
+    pub busy: BTreeMap<String, u64>,
+    /// Resources whose process broke on this node (the world, not the node's knowledge):
+    /// the next check finds them failed.
+    pub broken: BTreeSet<String>,
+    /// True times at which an `LrmWake` is already scheduled.
+    pub wakes: BTreeSet<Micros>,
+    /// A slow disk: until (true time), and how late (µs) at most it applies entries.
+    pub slow_disk: Option<(Micros, Micros)>,
     /// `haven_raft::contact`: per leader term, when (local µs) this node last vouched for
     /// that term's leader (acknowledged its leadership check, or received a renewal as
     /// that leader); lost in a crash.
@@ -70,8 +78,11 @@ impl Node {
             lease: Lease::new(),
             leader_side: LeaderSide::default(),
             reports: ReportQueue::new(),
-            workers: groups.iter().map(|g| (g.clone(), Worker::default())).collect(),
+            workers: groups.iter().map(|g| (g.clone(), GroupLrm::new(g))).collect(),
             busy: BTreeMap::new(),
+            broken: BTreeSet::new(),
+            wakes: BTreeSet::new(),
+            slow_disk: None,
             contact: BTreeMap::new(),
             contact_floor: clock.local(0),
         }
@@ -110,8 +121,10 @@ impl Node {
         self.lease.forget();
         self.leader_side = LeaderSide::default();
         self.reports.clear();
-        self.workers.values_mut().for_each(|w| *w = Worker::default());
+        self.workers.values_mut().for_each(|w| *w = GroupLrm::new(w.group()));
         self.busy.clear();
+        self.broken.clear();
+        self.wakes.clear();
         self.contact.clear();
     }
 

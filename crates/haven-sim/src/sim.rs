@@ -18,12 +18,12 @@ use haven_state::{Command, Request};
 use crate::clock::{Clock, EPOCH_US, Micros};
 use crate::cluster_db::ClusterDb;
 use crate::invariants::{Running, Violation, check_handoffs_done, check_idle, check_liveness};
-use crate::lrm::{Op, Report, Step, View};
 use crate::network::{NORMAL_DELAY_US, Network};
 use crate::node::Node;
 use crate::rng::Rng;
 use crate::scenario::{self, Fault};
 use crate::{BrokenRule, Options, Outcome, Stats};
+use haven_node::lrm::{self, Health, LrmRule, Op, Step, View};
 
 /// `12.345s`: simulated true time as the trace shows it.
 pub fn fmt_time(t: Micros) -> String {
@@ -91,6 +91,8 @@ enum Ev {
         inc: u64,
         group: usize,
         id: u64,
+        /// A start or graceful stop that fails.
+        fails: bool,
     },
     ReportSend {
         node: usize,
@@ -434,11 +436,13 @@ impl Sim {
             }
             Ev::LrmWake { node, inc } => {
                 if self.live(node, inc) {
+                    let now = self.now;
+                    self.nodes[node].wakes.retain(|t| *t > now);
                     self.lrm_eval(node);
                 }
             }
             Ev::LeaseEnd { node, inc } => self.lease_end(node, inc),
-            Ev::OpDone { node, inc, group, id } => self.op_done(node, inc, group, id),
+            Ev::OpDone { node, inc, group, id, fails } => self.op_done(node, inc, group, id, fails),
             Ev::ReportSend { node, inc } => self.report_send(node, inc),
             Ev::ReportArrive { node, inc, leader, cmd } => self.report_arrive(node, inc, leader, cmd),
             Ev::ReportRetry { node, inc } => {
@@ -697,63 +701,85 @@ impl Sim {
                 continue;
             }
             let inc = n.incarnation;
-            let d = if i == leader {
+            // A slow disk delays the apply, not the network (the leader's own is never
+            // slow here: its grants assume it applied everything committed).
+            let lag = match n.slow_disk {
+                Some((until, lag)) if self.now < until && i != leader => Some(lag),
+                _ => None,
+            };
+            let mut d = if i == leader {
                 self.rng.range(50, 1000)
             } else {
                 let (lo, hi) = self.net.delay_us;
                 self.rng.range(lo, hi) + self.rng.range(100, 2_000)
             };
+            if let Some(lag) = lag {
+                d += self.rng.range(lag / 2, lag);
+            }
             self.after(d, Ev::Apply { node: i, inc, upto });
         }
     }
 
     // ----- local resource manager -------------------------------------------------------
 
+    /// The agent's `lrm` worker loop, for every group of `node`: the shared core
+    /// (`haven_node::GroupLrm`) decides; this only makes its driver calls take time.
     fn lrm_eval(&mut self, node: usize) {
         if !self.nodes[node].alive {
             return;
         }
-        let now = self.now;
-        let local = self.nodes[node].local(now);
+        let local = self.nodes[node].local(self.now);
         if let Some(valid) = self.nodes[node].lease.noticed(local) {
             self.note(|s| format!("{}: lease {}", s.names[node], if valid { "acquired" } else { "lost" }));
         }
+        let rule = self.lrm_rule();
         for gi in 0..self.groups.len() {
+            let gname = self.groups[gi].clone();
             let n = &mut self.nodes[node];
-            let group = &self.groups[gi];
-            if n.busy.contains_key(group) {
-                continue;
-            }
-            let view = View {
-                me: &n.name,
-                group,
-                state: &n.applied,
-                may_run: n.may_run(now),
-                lease_valid: n.lease_valid(now),
-                now: n.clock.local(now),
-            };
-            let mut reports = Vec::new();
-            let worker = n.workers.get_mut(group).expect("a worker per group");
-            let step = worker.next_step(&view, &mut reports);
-            let release = worker.release.take();
-            self.queue_reports(node, reports);
-            if let Some(generation) = release {
-                let group = self.groups[gi].clone();
-                let n = &mut self.nodes[node];
-                n.reports.push(Command::ReleaseGroup { node: n.name.clone(), group, generation });
-                if !n.reports.in_flight() {
-                    let inc = n.incarnation;
-                    self.after(0, Ev::ReportSend { node, inc });
+            let Some(mut core) = n.workers.remove(&gname) else { continue };
+            let mut out = Vec::new();
+            let (mut begin, mut wake, mut abandoned) = (None, None, None);
+            {
+                let view = View {
+                    me: &n.name,
+                    state: &n.applied,
+                    applied: n.applied_index as u64,
+                    lease: &n.lease,
+                    now: local,
+                    stopping: false,
+                    rule,
+                };
+                if let Some(op) = core.busy().cloned() {
+                    // `raced` in the agent: a start or check in progress may be abandoned.
+                    match core.interrupt(&view) {
+                        Some(why) => {
+                            n.busy.remove(&gname);
+                            core.done(&view, lrm::Outcome::Interrupted(why), &mut out);
+                            abandoned = Some((op, why));
+                        }
+                        None => wake = core.deadline(&view),
+                    }
+                }
+                if core.busy().is_none() {
+                    match core.next(&view, &mut out) {
+                        Step::Begin(op) => {
+                            wake = core.deadline(&view);
+                            begin = Some(op);
+                        }
+                        Step::Idle { wake_at } => wake = wake_at,
+                    }
                 }
             }
-            match step {
-                Step::Idle { wake_at: Some(w) } => {
-                    let t = self.nodes[node].clock.true_at(w);
-                    let inc = self.nodes[node].incarnation;
-                    self.at(t, Ev::LrmWake { node, inc });
-                }
-                Step::Idle { wake_at: None } => {}
-                Step::Begin(op) => self.begin_op(node, gi, op),
+            n.workers.insert(gname, core);
+            if let Some((op, why)) = abandoned {
+                self.note(|s| format!("{}: {} abandoned ({why:?})", s.names[node], describe_op(&op)));
+            }
+            self.queue_reports(node, out);
+            if let Some(w) = wake {
+                self.wake(node, w);
+            }
+            if let Some(op) = begin {
+                self.begin_op(node, gi, op);
             }
             if self.done {
                 return;
@@ -761,56 +787,61 @@ impl Sim {
         }
     }
 
+    /// The node's lease may have ended: the core abandons a start or check in progress
+    /// and self-fences.
     fn lease_end(&mut self, node: usize, inc: u64) {
-        if !self.live(node, inc) || self.nodes[node].lease_valid(self.now) {
-            return;
+        if self.live(node, inc) {
+            self.lrm_eval(node);
         }
-        // `within_lease`: a start still running at the lease end is abandoned and what it
-        // started is killed at once.
-        let starting: Vec<(String, String)> = self.nodes[node]
-            .busy
-            .iter()
-            .filter_map(|(g, (op, _))| match op {
-                Op::Start(r) => Some((g.clone(), r.clone())),
-                _ => None,
-            })
-            .collect();
-        for (g, r) in starting {
-            let n = &mut self.nodes[node];
-            n.busy.remove(&g);
-            n.workers.get_mut(&g).expect("a worker per group").start_cut_short(&r);
-            self.running.end(&r, node);
-            self.note(|s| format!("{}: lease ended during the start of {r}; killed it", s.names[node]));
+    }
+
+    fn lrm_rule(&self) -> LrmRule {
+        match self.opts.broken {
+            Some(BrokenRule::RunPastLease) => LrmRule::RunPastLease,
+            Some(BrokenRule::StartBeforeCatchUp) => LrmRule::StartBeforeCatchUp,
+            Some(BrokenRule::StartBeforeRelease) => LrmRule::StartBeforeRelease,
+            _ => LrmRule::Safe,
         }
-        self.lrm_eval(node);
+    }
+
+    /// An `LrmWake` of `node` at its local time `local`, unless one is due then already.
+    fn wake(&mut self, node: usize, local: u64) {
+        let n = &mut self.nodes[node];
+        let t = n.clock.true_at(local).max(self.now);
+        if n.wakes.insert(t) {
+            let inc = n.incarnation;
+            self.at(t, Ev::LrmWake { node, inc });
+        }
     }
 
     fn begin_op(&mut self, node: usize, group: usize, op: Op) {
-        let d = match op {
-            Op::Start(_) => self.rng.range(50, 500),
-            Op::Stop { kill: true, .. } => self.rng.range(1, 20),
-            Op::Stop { .. } | Op::StopFailed(_) => self.rng.range(10, 300),
-        } * MS;
-        let res = op.resource().to_string();
-        let verb = match op {
-            Op::Start(_) => "starts",
-            Op::Stop { kill: true, .. } => "kills (self-fence)",
-            Op::Stop { .. } => "stops",
-            Op::StopFailed(_) => "stops failed",
+        // A start fails now and then, a few hang past their pending timeout, a graceful
+        // stop fails now and then (tried again by the core); kills and checks never fail.
+        let faults = self.faults_on;
+        let (d, fails) = match op {
+            Op::Start { .. } if faults && self.rng.chance(0.01) => (3_600_000, false),
+            Op::Start { .. } => (self.rng.range(50, 500), faults && self.rng.chance(0.03)),
+            Op::Stop { kill: true, .. } => (self.rng.range(1, 20), false),
+            Op::Stop { .. } => (self.rng.range(10, 300), faults && self.rng.chance(0.02)),
+            Op::Check { .. } => (self.rng.range(1, 30), false),
         };
-        self.note(|s| format!("{}: {verb} {res} (takes {}ms)", s.names[node], d / MS));
-        if let Op::Start(_) = op {
+        let d = d * MS;
+        if !matches!(op, Op::Check { .. }) {
+            let what = describe_op(&op);
+            self.note(|s| format!("{}: {what} (takes {}ms)", s.names[node], d / MS));
+        }
+        if let Op::Start { resource } = &op {
             self.stats.starts += 1;
-            if let Err(v) = self.running.begin(self.now, &res, node, &self.names) {
-                let detail = self.explain_owners(&res);
+            if let Err(v) = self.running.begin(self.now, resource, node, &self.names) {
+                let detail = self.explain_owners(resource);
                 self.violate(v.invariant, format!("{}; {detail}", v.message));
             }
         }
         self.op_seq += 1;
         let id = self.op_seq;
         let inc = self.nodes[node].incarnation;
-        self.nodes[node].busy.insert(self.groups[group].clone(), (op, id));
-        self.after(d, Ev::OpDone { node, inc, group, id });
+        self.nodes[node].busy.insert(self.groups[group].clone(), id);
+        self.after(d, Ev::OpDone { node, inc, group, id, fails });
     }
 
     /// What each node believed when two of them ran one resource (for the violation).
@@ -822,15 +853,18 @@ impl Sim {
             .into_iter()
             .map(|i| {
                 let n = &self.nodes[i];
-                let owner = n.applied.groups.get(&group).and_then(|g| g.owner.clone()).unwrap_or("-".into());
+                let g = n.applied.groups.get(&group);
+                let owner = g.and_then(|g| g.owner.clone()).unwrap_or("-".into());
+                let handoff = g.and_then(|g| g.handoff.as_ref()).map(|h| format!(", handoff {} -> {}", h.from, h.to));
                 let lease = match n.lease.valid_until() {
                     Some(u) => format!("lease until local {}", fmt_time(u.saturating_sub(n.clock.local(0)))),
                     None => "no lease".to_string(),
                 };
                 format!(
-                    "{}: applied #{} says owner {owner}, {lease}, may_run {}",
+                    "{}: applied #{} says owner {owner}{}, {lease}, may_run {}",
                     n.name,
                     n.applied_index,
+                    handoff.unwrap_or_default(),
                     n.may_run(self.now)
                 )
             })
@@ -839,37 +873,67 @@ impl Sim {
         format!("committed owner of {group}: {owner}; {}", parts.join("; "))
     }
 
-    fn op_done(&mut self, node: usize, inc: u64, group: usize, id: u64) {
+    fn op_done(&mut self, node: usize, inc: u64, group: usize, id: u64, fails: bool) {
         if !self.live(node, inc) {
             return;
         }
         let gname = self.groups[group].clone();
-        let Some((op, op_id)) = self.nodes[node].busy.remove(&gname) else { return };
-        if op_id != id {
-            self.nodes[node].busy.insert(gname, (op, op_id));
+        let rule = self.lrm_rule();
+        let n = &mut self.nodes[node];
+        if n.busy.get(&gname) != Some(&id) {
+            return; // abandoned meanwhile
+        }
+        n.busy.remove(&gname);
+        let Some(mut core) = n.workers.remove(&gname) else { return };
+        let Some(op) = core.busy().cloned() else {
+            n.workers.insert(gname, core);
             return;
-        }
-        let start_fails = matches!(op, Op::Start(_)) && self.faults_on && self.rng.chance(0.03);
-        let mut reports = Vec::new();
-        let worker = self.nodes[node].workers.get_mut(&gname).expect("a worker per group");
-        if start_fails {
-            worker.start_failed(op.resource());
-        } else {
-            worker.finish(&op, &mut reports);
-        }
-        if matches!(op, Op::Stop { .. } | Op::StopFailed(_)) {
-            self.running.end(op.resource(), node);
-        }
+        };
         let res = op.resource().to_string();
-        self.note(|s| {
-            let what = match (&op, start_fails) {
-                (Op::Start(_), true) => "start failed",
-                (Op::Start(_), false) => "online",
-                _ => "stopped",
-            };
-            format!("{}: {res} {what}", s.names[node])
-        });
-        self.queue_reports(node, reports);
+        let outcome = match &op {
+            Op::Start { .. } if fails => lrm::Outcome::Started(Err("exit status 1".to_string())),
+            Op::Start { .. } => {
+                n.broken.remove(&res);
+                lrm::Outcome::Started(Ok(()))
+            }
+            Op::Stop { .. } if fails => lrm::Outcome::Stopped(Err("the process did not exit".to_string())),
+            Op::Stop { .. } => {
+                n.broken.remove(&res);
+                lrm::Outcome::Stopped(Ok(()))
+            }
+            Op::Check { .. } if n.broken.contains(&res) => {
+                lrm::Outcome::Checked(Health::Failed("the process is gone".into()))
+            }
+            Op::Check { .. } => lrm::Outcome::Checked(Health::Running),
+        };
+        let mut out = Vec::new();
+        let local = n.local(self.now);
+        let view = View {
+            me: &n.name,
+            state: &n.applied,
+            applied: n.applied_index as u64,
+            lease: &n.lease,
+            now: local,
+            stopping: false,
+            rule,
+        };
+        core.done(&view, outcome.clone(), &mut out);
+        n.workers.insert(gname, core);
+        if let lrm::Outcome::Stopped(Ok(())) = outcome {
+            self.running.end(&res, node);
+        }
+        let what = match (&op, &outcome) {
+            (_, lrm::Outcome::Started(Ok(()))) => Some("online"),
+            (_, lrm::Outcome::Started(Err(_))) => Some("start failed"),
+            (_, lrm::Outcome::Stopped(Ok(()))) => Some("stopped"),
+            (_, lrm::Outcome::Stopped(Err(_))) => Some("stop failed"),
+            (_, lrm::Outcome::Checked(Health::Failed(_))) => Some("found failed by its check"),
+            _ => None,
+        };
+        if let Some(what) = what {
+            self.note(|s| format!("{}: {res} {what}", s.names[node]));
+        }
+        self.queue_reports(node, out);
         self.lrm_eval(node);
     }
 
@@ -881,11 +945,11 @@ impl Sim {
         self.after(d, Ev::NextResourceFault);
         let mut candidates = Vec::new();
         for (i, n) in self.nodes.iter().enumerate().filter(|(_, n)| n.alive) {
-            for (g, w) in &n.workers {
-                let busy = n.busy.get(g).map(|(op, _)| op.resource().to_string());
-                for r in &w.running {
-                    if !w.broken.contains_key(r) && busy.as_deref() != Some(r.as_str()) {
-                        candidates.push((i, g.clone(), r.clone()));
+            for w in n.workers.values() {
+                let busy = w.busy().map(|op| op.resource().to_string());
+                for r in w.running() {
+                    if !n.broken.contains(r) && busy.as_deref() != Some(r) {
+                        candidates.push((i, r.to_string()));
                     }
                 }
             }
@@ -893,32 +957,20 @@ impl Sim {
         if candidates.is_empty() {
             return;
         }
-        let (node, group, res) = candidates[self.rng.below(candidates.len())].clone();
-        let n = &mut self.nodes[node];
-        let local = n.local(self.now);
-        let detect = local + self.rng.range(0, 1_000) * MS;
-        n.workers.get_mut(&group).expect("a worker per group").broken.insert(res.clone(), detect);
-        let t = n.clock.true_at(detect);
-        let inc = n.incarnation;
-        self.at(t, Ev::LrmWake { node, inc });
+        let (node, res) = candidates[self.rng.below(candidates.len())].clone();
+        self.nodes[node].broken.insert(res.clone());
         self.note(|s| format!("fault: {res} breaks on {}", s.names[node]));
     }
 
     // ----- status reports -------------------------------------------------------------
 
-    fn queue_reports(&mut self, node: usize, reports: Vec<Report>) {
+    fn queue_reports(&mut self, node: usize, reports: Vec<Command>) {
         if reports.is_empty() {
             return;
         }
         let n = &mut self.nodes[node];
         for r in reports {
-            n.reports.push(Command::ReportResource {
-                node: n.name.clone(),
-                resource: r.resource,
-                state: r.state,
-                reason: r.reason,
-                failure: r.failure,
-            });
+            n.reports.push(r);
         }
         if !n.reports.in_flight() {
             let inc = n.incarnation;
@@ -1118,6 +1170,10 @@ impl Sim {
                 self.note(|_| format!("fault: one-way delays up to {max_ms}ms for {for_ms}ms"));
                 self.after(for_ms * MS, Ev::SlowEnd);
             }
+            Fault::SlowDisk { node, lag_ms, for_ms } => {
+                self.nodes[node].slow_disk = Some((self.now + for_ms * MS, lag_ms * MS));
+                self.note(|s| format!("fault: {} applies up to {lag_ms}ms late for {for_ms}ms", s.names[node]));
+            }
         }
     }
 
@@ -1166,9 +1222,11 @@ impl Sim {
             (0..self.nodes.len())
                 .filter(|i| {
                     let n = &self.nodes[*i];
-                    let stopping =
-                        n.busy.get(group).is_some_and(|(op, _)| op.resource() == res && !matches!(op, Op::Start(_)));
-                    n.alive && n.workers.get(group).is_some_and(|w| w.running.contains(res)) && !stopping
+                    let w = n.workers.get(group);
+                    let stopping = w
+                        .and_then(|w| w.busy())
+                        .is_some_and(|op| op.resource() == res && matches!(op, Op::Stop { .. }));
+                    n.alive && w.is_some_and(|w| w.is_running(res)) && !stopping
                 })
                 .collect()
         };
@@ -1195,5 +1253,16 @@ fn describe_report(c: &Command) -> String {
             format!("{resource} {state:?}{f}{why}")
         }
         other => format!("{other:?}"),
+    }
+}
+
+/// A driver call as the trace shows it (`starts web`, `kills web (self-fence)`).
+fn describe_op(op: &Op) -> String {
+    match op {
+        Op::Start { resource } => format!("starts {resource}"),
+        Op::Stop { resource, kill: true, .. } => format!("kills {resource} (self-fence)"),
+        Op::Stop { resource, reason: None, .. } => format!("stops failed {resource}"),
+        Op::Stop { resource, .. } => format!("stops {resource}"),
+        Op::Check { resource, depth } => format!("checks {resource} ({depth:?})"),
     }
 }

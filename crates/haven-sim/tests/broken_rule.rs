@@ -67,3 +67,30 @@ fn bounding_earlier_leases_by_the_new_leaders_own_contact_is_caught() {
     let out = first_two_owners(&opts, 4_000);
     assert_trace_names_both_owners(&out);
 }
+
+// The local resource manager's rules, switched off in the shared `haven_node::lrm` code
+// that the agent runs (`LrmRule`), not in a copy.
+
+#[test]
+fn running_past_the_lease_is_caught() {
+    // No self-fencing: a node cut off keeps its groups while the majority moves them.
+    let opts = Options { broken: Some(BrokenRule::RunPastLease), ..Options::default() };
+    let out = first_two_owners(&opts, 50);
+    assert_trace_names_both_owners(&out);
+}
+
+#[test]
+fn starting_before_catching_up_is_caught() {
+    // A node with a slow disk gets a lease while its applied state still names it owner of
+    // a group placed elsewhere since; the first violation is at seed 125.
+    let opts = Options { broken: Some(BrokenRule::StartBeforeCatchUp), ..Options::default() };
+    let out = first_two_owners(&opts, 600);
+    assert_trace_names_both_owners(&out);
+}
+
+#[test]
+fn a_handoff_target_starting_before_the_release_is_caught() {
+    let opts = Options { broken: Some(BrokenRule::StartBeforeRelease), ..Options::default() };
+    let out = first_two_owners(&opts, 50);
+    assert_trace_names_both_owners(&out);
+}
