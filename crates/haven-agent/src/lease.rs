@@ -63,13 +63,6 @@ impl LeaseKeeper {
         self.with(|l| l.valid(now))
     }
 
-    /// When the lease ends, if it is valid.
-    pub fn valid_until(&self) -> Option<Instant> {
-        let now = self.now();
-        let until = self.with(|l| l.valid_until().filter(|_| l.valid(now)))?;
-        Some(instant_after(self.epoch, Duration::from_micros(until)))
-    }
-
     /// Valid lease and the local state is at least as new as the leader's was.
     pub fn may_run(&self, applied_index: u64) -> bool {
         let now = self.now();

@@ -33,15 +33,18 @@
 //!   counts as a contact), or its election if no majority is reachable;
 //!   it commits decisions one write at a time (1–5 ms each), stopping at the first that
 //!   does not commit, so grants and reports interleave with a tick's commits.
-//! - **LRM** (`lrm`): one worker per group, one driver call at a time, start 50–500 ms,
-//!   stop 10–300 ms, dependency order, `may_run` before each start, self-fence (stop all)
-//!   when the lease is gone, noticed within the agent's 100 ms tick; injected resource
-//!   failures are noticed at the next LooksAlive check and handled with the real
-//!   `restart_decision`, then reported; status reports go through the agent's own
+//! - **LRM**: one `haven_node::GroupLrm` per group and node — the agent's own local
+//!   resource manager, driven with the node's applied state, lease and clock. The
+//!   simulator only makes its driver calls take time: start 50–500 ms (3 % fail, 1 % hang
+//!   until the pending timeout cuts them), graceful stop 10–300 ms (2 % fail and are
+//!   retried by the core), kill 1–20 ms, check 1–30 ms (finds an injected failure).
+//!   Starts and checks in progress are abandoned when the core says so
+//!   (`GroupLrm::interrupt`); status reports go through the agent's own
 //!   `haven_node::ReportQueue` (order, duplicates dropped, retried unless superseded).
 //! - **Faults** (`scenario`): message loss, slow network (one-way delay up to 1.4 s),
-//!   partitions (random split, healed later), node crash and restart, leader crash,
-//!   resource failures, failed starts. A crashed node runs nothing; a partitioned node's
+//!   partitions (random split, healed later), node crash and restart, leader crash, a
+//!   slow disk on one node (applies up to 3 s late while renewals stay fast), resource
+//!   failures, failed and hung starts, failed stops. A crashed node runs nothing; a partitioned node's
 //!   resources keep running until its own lease logic stops them.
 //!
 //! # What is abstracted, and why
