@@ -6,9 +6,10 @@
 //! when to release a group handed off. This module only executes them: one worker task per
 //! group that has something to do here (so a slow start in one group does not delay checks
 //! in another), feeding the core what this node sees (its applied state, its lease, its
-//! clock) and running the calls it asks for on the real drivers. A start or a check is
-//! raced against every change of the state or the lease and against the core's deadline
-//! (the lease end, the pending timeout), and dropped the moment the core says to abandon it.
+//! clock) and running the calls it asks for on the real drivers. A start, a check or a
+//! graceful stop is raced against every change of the state or the lease and against the
+//! core's deadline (the lease end, the pending timeout), and dropped the moment the core
+//! says to abandon it.
 //!
 //! At start-up the manager first probes which resources are really running here and hands
 //! them to the cores as adopted, so an agent restart neither loses track of them nor starts
@@ -246,9 +247,14 @@ async fn execute(agent: &Agent, g: &mut Group, op: &Op, state: &State, stop: &wa
                 tracing::info!(resource, group = %g.core.group(), reason = reason.as_deref().unwrap_or(""), "stopping");
             }
             // Self-fencing has no time for graceful stops: the rest of the cluster may
-            // start it once the margin after our lease has passed.
-            let stopped = if *kill { driver.stop_within(&ctx, Duration::ZERO).await } else { driver.stop(&ctx).await };
-            Outcome::Stopped(stopped.map_err(|e| e.to_string()))
+            // start it once the margin after our lease has passed. A graceful stop still
+            // running when the lease ends is abandoned (the core then kills).
+            if *kill {
+                Outcome::Stopped(driver.stop_within(&ctx, Duration::ZERO).await.map_err(|e| e.to_string()))
+            } else {
+                raced(agent, &g.core, stop, async { Outcome::Stopped(driver.stop(&ctx).await.map_err(|e| e.to_string())) })
+                    .await
+            }
         }
     }
 }

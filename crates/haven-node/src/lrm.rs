@@ -26,7 +26,8 @@
 //!   running unwatched.
 //! - A start or check in progress is abandoned when the lease ends (what it started is
 //!   killed) or when the group should no longer run here (what it started is stopped and
-//!   reported "start cancelled: …").
+//!   reported "start cancelled: …"). A graceful stop in progress when the lease ends
+//!   becomes a kill: the others may start the resource once the margin has passed.
 //! - Once a group handed off *from* this node has nothing running here, the node releases
 //!   it (`ReleaseGroup`), once per placement generation, and again every
 //!   [`RELEASE_AGAIN_AFTER`] while the handoff is still not over.
@@ -188,8 +189,11 @@ pub enum Step {
 struct Watch {
     next_cheap: Micros,
     next_thorough: Micros,
-    /// A failed stop is not tried again before this.
+    /// A failed stop is not tried again before this (a kill does not wait for a failed
+    /// graceful stop's retry).
     stop_retry_at: Option<Micros>,
+    /// The failed stop was a kill.
+    failed_kill: bool,
     /// Reported when it is stopped, instead of the group's reason (a cancelled start).
     stop_reason: Option<String>,
 }
@@ -247,6 +251,7 @@ impl GroupLrm {
                 next_cheap: now,
                 next_thorough: now.saturating_add(is_alive),
                 stop_retry_at: None,
+                failed_kill: false,
                 stop_reason: None,
             };
             self.running.insert(name.to_string(), w);
@@ -328,12 +333,16 @@ impl GroupLrm {
         }
     }
 
-    /// Whether the call in progress should be abandoned now. Only starts and checks are;
-    /// a stop always runs to its end.
+    /// Whether the call in progress should be abandoned now: a start or check when the
+    /// lease ended or the group should no longer run here; a graceful stop when the lease
+    /// ended (it becomes a kill: the rest of the cluster may start the resource once the
+    /// margin after the lease has passed, however long a graceful stop would take). A kill
+    /// always runs to its end.
     pub fn interrupt(&self, v: &View) -> Option<Interrupt> {
         let busy = self.busy.as_ref()?;
         let resource = match &busy.op {
-            Op::Stop { .. } => return None,
+            Op::Stop { kill: true, .. } => return None,
+            Op::Stop { .. } => return (!v.lease_valid()).then_some(Interrupt::LeaseEnded),
             Op::Start { resource } | Op::Check { resource, .. } => resource,
         };
         if !v.lease_valid() {
@@ -357,8 +366,8 @@ impl GroupLrm {
         let busy = self.busy.as_ref()?;
         let lease_end = (v.rule != LrmRule::RunPastLease).then(|| v.lease.valid_until()).flatten();
         match busy.op {
-            Op::Stop { .. } => None,
-            Op::Check { .. } => lease_end,
+            Op::Stop { kill: true, .. } => None,
+            Op::Stop { .. } | Op::Check { .. } => lease_end,
             Op::Start { .. } => {
                 let pending = self.pending_deadline(v, busy);
                 Some(lease_end.map_or(pending, |l| l.min(pending)))
@@ -505,6 +514,7 @@ impl GroupLrm {
                 next_cheap: v.now.saturating_add(cheap),
                 next_thorough: v.now.saturating_add(thorough),
                 stop_retry_at: None,
+                failed_kill: false,
                 stop_reason: None,
             }
         };
@@ -559,10 +569,13 @@ impl GroupLrm {
                     out.push(report(v, &resource, ResourceState::Offline, reason, false));
                 }
             }
-            (Op::Stop { resource, .. }, _) => {
+            // Cut short by the end of the lease: the self-fence kills it at once.
+            (Op::Stop { .. }, Outcome::Interrupted(_)) => {}
+            (Op::Stop { resource, kill, .. }, _) => {
                 // Still counted as running: it is tried again, and must not run unwatched.
                 if let Some(w) = self.running.get_mut(&resource) {
                     w.stop_retry_at = Some(v.now.saturating_add(STOP_RETRY));
+                    w.failed_kill = kill;
                 }
             }
             (Op::Start { resource }, _) => {
@@ -578,10 +591,10 @@ impl GroupLrm {
     }
 
     /// Begins stopping `name` (reporting `stopping` with `reason`), unless a failed stop of
-    /// it waits for its retry.
+    /// it waits for its retry (a kill does not wait: the lease is over).
     fn stop(&mut self, v: &View, name: &str, reason: Option<&str>, kill: bool, out: &mut Vec<Command>) -> Option<Step> {
         let w = self.running.get(name)?;
-        if w.stop_retry_at.is_some_and(|t| v.now < t) {
+        if (!kill || w.failed_kill) && w.stop_retry_at.is_some_and(|t| v.now < t) {
             return None;
         }
         let reason = w.stop_reason.clone().or(reason.map(str::to_string));
@@ -593,7 +606,7 @@ impl GroupLrm {
     /// The stop inside a failure: it reports nothing itself.
     fn stop_quietly(&mut self, v: &View, name: &str, kill: bool) -> Option<Step> {
         let w = self.running.get(name)?;
-        if w.stop_retry_at.is_some_and(|t| v.now < t) {
+        if (!kill || w.failed_kill) && w.stop_retry_at.is_some_and(|t| v.now < t) {
             return None;
         }
         let op = Op::Stop { resource: name.to_string(), kill, reason: None };
