@@ -15,7 +15,7 @@
 //! them to the cores as adopted, so an agent restart neither loses track of them nor starts
 //! a second copy.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -89,7 +89,7 @@ pub async fn run(agent: Arc<Agent>, stop: watch::Receiver<bool>) {
         let view = seen.view(&agent);
         // Cores of groups the state no longer has, with nothing left here, are dropped.
         idle.retain(|name, g| seen.state.groups.contains_key(name) || g.core.active(&view));
-        let names: Vec<String> =
+        let names: BTreeSet<String> =
             seen.state.groups.keys().chain(idle.keys()).filter(|g| !workers.contains_key(*g)).cloned().collect();
         for name in names {
             let group =
@@ -252,8 +252,10 @@ async fn execute(agent: &Agent, g: &mut Group, op: &Op, state: &State, stop: &wa
             if *kill {
                 Outcome::Stopped(driver.stop_within(&ctx, Duration::ZERO).await.map_err(|e| e.to_string()))
             } else {
-                raced(agent, &g.core, stop, async { Outcome::Stopped(driver.stop(&ctx).await.map_err(|e| e.to_string())) })
-                    .await
+                raced(agent, &g.core, stop, async {
+                    Outcome::Stopped(driver.stop(&ctx).await.map_err(|e| e.to_string()))
+                })
+                .await
             }
         }
     }
