@@ -71,9 +71,10 @@ pub enum Rule {
     Failover,
     /// Rule 4: a resource failed on the owner beyond its restart threshold.
     ResourceFailure,
-    /// Rule 5: the owner is paused (draining).
+    /// Rule 5: the owner is paused (draining): a handoff.
     Drain,
-    /// Rule 6: a more preferred owner is available and the group's failback allows it.
+    /// Rule 6: a more preferred owner is available and the group's failback allows it: a
+    /// handoff.
     Failback,
     /// Rule 7: a down owner with a fence agent is fenced before its groups are recovered.
     Fencing,
@@ -92,7 +93,8 @@ pub struct Decision {
 
 impl fmt::Display for Decision {
     /// One line, as the scenario tests and logs show it:
-    /// `place web -> c (failover): node "a" is down; …`.
+    /// `place web -> c (failover): node "a" is down; …`, `hand off web b -> c: node "b" is
+    /// paused (draining); …`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.command {
             Command::SetNodeLiveness { name, liveness, .. } => {
@@ -104,6 +106,7 @@ impl fmt::Display for Decision {
                 let kind = if *failover { " (failover)" } else { "" };
                 write!(f, "place {name} -> {to}{kind}: {}", self.why)
             }
+            Command::HandOffGroup { name, from, to, .. } => write!(f, "hand off {name} {from} -> {to}: {}", self.why),
             Command::FailGroup { name, .. } => write!(f, "fail {name}: {}", self.why),
             Command::RequestFence { node, .. } => write!(f, "fence {node}: {}", self.why),
             other => write!(f, "{other:?}: {}", self.why),
@@ -125,7 +128,9 @@ const MAX_PASSES: usize = 8;
 /// offline groups and failed groups that still have an owner are left alone; unplaced
 /// groups are placed (rule 2); groups whose owner is down or gone fail over (rule 3);
 /// groups with a resource given up on the owner escalate (rule 4); groups on a paused node
-/// drain (rule 5); otherwise failback (rule 6).
+/// drain (rule 5); otherwise failback (rule 6). A move away from an owner that is up
+/// (drain, failback) is a `HandOffGroup`; a `PlaceGroup` only places a group that no node
+/// that is up holds (the state refuses any other).
 pub fn decide(state: &State, obs: &Observations, timing: &Timing) -> Vec<Decision> {
     let mut p = Projection::new(state, obs.now);
     rules::liveness::decide(&mut p, obs, timing);
