@@ -136,16 +136,7 @@ impl AgentConfig {
 
 fn host_capacity() -> Capacity {
     let cpus = std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1);
-    let memory_mib = std::fs::read_to_string("/proc/meminfo")
-        .ok()
-        .and_then(|t| {
-            t.lines()
-                .find(|l| l.starts_with("MemTotal:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|kb| kb.parse::<u64>().ok())
-        })
-        .map(|kb| kb / 1024)
-        .unwrap_or(1024);
+    let memory_mib = haven_drivers::procfs::mem_total_mib().unwrap_or(1024);
     // Within the bounds a configured capacity has, so the join is never refused for it.
     let max_cpus = u32::try_from(bounds::MAX_CPUS).unwrap_or(u32::MAX);
     Capacity { cpus: cpus.min(max_cpus), memory_mib: memory_mib.min(bounds::MAX_MEMORY_MIB) }

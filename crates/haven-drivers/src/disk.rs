@@ -22,7 +22,7 @@ use async_trait::async_trait;
 use haven_model::{DiskBackend, DiskParams, InvalidInput, ResourceKind, ResourceSpec};
 use serde::{Deserialize, Serialize};
 
-use crate::{Depth, DriverError, Health, ResourceCtx, ResourceDriver, sys};
+use crate::{Depth, DriverError, Health, ResourceCtx, ResourceDriver, procfs, sys};
 
 /// The file at the root of a volume that holds its id.
 pub const VOLUME_ID_FILE: &str = ".haven-volume";
@@ -152,34 +152,6 @@ fn claim(root: &Path, ours: &Claim) -> Result<(), String> {
     write_claim(root, ours).map_err(|e| format!("cannot write the claim {}: {e}", root.join(CLAIM_FILE).display()))
 }
 
-/// Whether `path` is a mount point, from `/proc/self/mountinfo`.
-fn is_mount_point(path: &Path) -> io::Result<bool> {
-    let text = fs::read_to_string("/proc/self/mountinfo")?;
-    let want = path.to_string_lossy();
-    // Field 5 is the mount point, with spaces and the like escaped as octal.
-    Ok(text.lines().filter_map(|l| l.split(' ').nth(4)).any(|mp| unescape_mountinfo(mp) == want))
-}
-
-fn unescape_mountinfo(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    let mut chars = s.chars().peekable();
-    while let Some(c) = chars.next() {
-        if c == '\\' {
-            let code: String = chars.by_ref().take(3).collect();
-            match u8::from_str_radix(&code, 8) {
-                Ok(b) => out.push(char::from(b)),
-                Err(_) => {
-                    out.push('\\');
-                    out.push_str(&code);
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
-
 impl DiskDriver {
     pub fn new() -> Self {
         Self
@@ -215,7 +187,7 @@ impl DiskDriver {
                 Err(e) => Err(Self::err(ctx, format!("cannot read {}: {e}", at.display()))),
             },
             DiskBackend::Block => {
-                is_mount_point(&at).map_err(|e| Self::err(ctx, format!("cannot read /proc/self/mountinfo: {e}")))
+                procfs::is_mount_point(&at).map_err(|e| Self::err(ctx, format!("cannot read /proc/self/mountinfo: {e}")))
             }
         }
     }
@@ -400,16 +372,5 @@ impl ResourceDriver for DiskDriver {
             return Err(InvalidInput::new("type", format!("{:?} is not a disk resource", spec.kind.as_str())));
         }
         spec.disk_params()?.validate()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn mountinfo_escapes() {
-        assert_eq!(unescape_mountinfo("/mnt/a\\040b"), "/mnt/a b");
-        assert_eq!(unescape_mountinfo("/plain"), "/plain");
     }
 }

@@ -13,7 +13,7 @@ mod error;
 pub mod make_ha;
 mod pidfile;
 pub mod process;
-mod procfs;
+pub mod procfs;
 mod sys;
 pub mod time;
 pub mod vm;

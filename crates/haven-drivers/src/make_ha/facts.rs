@@ -18,6 +18,7 @@ use std::process::Command;
 use haven_model::{DiskBackend, ImageFormat, InvalidInput, VmDefinition};
 
 use super::{WizardInput, display, relative};
+use crate::procfs;
 
 /// Everything the seven checks need to know about this node, gathered once.
 #[derive(Clone, Debug)]
@@ -432,31 +433,26 @@ pub fn processes_using(files: &[(PathBuf, Vec<String>)]) -> Vec<User> {
         })
         .collect();
     let mut users = Vec::new();
-    let Ok(entries) = fs::read_dir("/proc") else { return users };
-    for entry in entries.flatten() {
-        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else { continue };
+    let Ok(pids) = procfs::pids() else { return users };
+    for pid in pids {
         if pid == me {
             continue;
         }
-        let Ok(raw) = fs::read(format!("/proc/{pid}/cmdline")) else { continue };
-        let args: Vec<String> =
-            raw.split(|b| *b == 0).filter(|a| !a.is_empty()).map(|a| String::from_utf8_lossy(a).into_owned()).collect();
+        let Some(args) = procfs::cmdline(pid) else { continue };
         let mut command = args.join(" ");
         if command.chars().count() > 400 {
             command = command.chars().take(397).collect::<String>() + "...";
         }
         let mut found: Option<(String, &'static str)> = None;
-        if let Ok(fds) = fs::read_dir(format!("/proc/{pid}/fd")) {
-            for fd in fds.flatten() {
-                let Ok(m) = fs::metadata(fd.path()) else { continue };
-                let rdev = if m.file_type().is_block_device() { m.rdev() } else { 0 };
-                if let Some((_, _, _, name)) = ids
-                    .iter()
-                    .find(|(dev, ino, r, _)| (*r != 0 && *r == rdev) || (*r == 0 && *dev == m.dev() && *ino == m.ino()))
-                {
-                    found = Some((name.clone(), "open"));
-                    break;
-                }
+        for fd in procfs::open_files(pid) {
+            let Ok(m) = fs::metadata(fd) else { continue };
+            let rdev = if m.file_type().is_block_device() { m.rdev() } else { 0 };
+            if let Some((_, _, _, name)) = ids
+                .iter()
+                .find(|(dev, ino, r, _)| (*r != 0 && *r == rdev) || (*r == 0 && *dev == m.dev() && *ino == m.ino()))
+            {
+                found = Some((name.clone(), "open"));
+                break;
             }
         }
         if found.is_none() {
