@@ -522,7 +522,7 @@ impl ResourceDriver for ProcessDriver {
             let outcome = check::run(check, |argv| launch.command(argv), left).await;
             let last_result = match outcome {
                 Ok(()) => return Ok(()),
-                Err(reason) => reason,
+                Err(reason) => reason.to_string(),
             };
             let now = Instant::now();
             if now >= deadline {
