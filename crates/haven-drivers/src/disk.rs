@@ -85,71 +85,119 @@ fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
+/// Why a volume cannot be checked, claimed or watched. The driver reports the message as
+/// the resource's failure (`DriverError::Volume`).
+#[derive(Debug, thiserror::Error)]
+enum VolumeError {
+    #[error("{what}: internal error: {detail}")]
+    Internal { what: &'static str, detail: String },
+    #[error(
+        "{what} did not finish within {:?}; the shared filesystem is not responding (check the NFS/cluster \
+         filesystem mount on this node)",
+        VOLUME_IO_TIMEOUT
+    )]
+    Hung { what: &'static str },
+    #[error(
+        "{} holds volume id {found:?}, not {expected:?}: this is another volume; point the resource at the right \
+         one or fix params.volume_id",
+        id_file.display()
+    )]
+    OtherVolume { id_file: PathBuf, found: String, expected: String },
+    #[error("{} does not exist on this node; mount the shared filesystem here (or fix the path)", root.display())]
+    Missing { root: PathBuf },
+    #[error(
+        "{} is not a Haven volume: it has no {VOLUME_ID_FILE} file; mark it with `echo {volume_id} > {}`",
+        root.display(),
+        root.join(VOLUME_ID_FILE).display()
+    )]
+    Unmarked { root: PathBuf, volume_id: String },
+    #[error("cannot read {}: {source}", path.display())]
+    ReadId {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot read the claim on {}: {source}", root.display())]
+    ReadClaim {
+        root: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error(
+        "volume at {} was claimed by node {node:?} at placement generation {theirs}, newer than this node's \
+         generation {ours}: this node is a stale owner and must not use it",
+        root.display()
+    )]
+    StaleOwner { root: PathBuf, node: String, theirs: u64, ours: u64 },
+    #[error(
+        "volume at {} is claimed by node {node:?} at the same placement generation {generation}: two nodes think \
+         they own it; move the group again to give it a new generation",
+        root.display()
+    )]
+    SameGeneration { root: PathBuf, node: String, generation: u64 },
+    #[error("cannot write the claim {}: {source}", path.display())]
+    WriteClaim {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    /// Monitor could not read the claim it watches.
+    #[error("cannot read the claim: {0}")]
+    WatchClaim(#[source] io::Error),
+}
+
 /// Runs `f` on a blocking thread, giving up after `VOLUME_IO_TIMEOUT`.
 async fn on_volume<T: Send + 'static>(
-    what: &str,
-    f: impl FnOnce() -> Result<T, String> + Send + 'static,
-) -> Result<T, String> {
+    what: &'static str,
+    f: impl FnOnce() -> Result<T, VolumeError> + Send + 'static,
+) -> Result<T, VolumeError> {
     match tokio::time::timeout(VOLUME_IO_TIMEOUT, tokio::task::spawn_blocking(f)).await {
         Ok(Ok(r)) => r,
-        Ok(Err(e)) => Err(format!("{what}: internal error: {e}")),
-        Err(_) => Err(format!(
-            "{what} did not finish within {VOLUME_IO_TIMEOUT:?}; the shared filesystem is not responding \
-             (check the NFS/cluster filesystem mount on this node)"
-        )),
+        Ok(Err(e)) => Err(VolumeError::Internal { what, detail: e.to_string() }),
+        Err(_) => Err(VolumeError::Hung { what }),
     }
 }
 
 /// Checks that `root` is the volume `volume_id`.
-fn check_identity(root: &Path, volume_id: &str) -> Result<(), String> {
+fn check_identity(root: &Path, volume_id: &str) -> Result<(), VolumeError> {
     let id_file = root.join(VOLUME_ID_FILE);
     match fs::read_to_string(&id_file) {
         Ok(text) if text.trim() == volume_id => Ok(()),
-        Ok(text) => Err(format!(
-            "{} holds volume id {:?}, not {volume_id:?}: this is another volume; point the resource at the \
-             right one or fix params.volume_id",
-            id_file.display(),
-            text.trim()
-        )),
-        Err(e) if e.kind() == io::ErrorKind::NotFound && !root.exists() => Err(format!(
-            "{} does not exist on this node; mount the shared filesystem here (or fix the path)",
-            root.display()
-        )),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Err(format!(
-            "{} is not a Haven volume: it has no {VOLUME_ID_FILE} file; mark it with `echo {volume_id} > {}`",
-            root.display(),
-            id_file.display()
-        )),
-        Err(e) => Err(format!("cannot read {}: {e}", id_file.display())),
+        Ok(text) => {
+            Err(VolumeError::OtherVolume { id_file, found: text.trim().to_string(), expected: volume_id.to_string() })
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound && !root.exists() => {
+            Err(VolumeError::Missing { root: root.to_path_buf() })
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            Err(VolumeError::Unmarked { root: root.to_path_buf(), volume_id: volume_id.to_string() })
+        }
+        Err(source) => Err(VolumeError::ReadId { path: id_file, source }),
     }
 }
 
 /// Checks the claim and writes ours: refuses if a newer generation (or another node at the
 /// same generation) holds the volume.
-fn claim(root: &Path, ours: &Claim) -> Result<(), String> {
-    let existing = read_claim(root).map_err(|e| format!("cannot read the claim on {}: {e}", root.display()))?;
+fn claim(root: &Path, ours: &Claim) -> Result<(), VolumeError> {
+    let existing = read_claim(root).map_err(|source| VolumeError::ReadClaim { root: root.to_path_buf(), source })?;
     if let Some(c) = existing {
         if c.generation > ours.generation {
-            return Err(format!(
-                "volume at {} was claimed by node {:?} at placement generation {}, newer than this node's \
-                 generation {}: this node is a stale owner and must not use it",
-                root.display(),
-                c.node,
-                c.generation,
-                ours.generation
-            ));
+            return Err(VolumeError::StaleOwner {
+                root: root.to_path_buf(),
+                node: c.node,
+                theirs: c.generation,
+                ours: ours.generation,
+            });
         }
         if c.generation == ours.generation && c.node != ours.node {
-            return Err(format!(
-                "volume at {} is claimed by node {:?} at the same placement generation {}: two nodes think \
-                 they own it; move the group again to give it a new generation",
-                root.display(),
-                c.node,
-                c.generation
-            ));
+            return Err(VolumeError::SameGeneration {
+                root: root.to_path_buf(),
+                node: c.node,
+                generation: c.generation,
+            });
         }
     }
-    write_claim(root, ours).map_err(|e| format!("cannot write the claim {}: {e}", root.join(CLAIM_FILE).display()))
+    write_claim(root, ours).map_err(|source| VolumeError::WriteClaim { path: root.join(CLAIM_FILE), source })
 }
 
 impl DiskDriver {
@@ -186,9 +234,8 @@ impl DiskDriver {
                 Err(e) if matches!(e.kind(), io::ErrorKind::NotFound | io::ErrorKind::InvalidInput) => Ok(false),
                 Err(e) => Err(Self::err(ctx, format!("cannot read {}: {e}", at.display()))),
             },
-            DiskBackend::Block => {
-                procfs::is_mount_point(&at).map_err(|e| Self::err(ctx, format!("cannot read /proc/self/mountinfo: {e}")))
-            }
+            DiskBackend::Block => procfs::is_mount_point(&at)
+                .map_err(|e| Self::err(ctx, format!("cannot read /proc/self/mountinfo: {e}"))),
         }
     }
 
@@ -306,11 +353,11 @@ impl ResourceDriver for DiskDriver {
             })
             .await
         };
-        if let Err(message) = checked {
+        if let Err(e) = checked {
             if params.backend == DiskBackend::Block {
                 let _ = Self::unexpose(ctx, &params).await;
             }
-            return Err(Self::err(ctx, message));
+            return Err(Self::err(ctx, e.to_string()));
         }
         if params.backend == DiskBackend::Dir && !Self::exposed(ctx, &params)? {
             // Replace whatever symlink is there in one step: a new link, then rename over.
@@ -357,13 +404,14 @@ impl ResourceDriver for DiskDriver {
                     c.node, c.generation, generation
                 ))),
                 Ok(None) => Ok(Some(format!("the claim file {} is gone", root.join(CLAIM_FILE).display()))),
-                Err(e) => Err(format!("cannot read the claim: {e}")),
+                Err(e) => Err(VolumeError::WatchClaim(e)),
             }
         })
         .await;
         Ok(match look {
             Ok(None) => Health::Running,
-            Ok(Some(reason)) | Err(reason) => Health::Failed(reason),
+            Ok(Some(reason)) => Health::Failed(reason),
+            Err(e) => Health::Failed(e.to_string()),
         })
     }
 

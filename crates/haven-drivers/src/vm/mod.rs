@@ -218,7 +218,7 @@ impl VmDriver {
     pub async fn probe_accelerator(&self, scratch: &std::path::Path) -> String {
         match accel::choose(haven_model::Accel::Auto, scratch).await {
             Ok(c) => format!("{}: {}", c.accel.as_str(), c.reason),
-            Err(e) => e,
+            Err(e) => e.to_string(),
         }
     }
 
@@ -408,7 +408,7 @@ impl ResourceDriver for VmDriver {
                 ));
             }
         }
-        let choice = accel::choose(def.accel, &ctx.run_dir).await.map_err(|e| Self::err(ctx, e))?;
+        let choice = accel::choose(def.accel, &ctx.run_dir).await.map_err(|e| Self::err(ctx, e.to_string()))?;
         let argv = qemu_argv(&def, &ctx.run_dir, choice.accel);
         let rt = Runtime {
             vm: def.name.clone(),
