@@ -17,7 +17,7 @@ use std::process::Command;
 
 use haven_model::{DiskBackend, ImageFormat, InvalidInput, VmDefinition};
 
-use super::{WizardInput, display, relative};
+use super::{WizardInput, display, qemu_img, relative};
 use crate::procfs;
 
 /// Everything the seven checks need to know about this node, gathered once.
@@ -320,7 +320,7 @@ pub(super) fn gather(input: &WizardInput) -> Result<Facts, InvalidInput> {
         if e.role != Role::Image(ImageFormat::Qcow2) {
             continue;
         }
-        match backing_chain(&e.local) {
+        match qemu_img::backing_chain(&e.local) {
             Ok(chain) => {
                 for (child, stored, format, file) in chain {
                     let at = cx.locate(&file);
@@ -487,39 +487,6 @@ fn names_path(arg: &str, path: &str) -> bool {
         from = end;
     }
     false
-}
-
-/// The backing chain of a qcow2 image, from `qemu-img info --backing-chain`:
-/// (image, stored backing reference, backing format) for each image that has a backing
-/// file, top first.
-pub fn backing_chain(image: &Path) -> Result<Vec<(PathBuf, String, String, PathBuf)>, String> {
-    let out = Command::new("qemu-img")
-        .args(["info", "--backing-chain", "--output=json", "-U"])
-        .arg(image)
-        .output()
-        .map_err(|e| format!("cannot run `qemu-img` ({e}); install it (Debian: qemu-utils)"))?;
-    if !out.status.success() {
-        return Err(format!(
-            "`qemu-img info --backing-chain {}` failed: {}",
-            image.display(),
-            String::from_utf8_lossy(&out.stderr).trim()
-        ));
-    }
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout)
-        .map_err(|e| format!("`qemu-img info` printed no JSON for {} ({e})", image.display()))?;
-    let list = match v {
-        serde_json::Value::Array(a) => a,
-        one => vec![one],
-    };
-    let mut chain = Vec::new();
-    for item in &list {
-        let Some(stored) = item["backing-filename"].as_str() else { continue };
-        let file = item["filename"].as_str().unwrap_or_default();
-        let full = item["full-backing-filename"].as_str().unwrap_or(stored);
-        let format = item["backing-filename-format"].as_str().unwrap_or("qcow2");
-        chain.push((PathBuf::from(file), stored.to_string(), format.to_string(), PathBuf::from(full)));
-    }
-    Ok(chain)
 }
 
 #[cfg(test)]
