@@ -25,7 +25,7 @@ use serde::{Deserialize, Serialize};
 use crate::{Depth, DriverError, Health, ResourceCtx, ResourceDriver, procfs, sys};
 
 /// The file at the root of a volume that holds its id.
-pub const VOLUME_ID_FILE: &str = ".haven-volume";
+const VOLUME_ID_FILE: &str = ".haven-volume";
 /// The file at the root of a volume that names its current (or last) owner.
 pub const CLAIM_FILE: &str = ".haven-claim";
 /// Longest one I/O step on the shared volume may take.
@@ -49,7 +49,7 @@ pub struct Claim {
 pub struct DiskDriver;
 
 /// `<state-dir>/volumes/<volume_name>`: where a volume is exposed on its owner.
-pub fn exposure_path(state_dir: &Path, volume_name: &str) -> PathBuf {
+fn exposure_path(state_dir: &Path, volume_name: &str) -> PathBuf {
     state_dir.join("volumes").join(volume_name)
 }
 
@@ -201,10 +201,6 @@ fn claim(root: &Path, ours: &Claim) -> Result<(), VolumeError> {
 }
 
 impl DiskDriver {
-    pub fn new() -> Self {
-        Self
-    }
-
     fn params(spec: &ResourceSpec) -> Result<DiskParams, DriverError> {
         let invalid = |source| DriverError::InvalidParams { resource: spec.name.clone(), source };
         let params = spec.disk_params().map_err(invalid)?;

@@ -111,10 +111,6 @@ impl Launch {
 }
 
 impl ProcessDriver {
-    pub fn new() -> Self {
-        Self::default()
-    }
-
     fn spawned(&self) -> MutexGuard<'_, HashMap<PathBuf, Spawned>> {
         // A panic while holding the lock leaves the map itself consistent.
         self.spawned.lock().unwrap_or_else(|poisoned| poisoned.into_inner())

@@ -132,7 +132,7 @@ pub(super) struct PassThrough {
 
 /// A process that uses one of the VM's disks.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct User {
+pub(super) struct User {
     pub pid: i32,
     pub command: String,
     /// The file or device it uses.
@@ -403,7 +403,7 @@ fn uuid_device(uuid: &str) -> Option<(PathBuf, u64)> {
 
 /// The whole disk a block device belongs to: itself, or the parent of a partition
 /// (`/sys/class/block/<dev>/..`).
-pub fn parent_disk(device: &Path) -> Option<String> {
+fn parent_disk(device: &Path) -> Option<String> {
     let name = device.file_name()?.to_string_lossy().into_owned();
     let sys = fs::canonicalize(Path::new("/sys/class/block").join(&name)).ok()?;
     if sys.join("partition").exists() {
@@ -422,7 +422,7 @@ fn blkid_uuid(device: &Path) -> Option<String> {
 /// Processes on this node that have one of `files` open (same device and inode, or the
 /// same block device) or name it on their command line. `names` are the spellings to look
 /// for on command lines.
-pub fn processes_using(files: &[(PathBuf, Vec<String>)]) -> Vec<User> {
+fn processes_using(files: &[(PathBuf, Vec<String>)]) -> Vec<User> {
     let me = std::process::id() as i32;
     let ids: Vec<(u64, u64, u64, String)> = files
         .iter()

@@ -21,8 +21,6 @@ use std::path::{Component, Path, PathBuf};
 
 use haven_model::{CheckResult, DiskParams, HaCheck, HaPathFix, InvalidInput, VmDefinition};
 
-pub use facts::{User, parent_disk, processes_using};
-
 /// A `disk` resource of the cluster, as the wizard needs to know it.
 #[derive(Clone, Debug)]
 pub struct WizardVolume {
@@ -99,7 +97,7 @@ struct FixPlan {
     rebases: Vec<(PathBuf, String, String)>,
 }
 
-pub const CHECK_TITLES: [(&str, &str); 8] = [
+const CHECK_TITLES: [(&str, &str); 8] = [
     ("vm-stopped", "The VM is stopped (no process uses its disks)"),
     ("shared-storage", "Definition and disk images are on cluster volumes online on this node"),
     ("shared-volume", "VMs sharing a volume or a disk are in one group"),

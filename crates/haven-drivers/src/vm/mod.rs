@@ -208,10 +208,6 @@ pub struct VmDriver {
 }
 
 impl VmDriver {
-    pub fn new() -> Self {
-        Self::default()
-    }
-
     /// Runs the KVM probe now (once per process) so that the first VM start does not wait
     /// for it (up to 3 s where KVM hangs), and returns the verdict for the log: which
     /// accelerator `accel = "auto"` VMs will get here, and why.
