@@ -97,15 +97,38 @@ impl HttpNetworkFactory {
     }
 }
 
+/// Why a peer gave no leader-contact answer. A new leader asks again until its deadline,
+/// then counts every earlier lease from its own notes only (see [`crate::contact`]).
+#[derive(Debug, thiserror::Error)]
+pub enum ContactError {
+    #[error("{url} did not answer ({source}); check that the peer's agent runs and that this node can reach it")]
+    Request {
+        url: String,
+        #[source]
+        source: reqwest::Error,
+    },
+    #[error("{url} answered HTTP {status}; check that the peer at that address is a Haven agent of the same version")]
+    Status { url: String, status: reqwest::StatusCode },
+    #[error("{url} answered with a body that is not a leader-contact reply ({source}); check the peer's version")]
+    Decode {
+        url: String,
+        #[source]
+        source: reqwest::Error,
+    },
+}
+
 impl HttpNetworkFactory {
     /// Asks the peer at `addr` for its last contact with a leader of a term below `term`.
-    pub async fn leader_contact(&self, addr: &str, term: u64, timeout: Duration) -> Result<ContactReply, String> {
+    pub async fn leader_contact(&self, addr: &str, term: u64, timeout: Duration) -> Result<ContactReply, ContactError> {
         let url = format!("{}://{addr}{CONTACT_PATH}?term={term}", self.scheme);
-        let response = self.client.get(&url).timeout(timeout).send().await.map_err(|e| e.to_string())?;
+        let response = match self.client.get(&url).timeout(timeout).send().await {
+            Ok(r) => r,
+            Err(source) => return Err(ContactError::Request { url, source: source.without_url() }),
+        };
         if !response.status().is_success() {
-            return Err(format!("{url} answered HTTP {}", response.status()));
+            return Err(ContactError::Status { status: response.status(), url });
         }
-        response.json().await.map_err(|e| e.to_string())
+        response.json().await.map_err(|source| ContactError::Decode { url, source: source.without_url() })
     }
 }
 
