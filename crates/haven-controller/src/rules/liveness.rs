@@ -16,8 +16,8 @@ use crate::projection::Projection;
 use crate::{Decision, Observations, Rule, Timing};
 
 pub(crate) fn decide(p: &mut Projection, obs: &Observations, timing: &Timing) {
-    let window = timing.lease_ms.saturating_add(timing.margin_ms);
-    let lease = format!("lease {} + margin {}", seconds(timing.lease_ms), seconds(timing.margin_ms));
+    let window = timing.lease_over_after_ms();
+    let lease = timing.describe_wait();
     let mut decisions = Vec::new();
     for node in p.state().nodes.values() {
         let heartbeat = obs.last_heartbeat.get(&node.name).copied();
