@@ -1,6 +1,10 @@
 //! The simulator must catch a broken lease rule: with the rule broken, some seed makes two
 //! nodes run one resource at once, and the trace of that seed names the resource and both
 //! nodes. (If these tests pass with the rule broken, the simulator is too weak to trust.)
+//!
+//! Each rule is broken in the code the agent ships, through its switch, not in a copy of
+//! the simulator's own: `haven_controller::LeaseWait`, `haven_node::LeaseRule`,
+//! `haven_node::GrantRule` and `haven_node::ContactRule`.
 
 use haven_sim::{BrokenRule, Options, Profile, run_seed};
 
@@ -33,6 +37,7 @@ fn assert_trace_names_both_owners(out: &haven_sim::Outcome) {
 
 #[test]
 fn skipping_the_lease_wait_is_caught() {
+    // `decide` with `LeaseWait::TwoRenewals`: nodes are declared down while their lease runs.
     let opts = Options { broken: Some(BrokenRule::SkipLeaseWait), ..Options::default() };
     let out = first_two_owners(&opts, 50);
     assert_trace_names_both_owners(&out);
@@ -40,7 +45,8 @@ fn skipping_the_lease_wait_is_caught() {
 
 #[test]
 fn counting_the_lease_from_the_grant_receipt_is_caught() {
-    // A slow reply stretches a receipt-based lease past the leader's deadline; the
+    // `Lease::renewed` with `LeaseRule::FromReceipt`. A slow reply stretches a
+    // receipt-based lease past the leader's deadline; the
     // aggressive profile's 0.5 s margin lets a 1.4 s delay show it within a few hundred seeds.
     let opts =
         Options { broken: Some(BrokenRule::LeaseFromReceipt), profile: Profile::AGGRESSIVE, ..Options::default() };
@@ -50,7 +56,8 @@ fn counting_the_lease_from_the_grant_receipt_is_caught() {
 
 #[test]
 fn granting_leases_during_a_controller_tick_is_caught() {
-    // The agent before the grant fix; the first violation is at seed 425 with operator
+    // `GrantTable::grant` with `GrantRule::Unguarded`, the agent before the grant fix; the
+    // first violation is at seed 425 with operator
     // moves and drains (101 without them; 425 also with the slower elections of earlier
     // agents).
     let opts = Options { broken: Some(BrokenRule::UnguardedGrant), ..Options::default() };
@@ -60,7 +67,8 @@ fn granting_leases_during_a_controller_tick_is_caught() {
 
 #[test]
 fn bounding_earlier_leases_by_the_new_leaders_own_contact_is_caught() {
-    // A new leader that was cut off from the old one, trusting only its own notes, counts
+    // `contact::combine` with `ContactRule::OwnOnly`. A new leader that was cut off from
+    // the old one, trusting only its own notes, counts
     // the old leader's recent grants as long over; the first violation is at seed 280
     // (1582 without operator moves).
     let opts = Options { broken: Some(BrokenRule::OwnContactOnly), ..Options::default() };
