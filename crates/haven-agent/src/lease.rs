@@ -234,3 +234,39 @@ pub async fn grant(agent: &Agent, hb: &Heartbeat) -> Result<HeartbeatReply, Gran
     // it applied that tick's decisions.
     Ok(HeartbeatReply { leader_id: agent.db.node_id(), applied_index: agent.applied_index() })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn empty_state() -> Arc<haven_state::State> {
+        Arc::new(haven_state::State::default())
+    }
+
+    #[tokio::test]
+    async fn a_grant_waits_until_the_tick_guard_is_dropped() {
+        let grants = Arc::new(Grants::default());
+        let tick = grants.begin_tick().expect("no tick is in progress");
+        assert!(grants.begin_tick().is_none(), "one tick at a time");
+        let g = grants.clone();
+        let pending = tokio::spawn(async move { g.grant("a", empty_state).await });
+        // On this single-threaded runtime every yield lets the grant run: it must go on
+        // waiting, with nothing recorded.
+        for _ in 0..20 {
+            tokio::task::yield_now().await;
+        }
+        assert!(!pending.is_finished(), "a renewal was granted while a tick was committing");
+        drop(tick);
+        let answer = tokio::time::timeout(Duration::from_secs(5), pending).await;
+        assert!(matches!(answer, Ok(Ok(Ok(())))), "the grant did not go on after the tick ended");
+        let tick = grants.begin_tick().expect("the tick ended");
+        assert!(tick.heartbeats.contains_key("a"), "the renewal is recorded once granted");
+    }
+
+    #[tokio::test]
+    async fn without_a_tick_a_grant_is_answered_at_once() {
+        let grants = Grants::default();
+        assert!(grants.grant("a", empty_state).await.is_ok());
+        assert!(grants.begin_tick().is_some_and(|t| t.heartbeats.contains_key("a")));
+    }
+}
