@@ -91,7 +91,7 @@ pub async fn run(agent: Arc<Agent>, mut stop: watch::Receiver<bool>) {
 }
 
 /// Asks a majority of voters when they last had contact with a leader of a term below
-/// `term` (see `haven_raft::contact`), and stores the answer in the agent's wall clock
+/// `term` (see `haven_node::contact`), and stores the answer in the agent's wall clock
 /// (rounded up to the next ms: later is safe).
 async fn ask_earlier_leaders(agent: Arc<Agent>, term: u64, out: Arc<Mutex<Option<(u64, u64)>>>) {
     let started = std::time::Instant::now();

@@ -123,7 +123,7 @@ pub struct Observations<'a> {
     pub now: Millis,
     /// No lease renewal granted by an earlier leader can be later than this: the moment this
     /// node became leader, or earlier once a majority of voters told when they last vouched
-    /// for an earlier leader (`haven_raft::contact`). Every lease counts as renewed at this
+    /// for an earlier leader (`haven_node::contact`). Every lease counts as renewed at this
     /// time at the latest.
     pub leader_since: Millis,
     /// Per node name: when the leader last *received* a heartbeat (lease renewal) from it.

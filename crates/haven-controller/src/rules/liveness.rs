@@ -5,7 +5,7 @@
 //! `leader_since`: a new leader cannot know what its predecessor granted, so it treats
 //! every lease as renewed at `leader_since` (the new-leader grace) — its election, or the
 //! latest moment a majority says an earlier leader can have granted a renewal
-//! (`haven_raft::contact`). This rule only changes liveness; moving the groups of a down
+//! (`haven_node::contact`). This rule only changes liveness; moving the groups of a down
 //! node is rule 3's job.
 
 use haven_model::NodeLiveness;
