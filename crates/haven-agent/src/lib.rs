@@ -25,9 +25,8 @@ mod report;
 pub mod requests;
 pub mod vm_api;
 
-use std::collections::BTreeMap;
 use std::future::Future;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use haven_raft::{ClusterDb, RaftTuning, WriteError};
@@ -48,13 +47,11 @@ pub struct Agent {
     /// Client for peer traffic (forwarded writes, heartbeats, joins).
     pub peers: reqwest::Client,
     pub lease: lease::LeaseKeeper,
-    /// Leader side: when each node's last heartbeat arrived (ms), while this node led (in any
-    /// term since the agent started: each is a renewal this node received itself).
-    pub heartbeats: Mutex<BTreeMap<String, u64>>,
-    /// Held by the controller from reading the heartbeats until its decisions are committed,
-    /// and by every lease grant: a renewal lands either before a tick looks or after what
-    /// the tick decided is committed, never in between (see `lease::grant`).
-    pub control_lock: tokio::sync::Mutex<()>,
+    /// Leader side: when each node's last renewal arrived (ms), while this node led (in any
+    /// term since the agent started), and the grant rule: a renewal lands either before a
+    /// controller tick reads the heartbeats or after what it decided is committed, never in
+    /// between (`lease::Grants`, the only way to them).
+    grants: lease::Grants,
     pub drivers: haven_drivers::Drivers,
     reports: report::Reporter,
     /// Set once the agent begins to stop: API writes are refused from then on, and those in
@@ -302,8 +299,7 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Res
         timing,
         db,
         peers,
-        heartbeats: Mutex::new(BTreeMap::new()),
-        control_lock: tokio::sync::Mutex::new(()),
+        grants: lease::Grants::default(),
         drivers: haven_drivers::Drivers::new(),
         reports,
         stopping: tokio::sync::watch::channel(false).0,

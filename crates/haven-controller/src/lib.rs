@@ -30,12 +30,63 @@ pub struct Timing {
     pub lease_ms: u64,
     /// Extra wait on the leader's side before a lost lease counts as over. Default 1000.
     pub margin_ms: u64,
+    /// How long the controller waits for a silent node's lease to be over.
+    pub wait: LeaseWait,
+}
+
+/// How long after a node's last renewal the controller counts its lease as over (and so
+/// declares it down, or takes a group it was told to stop as stopped). Anything but
+/// [`LeaseWait::LeaseAndMargin`] is unsafe and exists so the simulator can prove it notices
+/// (`haven-sim`'s `BrokenRule::SkipLeaseWait`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum LeaseWait {
+    /// `lease + margin`: the node's own deadline is surely past (invariant 4).
+    #[default]
+    LeaseAndMargin,
+    /// Broken: two missed renewals (`2 × renew_ms`), while nodes keep their full lease.
+    /// (No wait at all would mark *every* node down on every tick, so nothing would ever be
+    /// placed: a liveness failure, not a two-owner one.)
+    TwoRenewals { renew_ms: u64 },
 }
 
 impl Timing {
+    /// A lease of `lease_ms` and the leader's `margin_ms`, waited out in full.
+    pub const fn new(lease_ms: u64, margin_ms: u64) -> Timing {
+        Timing { lease_ms, margin_ms, wait: LeaseWait::LeaseAndMargin }
+    }
+
     /// The leader's side of a timing profile (`haven_node::TimingProfile`).
     pub const fn of(p: &haven_node::TimingProfile) -> Timing {
-        Timing { lease_ms: p.lease_ms, margin_ms: p.margin_ms }
+        Timing::new(p.lease_ms, p.margin_ms)
+    }
+
+    /// The same timing, waiting `wait` for a lease to be over.
+    pub const fn with_wait(self, wait: LeaseWait) -> Timing {
+        Timing { wait, ..self }
+    }
+
+    /// How long after a node's last renewal (or `leader_since`) its lease counts as over.
+    pub const fn lease_over_after_ms(&self) -> u64 {
+        match self.wait {
+            LeaseWait::LeaseAndMargin => self.lease_ms.saturating_add(self.margin_ms),
+            LeaseWait::TwoRenewals { renew_ms } => renew_ms.saturating_mul(2),
+        }
+    }
+
+    /// That wait as the history's reasons word it.
+    pub fn describe_wait(&self) -> String {
+        match self.wait {
+            LeaseWait::LeaseAndMargin => {
+                format!(
+                    "lease {} + margin {}",
+                    haven_policy::seconds(self.lease_ms),
+                    haven_policy::seconds(self.margin_ms)
+                )
+            }
+            LeaseWait::TwoRenewals { renew_ms } => {
+                format!("two renewals of {}, not the lease", haven_policy::seconds(renew_ms))
+            }
+        }
     }
 }
 
@@ -46,6 +97,25 @@ impl Default for Timing {
     }
 }
 
+/// When the first node that is up in `state` would be declared down if it renews no more
+/// (the leader's ms): the controller loop wakes then rather than up to a tick later, since
+/// detection time is what a failover costs.
+pub fn next_lease_deadline(state: &State, obs: &Observations, timing: &Timing) -> Option<Millis> {
+    state
+        .nodes
+        .values()
+        .filter(|n| n.is_up())
+        .map(|n| {
+            obs.last_heartbeat
+                .get(&n.name)
+                .copied()
+                .unwrap_or(0)
+                .max(obs.leader_since)
+                .saturating_add(timing.lease_over_after_ms())
+        })
+        .min()
+}
+
 /// What the leader saw, besides the committed state.
 #[derive(Clone, Copy, Debug)]
 pub struct Observations<'a> {
@@ -53,7 +123,7 @@ pub struct Observations<'a> {
     pub now: Millis,
     /// No lease renewal granted by an earlier leader can be later than this: the moment this
     /// node became leader, or earlier once a majority of voters told when they last vouched
-    /// for an earlier leader (`haven_raft::contact`). Every lease counts as renewed at this
+    /// for an earlier leader (`haven_node::contact`). Every lease counts as renewed at this
     /// time at the latest.
     pub leader_since: Millis,
     /// Per node name: when the leader last *received* a heartbeat (lease renewal) from it.

@@ -26,13 +26,15 @@
 //!   applied the leader's commit index at the grant.
 //! - **Controller** (`sim`): on the leader every renew_interval/2 (its clock); on a new
 //!   term it counts every lease as renewed at `leader_since` at least (it keeps the
-//!   renewals it received itself, in any term):
+//!   renewals it received itself, in any term; the agent's `haven_node::Leadership`):
 //!   the latest contact with an earlier leader among a majority of nodes it reaches (each
-//!   node notes the term and time of every leadership check it acknowledges and every
-//!   renewal it receives as leader, `haven_raft::contact`; a restart forgets them and
-//!   counts as a contact), or its election if no majority is reachable;
+//!   node keeps the agent's `haven_node::ContactLog` of the term and time of every
+//!   leadership check it acknowledges and every renewal it receives as leader; a restart
+//!   forgets them and counts as a contact), combined by the agent's
+//!   `haven_node::contact::combine`, or its election if no majority is reachable;
 //!   it commits decisions one write at a time (1–5 ms each), stopping at the first that
-//!   does not commit, so grants and reports interleave with a tick's commits.
+//!   does not commit, so renewals and reports arrive during a tick's commits (the grants
+//!   wait for it: the agent's `haven_node::GrantTable`).
 //! - **LRM**: one `haven_node::GroupLrm` per group and node — the agent's own local
 //!   resource manager, driven with the node's applied state, lease and clock. The
 //!   simulator only makes its driver calls take time: start 50–500 ms (3 % fail, 1 % hang
@@ -75,11 +77,12 @@
 //! leader's `grant` answered renewals meanwhile, X could get a fresh lease between the
 //! decision and the `PlaceGroup` commit (e.g. right as a partition heals), apply a state
 //! that still names it owner, and start the group while the new owner started it too
-//! (seed 425, about one seed in 700). The agent's `lease::grant` now takes the
-//! controller's lock (a renewal is recorded either before a tick reads the heartbeats or
-//! after its decisions are committed) and gives no lease to a node the committed state
-//! marks down (its heartbeat is still recorded, so the controller marks it up). The old
-//! behaviour is kept as [`BrokenRule::UnguardedGrant`] to prove the simulator catches it.
+//! (seed 425, about one seed in 700). The rule is now `haven_node::grant`, which the agent
+//! and this simulator both run: a renewal is recorded either before a tick reads the
+//! heartbeats or after its decisions are committed, and a node the committed state marks
+//! down gets no lease (its heartbeat is still recorded, so the controller marks it up).
+//! The old behaviour is `GrantRule::Unguarded`, [`BrokenRule::UnguardedGrant`] here, to
+//! prove the simulator catches it.
 //!
 //! # Invariants
 //!
@@ -146,20 +149,21 @@ impl Profile {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum BrokenRule {
     /// The controller does not wait out the lease: it declares a node down after two
-    /// missed renewals (`Timing { lease_ms: 2 × renew, margin_ms: 0 }`) while nodes keep
-    /// their full lease. (Literally `lease_ms: 0` would mark *every* node down on every
-    /// tick, so nothing would ever be placed: a liveness failure, not a two-owner one.)
+    /// missed renewals while nodes keep their full lease: the shipped
+    /// `haven_controller::decide` runs with `Timing::with_wait(LeaseWait::TwoRenewals)`.
     SkipLeaseWait,
     /// Nodes count their lease from when the grant *arrived* instead of when the renewal
     /// was sent, so a slow reply stretches the lease past the leader's deadline: the shared
     /// `haven_node::Lease::renewed` is called with `LeaseRule::FromReceipt`.
     LeaseFromReceipt,
     /// The leader grants renewals while a controller tick is being committed, and to nodes
-    /// the state marks down (the agent before the fix described in the crate docs).
+    /// the state marks down (the agent before the fix described in the crate docs): the
+    /// shared `haven_node::GrantTable::grant` is called with `GrantRule::Unguarded`.
     UnguardedGrant,
     /// A new leader bounds its predecessors' leases by its *own* last contact with them
-    /// instead of a majority's (`haven_raft::contact`): a leader that was cut off from the
-    /// old one counts their leases as long over.
+    /// instead of a majority's: the shared `haven_node::contact::combine` is called with
+    /// `ContactRule::OwnOnly`. A leader that was cut off from the old one counts their
+    /// leases as long over.
     OwnContactOnly,
     /// The LRM keeps resources running (and starts them) after the lease ended: no
     /// self-fencing (`haven_node::LrmRule::RunPastLease`).

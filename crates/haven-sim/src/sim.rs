@@ -9,10 +9,12 @@
 //! `haven_controller::decide`.
 
 use std::cmp::Ordering;
-use std::collections::{BinaryHeap, VecDeque};
+use std::collections::{BTreeMap, BinaryHeap, VecDeque};
 
-use haven_controller::{Decision, Observations, Timing};
-use haven_node::{LeaseRule, Renewal};
+use haven_controller::{Decision, LeaseWait, Observations, Timing};
+use haven_node::contact::{self, ContactRule};
+use haven_node::leadership::Change;
+use haven_node::{GrantAnswer, GrantRule, LeaseRule, Renewal};
 use haven_state::{Command, Request};
 
 use crate::clock::{Clock, EPOCH_US, Micros};
@@ -205,8 +207,10 @@ impl Sim {
             })
             .collect();
         let timing = match opts.broken {
-            Some(BrokenRule::SkipLeaseWait) => Timing { lease_ms: 2 * p.renew_ms, margin_ms: 0 },
-            _ => Timing { lease_ms: p.lease_ms, margin_ms: p.margin_ms },
+            Some(BrokenRule::SkipLeaseWait) => {
+                Timing::new(p.lease_ms, p.margin_ms).with_wait(LeaseWait::TwoRenewals { renew_ms: p.renew_ms })
+            }
+            _ => Timing::new(p.lease_ms, p.margin_ms),
         };
         let n = nodes.len();
         let mut sim = Sim {
@@ -387,17 +391,21 @@ impl Sim {
                 if !self.live(leader, leader_inc) {
                     return;
                 }
-                if self.opts.broken != Some(BrokenRule::UnguardedGrant) && self.nodes[leader].leader_side.committing {
-                    // A grant waits for the controller's tick to commit (`lease::grant`).
-                    self.after(MS, Ev::GrantDone { node, leader, leader_inc, renewal });
-                    return;
-                }
-                let received = self.nodes[leader].clock.local_ms(self.now);
-                let name = self.names[node].clone();
-                self.nodes[leader].leader_side.heartbeats.insert(name, received);
-                let down = self.db.state.nodes.get(&self.names[node]).is_some_and(|n| !n.is_up());
-                if self.opts.broken != Some(BrokenRule::UnguardedGrant) && down {
-                    return; // heartbeat recorded (the controller marks it up), no lease yet
+                let rule = match self.opts.broken {
+                    Some(BrokenRule::UnguardedGrant) => GrantRule::Unguarded,
+                    _ => GrantRule::Guarded,
+                };
+                let now_ms = self.nodes[leader].clock.local_ms(self.now);
+                let l = &mut self.nodes[leader];
+                match l.grants.grant(&self.names[node], now_ms, &self.db.state, rule) {
+                    // The agent's grant waits for the controller's tick to end (`lease::Grants`).
+                    GrantAnswer::Wait => {
+                        self.after(MS, Ev::GrantDone { node, leader, leader_inc, renewal });
+                        return;
+                    }
+                    // Heartbeat recorded (the controller marks it up), no lease yet.
+                    GrantAnswer::MarkedDown => return,
+                    GrantAnswer::Granted => {}
                 }
                 // After ensure_leader the leader has applied everything committed.
                 let min_applied = self.db.len();
@@ -583,45 +591,55 @@ impl Sim {
     }
 
     fn controller_tick(&mut self, node: usize, inc: u64, term: u64) {
-        if !self.live(node, inc) || self.db.leader != Some(node) || self.db.term != term {
-            return; // no longer leader: the loop idles
+        if !self.live(node, inc) {
+            return;
+        }
+        if self.db.leader != Some(node) {
+            // No longer leader: the loop idles (and forgets its leadership, as the agent's).
+            let now_ms = self.nodes[node].clock.local_ms(self.now);
+            self.nodes[node].leadership.observe(None, now_ms);
+            return;
+        }
+        if self.db.term != term {
+            return; // a tick of an earlier term of this leader: that loop ended
         }
         let tick = self.opts.profile.renew_ms * MS / 2;
         let next = self.nodes[node].clock.after(self.now, tick);
         self.at(next, Ev::ControllerTick { node, inc, term });
         let now_ms = self.nodes[node].clock.local_ms(self.now);
-        let n = &mut self.nodes[node];
-        if n.leader_side.committing {
+        if self.nodes[node].grants.ticking() {
             return;
         }
-        let leader_since = match n.leader_side.leadership {
-            Some((t, since)) if t == term => since,
-            _ => {
-                // Heartbeats are kept: they are renewals this node granted (some maybe in
-                // this term, before this first tick). The agent asks the voters at once and uses the answer at a later tick; here
-                // it is used at the first one (sooner: the stricter test).
-                let since = self.earlier_leaders_last_contact(node, term).map_or(now_ms, |b| b.min(now_ms));
-                self.note(|s| {
-                    format!(
-                        "{}: leases of earlier leaders count as renewed at local {} (elected at {})",
-                        s.names[node],
-                        fmt_time(since * 1000),
-                        fmt_time(now_ms * 1000)
-                    )
-                });
-                self.nodes[node].leader_side.leadership = Some((term, since));
-                since
+        if self.nodes[node].leadership.observe(Some(term), now_ms) == Change::NewTerm {
+            // Heartbeats are kept: they are renewals this node granted (some maybe in this
+            // term, before this first tick). The agent asks the voters at once and uses the
+            // answer at a later tick; here it is used at the first one (sooner: the stricter
+            // test).
+            if let Some(bound) = self.earlier_leaders_last_contact(node, term) {
+                self.nodes[node].leadership.earlier_leaders_answered(term, bound);
             }
-        };
+            let since = self.nodes[node].leadership.leader_since().unwrap_or(now_ms);
+            self.note(|s| {
+                format!(
+                    "{}: leases of earlier leaders count as renewed at local {} (elected at {})",
+                    s.names[node],
+                    fmt_time(since * 1000),
+                    fmt_time(now_ms * 1000)
+                )
+            });
+        }
+        let Some(leader_since) = self.nodes[node].leadership.leader_since() else { return };
         if !self.has_quorum(node) {
             return;
         }
-        let obs = Observations { now: now_ms, leader_since, last_heartbeat: &self.nodes[node].leader_side.heartbeats };
+        // From reading the heartbeats until the decisions are committed, grants wait.
+        let Some(heartbeats) = self.nodes[node].grants.begin_tick() else { return };
+        let obs = Observations { now: now_ms, leader_since, last_heartbeat: &heartbeats };
         let decisions: VecDeque<Decision> = haven_controller::decide(&self.db.state, &obs, &self.timing).into();
         if decisions.is_empty() {
+            self.nodes[node].grants.end_tick();
             return;
         }
-        self.nodes[node].leader_side.committing = true;
         let d = self.write_latency();
         self.after(d, Ev::ControllerCommit { node, inc, term, decisions });
     }
@@ -629,29 +647,29 @@ impl Sim {
     /// `ClusterDb::earlier_leaders_last_contact` as seen by `leader` (its clock, ms rounded
     /// up): its own note and those of the nodes it reaches, all of which are in its term
     /// here; of those, the majority with the *earliest* notes (the agent takes whichever
-    /// majority answers first, so the simulator takes the least safe one).
+    /// majority answers first, so the simulator takes the least safe one). Which answers
+    /// arrive is the simulated environment; how they combine is `haven_node::contact`.
     fn earlier_leaders_last_contact(&self, leader: usize, term: u64) -> Option<u64> {
         let l = &self.nodes[leader];
-        let own = l.contact_before(term);
-        if self.opts.broken == Some(BrokenRule::OwnContactOnly) {
-            return Some(own.div_ceil(1000));
-        }
         let leader_now = l.local(self.now);
-        let mut others: Vec<u64> = (0..self.nodes.len())
+        let mut others: Vec<(u64, usize)> = (0..self.nodes.len())
             .filter(|m| *m != leader && self.nodes[*m].alive && self.net.connected(leader, *m))
             .map(|m| {
                 let n = &self.nodes[m];
                 let elapsed = n.local(self.now).saturating_sub(n.contact_before(term));
-                leader_now.saturating_sub(elapsed)
+                (leader_now.saturating_sub(elapsed), m)
             })
             .collect();
-        let need = self.nodes.len() / 2; // besides the leader
-        if others.len() < need {
-            return None;
-        }
         others.sort_unstable();
-        let latest = others[..need].iter().copied().fold(own, u64::max);
-        Some(latest.div_ceil(1000))
+        let need = self.nodes.len() / 2; // besides the leader
+        let mut answers: BTreeMap<u64, u64> = others.into_iter().take(need).map(|(at, m)| (m as u64, at)).collect();
+        answers.insert(leader as u64, l.contact_before(term));
+        let voters: Vec<u64> = (0..self.nodes.len() as u64).collect();
+        let rule = match self.opts.broken {
+            Some(BrokenRule::OwnContactOnly) => ContactRule::OwnOnly,
+            _ => ContactRule::Majority,
+        };
+        contact::combine(&[voters], leader as u64, &answers, rule).map(|at| at.div_ceil(1000))
     }
 
     fn controller_commit(&mut self, node: usize, inc: u64, term: u64, mut decisions: VecDeque<Decision>) {
@@ -659,12 +677,12 @@ impl Sim {
             return;
         }
         if self.db.leader != Some(node) || self.db.term != term || !self.has_quorum(node) {
-            self.nodes[node].leader_side.committing = false;
+            self.nodes[node].grants.end_tick();
             self.note(|s| format!("{}: controller decisions not committed (no quorum)", s.names[node]));
             return;
         }
         let Some(d) = decisions.pop_front() else {
-            self.nodes[node].leader_side.committing = false;
+            self.nodes[node].grants.end_tick();
             return;
         };
         let at = self.nodes[node].clock.local_ms(self.now);
@@ -680,7 +698,7 @@ impl Sim {
         }
         self.replicate();
         if decisions.is_empty() {
-            self.nodes[node].leader_side.committing = false;
+            self.nodes[node].grants.end_tick();
         } else {
             let d = self.write_latency();
             self.after(d, Ev::ControllerCommit { node, inc, term, decisions });

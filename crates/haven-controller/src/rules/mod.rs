@@ -41,7 +41,7 @@ impl Tick {
 
     pub fn with_timing(now: Millis, timing: &crate::Timing) -> Tick {
         let hour = (now / 3_600_000) % 24;
-        let lease_and_margin = timing.lease_ms.saturating_add(timing.margin_ms);
+        let lease_and_margin = timing.lease_over_after_ms();
         Tick { now, utc_hour: u8::try_from(hour).unwrap_or(0), lease_and_margin }
     }
 }
