@@ -86,7 +86,9 @@ pub struct HttpNetworkFactory {
 impl HttpNetworkFactory {
     /// Plain HTTP to peers. `node_id` is this node's id, used in error reports.
     pub fn new(node_id: u64) -> Result<HttpNetworkFactory, reqwest::Error> {
-        let client = reqwest::Client::builder().build()?;
+        // Peer traffic goes straight to the peer, never through an `HTTP_PROXY` the node
+        // may have set for other programs.
+        let client = reqwest::Client::builder().no_proxy().build()?;
         Ok(HttpNetworkFactory::with_client(node_id, client, "http"))
     }
 
@@ -183,14 +185,13 @@ impl From<TransportError> for StreamingError<TypeConfig, Fatal<u64>> {
 
 #[derive(Debug, thiserror::Error)]
 #[error(
-    "peer {target} answered {url} with HTTP {status}: {body}; check that its agent serves the \
-     raft peer routes at that address"
+    "peer {target} answered {url} with HTTP {status}; check that its agent serves the raft peer \
+     routes at that address (its log says why it refused)"
 )]
 struct HttpStatusError {
     target: u64,
     url: String,
     status: reqwest::StatusCode,
-    body: String,
 }
 
 impl HttpConnection {
@@ -222,9 +223,9 @@ impl HttpConnection {
         let response = self.client.post(&url).timeout(timeout).json(body).send().await.map_err(classify)?;
         let status = response.status();
         if !status.is_success() {
-            let body: String = response.text().await.unwrap_or_default().chars().take(200).collect();
             // A peer that answers but not as a raft peer will not fix itself soon: back off.
-            let e = HttpStatusError { target: self.target, url, status, body };
+            // (Its body is not quoted: whatever answered there may not be ours.)
+            let e = HttpStatusError { target: self.target, url, status };
             return Err(TransportError::Unreachable(Unreachable::new(&e)));
         }
         response.json().await.map_err(classify)
