@@ -15,7 +15,7 @@ use haven_controller::{Decision, LeaseWait, Observations, Timing};
 use haven_node::contact::{self, ContactRule};
 use haven_node::leadership::Change;
 use haven_node::{GrantAnswer, GrantRule, LeaseRule, Renewal};
-use haven_state::{Command, Request};
+use haven_state::{Command, Request, State};
 
 use crate::clock::{Clock, EPOCH_US, Micros};
 use crate::cluster_db::ClusterDb;
@@ -73,6 +73,10 @@ enum Ev {
         inc: u64,
         term: u64,
         decisions: VecDeque<Decision>,
+        /// The state the decisions were made on, with those committed so far applied: a
+        /// decision it refuses breaks the controller's contract; one only the real log
+        /// refuses was overtaken by another write (an operator's) meanwhile.
+        planned: Box<State>,
     },
     Apply {
         node: usize,
@@ -426,7 +430,9 @@ impl Sim {
                 }
             }
             Ev::ControllerTick { node, inc, term } => self.controller_tick(node, inc, term),
-            Ev::ControllerCommit { node, inc, term, decisions } => self.controller_commit(node, inc, term, decisions),
+            Ev::ControllerCommit { node, inc, term, decisions, planned } => {
+                self.controller_commit(node, inc, term, decisions, planned)
+            }
             Ev::Apply { node, inc, upto } => {
                 if !self.live(node, inc) {
                     return;
@@ -640,8 +646,9 @@ impl Sim {
             self.nodes[node].grants.end_tick();
             return;
         }
+        let planned = Box::new(self.db.state.clone());
         let d = self.write_latency();
-        self.after(d, Ev::ControllerCommit { node, inc, term, decisions });
+        self.after(d, Ev::ControllerCommit { node, inc, term, decisions, planned });
     }
 
     /// `ClusterDb::earlier_leaders_last_contact` as seen by `leader` (its clock, ms rounded
@@ -672,7 +679,14 @@ impl Sim {
         contact::combine(&[voters], leader as u64, &answers, rule).map(|at| at.div_ceil(1000))
     }
 
-    fn controller_commit(&mut self, node: usize, inc: u64, term: u64, mut decisions: VecDeque<Decision>) {
+    fn controller_commit(
+        &mut self,
+        node: usize,
+        inc: u64,
+        term: u64,
+        mut decisions: VecDeque<Decision>,
+        mut planned: Box<State>,
+    ) {
         if !self.live(node, inc) {
             return;
         }
@@ -692,8 +706,16 @@ impl Sim {
         }
         self.stats.commits += 1;
         self.note(|s| format!("{}: commit #{index} controller: {d}", s.names[node]));
+        let on_plan = planned.apply(&Request::new(at, "controller", d.command.clone()));
         if let Err(e) = resp {
-            self.violate("controller-contract", format!("the state refused the controller's decision {d}: {e}"));
+            if let Err(e) = on_plan {
+                self.violate("controller-contract", format!("the state refused the controller's decision {d}: {e}"));
+                return;
+            }
+            // Overtaken by another write since the decision: the agent logs it and decides
+            // again at its next tick.
+            self.note(|s| format!("{}: controller decision {d} refused (overtaken): {e}", s.names[node]));
+            self.nodes[node].grants.end_tick();
             return;
         }
         self.replicate();
@@ -701,7 +723,7 @@ impl Sim {
             self.nodes[node].grants.end_tick();
         } else {
             let d = self.write_latency();
-            self.after(d, Ev::ControllerCommit { node, inc, term, decisions });
+            self.after(d, Ev::ControllerCommit { node, inc, term, decisions, planned });
         }
     }
 
