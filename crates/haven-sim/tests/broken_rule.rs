@@ -52,7 +52,7 @@ fn skipping_the_lease_wait_is_caught() {
 fn counting_the_lease_from_the_grant_receipt_is_caught() {
     // `Lease::renewed` with `LeaseRule::FromReceipt`: a slow reply stretches a
     // receipt-based lease past the leader's deadline; the aggressive profile's 0.5 s margin
-    // lets a 1.4 s delay show it (first at seed 825).
+    // lets a 1.4 s delay show it (first at seed 262).
     let opts =
         Options { broken: Some(BrokenRule::LeaseFromReceipt), profile: Profile::AGGRESSIVE, ..Options::default() };
     let out = first_two_owners(&opts, 1_000);
@@ -62,7 +62,7 @@ fn counting_the_lease_from_the_grant_receipt_is_caught() {
 #[test]
 fn granting_leases_during_a_controller_tick_is_caught() {
     // `GrantTable::grant` with `GrantRule::Unguarded`, the agent before the grant fix; the
-    // first violation is at seed 173 (425 when the fix was made; the simulated cluster has
+    // first violation is at seed 261 (425 when the fix was made; the simulated cluster has
     // changed since).
     let opts = Options { broken: Some(BrokenRule::UnguardedGrant), ..Options::default() };
     let out = first_two_owners(&opts, 600);
@@ -73,7 +73,7 @@ fn granting_leases_during_a_controller_tick_is_caught() {
 fn bounding_earlier_leases_by_the_new_leaders_own_contact_is_caught() {
     // `contact::combine` with `ContactRule::OwnOnly`: a new leader that was cut off from
     // the old one, trusting only its own notes, counts the old leader's recent grants as
-    // long over; the first violation is at seed 378.
+    // long over; the first violation is at seed 369.
     let opts = Options { broken: Some(BrokenRule::OwnContactOnly), ..Options::default() };
     let out = first_two_owners(&opts, 4_000);
     assert_trace_names_both_owners(&out);
