@@ -158,3 +158,40 @@ impl<'a> Forward<'a> {
         }))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::{Failure, Forward, Wait};
+    use crate::api::ApiError;
+
+    fn answer(f: Failure) -> (u16, String, String) {
+        let e = f.into_api_error();
+        (e.status, e.code, e.message)
+    }
+
+    #[test]
+    fn a_failure_is_answered_by_what_it_says_about_the_request() {
+        let (status, code, message) =
+            answer(Failure::MaybeSent { message: "node \"b\" did not answer".into(), request_id: Some("k-1".into()) });
+        assert_eq!((status, code.as_str()), (504, "outcome_unknown"), "{message}");
+        assert!(message.contains("node \"b\" did not answer") && message.contains("Idempotency-Key: k-1"), "{message}");
+        let (status, code, _) = answer(Failure::MaybeSent { message: "read timed out".into(), request_id: None });
+        assert_eq!((status, code.as_str()), (502, "unavailable"));
+        let (status, code, _) = answer(Failure::NotSent("cannot reach".into()));
+        assert_eq!((status, code.as_str()), (502, "unavailable"));
+        let refused = ApiError::new(409, "conflict", "VM \"web\" is online");
+        assert_eq!(answer(Failure::Answered(refused)), (409, "conflict".into(), "VM \"web\" is online".into()));
+    }
+
+    #[tokio::test]
+    async fn a_node_that_does_not_listen_was_surely_not_sent_the_request() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free port").port();
+        let addr = format!("127.0.0.1:{port}");
+        let http = reqwest::Client::new();
+        let peer = Forward::new(&http, "node \"b\"", &addr, Wait::Short);
+        match peer.post::<_, serde_json::Value>("/api/v1/groups", &serde_json::json!({"name": "g"})).await {
+            Err(Failure::NotSent(m)) => assert!(m.starts_with(&format!("cannot reach node \"b\" at {addr}: ")), "{m}"),
+            other => panic!("a request to a closed port: {other:?}"),
+        }
+    }
+}
