@@ -12,18 +12,17 @@
 //!
 //! This crate decides nothing about placement or failover itself; it executes.
 
-pub mod api;
+mod api;
 pub mod config;
 pub mod control;
 pub mod fence;
+mod forward;
 pub mod host;
 pub mod lease;
 pub mod lrm;
-pub mod make_ha;
-pub mod peer;
+mod peer;
 mod report;
-pub mod requests;
-pub mod vm_api;
+mod requests;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -77,6 +76,10 @@ pub enum SubmitError {
     /// `request_id` up, or retry with it.
     #[error("{message}")]
     Unknown { request_id: String, message: String },
+    /// Not applied: the leader refused the forwarded request before proposing it (e.g. a
+    /// body too large for it, 413); answered with the leader's status and error.
+    #[error("{message}")]
+    Rejected { status: u16, code: String, message: String },
 }
 
 /// How long a write may keep trying to reach a leader.
@@ -189,6 +192,7 @@ impl Agent {
             Ok(resp) => Attempt::Done(Box::new(resp)),
             Err(peer::ForwardError::NotSent(m)) => Attempt::Again { reason: m, maybe_sent: false },
             Err(peer::ForwardError::MaybeSent(m)) => Attempt::Again { reason: m, maybe_sent: true },
+            Err(peer::ForwardError::Rejected(e)) => Attempt::Failed(e),
             Err(peer::ForwardError::Unknown(m)) => {
                 let detail = format!("the leader (node {}) said: {m}", leader_id.unwrap_or_default());
                 Attempt::Failed(unknown(req, &detail))
@@ -249,17 +253,7 @@ impl Agent {
 
 /// `req`'s outcome is unknown because of `detail`: the error says how to find it out.
 fn unknown(req: &Request, detail: &str) -> SubmitError {
-    let Some(id) = req.request_id.clone() else {
-        let message = format!("the outcome of the write is unknown: {detail}; it may or may not have been applied");
-        return SubmitError::Unknown { request_id: String::new(), message };
-    };
-    let message = format!(
-        "the outcome of request {id:?} is unknown: {detail}; it may or may not have been applied. Look it up with \
-         `GET /api/v1/requests/{}`, or send the same request again with the header `Idempotency-Key: {id}`: it is \
-         applied at most once",
-        requests::percent_encode(&id)
-    );
-    SubmitError::Unknown { request_id: id, message }
+    requests::outcome_unknown(req.request_id.as_deref(), detail)
 }
 
 fn no_quorum_message(detail: &str) -> String {

@@ -188,22 +188,3 @@ pub struct Removed {
     /// The name of the node removed from the cluster.
     pub removed: String,
 }
-
-/// `POST /api/v1/vms/{name}/guest-control`: the line was written to the guest's channel.
-#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
-pub struct GuestControlSent {
-    pub sent: String,
-    pub vm: String,
-    /// The node that runs the VM.
-    pub node: String,
-}
-
-/// `PUT /api/v1/vms/{name}/definition`: the definition file was replaced.
-#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
-pub struct DefinitionEdited {
-    pub vm: String,
-    /// The file written, on this node.
-    pub file: String,
-    /// When the change takes effect: "at the VM's next start".
-    pub applies: String,
-}

@@ -1003,7 +1003,7 @@ async fn resource(c: &Client, fmt: Format, cmd: ResourceCmd) -> Result<(), Failu
     Ok(())
 }
 
-fn vm_rows(vms: &[haven_agent::vm_api::VmView]) -> Vec<Vec<String>> {
+fn vm_rows(vms: &[haven_api::VmView]) -> Vec<Vec<String>> {
     vms.iter()
         .map(|v| {
             let rt = v.runtime.as_ref();
@@ -1023,7 +1023,7 @@ const VM_HEADER: [&str; 6] = ["NAME", "GROUP", "OWNER", "STATE", "ACCEL", "HEART
 
 async fn vm_create(c: &Client, fmt: Format, place: VmPlace, definition: Value) -> Result<(), Failure> {
     let body = json!({"group": place.group, "volume": place.volume, "definition": definition});
-    let v: haven_agent::vm_api::VmView = c.post("/api/v1/vms", &body).await?;
+    let v: haven_api::VmView = c.post("/api/v1/vms", &body).await?;
     if fmt == Format::Json {
         output::json(&v);
     } else {
@@ -1138,7 +1138,7 @@ fn definition_from_qemu(argv: &[String]) -> Result<(Value, Vec<String>), Failure
 
 /// A VM starts and stops with its group: `action` is `online` or `offline`.
 async fn vm_power(c: &Client, fmt: Format, name: &str, action: &str) -> Result<(), Failure> {
-    let v: haven_agent::vm_api::VmView = c.get(&format!("/api/v1/vms/{}", seg(name))).await?;
+    let v: haven_api::VmView = c.get(&format!("/api/v1/vms/{}", seg(name))).await?;
     let g: GroupView = c.post(&format!("/api/v1/groups/{}/{action}", seg(&v.group)), &json!({})).await?;
     if fmt == Format::Json {
         output::json(&g);
@@ -1149,7 +1149,7 @@ async fn vm_power(c: &Client, fmt: Format, name: &str, action: &str) -> Result<(
 }
 
 async fn vm(c: &Client, fmt: Format, cmd: VmCmd) -> Result<(), Failure> {
-    use haven_agent::vm_api::VmView;
+    use haven_api::VmView;
     match cmd {
         VmCmd::List => {
             let vms: Vec<VmView> = c.get("/api/v1/vms").await?;

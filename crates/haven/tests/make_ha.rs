@@ -14,8 +14,7 @@ mod common;
 use std::process::Command;
 
 use common::{HAVEN, Lab, installed, test_guest};
-use haven_agent::vm_api::VmView;
-use haven_api::{GroupView, ResourceView};
+use haven_api::{GroupView, ResourceView, VmView};
 use haven_model::{CheckResult, HaReport, ResourceState};
 use haven_state::Event;
 use serde_json::{Value, json};

@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use common::{HAVEN, Lab, alive, assert_guest_found_its_disk, installed, pid_in, processes_in, sigkill, test_guest};
-use haven_agent::vm_api::VmView;
+use haven_api::VmView;
 use haven_api::{GroupView, ResourceView};
 use haven_model::{Accel, ResourceState};
 use haven_state::Event;

@@ -6,34 +6,13 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::extract::State as AxState;
-use haven_model::{Resource, ResourceKind, VmStatus};
-use serde::{Deserialize, Serialize};
-use utoipa::ToSchema;
+use haven_api::{DefinitionEdit, GuestControl, VmCreate, VmView};
+use haven_model::{Resource, ResourceKind};
 
-use crate::api::{ApiError, Body, Name};
+use super::{ApiError, Body, Name};
+use crate::forward::{Failure, Forward, Wait};
+use crate::requests::percent_encode;
 use crate::{Agent, SubmitError};
-
-/// A VM as the API shows it.
-#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
-pub struct VmView {
-    pub name: String,
-    pub group: String,
-    /// The node the cluster state places its group on.
-    pub owner: Option<String>,
-    /// The `vm` resource's state (`online`, `failed`, …) and where it was reported.
-    pub resource: Resource,
-    /// From the owner node: accelerator, QEMU pid, guest heartbeat. `None` if it does not
-    /// run (or the owner could not be asked).
-    pub runtime: Option<VmStatus>,
-}
-
-/// `POST /api/v1/vms/{name}/guest-control`: a line for the guest's control channel (the
-/// test guest understands `freeze`, `thaw` and `poweroff`).
-#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct GuestControl {
-    pub line: String,
-}
 
 fn vm_resource(agent: &Agent, name: &str) -> Result<Resource, ApiError> {
     let state = agent.db.state();
@@ -48,14 +27,20 @@ fn vm_resource(agent: &Agent, name: &str) -> Result<Resource, ApiError> {
     }
 }
 
-/// The owner's address if it is another node.
-fn elsewhere(agent: &Agent, r: &Resource) -> Option<String> {
+/// The owner node's name and address if it is another node.
+fn elsewhere(agent: &Agent, r: &Resource) -> Option<(String, String)> {
     let state = agent.db.state();
     let owner = state.groups.get(&r.spec.group)?.owner.clone()?;
     if owner == agent.name() {
         return None;
     }
-    state.nodes.get(&owner).map(|n| n.address.clone())
+    let addr = state.nodes.get(&owner)?.address.clone();
+    Some((owner, addr))
+}
+
+/// A request for the VM's owner node.
+fn to_owner<'a>(agent: &'a Agent, (owner, addr): &'a (String, String)) -> Forward<'a> {
+    Forward::new(&agent.peers, format!("node {owner:?}, which runs the VM,"), addr, Wait::Short)
 }
 
 async fn view(agent: &Agent, r: Resource) -> VmView {
@@ -66,16 +51,16 @@ async fn view(agent: &Agent, r: Resource) -> VmView {
             let ctx = crate::lrm::ctx_for(agent, &state, &r.spec);
             haven_drivers::vm_status(&ctx)
         }
-        Some(addr) => {
-            let client = haven_api::Client::with_timeout(&addr, std::time::Duration::from_secs(3));
-            client.get::<VmView>(&format!("/api/v1/vms/{}", r.spec.name)).await.ok().and_then(|v| v.runtime)
+        Some(owner) => {
+            let path = format!("/api/v1/vms/{}", percent_encode(&r.spec.name));
+            to_owner(agent, &owner).get::<VmView>(&path).await.ok().and_then(|v| v.runtime)
         }
     };
     VmView { name: r.spec.name.clone(), group: r.spec.group.clone(), owner, resource: r, runtime }
 }
 
 #[utoipa::path(get, path = "/api/v1/vms", tag = "vms", responses((status = 200, body = [VmView])))]
-pub async fn list_vms(AxState(agent): AxState<Arc<Agent>>) -> Result<Json<Vec<VmView>>, ApiError> {
+pub(super) async fn list_vms(AxState(agent): AxState<Arc<Agent>>) -> Result<Json<Vec<VmView>>, ApiError> {
     let state = agent.db.state();
     let mut out = Vec::new();
     for r in state.resources.values().filter(|r| r.spec.kind == ResourceKind::Vm) {
@@ -85,26 +70,22 @@ pub async fn list_vms(AxState(agent): AxState<Arc<Agent>>) -> Result<Json<Vec<Vm
 }
 
 #[utoipa::path(get, path = "/api/v1/vms/{name}", tag = "vms", responses((status = 200, body = VmView), (status = 404, body = haven_api::ErrorBody)))]
-pub async fn get_vm(AxState(agent): AxState<Arc<Agent>>, Name(name): Name) -> Result<Json<VmView>, ApiError> {
+pub(super) async fn get_vm(AxState(agent): AxState<Arc<Agent>>, Name(name): Name) -> Result<Json<VmView>, ApiError> {
     let r = vm_resource(&agent, &name)?;
     Ok(Json(view(&agent, r).await))
 }
 
 #[utoipa::path(post, path = "/api/v1/vms/{name}/guest-control", tag = "vms", request_body = GuestControl,
     responses((status = 200, body = haven_api::GuestControlSent), (status = 404, body = haven_api::ErrorBody), (status = 409, body = haven_api::ErrorBody), (status = 502, body = haven_api::ErrorBody)))]
-pub async fn guest_control(
+pub(super) async fn guest_control(
     AxState(agent): AxState<Arc<Agent>>,
     Name(name): Name,
     Body(req): Body<GuestControl>,
 ) -> Result<Json<haven_api::GuestControlSent>, ApiError> {
     let r = vm_resource(&agent, &name)?;
-    if let Some(addr) = elsewhere(&agent, &r) {
-        let client = haven_api::Client::with_timeout(&addr, std::time::Duration::from_secs(5));
-        return client
-            .post::<_, haven_api::GuestControlSent>(&format!("/api/v1/vms/{name}/guest-control"), &req)
-            .await
-            .map(Json)
-            .map_err(|e| ApiError::new(e.status().unwrap_or(502), "unavailable", e.to_string()));
+    if let Some(owner) = elsewhere(&agent, &r) {
+        let path = format!("/api/v1/vms/{}/guest-control", percent_encode(&name));
+        return to_owner(&agent, &owner).post(&path, &req).await.map(Json).map_err(Failure::into_api_error);
     }
     let state = agent.db.state();
     let ctx = crate::lrm::ctx_for(&agent, &state, &r.spec);
@@ -115,14 +96,6 @@ pub async fn guest_control(
         .await
         .map_err(|e| ApiError::new(409, "conflict", e.to_string()))?;
     Ok(Json(haven_api::GuestControlSent { sent: req.line, vm: name, node: agent.name().to_string() }))
-}
-
-/// `PUT /api/v1/vms/{name}/definition`: the new text of the VM's definition file.
-#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct DefinitionEdit {
-    /// The whole file, in the file's own syntax (TOML, or JSON for a `.json` file).
-    pub text: String,
 }
 
 /// Where the definition of `vm` lives on shared storage, seen from this node: its
@@ -172,7 +145,7 @@ fn definition_file(agent: &Agent, vm: &Resource) -> Result<std::path::PathBuf, A
 
 #[utoipa::path(put, path = "/api/v1/vms/{name}/definition", tag = "vms", request_body = DefinitionEdit,
     responses((status = 200, body = haven_api::DefinitionEdited), (status = 400, body = haven_api::ErrorBody), (status = 409, body = haven_api::ErrorBody)))]
-pub async fn edit_definition(
+pub(super) async fn edit_definition(
     AxState(agent): AxState<Arc<Agent>>,
     Name(name): Name,
     Body(edit): Body<DefinitionEdit, { haven_api::MAX_DEFINITION_BODY_BYTES }>,
@@ -211,15 +184,11 @@ pub async fn edit_definition(
 /// 64 KiB), from the node that runs it.
 #[utoipa::path(get, path = "/api/v1/vms/{name}/console", tag = "vms",
     responses((status = 200, body = String), (status = 404, body = haven_api::ErrorBody), (status = 409, body = haven_api::ErrorBody), (status = 502, body = haven_api::ErrorBody)))]
-pub async fn console(AxState(agent): AxState<Arc<Agent>>, Name(name): Name) -> Result<Json<String>, ApiError> {
+pub(super) async fn console(AxState(agent): AxState<Arc<Agent>>, Name(name): Name) -> Result<Json<String>, ApiError> {
     let r = vm_resource(&agent, &name)?;
-    if let Some(addr) = elsewhere(&agent, &r) {
-        let client = haven_api::Client::with_timeout(&addr, std::time::Duration::from_secs(5));
-        return client
-            .get::<String>(&format!("/api/v1/vms/{name}/console"))
-            .await
-            .map(Json)
-            .map_err(|e| ApiError::new(e.status().unwrap_or(502), "unavailable", e.to_string()));
+    if let Some(owner) = elsewhere(&agent, &r) {
+        let path = format!("/api/v1/vms/{}/console", percent_encode(&name));
+        return to_owner(&agent, &owner).get(&path).await.map(Json).map_err(Failure::into_api_error);
     }
     let state = agent.db.state();
     let ctx = crate::lrm::ctx_for(&agent, &state, &r.spec);
@@ -235,23 +204,9 @@ pub async fn console(AxState(agent): AxState<Arc<Agent>>, Name(name): Name) -> R
     Ok(Json(String::from_utf8_lossy(tail).into_owned()))
 }
 
-/// `POST /api/v1/vms`: make a VM highly available in an existing group — write its
-/// definition on the group's volume and create its `vm-config` and `vm` resources.
-#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct VmCreate {
-    /// The group (must exist, with a `dir` disk resource for `volume`).
-    pub group: String,
-    /// The `disk` resource whose volume holds the definition (and, usually, the images).
-    pub volume: String,
-    /// Written to `<volume>/<name>/vm.toml`; relative paths in it are relative to that
-    /// directory. Its `name` names the VM and its resources (`<name>`, `<name>-config`).
-    pub definition: haven_model::VmDefinition,
-}
-
 #[utoipa::path(post, path = "/api/v1/vms", tag = "vms", request_body = VmCreate,
     responses((status = 200, body = VmView), (status = 400, body = haven_api::ErrorBody), (status = 404, body = haven_api::ErrorBody), (status = 409, body = haven_api::ErrorBody)))]
-pub async fn create_vm(
+pub(super) async fn create_vm(
     AxState(agent): AxState<Arc<Agent>>,
     Body(req): Body<VmCreate, { haven_api::MAX_DEFINITION_BODY_BYTES }>,
 ) -> Result<Json<VmView>, ApiError> {

@@ -19,11 +19,10 @@ use haven_model::{
 };
 use haven_state::{Command, Request, State};
 
-use crate::api::{ApiError, Body};
+use super::cluster::require_cluster;
+use super::{ApiError, Body};
+use crate::forward::{Failure, Forward, Wait};
 use crate::{Agent, SubmitError, now_ms};
-
-/// Longest a forwarded wizard run may take (it scans `/proc` and runs `qemu-img`).
-const FORWARD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
 
 fn refused(e: haven_model::InvalidInput) -> ApiError {
     ApiError::from(SubmitError::Refused(e.into()))
@@ -153,34 +152,26 @@ fn set_check8(report: &mut HaReport, result: CheckResult, message: String) {
     responses((status = 200, body = HaReport, description = "the wizard ran; `ok` says whether the VM is now highly available"),
               (status = 400, body = haven_api::ErrorBody), (status = 404, body = haven_api::ErrorBody),
               (status = 502, body = haven_api::ErrorBody)))]
-pub async fn make_ha(
+pub(super) async fn make_ha(
     AxState(agent): AxState<Arc<Agent>>,
     Body(req): Body<MakeHaRequest>,
 ) -> Result<Json<HaReport>, ApiError> {
     let state = agent.db.state();
-    if state.cluster.is_none() {
-        return Err(ApiError::new(
-            409,
-            "not_initialized",
-            "this node is not part of a cluster yet; run `haven cluster init` here or `haven cluster join <address> --token <token>`",
-        ));
-    }
+    require_cluster(&state)?;
     let node = req.node.clone().unwrap_or_else(|| agent.name().to_string());
     haven_model::validate_name("node", &node).map_err(refused)?;
     let Some(target) = state.nodes.get(&node) else {
         return Err(SubmitError::Refused(haven_state::StateError::not_found_in("node", "node", &node)).into());
     };
     if node != agent.name() {
-        let client = haven_api::Client::with_timeout(&target.address, FORWARD_TIMEOUT);
         let fwd = MakeHaRequest { node: Some(node.clone()), ..req };
-        return client.post::<_, HaReport>("/api/v1/vms/make-ha", &fwd).await.map(Json).map_err(|e| match e {
-            haven_api::ClientError::Api { status, code, message, field } => ApiError { status, code, message, field },
-            other => ApiError::new(
-                502,
-                "unavailable",
-                format!("node {node:?} holds the definition but could not be asked: {other}"),
-            ),
-        });
+        let holder = Forward::new(
+            &agent.peers,
+            format!("node {node:?}, which holds the definition,"),
+            &target.address,
+            Wait::Long,
+        );
+        return holder.post("/api/v1/vms/make-ha", &fwd).await.map(Json).map_err(Failure::into_api_error);
     }
     if req.path.trim().is_empty() {
         return Err(refused(haven_model::InvalidInput::new(
