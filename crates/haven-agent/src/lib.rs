@@ -43,7 +43,8 @@ pub struct Agent {
     pub config: AgentConfig,
     pub timing: Timing,
     pub db: ClusterDb,
-    /// Client for peer traffic (forwarded writes, heartbeats, joins).
+    /// Client for all peer traffic (`forward`: writes to the leader, heartbeats, joins, VM
+    /// calls to the owner).
     pub peers: reqwest::Client,
     pub lease: lease::LeaseKeeper,
     /// Leader side: when each node's last renewal arrived (ms), while this node led (in any
@@ -280,7 +281,10 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Res
     let listener = tokio::net::TcpListener::bind(&config.listen)
         .await
         .map_err(|e| format!("cannot listen on {}: {e}; is another agent using that address?", config.listen))?;
+    // Peer traffic goes straight to the peer, never through an `HTTP_PROXY` the node may
+    // have set for other programs.
     let peers = reqwest::Client::builder()
+        .no_proxy()
         .connect_timeout(Duration::from_millis(500))
         .timeout(Duration::from_secs(70))
         .build()
