@@ -263,11 +263,28 @@ fn no_quorum_message(detail: &str) -> String {
     )
 }
 
+/// Why the agent could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Config(#[from] config::ConfigError),
+    #[error("cannot create state_dir {dir}: {source}; check that the agent may write there (it runs as root)")]
+    StateDir { dir: String, source: std::io::Error },
+    #[error(
+        "cannot open the cluster database: {0}; check the state_dir (another agent using the same one holds it locked)"
+    )]
+    Database(String),
+    #[error("cannot listen on {addr}: {source}; is another agent using that address?")]
+    Listen { addr: String, source: std::io::Error },
+    #[error("cannot build the HTTP client: {0}")]
+    HttpClient(#[from] reqwest::Error),
+}
+
 /// Runs the agent until `shutdown` resolves, then stops local resources and exits.
-pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Result<(), String> {
+pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Result<(), StartError> {
     let timing = config.timing()?;
     std::fs::create_dir_all(&config.state_dir)
-        .map_err(|e| format!("cannot create state_dir {}: {e}", config.state_dir.display()))?;
+        .map_err(|source| StartError::StateDir { dir: config.state_dir.display().to_string(), source })?;
     let tuning = RaftTuning {
         heartbeat_ms: timing.raft_heartbeat.as_millis() as u64,
         election_min_ms: timing.election_min.as_millis() as u64,
@@ -276,19 +293,18 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Res
     };
     let db = ClusterDb::open(&config.state_dir.join("raft"), config.id, tuning)
         .await
-        .map_err(|e| format!("cannot open the cluster database: {e}"))?
+        .map_err(|e| StartError::Database(e.to_string()))?
         .with_write_timeout(timing.lease);
     let listener = tokio::net::TcpListener::bind(&config.listen)
         .await
-        .map_err(|e| format!("cannot listen on {}: {e}; is another agent using that address?", config.listen))?;
+        .map_err(|source| StartError::Listen { addr: config.listen.clone(), source })?;
     // Peer traffic goes straight to the peer, never through an `HTTP_PROXY` the node may
     // have set for other programs.
     let peers = reqwest::Client::builder()
         .no_proxy()
         .connect_timeout(Duration::from_millis(500))
         .timeout(Duration::from_secs(70))
-        .build()
-        .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
+        .build()?;
 
     let (reports, report_rx) = report::Reporter::new();
     let agent = Arc::new(Agent {

@@ -511,7 +511,7 @@ async fn run_agent(a: AgentArgs, witness: bool) -> Result<(), Failure> {
             _ = term.recv() => {}
         }
     };
-    haven_agent::run(config, shutdown).await.map_err(|m| Failure { code: EXIT_UNAVAILABLE, message: m })
+    haven_agent::run(config, shutdown).await.map_err(|e| Failure { code: EXIT_UNAVAILABLE, message: e.to_string() })
 }
 
 async fn client_command(c: &Client, fmt: Format, cmd: Cmd) -> Result<(), Failure> {
