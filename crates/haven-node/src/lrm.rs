@@ -18,7 +18,7 @@
 //!   (`Lease::may_run`); resources start one at a time in dependency order.
 //! - A running resource is checked at its LooksAlive interval (cheap) and IsAlive interval
 //!   (thorough). A failed check, a failed start or a start past its pending timeout is a
-//!   failure: the resources that depend on it are stopped, it is stopped, and
+//!   failure: the resources that depend on it are stopped (saying so), it is stopped, and
 //!   `haven_policy::restart_decision` says whether to start it again here after the restart
 //!   delay or to report it failed (the controller then fails the group over).
 //! - A stop that fails keeps the resource counted as running (its status stays
@@ -390,7 +390,14 @@ impl GroupLrm {
             let affected = v.state.dependents_of(&self.group, &name);
             let dep = order.iter().rev().find(|n| affected.contains(*n) && self.running.contains_key(*n)).cloned();
             if let Some(dep) = dep {
-                if let Some(step) = self.stop(v, &dep, None, fencing, out) {
+                // A dependent is stopped for a reason its operator must see: it did not
+                // fail itself, and it may stay offline (the failed one may be given up on).
+                let reason = if fencing {
+                    SELF_FENCE.to_string()
+                } else {
+                    format!("{name}, which it depends on, failed: {why}")
+                };
+                if let Some(step) = self.stop(v, &dep, Some(&reason), fencing, out) {
                     return step;
                 }
                 return self.idle(v);
