@@ -547,10 +547,15 @@ impl GroupLrm {
                 Health::Running => {
                     let f = fresh(v, &resource);
                     if let Some(w) = self.running.get_mut(&resource) {
-                        w.stop_retry_at = None;
+                        // Kept after a failed stop, now that the group is wanted here
+                        // again: its last report said `stopping`, which is no longer true.
+                        let kept = w.stop_retry_at.take().is_some();
                         w.next_cheap = f.next_cheap;
                         if depth == Depth::Thorough {
                             w.next_thorough = f.next_thorough;
+                        }
+                        if kept {
+                            out.push(report(v, &resource, ResourceState::Online, None, false));
                         }
                     }
                 }
