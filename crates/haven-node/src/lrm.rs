@@ -23,7 +23,8 @@
 //!   delay or to report it failed (the controller then fails the group over).
 //! - A stop that fails keeps the resource counted as running (its status stays
 //!   `stopping`) and is tried again after [`STOP_RETRY`]: a resource must never be left
-//!   running unwatched.
+//!   running unwatched. Only a failed kill waits for that: when the lease ends after a
+//!   graceful stop failed, the kill comes at once.
 //! - A start or check in progress is abandoned when the lease ends (what it started is
 //!   killed) or when the group should no longer run here (what it started is stopped and
 //!   reported "start cancelled: …").
@@ -190,8 +191,19 @@ struct Watch {
     next_thorough: Micros,
     /// A failed stop is not tried again before this.
     stop_retry_at: Option<Micros>,
+    /// Whether the stop that failed was a kill. A failed *graceful* stop never holds back
+    /// a kill: once the lease ends the kill must come at once, not after [`STOP_RETRY`],
+    /// or the resource runs into the margin after which the cluster starts it elsewhere.
+    failed_kill: bool,
     /// Reported when it is stopped, instead of the group's reason (a cancelled start).
     stop_reason: Option<String>,
+}
+
+impl Watch {
+    /// Whether a stop (a kill if `kill`) must wait for the retry of one that failed.
+    fn waits_for_retry(&self, now: Micros, kill: bool) -> bool {
+        self.stop_retry_at.is_some_and(|t| now < t) && (self.failed_kill || !kill)
+    }
 }
 
 /// The call in progress.
@@ -247,6 +259,7 @@ impl GroupLrm {
                 next_cheap: now,
                 next_thorough: now.saturating_add(is_alive),
                 stop_retry_at: None,
+                failed_kill: false,
                 stop_reason: None,
             };
             self.running.insert(name.to_string(), w);
@@ -512,6 +525,7 @@ impl GroupLrm {
                 next_cheap: v.now.saturating_add(cheap),
                 next_thorough: v.now.saturating_add(thorough),
                 stop_retry_at: None,
+                failed_kill: false,
                 stop_reason: None,
             }
         };
@@ -571,10 +585,11 @@ impl GroupLrm {
                     out.push(report(v, &resource, ResourceState::Offline, reason, false));
                 }
             }
-            (Op::Stop { resource, .. }, _) => {
+            (Op::Stop { resource, kill, .. }, _) => {
                 // Still counted as running: it is tried again, and must not run unwatched.
                 if let Some(w) = self.running.get_mut(&resource) {
                     w.stop_retry_at = Some(v.now.saturating_add(STOP_RETRY));
+                    w.failed_kill = kill;
                 }
             }
             (Op::Start { resource }, _) => {
@@ -593,7 +608,7 @@ impl GroupLrm {
     /// it waits for its retry.
     fn stop(&mut self, v: &View, name: &str, reason: Option<&str>, kill: bool, out: &mut Vec<Command>) -> Option<Step> {
         let w = self.running.get(name)?;
-        if w.stop_retry_at.is_some_and(|t| v.now < t) {
+        if w.waits_for_retry(v.now, kill) {
             return None;
         }
         let reason = w.stop_reason.clone().or(reason.map(str::to_string));
@@ -605,7 +620,7 @@ impl GroupLrm {
     /// The stop inside a failure: it reports nothing itself.
     fn stop_quietly(&mut self, v: &View, name: &str, kill: bool) -> Option<Step> {
         let w = self.running.get(name)?;
-        if w.stop_retry_at.is_some_and(|t| v.now < t) {
+        if w.waits_for_retry(v.now, kill) {
             return None;
         }
         let op = Op::Stop { resource: name.to_string(), kill, reason: None };
