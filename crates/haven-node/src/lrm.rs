@@ -18,12 +18,13 @@
 //!   (`Lease::may_run`); resources start one at a time in dependency order.
 //! - A running resource is checked at its LooksAlive interval (cheap) and IsAlive interval
 //!   (thorough). A failed check, a failed start or a start past its pending timeout is a
-//!   failure: the resources that depend on it are stopped, it is stopped, and
+//!   failure: the resources that depend on it are stopped (saying so), it is stopped, and
 //!   `haven_policy::restart_decision` says whether to start it again here after the restart
 //!   delay or to report it failed (the controller then fails the group over).
 //! - A stop that fails keeps the resource counted as running (its status stays
 //!   `stopping`) and is tried again after [`STOP_RETRY`]: a resource must never be left
-//!   running unwatched.
+//!   running unwatched. Only a failed kill waits for that: when the lease ends after a
+//!   graceful stop failed, the kill comes at once.
 //! - A start or check in progress is abandoned when the lease ends (what it started is
 //!   killed) or when the group should no longer run here (what it started is stopped and
 //!   reported "start cancelled: …"). A graceful stop in progress when the lease ends
@@ -192,10 +193,19 @@ struct Watch {
     /// A failed stop is not tried again before this (a kill does not wait for a failed
     /// graceful stop's retry).
     stop_retry_at: Option<Micros>,
-    /// The failed stop was a kill.
+    /// Whether the stop that failed was a kill. A failed *graceful* stop never holds back
+    /// a kill: once the lease ends the kill must come at once, not after [`STOP_RETRY`],
+    /// or the resource runs into the margin after which the cluster starts it elsewhere.
     failed_kill: bool,
     /// Reported when it is stopped, instead of the group's reason (a cancelled start).
     stop_reason: Option<String>,
+}
+
+impl Watch {
+    /// Whether a stop (a kill if `kill`) must wait for the retry of one that failed.
+    fn waits_for_retry(&self, now: Micros, kill: bool) -> bool {
+        self.stop_retry_at.is_some_and(|t| now < t) && (self.failed_kill || !kill)
+    }
 }
 
 /// The call in progress.
@@ -399,7 +409,14 @@ impl GroupLrm {
             let affected = v.state.dependents_of(&self.group, &name);
             let dep = order.iter().rev().find(|n| affected.contains(*n) && self.running.contains_key(*n)).cloned();
             if let Some(dep) = dep {
-                if let Some(step) = self.stop(v, &dep, None, fencing, out) {
+                // A dependent is stopped for a reason its operator must see: it did not
+                // fail itself, and it may stay offline (the failed one may be given up on).
+                let reason = if fencing {
+                    SELF_FENCE.to_string()
+                } else {
+                    format!("{name}, which it depends on, failed: {why}")
+                };
+                if let Some(step) = self.stop(v, &dep, Some(&reason), fencing, out) {
                     return step;
                 }
                 return self.idle(v);
@@ -550,10 +567,15 @@ impl GroupLrm {
                 Health::Running => {
                     let f = fresh(v, &resource);
                     if let Some(w) = self.running.get_mut(&resource) {
-                        w.stop_retry_at = None;
+                        // Kept after a failed stop, now that the group is wanted here
+                        // again: its last report said `stopping`, which is no longer true.
+                        let kept = w.stop_retry_at.take().is_some();
                         w.next_cheap = f.next_cheap;
                         if depth == Depth::Thorough {
                             w.next_thorough = f.next_thorough;
+                        }
+                        if kept {
+                            out.push(report(v, &resource, ResourceState::Online, None, false));
                         }
                     }
                 }
@@ -594,7 +616,7 @@ impl GroupLrm {
     /// it waits for its retry (a kill does not wait: the lease is over).
     fn stop(&mut self, v: &View, name: &str, reason: Option<&str>, kill: bool, out: &mut Vec<Command>) -> Option<Step> {
         let w = self.running.get(name)?;
-        if (!kill || w.failed_kill) && w.stop_retry_at.is_some_and(|t| v.now < t) {
+        if w.waits_for_retry(v.now, kill) {
             return None;
         }
         let reason = w.stop_reason.clone().or(reason.map(str::to_string));
@@ -606,7 +628,7 @@ impl GroupLrm {
     /// The stop inside a failure: it reports nothing itself.
     fn stop_quietly(&mut self, v: &View, name: &str, kill: bool) -> Option<Step> {
         let w = self.running.get(name)?;
-        if (!kill || w.failed_kill) && w.stop_retry_at.is_some_and(|t| v.now < t) {
+        if w.waits_for_retry(v.now, kill) {
             return None;
         }
         let op = Op::Stop { resource: name.to_string(), kill, reason: None };
