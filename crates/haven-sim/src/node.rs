@@ -10,7 +10,8 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use haven_node::{ContactLog, GrantTable, GroupLrm, Leadership, Lease, ReportQueue};
+use haven_node::lrm::View;
+use haven_node::{ContactLog, GrantTable, GroupLrm, Leadership, Lease, LrmRule, ReportQueue};
 use haven_state::{Request, State};
 
 use crate::clock::{Clock, Micros};
@@ -98,6 +99,19 @@ impl Node {
     /// `Lease::may_run` on this node's clock at true time `t`.
     pub fn may_run(&self, t: Micros) -> bool {
         self.lease.may_run(self.local(t), self.applied_index as u64)
+    }
+
+    /// What this node's LRM sees at its local time `local` (the agent's `lrm::Seen`).
+    pub fn view(&self, local: u64, rule: LrmRule) -> View<'_> {
+        View {
+            me: &self.name,
+            state: &self.applied,
+            applied: self.applied_index as u64,
+            lease: &self.lease,
+            now: local,
+            stopping: false,
+            rule,
+        }
     }
 
     /// `Lease::valid` on this node's clock at true time `t`.

@@ -25,7 +25,7 @@ use crate::node::Node;
 use crate::rng::Rng;
 use crate::scenario::{self, Fault};
 use crate::{BrokenRule, Options, Outcome, Stats};
-use haven_node::lrm::{self, Health, LrmRule, Op, Step, View};
+use haven_node::lrm::{self, Health, LrmRule, Op, Step};
 
 /// `12.345s`: simulated true time as the trace shows it.
 pub fn fmt_time(t: Micros) -> String {
@@ -780,20 +780,11 @@ impl Sim {
             let mut out = Vec::new();
             let (mut begin, mut wake, mut abandoned) = (None, None, None);
             {
-                let view = View {
-                    me: &n.name,
-                    state: &n.applied,
-                    applied: n.applied_index as u64,
-                    lease: &n.lease,
-                    now: local,
-                    stopping: false,
-                    rule,
-                };
+                let view = n.view(local, rule);
                 if let Some(op) = core.busy().cloned() {
                     // `raced` in the agent: a start or check in progress may be abandoned.
                     match core.interrupt(&view) {
                         Some(why) => {
-                            n.busy.remove(&gname);
                             core.done(&view, lrm::Outcome::Interrupted(why), &mut out);
                             abandoned = Some((op, why));
                         }
@@ -809,6 +800,9 @@ impl Sim {
                         Step::Idle { wake_at } => wake = wake_at,
                     }
                 }
+            }
+            if abandoned.is_some() {
+                n.busy.remove(&gname); // its completion, if it comes, is ignored
             }
             n.workers.insert(gname, core);
             if let Some((op, why)) = abandoned {
@@ -947,16 +941,7 @@ impl Sim {
             Op::Check { .. } => lrm::Outcome::Checked(Health::Running),
         };
         let mut out = Vec::new();
-        let local = n.local(self.now);
-        let view = View {
-            me: &n.name,
-            state: &n.applied,
-            applied: n.applied_index as u64,
-            lease: &n.lease,
-            now: local,
-            stopping: false,
-            rule,
-        };
+        let view = n.view(n.local(self.now), rule);
         core.done(&view, outcome.clone(), &mut out);
         n.workers.insert(gname, core);
         if let lrm::Outcome::Stopped(Ok(())) = outcome {
