@@ -4,8 +4,58 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use haven_model::{Capacity, Dur, bounds};
+use haven_model::{Capacity, Dur, InvalidInput, bounds};
 use serde::{Deserialize, Serialize};
+
+/// A configuration the agent cannot start with; the message names the file or field, the
+/// value and the fix.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("config file {} is not valid: {source}", path.display())]
+    Parse {
+        path: PathBuf,
+        #[source]
+        source: toml::de::Error,
+    },
+    /// A value of the file is refused (`source` says which and why).
+    #[error("config file {}: {source}", path.display())]
+    Invalid {
+        path: PathBuf,
+        #[source]
+        source: Box<ConfigError>,
+    },
+    /// A field out of its bounds or malformed (`name`, `capacity.*`, `timing.*`).
+    #[error(transparent)]
+    Field(#[from] InvalidInput),
+    #[error("id must be 1 or more (0 is reserved)")]
+    ZeroId,
+    #[error("listen = {listen:?} is not an ip:port address ({source}); write e.g. \"127.0.0.1:7400\"")]
+    Listen {
+        listen: String,
+        #[source]
+        source: std::net::AddrParseError,
+    },
+    #[error("timing.profile = {profile:?} is unknown; use \"default\" or \"aggressive\"")]
+    UnknownProfile { profile: String },
+    #[error(
+        "timing.renew_interval ({renew_interval}) must be at most half of timing.lease ({lease}) so one lost \
+         renewal does not end the lease"
+    )]
+    RenewTooLong { renew_interval: Dur, lease: Dur },
+}
+
+/// `run` and the CLI report a configuration error as text.
+impl From<ConfigError> for String {
+    fn from(e: ConfigError) -> String {
+        e.to_string()
+    }
+}
 
 /// `haven agent --config <file>`. Only `id`, `name`, `listen` and `state_dir` are required.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -73,25 +123,25 @@ impl Timing {
 }
 
 impl AgentConfig {
-    pub fn load(path: &Path) -> Result<AgentConfig, String> {
+    pub fn load(path: &Path) -> Result<AgentConfig, ConfigError> {
         let text =
-            std::fs::read_to_string(path).map_err(|e| format!("cannot read config file {}: {e}", path.display()))?;
+            std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
         let cfg: AgentConfig =
-            toml::from_str(&text).map_err(|e| format!("config file {} is not valid: {e}", path.display()))?;
-        cfg.validate().map_err(|e| format!("config file {}: {e}", path.display()))?;
+            toml::from_str(&text).map_err(|source| ConfigError::Parse { path: path.to_path_buf(), source })?;
+        cfg.validate().map_err(|e| ConfigError::Invalid { path: path.to_path_buf(), source: Box::new(e) })?;
         Ok(cfg)
     }
 
-    pub fn validate(&self) -> Result<(), String> {
-        haven_model::validate_name("name", &self.name).map_err(|e| e.to_string())?;
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        haven_model::validate_name("name", &self.name)?;
         if self.id == 0 {
-            return Err("id must be 1 or more (0 is reserved)".into());
+            return Err(ConfigError::ZeroId);
         }
-        self.listen.parse::<std::net::SocketAddr>().map_err(|e| {
-            format!("listen = {:?} is not an ip:port address ({e}); write e.g. \"127.0.0.1:7400\"", self.listen)
-        })?;
+        self.listen
+            .parse::<std::net::SocketAddr>()
+            .map_err(|source| ConfigError::Listen { listen: self.listen.clone(), source })?;
         if let Some(c) = &self.capacity {
-            c.validate().map_err(|e| e.to_string())?;
+            c.validate()?;
         }
         self.timing().map(|_| ())
     }
@@ -100,12 +150,11 @@ impl AgentConfig {
         self.advertise.clone().unwrap_or_else(|| self.listen.clone())
     }
 
-    pub fn timing(&self) -> Result<Timing, String> {
+    pub fn timing(&self) -> Result<Timing, ConfigError> {
         let profile = self.timing.profile.as_deref().unwrap_or("default");
-        let mut t = Timing::profile(profile)
-            .ok_or_else(|| format!("timing.profile = {profile:?} is unknown; use \"default\" or \"aggressive\""))?;
-        let bounded =
-            |bound: haven_model::bounds::Bound, v: Dur| bound.check_dur(v).map(|()| v.0).map_err(|e| e.to_string());
+        let mut t =
+            Timing::profile(profile).ok_or_else(|| ConfigError::UnknownProfile { profile: profile.to_string() })?;
+        let bounded = |bound: haven_model::bounds::Bound, v: Dur| bound.check_dur(v).map(|()| v.0);
         if let Some(v) = self.timing.renew_interval {
             t.renew_interval = bounded(bounds::RENEW_INTERVAL, v)?;
         }
@@ -116,11 +165,7 @@ impl AgentConfig {
             t.margin = bounded(bounds::MARGIN, v)?;
         }
         if t.renew_interval.saturating_mul(2) > t.lease {
-            return Err(format!(
-                "timing.renew_interval ({}) must be at most half of timing.lease ({}) so one lost renewal does not end the lease",
-                Dur(t.renew_interval),
-                Dur(t.lease)
-            ));
+            return Err(ConfigError::RenewTooLong { renew_interval: Dur(t.renew_interval), lease: Dur(t.lease) });
         }
         Ok(t)
     }
@@ -136,16 +181,7 @@ impl AgentConfig {
 
 fn host_capacity() -> Capacity {
     let cpus = std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1);
-    let memory_mib = std::fs::read_to_string("/proc/meminfo")
-        .ok()
-        .and_then(|t| {
-            t.lines()
-                .find(|l| l.starts_with("MemTotal:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|kb| kb.parse::<u64>().ok())
-        })
-        .map(|kb| kb / 1024)
-        .unwrap_or(1024);
+    let memory_mib = haven_drivers::procfs::mem_total_mib().unwrap_or(1024);
     // Within the bounds a configured capacity has, so the join is never refused for it.
     let max_cpus = u32::try_from(bounds::MAX_CPUS).unwrap_or(u32::MAX);
     Capacity { cpus: cpus.min(max_cpus), memory_mib: memory_mib.min(bounds::MAX_MEMORY_MIB) }
@@ -158,7 +194,7 @@ mod tests {
     fn config(extra: &str) -> Result<AgentConfig, String> {
         let text = format!("id = 1\nname = \"n1\"\nlisten = \"127.0.0.1:7400\"\nstate_dir = \"/tmp/x\"\n{extra}");
         let cfg: AgentConfig = toml::from_str(&text).map_err(|e| e.to_string())?;
-        cfg.validate().map(|()| cfg)
+        cfg.validate().map(|()| cfg).map_err(|e| e.to_string())
     }
 
     /// Each `timing.*` and `capacity.*` bound: both ends accepted (with the other values

@@ -5,24 +5,24 @@
 //! A new leader does not know which leases its predecessor renewed, so it counts every
 //! lease as renewed at its election (`leader_since`) — or, as soon as a majority of voters
 //! answered, at the last moment an earlier leader can have renewed one
-//! (`haven_raft::contact`), which is usually shortly before the old leader was lost.
+//! (`haven_node::contact`), which is usually shortly before the old leader was lost. That
+//! bookkeeping is `haven_node::Leadership`, the code the simulator drives too; the grant
+//! rule the ticks keep with the lease grants is `lease::Grants`.
 
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::watch;
 
 use haven_drivers::time::millis_u64;
+use haven_node::ContactRule;
+use haven_node::leadership::{Change, Leadership};
 
 use crate::{Agent, now_ms};
 
 pub async fn run(agent: Arc<Agent>, mut stop: watch::Receiver<bool>) {
     let tick = agent.timing.renew_interval / 2;
-    let timing = haven_controller::Timing {
-        lease_ms: millis_u64(agent.timing.lease),
-        margin_ms: millis_u64(agent.timing.margin),
-    };
-    // (term, when this node became leader in that term)
-    let mut leadership: Option<(u64, u64)> = None;
+    let timing = haven_controller::Timing::new(millis_u64(agent.timing.lease), millis_u64(agent.timing.margin));
+    let mut leadership = Leadership::new();
     // (term, the latest contact of any earlier leader) once a majority of voters told.
     let earlier: Arc<Mutex<Option<(u64, u64)>>> = Arc::default();
     let mut asking: Option<tokio::task::JoinHandle<()>> = None;
@@ -35,46 +35,41 @@ pub async fn run(agent: Arc<Agent>, mut stop: watch::Receiver<bool>) {
         }
         next_wake = tick;
         let term = agent.db.raft().metrics().borrow().current_term;
-        if !agent.is_leader() {
-            if leadership.take().is_some() {
-                fences.abort_all();
+        let leading = agent.is_leader().then_some(term);
+        match leadership.observe(leading, now_ms()) {
+            Change::Lost => fences.abort_all(),
+            Change::NewTerm => {
+                // This node knows only the renewals it received itself (the heartbeats,
+                // kept: all of them are renewals it really granted, some maybe in this term
+                // before this tick). Every other lease counts as renewed now, until a
+                // majority tells how late an earlier leader can have renewed one.
+                tracing::info!(term, "this node is the leader; controller active");
+                if let Some(a) = asking.take() {
+                    a.abort();
+                }
+                asking = Some(tokio::spawn(ask_earlier_leaders(agent.clone(), term, earlier.clone())));
             }
+            Change::Unchanged => {}
+        }
+        if leading.is_none() {
             if let Some(a) = asking.take() {
                 a.abort();
             }
             continue;
         }
-        let mut leader_since = match leadership {
-            Some((t, since)) if t == term => since,
-            _ => {
-                // A new term: this node knows only the renewals it received itself (the
-                // heartbeats, kept: all of them are renewals it really granted, some maybe
-                // in this term before this tick). Every other lease counts as renewed now,
-                // until a majority tells how late an earlier leader can have renewed one.
-                let since = now_ms();
-                tracing::info!(term, "this node is the leader; controller active");
-                leadership = Some((term, since));
-                if let Some(a) = asking.take() {
-                    a.abort();
-                }
-                asking = Some(tokio::spawn(ask_earlier_leaders(agent.clone(), term, earlier.clone())));
-                since
-            }
-        };
-        if let Some((t, at)) = *earlier.lock().unwrap_or_else(|e| e.into_inner())
-            && t == term
-            && at < leader_since
-        {
-            leader_since = at;
-            leadership = Some((term, at));
+        if let Some((t, at)) = *earlier.lock().unwrap_or_else(|e| e.into_inner()) {
+            leadership.earlier_leaders_answered(t, at);
         }
-        let _tick = agent.control_lock.lock().await;
+        let Some(leader_since) = leadership.leader_since() else { continue };
+        // From reading the heartbeats until the decisions are committed, no lease is
+        // granted (invariant 3): the tick ends when `tick_guard` is dropped.
+        let Some(tick_guard) = agent.grants.begin_tick() else { continue };
         if agent.db.ensure_leader().await.is_err() {
             continue;
         }
         let state = agent.db.state();
-        let heartbeats = agent.heartbeats.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        let obs = haven_controller::Observations { now: now_ms(), leader_since, last_heartbeat: &heartbeats };
+        let obs =
+            haven_controller::Observations { now: now_ms(), leader_since, last_heartbeat: &tick_guard.heartbeats };
         for d in haven_controller::decide(&state, &obs, &timing) {
             tracing::info!(rule = ?d.rule, why = %d.why, "controller decision");
             if let Err(e) = agent.submit("controller", d.command).await {
@@ -82,10 +77,13 @@ pub async fn run(agent: Arc<Agent>, mut stop: watch::Receiver<bool>) {
                 break;
             }
         }
-        fences.start_pending(&agent, &agent.db.state());
+        let state = agent.db.state();
+        let deadline = haven_controller::next_lease_deadline(&state, &obs, &timing);
+        drop(tick_guard);
+        fences.start_pending(&agent, &state);
         // Wake when the next lease (plus margin) runs out rather than up to a tick later:
         // detection time is what a failover costs.
-        if let Some(deadline) = next_lease_deadline(&agent.db.state(), &heartbeats, leader_since, &timing) {
+        if let Some(deadline) = deadline {
             let wait = std::time::Duration::from_millis(deadline.saturating_sub(now_ms()).saturating_add(1));
             next_wake = wait.clamp(std::time::Duration::from_millis(5), tick);
         }
@@ -93,11 +91,12 @@ pub async fn run(agent: Arc<Agent>, mut stop: watch::Receiver<bool>) {
 }
 
 /// Asks a majority of voters when they last had contact with a leader of a term below
-/// `term` (see `haven_raft::contact`), and stores the answer in the agent's wall clock
+/// `term` (see `haven_node::contact`), and stores the answer in the agent's wall clock
 /// (rounded up to the next ms: later is safe).
 async fn ask_earlier_leaders(agent: Arc<Agent>, term: u64, out: Arc<Mutex<Option<(u64, u64)>>>) {
     let started = std::time::Instant::now();
-    let Some(at) = agent.db.earlier_leaders_last_contact(term, agent.timing.lease).await else {
+    let asked = agent.db.earlier_leaders_last_contact(term, agent.timing.lease, ContactRule::Majority);
+    let Some(at) = asked.await else {
         tracing::info!(
             term,
             "no majority told when an earlier leader last renewed a lease; waiting a full lease from the election"
@@ -113,27 +112,4 @@ async fn ask_earlier_leaders(agent: Arc<Agent>, term: u64, out: Arc<Mutex<Option
         "earlier leaders renewed no lease after this; leases count from then"
     );
     *out.lock().unwrap_or_else(|e| e.into_inner()) = Some((term, wall));
-}
-
-/// When the first node that is up in `state` would be declared down if it renews no more.
-fn next_lease_deadline(
-    state: &haven_state::State,
-    heartbeats: &std::collections::BTreeMap<String, u64>,
-    leader_since: u64,
-    timing: &haven_controller::Timing,
-) -> Option<u64> {
-    state
-        .nodes
-        .values()
-        .filter(|n| n.is_up())
-        .map(|n| {
-            heartbeats
-                .get(&n.name)
-                .copied()
-                .unwrap_or(0)
-                .max(leader_since)
-                .saturating_add(timing.lease_ms)
-                .saturating_add(timing.margin_ms)
-        })
-        .min()
 }

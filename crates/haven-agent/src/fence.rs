@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use std::process::Stdio;
 use std::sync::Arc;
 
-use haven_model::FenceConfig;
+use haven_model::{Dur, FenceConfig};
 use haven_state::{Command, State};
 use tokio::io::AsyncWriteExt;
 use tokio::task::JoinHandle;
@@ -41,7 +41,7 @@ impl FenceRuns {
                 tokio::spawn(async move {
                     let (ok, message) = match run_agent(&config, config.action.as_str()).await {
                         Ok(out) => (true, out),
-                        Err(e) => (false, e),
+                        Err(e) => (false, e.to_string()),
                     };
                     let command = Command::RecordFence { node: name.clone(), ok, message };
                     if let Err(e) = agent.submit("fencer", command).await {
@@ -60,8 +60,37 @@ impl FenceRuns {
     }
 }
 
+/// Why a fence agent did not fence its node. The message is recorded with the fence result
+/// (`RecordFence`) and shown by `haven node show`.
+#[derive(Debug, thiserror::Error)]
+pub enum FenceError {
+    #[error("cannot run fence agent {agent:?}: {source}; install it (Debian: fence-agents) or give its absolute path")]
+    Spawn {
+        agent: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot write to {agent}: {source}")]
+    Stdin {
+        agent: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{agent} did not finish within {timeout}")]
+    TimedOut { agent: String, timeout: Dur },
+    #[error("waiting for {agent} failed: {source}")]
+    Wait {
+        agent: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// `status` is "status 1" or "a signal"; `said` the last lines of its output.
+    #[error("{agent} action={action} exited with {status}: {said}")]
+    Failed { agent: String, action: String, status: String, said: String },
+}
+
 /// Runs `config.agent` with `action`; `Ok` carries its output, `Err` why it failed.
-pub async fn run_agent(config: &FenceConfig, action: &str) -> Result<String, String> {
+pub async fn run_agent(config: &FenceConfig, action: &str) -> Result<String, FenceError> {
     let agent = &config.agent;
     let mut child = tokio::process::Command::new(agent)
         .stdin(Stdio::piped())
@@ -69,18 +98,14 @@ pub async fn run_agent(config: &FenceConfig, action: &str) -> Result<String, Str
         .stderr(Stdio::piped())
         .kill_on_drop(true)
         .spawn()
-        .map_err(|e| {
-            format!(
-                "cannot run fence agent {agent:?}: {e}; install it (Debian: fence-agents) or give its absolute path"
-            )
-        })?;
+        .map_err(|source| FenceError::Spawn { agent: agent.clone(), source })?;
     if let Some(mut stdin) = child.stdin.take() {
         let text = config.stdin_for(action);
-        stdin.write_all(text.as_bytes()).await.map_err(|e| format!("cannot write to {agent}: {e}"))?;
+        stdin.write_all(text.as_bytes()).await.map_err(|source| FenceError::Stdin { agent: agent.clone(), source })?;
     }
     let out = match tokio::time::timeout(config.timeout.0, child.wait_with_output()).await {
-        Err(_) => return Err(format!("{agent} did not finish within {}", config.timeout)),
-        Ok(Err(e)) => return Err(format!("waiting for {agent} failed: {e}")),
+        Err(_) => return Err(FenceError::TimedOut { agent: agent.clone(), timeout: config.timeout }),
+        Ok(Err(source)) => return Err(FenceError::Wait { agent: agent.clone(), source }),
         Ok(Ok(out)) => out,
     };
     let text = |b: &[u8]| String::from_utf8_lossy(b).trim().lines().last().unwrap_or_default().to_string();
@@ -93,6 +118,6 @@ pub async fn run_agent(config: &FenceConfig, action: &str) -> Result<String, Str
         ))
     } else {
         let status = out.status.code().map(|c| format!("status {c}")).unwrap_or_else(|| "a signal".into());
-        Err(format!("{agent} action={action} exited with {status}: {said}"))
+        Err(FenceError::Failed { agent: agent.clone(), action: action.to_string(), status, said })
     }
 }

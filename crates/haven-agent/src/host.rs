@@ -10,20 +10,10 @@ pub fn in_path(program: &str) -> bool {
     std::env::var_os("PATH").is_some_and(|paths| std::env::split_paths(&paths).any(|dir| dir.join(program).is_file()))
 }
 
-/// The live (not zombie) processes whose session id is `sid`, from /proc.
+/// The live (not zombie) processes whose session id is `sid`, from /proc; none if /proc
+/// cannot be read.
 pub fn session_members(sid: i32) -> Vec<i32> {
-    let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
-    entries
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
-        .filter(|pid| {
-            let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return false };
-            // Fields after the command name (which may hold spaces) start after the last ')'.
-            let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else { return false };
-            let fields: Vec<&str> = rest.split_whitespace().collect();
-            // rest: state ppid pgrp session ...; zombies are already dead.
-            fields.len() > 3 && fields[0] != "Z" && fields[3].parse::<i32>().ok() == Some(sid)
-        })
-        .collect()
+    haven_drivers::procfs::live_session_members(sid).unwrap_or_default()
 }
 
 /// SIGKILLs every process of session `sid`, repeating until none is left (one may fork

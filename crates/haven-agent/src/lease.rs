@@ -3,14 +3,19 @@
 //! rule that it counts from the moment the renewal was *sent*) is `haven_node::Lease`, the
 //! code the simulator drives too; this module runs it on tokio's clock, converting
 //! `Instant`s to the core's microseconds at the edge, and sends the renewals.
+//!
+//! The leader's side too: [`grant`] answers renewals by `haven_node::grant`'s rule, through
+//! [`Grants`], the one way to the lease table (the controller loop reads it only in a
+//! [`Tick`], during which grants wait).
 
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use haven_api::{Heartbeat, HeartbeatReply};
 use haven_drivers::time::instant_after;
-use haven_node::{Lease, LeaseRule, Micros, Renewal};
-use tokio::sync::watch;
+use haven_node::{GrantAnswer, GrantRule, GrantTable, Lease, LeaseRule, Micros, Renewal};
+use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 
 use crate::{Agent, Timing, peer};
@@ -46,17 +51,21 @@ impl LeaseKeeper {
         self.at(Instant::now())
     }
 
+    /// The lease as it is now, and the core's clock reading of now.
+    pub fn snapshot(&self) -> (Lease, Micros) {
+        let now = self.now();
+        (self.with(|l| l.clone()), now)
+    }
+
+    /// A reading of the core's clock as a tokio instant.
+    pub fn instant(&self, t: Micros) -> Instant {
+        instant_after(self.epoch, Duration::from_micros(t))
+    }
+
     /// Whether the lease is valid now.
     pub fn valid(&self) -> bool {
         let now = self.now();
         self.with(|l| l.valid(now))
-    }
-
-    /// When the lease ends, if it is valid.
-    pub fn valid_until(&self) -> Option<Instant> {
-        let now = self.now();
-        let until = self.with(|l| l.valid_until().filter(|_| l.valid(now)))?;
-        Some(instant_after(self.epoch, Duration::from_micros(until)))
     }
 
     /// Valid lease and the local state is at least as new as the leader's was.
@@ -157,26 +166,111 @@ pub enum GrantError {
     MarkedDown(String),
 }
 
-/// Leader side: grant a lease renewal only after a quorum confirmed this node still leads.
-///
-/// Two rules close the race the simulator found (`haven-sim`, seed 425 before the fix):
-/// - the grant holds the controller's lock, so it cannot fall between a controller tick
-///   reading the heartbeats ("node X is silent, move its groups") and those moves being
-///   committed — X would otherwise get a fresh lease while the state still names it owner;
-/// - a node the committed state marks down gets its heartbeat recorded (so the controller
-///   marks it up) but no lease, so it starts nothing until its groups' new placements are
-///   committed and visible to it.
+/// The leader's lease table and its grant rule (`haven_node::GrantTable`, invariant 3),
+/// shared by the grants and the controller loop. Nothing can record or grant a renewal but
+/// [`Grants::grant`], nor read the heartbeats but a [`Tick`], during which every grant waits.
+#[derive(Default)]
+pub struct Grants {
+    table: Mutex<GrantTable>,
+    /// Woken when a tick ends, for the grants that wait for it.
+    tick_ended: Notify,
+}
+
+/// A controller tick in progress: from reading the heartbeats until its decisions are
+/// committed, no renewal is granted. Dropping it ends the tick (also when the controller's
+/// task is aborted mid-commit).
+pub struct Tick<'a> {
+    grants: &'a Grants,
+    /// The renewals received so far (the leader's ms), for `haven_controller::decide`.
+    pub heartbeats: BTreeMap<String, u64>,
+}
+
+impl Drop for Tick<'_> {
+    fn drop(&mut self) {
+        self.grants.with(|t| t.end_tick());
+        self.grants.tick_ended.notify_waiters();
+    }
+}
+
+impl Grants {
+    fn with<T>(&self, f: impl FnOnce(&mut GrantTable) -> T) -> T {
+        f(&mut self.table.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// Begins a controller tick, unless one is in progress.
+    pub fn begin_tick(&self) -> Option<Tick<'_>> {
+        let heartbeats = self.with(|t| t.begin_tick())?;
+        Some(Tick { grants: self, heartbeats })
+    }
+
+    /// Answers a renewal from `node` by `haven_node::GrantTable::grant`'s rule, waiting
+    /// while a tick commits; `state` reads the committed state, once no tick is committing.
+    async fn grant(&self, node: &str, state: impl Fn() -> Arc<haven_state::State>) -> Result<(), GrantError> {
+        loop {
+            // Registered before the look, so a tick ending in between still wakes it.
+            let ended = self.tick_ended.notified();
+            let answer = self.with(|t| {
+                if t.ticking() {
+                    return GrantAnswer::Wait;
+                }
+                t.grant(node, crate::now_ms(), &state(), GrantRule::Guarded)
+            });
+            match answer {
+                GrantAnswer::Granted => return Ok(()),
+                GrantAnswer::MarkedDown => return Err(GrantError::MarkedDown(node.to_string())),
+                GrantAnswer::Wait => ended.await,
+            }
+        }
+    }
+}
+
+/// Leader side: grant a lease renewal only after a quorum confirmed this node still leads,
+/// and only by the rule of `haven_node::grant` (no grant while a controller tick commits,
+/// no lease for a node the committed state marks down; the simulator found the race, seed
+/// 425 before the fix).
 pub async fn grant(agent: &Agent, hb: &Heartbeat) -> Result<HeartbeatReply, GrantError> {
     // Before the leadership check that vouches for this grant: a later leader learns from
     // this note (through a majority's answers) how late an earlier leader granted a lease.
     agent.db.note_grant_request();
-    let _tick = agent.control_lock.lock().await;
     agent.db.ensure_leader().await?;
-    let applied_index = agent.applied_index();
-    agent.heartbeats.lock().unwrap_or_else(|e| e.into_inner()).insert(hb.node.clone(), crate::now_ms());
-    let state = agent.db.state();
-    if state.nodes.get(&hb.node).is_some_and(|n| !n.is_up()) {
-        return Err(GrantError::MarkedDown(hb.node.clone()));
+    agent.grants.grant(&hb.node, || agent.db.state()).await?;
+    // Read after any tick that was committing ended: the node then starts nothing before
+    // it applied that tick's decisions.
+    Ok(HeartbeatReply { leader_id: agent.db.node_id(), applied_index: agent.applied_index() })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn empty_state() -> Arc<haven_state::State> {
+        Arc::new(haven_state::State::default())
     }
-    Ok(HeartbeatReply { leader_id: agent.db.node_id(), applied_index })
+
+    #[tokio::test]
+    async fn a_grant_waits_until_the_tick_guard_is_dropped() {
+        let grants = Arc::new(Grants::default());
+        let tick = grants.begin_tick().expect("no tick is in progress");
+        assert!(grants.begin_tick().is_none(), "one tick at a time");
+        let g = grants.clone();
+        let pending = tokio::spawn(async move { g.grant("a", empty_state).await });
+        // On this single-threaded runtime every yield lets the grant run: it must go on
+        // waiting, with nothing recorded.
+        for _ in 0..20 {
+            tokio::task::yield_now().await;
+        }
+        assert!(!pending.is_finished(), "a renewal was granted while a tick was committing");
+        drop(tick);
+        let answer = tokio::time::timeout(Duration::from_secs(5), pending).await;
+        assert!(matches!(answer, Ok(Ok(Ok(())))), "the grant did not go on after the tick ended");
+        let tick = grants.begin_tick().expect("the tick ended");
+        assert!(tick.heartbeats.contains_key("a"), "the renewal is recorded once granted");
+    }
+
+    #[tokio::test]
+    async fn without_a_tick_a_grant_is_answered_at_once() {
+        let grants = Grants::default();
+        assert!(grants.grant("a", empty_state).await.is_ok());
+        assert!(grants.begin_tick().is_some_and(|t| t.heartbeats.contains_key("a")));
+    }
 }

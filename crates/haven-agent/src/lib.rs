@@ -12,20 +12,20 @@
 //!
 //! This crate decides nothing about placement or failover itself; it executes.
 
-pub mod api;
+mod api;
 pub mod config;
 pub mod control;
 pub mod fence;
+mod forward;
 pub mod host;
 pub mod lease;
 pub mod lrm;
-pub mod peer;
+mod peer;
 mod report;
-pub mod requests;
+mod requests;
 
-use std::collections::BTreeMap;
 use std::future::Future;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use haven_raft::{ClusterDb, RaftTuning, WriteError};
@@ -43,16 +43,15 @@ pub struct Agent {
     pub config: AgentConfig,
     pub timing: Timing,
     pub db: ClusterDb,
-    /// Client for peer traffic (forwarded writes, heartbeats, joins).
+    /// Client for all peer traffic (`forward`: writes to the leader, heartbeats, joins, VM
+    /// calls to the owner).
     pub peers: reqwest::Client,
     pub lease: lease::LeaseKeeper,
-    /// Leader side: when each node's last heartbeat arrived (ms), while this node led (in any
-    /// term since the agent started: each is a renewal this node received itself).
-    pub heartbeats: Mutex<BTreeMap<String, u64>>,
-    /// Held by the controller from reading the heartbeats until its decisions are committed,
-    /// and by every lease grant: a renewal lands either before a tick looks or after what
-    /// the tick decided is committed, never in between (see `lease::grant`).
-    pub control_lock: tokio::sync::Mutex<()>,
+    /// Leader side: when each node's last renewal arrived (ms), while this node led (in any
+    /// term since the agent started), and the grant rule: a renewal lands either before a
+    /// controller tick reads the heartbeats or after what it decided is committed, never in
+    /// between (`lease::Grants`, the only way to them).
+    grants: lease::Grants,
     pub drivers: haven_drivers::Drivers,
     reports: report::Reporter,
     /// Set once the agent begins to stop: API writes are refused from then on, and those in
@@ -78,6 +77,10 @@ pub enum SubmitError {
     /// `request_id` up, or retry with it.
     #[error("{message}")]
     Unknown { request_id: String, message: String },
+    /// Not applied: the leader refused the forwarded request before proposing it (e.g. a
+    /// body too large for it, 413); answered with the leader's status and error.
+    #[error("{message}")]
+    Rejected { status: u16, code: String, message: String },
 }
 
 /// How long a write may keep trying to reach a leader.
@@ -190,6 +193,7 @@ impl Agent {
             Ok(resp) => Attempt::Done(Box::new(resp)),
             Err(peer::ForwardError::NotSent(m)) => Attempt::Again { reason: m, maybe_sent: false },
             Err(peer::ForwardError::MaybeSent(m)) => Attempt::Again { reason: m, maybe_sent: true },
+            Err(peer::ForwardError::Rejected(e)) => Attempt::Failed(e),
             Err(peer::ForwardError::Unknown(m)) => {
                 let detail = format!("the leader (node {}) said: {m}", leader_id.unwrap_or_default());
                 Attempt::Failed(unknown(req, &detail))
@@ -241,41 +245,16 @@ impl Agent {
         m.current_leader == Some(self.db.node_id()) && m.state.is_leader()
     }
 
-    /// Records what a local resource is doing, in the background and in order.
-    pub fn report(&self, resource: &str, state: haven_model::ResourceState, reason: Option<String>, failure: bool) {
-        self.reports.send(Command::ReportResource {
-            node: self.config.name.clone(),
-            resource: resource.to_string(),
-            state,
-            reason,
-            failure,
-        });
-    }
-
-    /// Tells the cluster, after this node's status reports so far, that it stopped every
-    /// resource of `group`, which it was asked to hand off at placement `generation`.
-    pub fn release(&self, group: &str, generation: u64) {
-        self.reports.send(Command::ReleaseGroup {
-            node: self.config.name.clone(),
-            group: group.to_string(),
-            generation,
-        });
+    /// Sends a status report of the local resource manager (`ReportResource`,
+    /// `ReleaseGroup`) to the cluster, in the background and in order.
+    pub fn send_report(&self, report: Command) {
+        self.reports.send(report);
     }
 }
 
 /// `req`'s outcome is unknown because of `detail`: the error says how to find it out.
 fn unknown(req: &Request, detail: &str) -> SubmitError {
-    let Some(id) = req.request_id.clone() else {
-        let message = format!("the outcome of the write is unknown: {detail}; it may or may not have been applied");
-        return SubmitError::Unknown { request_id: String::new(), message };
-    };
-    let message = format!(
-        "the outcome of request {id:?} is unknown: {detail}; it may or may not have been applied. Look it up with \
-         `GET /api/v1/requests/{}`, or send the same request again with the header `Idempotency-Key: {id}`: it is \
-         applied at most once",
-        requests::percent_encode(&id)
-    );
-    SubmitError::Unknown { request_id: id, message }
+    requests::outcome_unknown(req.request_id.as_deref(), detail)
 }
 
 fn no_quorum_message(detail: &str) -> String {
@@ -284,11 +263,28 @@ fn no_quorum_message(detail: &str) -> String {
     )
 }
 
+/// Why the agent could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Config(#[from] config::ConfigError),
+    #[error("cannot create state_dir {dir}: {source}; check that the agent may write there (it runs as root)")]
+    StateDir { dir: String, source: std::io::Error },
+    #[error(
+        "cannot open the cluster database: {0}; check the state_dir (another agent using the same one holds it locked)"
+    )]
+    Database(String),
+    #[error("cannot listen on {addr}: {source}; is another agent using that address?")]
+    Listen { addr: String, source: std::io::Error },
+    #[error("cannot build the HTTP client: {0}")]
+    HttpClient(#[from] reqwest::Error),
+}
+
 /// Runs the agent until `shutdown` resolves, then stops local resources and exits.
-pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Result<(), String> {
+pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Result<(), StartError> {
     let timing = config.timing()?;
     std::fs::create_dir_all(&config.state_dir)
-        .map_err(|e| format!("cannot create state_dir {}: {e}", config.state_dir.display()))?;
+        .map_err(|source| StartError::StateDir { dir: config.state_dir.display().to_string(), source })?;
     let tuning = RaftTuning {
         heartbeat_ms: timing.raft_heartbeat.as_millis() as u64,
         election_min_ms: timing.election_min.as_millis() as u64,
@@ -297,16 +293,18 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Res
     };
     let db = ClusterDb::open(&config.state_dir.join("raft"), config.id, tuning)
         .await
-        .map_err(|e| format!("cannot open the cluster database: {e}"))?
+        .map_err(|e| StartError::Database(e.to_string()))?
         .with_write_timeout(timing.lease);
     let listener = tokio::net::TcpListener::bind(&config.listen)
         .await
-        .map_err(|e| format!("cannot listen on {}: {e}; is another agent using that address?", config.listen))?;
+        .map_err(|source| StartError::Listen { addr: config.listen.clone(), source })?;
+    // Peer traffic goes straight to the peer, never through an `HTTP_PROXY` the node may
+    // have set for other programs.
     let peers = reqwest::Client::builder()
+        .no_proxy()
         .connect_timeout(Duration::from_millis(500))
         .timeout(Duration::from_secs(70))
-        .build()
-        .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
+        .build()?;
 
     let (reports, report_rx) = report::Reporter::new();
     let agent = Arc::new(Agent {
@@ -315,8 +313,7 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Res
         timing,
         db,
         peers,
-        heartbeats: Mutex::new(BTreeMap::new()),
-        control_lock: tokio::sync::Mutex::new(()),
+        grants: lease::Grants::default(),
         drivers: haven_drivers::Drivers::new(),
         reports,
         stopping: tokio::sync::watch::channel(false).0,

@@ -14,16 +14,17 @@ use haven_raft::WriteError;
 use haven_state::{Command, Request, Response};
 
 use crate::api::{ApiError, Body};
+use crate::forward::{Failure, Forward, Wait};
 use crate::{Agent, SubmitError};
 
 /// Largest forwarded write (`/internal/write`): one command as the leader would commit it,
 /// within the 512 KiB an entry may have in an AppendEntries batch (`haven_raft::network::APPEND_LIMIT`).
-pub const FORWARD_LIMIT: usize = 512 * 1024;
+const FORWARD_LIMIT: usize = 512 * 1024;
 
 /// Most voters a cluster has; later nodes join as learners.
-pub const MAX_VOTERS: usize = 5;
+const MAX_VOTERS: usize = 5;
 
-pub fn router(agent: Arc<Agent>) -> Router {
+pub(crate) fn router(agent: Arc<Agent>) -> Router {
     Router::new()
         .route("/internal/write", post(write))
         .route("/internal/heartbeat", post(heartbeat))
@@ -61,50 +62,46 @@ async fn heartbeat(
 
 /// Why a forwarded write got no answer from the state machine, by what it says about the
 /// request.
-pub enum ForwardError {
-    /// Surely not applied: nothing reached the leader, or it answered that it is not one.
+pub(crate) enum ForwardError {
+    /// Surely not applied, and worth another try: nothing reached the leader, or it answered
+    /// that it is not one.
     NotSent(String),
     /// It may have been applied: the exchange broke after the request was sent.
     MaybeSent(String),
     /// The leader proposed it and could not commit it in time (its 504).
     Unknown(String),
+    /// Not applied, and not worth another try: the leader refused the request before
+    /// proposing it (a 4xx such as 413, the body too large for it). The answer as it is.
+    Rejected(SubmitError),
 }
 
-pub async fn forward_write(client: &reqwest::Client, addr: &str, req: &Request) -> Result<Response, ForwardError> {
-    let url = format!("http://{addr}/internal/write");
-    let resp = client.post(&url).timeout(Duration::from_secs(10)).json(req).send().await.map_err(|e| {
-        let m = format!("leader at {addr} unreachable: {e}");
-        if e.is_connect() { ForwardError::NotSent(m) } else { ForwardError::MaybeSent(m) }
-    })?;
-    let status = resp.status().as_u16();
-    if status == 200 {
-        // Committed; a retry with the same id reads the same outcome back.
-        return resp
-            .json::<Response>()
-            .await
-            .map_err(|e| ForwardError::MaybeSent(format!("bad answer from {addr}: {e}")));
-    }
-    let body: Option<haven_api::ErrorBody> = resp.json().await.ok();
-    let message = body.map(|b| b.error.message).unwrap_or_else(|| format!("HTTP {status} from {url}"));
-    match status {
-        504 => Err(ForwardError::Unknown(message)),
-        // 421 not the leader; other 4xx: the request was refused before it was proposed.
-        400..=499 => Err(ForwardError::NotSent(message)),
-        _ => Err(ForwardError::MaybeSent(message)),
-    }
+/// Sends `req` to the leader at `addr` to commit (`/internal/write`).
+pub(crate) async fn forward_write(http: &reqwest::Client, addr: &str, req: &Request) -> Result<Response, ForwardError> {
+    let leader = Forward::new(http, "the leader", addr, Wait::Commit);
+    // Committed: a retry with the same id reads the same outcome back.
+    leader.post("/internal/write", req).await.map_err(|f| match f {
+        Failure::NotSent(m) => ForwardError::NotSent(m),
+        Failure::MaybeSent { message, .. } => ForwardError::MaybeSent(message),
+        Failure::Answered(e) => match e.status {
+            504 => ForwardError::Unknown(e.message),
+            421 => ForwardError::NotSent(e.message),
+            400..=499 => {
+                ForwardError::Rejected(SubmitError::Rejected { status: e.status, code: e.code, message: e.message })
+            }
+            // 503 (no quorum, its database stopped) or a 502 from something else there.
+            _ => ForwardError::MaybeSent(e.message),
+        },
+    })
 }
 
+/// Renews this node's lease with the leader at `addr`; `None` without a granted renewal.
 pub async fn send_heartbeat(
-    client: &reqwest::Client,
+    http: &reqwest::Client,
     addr: &str,
     hb: &Heartbeat,
     timeout: Duration,
 ) -> Option<HeartbeatReply> {
-    let resp = client.post(format!("http://{addr}/internal/heartbeat")).timeout(timeout).json(hb).send().await.ok()?;
-    if !resp.status().is_success() {
-        return None;
-    }
-    resp.json().await.ok()
+    Forward::new(http, "the leader", addr, Wait::Renewal(timeout)).post("/internal/heartbeat", hb).await.ok()
 }
 
 /// A node asks to join: only the leader admits it (as a learner that has caught up, then a
@@ -118,7 +115,7 @@ async fn join(AxState(agent): AxState<Arc<Agent>>, Body(j): Body<PeerJoin>) -> R
         let Some((_, addr)) = agent.db.leader() else {
             return Err(ApiError::new(503, "unavailable", "no leader is elected right now; retry in a moment"));
         };
-        return forward_join(&agent.peers, &addr, &j).await.map(Json);
+        return forward_join(&agent.peers, "the leader", &addr, &j).await.map(Json);
     }
     if j.token != cluster.join_token {
         return Err(ApiError::new(
@@ -178,24 +175,83 @@ async fn join(AxState(agent): AxState<Arc<Agent>>, Body(j): Body<PeerJoin>) -> R
     }
 }
 
-pub async fn forward_join(client: &reqwest::Client, addr: &str, j: &PeerJoin) -> Result<Node, ApiError> {
-    let url = format!("http://{addr}/internal/join");
-    let resp = client.post(&url).json(j).send().await.map_err(|e| {
-        ApiError::new(
-            502,
-            "unavailable",
-            format!("cannot reach {addr} to join: {e}; check the address and that its agent runs"),
-        )
-    })?;
-    let status = resp.status().as_u16();
-    if status == 200 {
-        return resp
-            .json()
-            .await
-            .map_err(|e| ApiError::new(502, "unavailable", format!("bad answer from {addr}: {e}")));
+/// Asks the member at `addr` (named `to` in errors) to admit `j`; a member forwards it to
+/// the leader.
+pub(crate) async fn forward_join(http: &reqwest::Client, to: &str, addr: &str, j: &PeerJoin) -> Result<Node, ApiError> {
+    Forward::new(http, to, addr, Wait::Long).post("/internal/join", j).await.map_err(Failure::into_api_error)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use haven_model::GroupSpec;
+    use haven_state::{Command, Request};
+
+    use super::{ForwardError, forward_write};
+    use crate::{AgentConfig, SubmitError};
+
+    /// A real agent (not in a cluster) on a loopback port: its `/internal/write` refuses a
+    /// write, as a leader would refuse one, by the route's own rules.
+    #[tokio::test]
+    async fn a_forwarded_write_too_large_for_the_leader_is_refused_at_once_and_a_not_leader_is_retried() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free port").port();
+        let addr = format!("127.0.0.1:{port}");
+        let config = AgentConfig {
+            id: 1,
+            name: "n1".into(),
+            listen: addr.clone(),
+            advertise: None,
+            state_dir: dir.path().to_path_buf(),
+            timing: Default::default(),
+            capacity: None,
+            witness: true,
+        };
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let agent = tokio::spawn(crate::run(config, async move {
+            let _ = stopped.await;
+        }));
+        let http = reqwest::Client::new();
+        let small = Request::new(1, "operator", Command::CreateGroup { spec: GroupSpec::new("g".to_string()) });
+        let mut big = small.clone();
+        big.by = "x".repeat(super::FORWARD_LIMIT + 1);
+
+        // Not the leader (421): worth another try. Polled until the agent listens.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            match forward_write(&http, &addr, &small).await {
+                Err(ForwardError::NotSent(m)) if m.starts_with("cannot reach") => {}
+                Err(ForwardError::NotSent(m)) => {
+                    assert!(m.contains("leader"), "{m}");
+                    break;
+                }
+                Err(e) => panic!("a write to a node that is not the leader: {}", describe(&e)),
+                Ok(r) => panic!("a node outside any cluster committed a write: {r:?}"),
+            }
+            assert!(tokio::time::Instant::now() < deadline, "the agent at {addr} never listened");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        // Too large (413): the answer, not retried until a deadline.
+        let started = tokio::time::Instant::now();
+        match forward_write(&http, &addr, &big).await {
+            Err(ForwardError::Rejected(SubmitError::Rejected { status, code, message })) => {
+                assert_eq!((status, code.as_str()), (413, "too_large"), "{message}");
+            }
+            Err(e) => panic!("an oversized forwarded write: {}", describe(&e)),
+            Ok(r) => panic!("an oversized forwarded write was committed: {r:?}"),
+        }
+        assert!(started.elapsed() < Duration::from_secs(5), "took {:?}", started.elapsed());
+        let _ = stop.send(());
+        let _ = tokio::time::timeout(Duration::from_secs(20), agent).await;
     }
-    match resp.json::<haven_api::ErrorBody>().await {
-        Ok(b) => Err(ApiError { status, code: b.error.code, message: b.error.message, field: b.error.field }),
-        Err(_) => Err(ApiError::new(502, "unavailable", format!("HTTP {status} from {url}"))),
+
+    fn describe(e: &ForwardError) -> String {
+        match e {
+            ForwardError::NotSent(m) => format!("not sent: {m}"),
+            ForwardError::MaybeSent(m) => format!("maybe sent: {m}"),
+            ForwardError::Unknown(m) => format!("unknown: {m}"),
+            ForwardError::Rejected(e) => format!("rejected: {e}"),
+        }
     }
 }

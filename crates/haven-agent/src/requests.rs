@@ -53,6 +53,11 @@ impl ClientRequest {
         id
     }
 
+    /// The request's key: the client's `Idempotency-Key`, or the one the agent made up.
+    pub(crate) fn key(&self) -> &str {
+        &self.key
+    }
+
     fn last_id(&self) -> String {
         self.last.lock().ok().and_then(|l| l.clone()).unwrap_or_else(|| self.key.clone())
     }
@@ -167,10 +172,8 @@ pub async fn get_request(
             return Ok(Json(v));
         }
     } else if let Some((_, addr)) = agent.db.leader() {
-        let client = haven_api::Client::with_timeout(&addr, std::time::Duration::from_secs(5));
-        if let Ok(v) = client.get::<serde_json::Value>(&format!("/api/v1/requests/{}", percent_encode(&id))).await
-            && let Ok(v) = serde_json::from_value::<RequestView>(v)
-        {
+        let leader = crate::forward::Forward::new(&agent.peers, "the leader", &addr, crate::forward::Wait::Short);
+        if let Ok(v) = leader.get::<RequestView>(&format!("/api/v1/requests/{}", percent_encode(&id))).await {
             return Ok(Json(v));
         }
     }
@@ -209,6 +212,22 @@ fn local_outcome(agent: &Agent, id: &str) -> Option<RequestView> {
     })
 }
 
+/// A write's outcome is unknown because of `detail`: the error says how to find it out,
+/// by its request id when it has one.
+pub(crate) fn outcome_unknown(request_id: Option<&str>, detail: &str) -> SubmitError {
+    let Some(id) = request_id else {
+        let message = format!("the outcome of the write is unknown: {detail}; it may or may not have been applied");
+        return SubmitError::Unknown { request_id: String::new(), message };
+    };
+    let message = format!(
+        "the outcome of request {id:?} is unknown: {detail}; it may or may not have been applied. Look it up with \
+         `GET /api/v1/requests/{}`, or send the same request again with the header `Idempotency-Key: {id}`: it is \
+         applied at most once",
+        percent_encode(id)
+    );
+    SubmitError::Unknown { request_id: id.to_string(), message }
+}
+
 /// `id` fit for a URL path segment.
 pub fn percent_encode(id: &str) -> String {
     id.bytes()
@@ -221,8 +240,8 @@ pub fn percent_encode(id: &str) -> String {
 
 /// Documents, on every write route of the OpenAPI document, the `Idempotency-Key` header
 /// and the 504 `outcome_unknown` answer (its own body schema). The other error statuses of
-/// writes, 422 `request_id_reused` and 503 `shutting_down` among them, are in
-/// `api::WRITE_ERRORS`.
+/// writes, 422 `request_id_reused` and 503 `shutting_down` among them, are in the
+/// API's `WRITE_ERRORS`.
 pub struct WriteDocs;
 
 impl Modify for WriteDocs {
@@ -263,30 +282,6 @@ impl Modify for WriteDocs {
 
 #[cfg(test)]
 mod tests {
-    use utoipa::OpenApi;
-
-    use crate::api::ApiDoc;
-
-    #[test]
-    fn the_openapi_document_describes_request_ids_on_every_write_route() {
-        let doc = ApiDoc::openapi();
-        let mut writes = 0;
-        for (path, item) in &doc.paths.paths {
-            for op in [&item.post, &item.put, &item.patch, &item.delete].into_iter().flatten() {
-                writes += 1;
-                let params = op.parameters.as_deref().unwrap_or_default();
-                assert!(params.iter().any(|p| p.name == "Idempotency-Key"), "{path}: no Idempotency-Key header");
-                assert!(op.responses.responses.contains_key("504"), "{path}: no 504 outcome_unknown");
-            }
-        }
-        assert!(writes >= 15, "only {writes} write operations documented");
-        let lookup =
-            doc.paths.paths.get("/api/v1/requests/{id}").and_then(|p| p.get.as_ref()).expect("the lookup route");
-        assert!(lookup.responses.responses.contains_key("200") && lookup.responses.responses.contains_key("404"));
-        let schemas = doc.components.as_ref().map(|c| &c.schemas).expect("schemas");
-        assert!(schemas.contains_key("OutcomeUnknownBody") && schemas.contains_key("RequestView"));
-    }
-
     #[test]
     fn request_ids_are_percent_encoded_for_a_path() {
         assert_eq!(super::percent_encode("a-b_c.d~1"), "a-b_c.d~1");

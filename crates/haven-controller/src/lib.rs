@@ -30,12 +30,63 @@ pub struct Timing {
     pub lease_ms: u64,
     /// Extra wait on the leader's side before a lost lease counts as over. Default 1000.
     pub margin_ms: u64,
+    /// How long the controller waits for a silent node's lease to be over.
+    pub wait: LeaseWait,
+}
+
+/// How long after a node's last renewal the controller counts its lease as over (and so
+/// declares it down, or takes a group it was told to stop as stopped). Anything but
+/// [`LeaseWait::LeaseAndMargin`] is unsafe and exists so the simulator can prove it notices
+/// (`haven-sim`'s `BrokenRule::SkipLeaseWait`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum LeaseWait {
+    /// `lease + margin`: the node's own deadline is surely past (invariant 4).
+    #[default]
+    LeaseAndMargin,
+    /// Broken: two missed renewals (`2 × renew_ms`), while nodes keep their full lease.
+    /// (No wait at all would mark *every* node down on every tick, so nothing would ever be
+    /// placed: a liveness failure, not a two-owner one.)
+    TwoRenewals { renew_ms: u64 },
 }
 
 impl Timing {
+    /// A lease of `lease_ms` and the leader's `margin_ms`, waited out in full.
+    pub const fn new(lease_ms: u64, margin_ms: u64) -> Timing {
+        Timing { lease_ms, margin_ms, wait: LeaseWait::LeaseAndMargin }
+    }
+
     /// The leader's side of a timing profile (`haven_node::TimingProfile`).
     pub const fn of(p: &haven_node::TimingProfile) -> Timing {
-        Timing { lease_ms: p.lease_ms, margin_ms: p.margin_ms }
+        Timing::new(p.lease_ms, p.margin_ms)
+    }
+
+    /// The same timing, waiting `wait` for a lease to be over.
+    pub const fn with_wait(self, wait: LeaseWait) -> Timing {
+        Timing { wait, ..self }
+    }
+
+    /// How long after a node's last renewal (or `leader_since`) its lease counts as over.
+    pub const fn lease_over_after_ms(&self) -> u64 {
+        match self.wait {
+            LeaseWait::LeaseAndMargin => self.lease_ms.saturating_add(self.margin_ms),
+            LeaseWait::TwoRenewals { renew_ms } => renew_ms.saturating_mul(2),
+        }
+    }
+
+    /// That wait as the history's reasons word it.
+    pub fn describe_wait(&self) -> String {
+        match self.wait {
+            LeaseWait::LeaseAndMargin => {
+                format!(
+                    "lease {} + margin {}",
+                    haven_policy::seconds(self.lease_ms),
+                    haven_policy::seconds(self.margin_ms)
+                )
+            }
+            LeaseWait::TwoRenewals { renew_ms } => {
+                format!("two renewals of {}, not the lease", haven_policy::seconds(renew_ms))
+            }
+        }
     }
 }
 
@@ -46,6 +97,25 @@ impl Default for Timing {
     }
 }
 
+/// When the first node that is up in `state` would be declared down if it renews no more
+/// (the leader's ms): the controller loop wakes then rather than up to a tick later, since
+/// detection time is what a failover costs.
+pub fn next_lease_deadline(state: &State, obs: &Observations, timing: &Timing) -> Option<Millis> {
+    state
+        .nodes
+        .values()
+        .filter(|n| n.is_up())
+        .map(|n| {
+            obs.last_heartbeat
+                .get(&n.name)
+                .copied()
+                .unwrap_or(0)
+                .max(obs.leader_since)
+                .saturating_add(timing.lease_over_after_ms())
+        })
+        .min()
+}
+
 /// What the leader saw, besides the committed state.
 #[derive(Clone, Copy, Debug)]
 pub struct Observations<'a> {
@@ -53,7 +123,7 @@ pub struct Observations<'a> {
     pub now: Millis,
     /// No lease renewal granted by an earlier leader can be later than this: the moment this
     /// node became leader, or earlier once a majority of voters told when they last vouched
-    /// for an earlier leader (`haven_raft::contact`). Every lease counts as renewed at this
+    /// for an earlier leader (`haven_node::contact`). Every lease counts as renewed at this
     /// time at the latest.
     pub leader_since: Millis,
     /// Per node name: when the leader last *received* a heartbeat (lease renewal) from it.
@@ -71,9 +141,10 @@ pub enum Rule {
     Failover,
     /// Rule 4: a resource failed on the owner beyond its restart threshold.
     ResourceFailure,
-    /// Rule 5: the owner is paused (draining).
+    /// Rule 5: the owner is paused (draining): a handoff.
     Drain,
-    /// Rule 6: a more preferred owner is available and the group's failback allows it.
+    /// Rule 6: a more preferred owner is available and the group's failback allows it: a
+    /// handoff.
     Failback,
     /// Rule 7: a down owner with a fence agent is fenced before its groups are recovered.
     Fencing,
@@ -92,7 +163,8 @@ pub struct Decision {
 
 impl fmt::Display for Decision {
     /// One line, as the scenario tests and logs show it:
-    /// `place web -> c (failover): node "a" is down; …`.
+    /// `place web -> c (failover): node "a" is down; …`, `hand off web b -> c: node "b" is
+    /// paused (draining); …`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.command {
             Command::SetNodeLiveness { name, liveness, .. } => {
@@ -104,6 +176,7 @@ impl fmt::Display for Decision {
                 let kind = if *failover { " (failover)" } else { "" };
                 write!(f, "place {name} -> {to}{kind}: {}", self.why)
             }
+            Command::HandOffGroup { name, from, to, .. } => write!(f, "hand off {name} {from} -> {to}: {}", self.why),
             Command::FailGroup { name, .. } => write!(f, "fail {name}: {}", self.why),
             Command::RequestFence { node, .. } => write!(f, "fence {node}: {}", self.why),
             other => write!(f, "{other:?}: {}", self.why),
@@ -125,7 +198,9 @@ const MAX_PASSES: usize = 8;
 /// offline groups and failed groups that still have an owner are left alone; unplaced
 /// groups are placed (rule 2); groups whose owner is down or gone fail over (rule 3);
 /// groups with a resource given up on the owner escalate (rule 4); groups on a paused node
-/// drain (rule 5); otherwise failback (rule 6).
+/// drain (rule 5); otherwise failback (rule 6). A move away from an owner that is up
+/// (drain, failback) is a `HandOffGroup`; a `PlaceGroup` only places a group that no node
+/// that is up holds (the state refuses any other).
 pub fn decide(state: &State, obs: &Observations, timing: &Timing) -> Vec<Decision> {
     let mut p = Projection::new(state, obs.now);
     rules::liveness::decide(&mut p, obs, timing);

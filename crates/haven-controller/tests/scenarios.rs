@@ -31,6 +31,8 @@ struct Scenario {
     leader_since: u64,
     timing: Timing,
     queries: Vec<Query>,
+    /// `refused` lines: what was refused and why, shown before the decisions.
+    refusals: String,
     setup: String,
     expected: String,
 }
@@ -50,7 +52,7 @@ struct Line<'a> {
     at: String,
     words: Vec<String>,
     options: BTreeMap<String, String>,
-    _text: &'a str,
+    text: &'a str,
 }
 
 impl Line<'_> {
@@ -118,11 +120,14 @@ fn tokenize<'a>(at: String, text: &'a str) -> Result<Line<'a>, Error> {
             _ => words.push(token),
         }
     }
-    Ok(Line { at, words, options, _text: text })
+    Ok(Line { at, words, options, text })
 }
 
+/// What a refused command's error starts with after the line's `file:line: `.
+const REFUSED: &str = "state refused: ";
+
 fn apply(state: &mut State, line: &Line, at: u64, command: Command) -> Result<(), Error> {
-    state.apply(&Request::new(at, "scenario", command)).map(|_| ()).map_err(|e| line.err(format!("state refused: {e}")))
+    state.apply(&Request::new(at, "scenario", command)).map(|_| ()).map_err(|e| line.err(format!("{REFUSED}{e}")))
 }
 
 fn parse_enum<T: serde::de::DeserializeOwned>(line: &Line, key: &str, value: &str) -> Result<T, Error> {
@@ -150,6 +155,7 @@ fn parse(file: &Path, text: &str) -> Result<Scenario, Error> {
         leader_since: 0,
         timing: Timing::default(),
         queries: Vec::new(),
+        refusals: String::new(),
         setup: String::new(),
         expected: String::new(),
     };
@@ -228,7 +234,6 @@ fn directive(sc: &mut Scenario, line: &Line, next_id: &mut u64) -> Result<(), Er
                 "cpus",
                 "mem",
                 "failed",
-                "moving_to",
                 "at",
             ])?;
             let name = line.word(1, "group name")?.to_string();
@@ -260,16 +265,6 @@ fn directive(sc: &mut Scenario, line: &Line, next_id: &mut u64) -> Result<(), Er
                     name: name.clone(),
                     node: Some(owner.to_string()),
                     reason: "setup".into(),
-                    failover: false,
-                };
-                apply(&mut sc.state, line, at, command)?;
-            }
-            if let Some(to) = line.opt("moving_to") {
-                // A planned move from the owner: a handoff waiting for its release.
-                let command = Command::PlaceGroup {
-                    name: name.clone(),
-                    node: Some(to.to_string()),
-                    reason: "setup move".into(),
                     failover: false,
                 };
                 apply(&mut sc.state, line, at, command)?;
@@ -339,13 +334,52 @@ fn directive(sc: &mut Scenario, line: &Line, next_id: &mut u64) -> Result<(), Er
                 n => Some(n.to_string()),
             };
             let reason = line.opt("reason").unwrap_or("setup").to_string();
-            let command = Command::PlaceGroup { name: group.clone(), node, reason, failover: line.flag("failover") };
+            let command = Command::PlaceGroup { name: group, node, reason, failover: line.flag("failover") };
             apply(&mut sc.state, line, at, command)?;
-            // A planned move from an owner is a handoff; here it completes at once (the old
-            // owner released the group), as a past move would have.
-            if let Some(h) = sc.state.groups.get(&group).and_then(|g| g.handoff.clone()) {
-                let generation = sc.state.groups[&group].generation;
-                apply(&mut sc.state, line, at, Command::ReleaseGroup { node: h.from, group, generation })?;
+        }
+        "hand" => {
+            line.only(&["at", "reason"])?;
+            let usage = "write `hand off GROUP FROM -> TO [released] [reason=\"why\"] [at=T]`";
+            if line.word(1, "off")? != "off" || line.word(4, "->")? != "->" {
+                return Err(line.err(usage));
+            }
+            let name = line.word(2, "group name")?.to_string();
+            let from = line.word(3, "node handed off from")?.to_string();
+            let to = line.word(5, "node handed off to")?.to_string();
+            let reason = line.opt("reason").unwrap_or("setup").to_string();
+            let command = Command::HandOffGroup { name: name.clone(), from: from.clone(), to, reason };
+            apply(&mut sc.state, line, at, command)?;
+            if line.flag("released") {
+                // The old owner stopped the group and let go, as a past move's did.
+                let generation = sc.state.groups.get(&name).map_or(0, |g| g.generation);
+                apply(&mut sc.state, line, at, Command::ReleaseGroup { node: from, group: name, generation })?;
+            }
+        }
+        "release" => {
+            line.only(&["at"])?;
+            let group = line.word(1, "group name")?.to_string();
+            let node = line.word(2, "node that released it")?.to_string();
+            let generation = sc.state.groups.get(&group).map_or(0, |g| g.generation);
+            apply(&mut sc.state, line, at, Command::ReleaseGroup { node, group, generation })?;
+        }
+        "refused" => {
+            // `refused <directive>`: the state must refuse the directive's command and
+            // change nothing; the refusal is shown above the decisions.
+            let text = line.words[1..].join(" ");
+            let rest = line.text.strip_prefix("refused").unwrap_or(line.text).trim_start();
+            let inner = tokenize(line.at.clone(), rest)?;
+            let before = sc.state.clone();
+            let outcome = directive(sc, &inner, next_id);
+            let prefix = format!("{}: {REFUSED}", line.at);
+            match outcome {
+                Ok(()) => return Err(line.err(format!("the state accepted `{text}`, which should be refused"))),
+                Err(e) => {
+                    let Some(why) = e.strip_prefix(&prefix) else { return Err(e) };
+                    if sc.state != before {
+                        return Err(line.err(format!("the refused `{text}` changed the state")));
+                    }
+                    writeln!(sc.refusals, "refused {text}: {why}").ok();
+                }
             }
         }
         "report" => {
@@ -385,6 +419,12 @@ fn directive(sc: &mut Scenario, line: &Line, next_id: &mut u64) -> Result<(), Er
             let paused = line.words[0] == "pause";
             apply(&mut sc.state, line, at, Command::SetNodePaused { name, paused })?;
         }
+        "down" | "up" => {
+            line.only(&["at"])?;
+            let name = line.word(1, "node name")?.to_string();
+            let liveness = if line.words[0] == "down" { NodeLiveness::Down } else { NodeLiveness::Up };
+            apply(&mut sc.state, line, at, Command::SetNodeLiveness { name, liveness, reason: "setup".into() })?;
+        }
         "heartbeat" => {
             for (node, t) in &line.options {
                 let t = t.parse().map_err(|_| line.err(format!("heartbeat {node}={t:?} is not a time in ms")))?;
@@ -415,7 +455,7 @@ fn directive(sc: &mut Scenario, line: &Line, next_id: &mut u64) -> Result<(), Er
         }
         d => {
             return Err(line.err(format!(
-                "unknown directive {d:?}; use node, group, resource, place, report, pause, resume, heartbeat, now, timing or ?"
+                "unknown directive {d:?}; use node, group, resource, place, hand off, release, refused, report, pause, resume, down, up, heartbeat, now, timing or ?"
             )));
         }
     }
@@ -560,6 +600,7 @@ fn scenarios() {
         let outcome = parse(file, &text).and_then(|sc| {
             let actual = if sc.queries.is_empty() { run_controller(&sc) } else { answer(&sc) }
                 .map_err(|e| format!("{name}: {e}"))?;
+            let actual = format!("{}{actual}", sc.refusals);
             Ok((sc, actual))
         });
         let (sc, actual) = match outcome {

@@ -22,10 +22,10 @@ use async_trait::async_trait;
 use haven_model::{DiskBackend, DiskParams, InvalidInput, ResourceKind, ResourceSpec};
 use serde::{Deserialize, Serialize};
 
-use crate::{Depth, DriverError, Health, ResourceCtx, ResourceDriver, sys};
+use crate::{Depth, DriverError, Health, ResourceCtx, ResourceDriver, procfs, sys};
 
 /// The file at the root of a volume that holds its id.
-pub const VOLUME_ID_FILE: &str = ".haven-volume";
+const VOLUME_ID_FILE: &str = ".haven-volume";
 /// The file at the root of a volume that names its current (or last) owner.
 pub const CLAIM_FILE: &str = ".haven-claim";
 /// Longest one I/O step on the shared volume may take.
@@ -49,7 +49,7 @@ pub struct Claim {
 pub struct DiskDriver;
 
 /// `<state-dir>/volumes/<volume_name>`: where a volume is exposed on its owner.
-pub fn exposure_path(state_dir: &Path, volume_name: &str) -> PathBuf {
+fn exposure_path(state_dir: &Path, volume_name: &str) -> PathBuf {
     state_dir.join("volumes").join(volume_name)
 }
 
@@ -85,106 +85,122 @@ fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
+/// Why a volume cannot be checked, claimed or watched. The driver reports the message as
+/// the resource's failure (`DriverError::Volume`).
+#[derive(Debug, thiserror::Error)]
+enum VolumeError {
+    #[error("{what}: internal error: {detail}")]
+    Internal { what: &'static str, detail: String },
+    #[error(
+        "{what} did not finish within {:?}; the shared filesystem is not responding (check the NFS/cluster \
+         filesystem mount on this node)",
+        VOLUME_IO_TIMEOUT
+    )]
+    Hung { what: &'static str },
+    #[error(
+        "{} holds volume id {found:?}, not {expected:?}: this is another volume; point the resource at the right \
+         one or fix params.volume_id",
+        id_file.display()
+    )]
+    OtherVolume { id_file: PathBuf, found: String, expected: String },
+    #[error("{} does not exist on this node; mount the shared filesystem here (or fix the path)", root.display())]
+    Missing { root: PathBuf },
+    #[error(
+        "{} is not a Haven volume: it has no {VOLUME_ID_FILE} file; mark it with `echo {volume_id} > {}`",
+        root.display(),
+        root.join(VOLUME_ID_FILE).display()
+    )]
+    Unmarked { root: PathBuf, volume_id: String },
+    #[error("cannot read {}: {source}", path.display())]
+    ReadId {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot read the claim on {}: {source}", root.display())]
+    ReadClaim {
+        root: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error(
+        "volume at {} was claimed by node {node:?} at placement generation {theirs}, newer than this node's \
+         generation {ours}: this node is a stale owner and must not use it",
+        root.display()
+    )]
+    StaleOwner { root: PathBuf, node: String, theirs: u64, ours: u64 },
+    #[error(
+        "volume at {} is claimed by node {node:?} at the same placement generation {generation}: two nodes think \
+         they own it; move the group again to give it a new generation",
+        root.display()
+    )]
+    SameGeneration { root: PathBuf, node: String, generation: u64 },
+    #[error("cannot write the claim {}: {source}", path.display())]
+    WriteClaim {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    /// Monitor could not read the claim it watches.
+    #[error("cannot read the claim: {0}")]
+    WatchClaim(#[source] io::Error),
+}
+
 /// Runs `f` on a blocking thread, giving up after `VOLUME_IO_TIMEOUT`.
 async fn on_volume<T: Send + 'static>(
-    what: &str,
-    f: impl FnOnce() -> Result<T, String> + Send + 'static,
-) -> Result<T, String> {
+    what: &'static str,
+    f: impl FnOnce() -> Result<T, VolumeError> + Send + 'static,
+) -> Result<T, VolumeError> {
     match tokio::time::timeout(VOLUME_IO_TIMEOUT, tokio::task::spawn_blocking(f)).await {
         Ok(Ok(r)) => r,
-        Ok(Err(e)) => Err(format!("{what}: internal error: {e}")),
-        Err(_) => Err(format!(
-            "{what} did not finish within {VOLUME_IO_TIMEOUT:?}; the shared filesystem is not responding \
-             (check the NFS/cluster filesystem mount on this node)"
-        )),
+        Ok(Err(e)) => Err(VolumeError::Internal { what, detail: e.to_string() }),
+        Err(_) => Err(VolumeError::Hung { what }),
     }
 }
 
 /// Checks that `root` is the volume `volume_id`.
-fn check_identity(root: &Path, volume_id: &str) -> Result<(), String> {
+fn check_identity(root: &Path, volume_id: &str) -> Result<(), VolumeError> {
     let id_file = root.join(VOLUME_ID_FILE);
     match fs::read_to_string(&id_file) {
         Ok(text) if text.trim() == volume_id => Ok(()),
-        Ok(text) => Err(format!(
-            "{} holds volume id {:?}, not {volume_id:?}: this is another volume; point the resource at the \
-             right one or fix params.volume_id",
-            id_file.display(),
-            text.trim()
-        )),
-        Err(e) if e.kind() == io::ErrorKind::NotFound && !root.exists() => Err(format!(
-            "{} does not exist on this node; mount the shared filesystem here (or fix the path)",
-            root.display()
-        )),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Err(format!(
-            "{} is not a Haven volume: it has no {VOLUME_ID_FILE} file; mark it with `echo {volume_id} > {}`",
-            root.display(),
-            id_file.display()
-        )),
-        Err(e) => Err(format!("cannot read {}: {e}", id_file.display())),
+        Ok(text) => {
+            Err(VolumeError::OtherVolume { id_file, found: text.trim().to_string(), expected: volume_id.to_string() })
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound && !root.exists() => {
+            Err(VolumeError::Missing { root: root.to_path_buf() })
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            Err(VolumeError::Unmarked { root: root.to_path_buf(), volume_id: volume_id.to_string() })
+        }
+        Err(source) => Err(VolumeError::ReadId { path: id_file, source }),
     }
 }
 
 /// Checks the claim and writes ours: refuses if a newer generation (or another node at the
 /// same generation) holds the volume.
-fn claim(root: &Path, ours: &Claim) -> Result<(), String> {
-    let existing = read_claim(root).map_err(|e| format!("cannot read the claim on {}: {e}", root.display()))?;
+fn claim(root: &Path, ours: &Claim) -> Result<(), VolumeError> {
+    let existing = read_claim(root).map_err(|source| VolumeError::ReadClaim { root: root.to_path_buf(), source })?;
     if let Some(c) = existing {
         if c.generation > ours.generation {
-            return Err(format!(
-                "volume at {} was claimed by node {:?} at placement generation {}, newer than this node's \
-                 generation {}: this node is a stale owner and must not use it",
-                root.display(),
-                c.node,
-                c.generation,
-                ours.generation
-            ));
+            return Err(VolumeError::StaleOwner {
+                root: root.to_path_buf(),
+                node: c.node,
+                theirs: c.generation,
+                ours: ours.generation,
+            });
         }
         if c.generation == ours.generation && c.node != ours.node {
-            return Err(format!(
-                "volume at {} is claimed by node {:?} at the same placement generation {}: two nodes think \
-                 they own it; move the group again to give it a new generation",
-                root.display(),
-                c.node,
-                c.generation
-            ));
+            return Err(VolumeError::SameGeneration {
+                root: root.to_path_buf(),
+                node: c.node,
+                generation: c.generation,
+            });
         }
     }
-    write_claim(root, ours).map_err(|e| format!("cannot write the claim {}: {e}", root.join(CLAIM_FILE).display()))
-}
-
-/// Whether `path` is a mount point, from `/proc/self/mountinfo`.
-fn is_mount_point(path: &Path) -> io::Result<bool> {
-    let text = fs::read_to_string("/proc/self/mountinfo")?;
-    let want = path.to_string_lossy();
-    // Field 5 is the mount point, with spaces and the like escaped as octal.
-    Ok(text.lines().filter_map(|l| l.split(' ').nth(4)).any(|mp| unescape_mountinfo(mp) == want))
-}
-
-fn unescape_mountinfo(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    let mut chars = s.chars().peekable();
-    while let Some(c) = chars.next() {
-        if c == '\\' {
-            let code: String = chars.by_ref().take(3).collect();
-            match u8::from_str_radix(&code, 8) {
-                Ok(b) => out.push(char::from(b)),
-                Err(_) => {
-                    out.push('\\');
-                    out.push_str(&code);
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
+    write_claim(root, ours).map_err(|source| VolumeError::WriteClaim { path: root.join(CLAIM_FILE), source })
 }
 
 impl DiskDriver {
-    pub fn new() -> Self {
-        Self
-    }
-
     fn params(spec: &ResourceSpec) -> Result<DiskParams, DriverError> {
         let invalid = |source| DriverError::InvalidParams { resource: spec.name.clone(), source };
         let params = spec.disk_params().map_err(invalid)?;
@@ -214,9 +230,8 @@ impl DiskDriver {
                 Err(e) if matches!(e.kind(), io::ErrorKind::NotFound | io::ErrorKind::InvalidInput) => Ok(false),
                 Err(e) => Err(Self::err(ctx, format!("cannot read {}: {e}", at.display()))),
             },
-            DiskBackend::Block => {
-                is_mount_point(&at).map_err(|e| Self::err(ctx, format!("cannot read /proc/self/mountinfo: {e}")))
-            }
+            DiskBackend::Block => procfs::is_mount_point(&at)
+                .map_err(|e| Self::err(ctx, format!("cannot read /proc/self/mountinfo: {e}"))),
         }
     }
 
@@ -334,11 +349,11 @@ impl ResourceDriver for DiskDriver {
             })
             .await
         };
-        if let Err(message) = checked {
+        if let Err(e) = checked {
             if params.backend == DiskBackend::Block {
                 let _ = Self::unexpose(ctx, &params).await;
             }
-            return Err(Self::err(ctx, message));
+            return Err(Self::err(ctx, e.to_string()));
         }
         if params.backend == DiskBackend::Dir && !Self::exposed(ctx, &params)? {
             // Replace whatever symlink is there in one step: a new link, then rename over.
@@ -385,13 +400,14 @@ impl ResourceDriver for DiskDriver {
                     c.node, c.generation, generation
                 ))),
                 Ok(None) => Ok(Some(format!("the claim file {} is gone", root.join(CLAIM_FILE).display()))),
-                Err(e) => Err(format!("cannot read the claim: {e}")),
+                Err(e) => Err(VolumeError::WatchClaim(e)),
             }
         })
         .await;
         Ok(match look {
             Ok(None) => Health::Running,
-            Ok(Some(reason)) | Err(reason) => Health::Failed(reason),
+            Ok(Some(reason)) => Health::Failed(reason),
+            Err(e) => Health::Failed(e.to_string()),
         })
     }
 
@@ -400,16 +416,5 @@ impl ResourceDriver for DiskDriver {
             return Err(InvalidInput::new("type", format!("{:?} is not a disk resource", spec.kind.as_str())));
         }
         spec.disk_params()?.validate()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn mountinfo_escapes() {
-        assert_eq!(unescape_mountinfo("/mnt/a\\040b"), "/mnt/a b");
-        assert_eq!(unescape_mountinfo("/plain"), "/plain");
     }
 }

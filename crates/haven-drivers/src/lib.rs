@@ -12,23 +12,24 @@ pub mod disk;
 mod error;
 pub mod make_ha;
 mod pidfile;
-pub mod process;
-mod procfs;
+mod process;
+pub mod procfs;
 mod sys;
 pub mod time;
-pub mod vm;
-pub mod vm_config;
+mod vm;
+mod vm_config;
 
 use std::path::{Path, PathBuf};
 
 use async_trait::async_trait;
+use disk::DiskDriver;
 use haven_model::{InvalidInput, ResourceKind, ResourceSpec};
+use process::ProcessDriver;
+use vm_config::VmConfigDriver;
 
-pub use disk::DiskDriver;
 pub use error::DriverError;
-pub use process::ProcessDriver;
 pub use vm::{VmDriver, vm_status};
-pub use vm_config::{VmConfigDriver, definition_from_text, load_definition};
+pub use vm_config::{definition_from_text, load_definition};
 
 /// What a driver gets to act on one resource.
 #[derive(Clone, Debug)]

@@ -111,10 +111,6 @@ impl Launch {
 }
 
 impl ProcessDriver {
-    pub fn new() -> Self {
-        Self::default()
-    }
-
     fn spawned(&self) -> MutexGuard<'_, HashMap<PathBuf, Spawned>> {
         // A panic while holding the lock leaves the map itself consistent.
         self.spawned.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -522,7 +518,7 @@ impl ResourceDriver for ProcessDriver {
             let outcome = check::run(check, |argv| launch.command(argv), left).await;
             let last_result = match outcome {
                 Ok(()) => return Ok(()),
-                Err(reason) => reason,
+                Err(reason) => reason.to_string(),
             };
             let now = Instant::now();
             if now >= deadline {

@@ -9,7 +9,7 @@ use tokio::time::Instant;
 
 /// About 30 years: later than anything Haven waits for, and what tokio itself uses as
 /// "never" for a sleep or a timeout that does not fit.
-pub const FAR_FUTURE: Duration = Duration::from_secs(86_400 * 365 * 30);
+const FAR_FUTURE: Duration = Duration::from_secs(86_400 * 365 * 30);
 
 /// `at + d`, or an instant about 30 years after `at` when that sum does not fit (or `d` is
 /// longer than that): never panics.

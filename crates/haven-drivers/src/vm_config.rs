@@ -21,7 +21,7 @@ use crate::{Depth, DriverError, Health, ResourceCtx, ResourceDriver};
 
 /// A definition registered on this node.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Registration {
+pub(crate) struct Registration {
     /// The `vm-config` resource that registered it.
     pub resource: String,
     /// The definition file.
@@ -34,11 +34,11 @@ pub struct Registration {
 
 /// Largest VM definition file read (a definition is a few hundred bytes of TOML or JSON;
 /// anything much larger is some other file, and is not read into memory).
-pub const MAX_DEFINITION_BYTES: usize = 64 * 1024;
+pub(crate) const MAX_DEFINITION_BYTES: usize = 64 * 1024;
 
 /// Reads the text of the definition file at `path`: a regular file of at most
 /// [`MAX_DEFINITION_BYTES`] of UTF-8. The errors name the file, never its content.
-pub fn read_definition(path: &Path) -> Result<String, InvalidInput> {
+pub(crate) fn read_definition(path: &Path) -> Result<String, InvalidInput> {
     use std::io::Read;
     let invalid = |why: String| InvalidInput::new("path", why);
     // Looked at before it is opened: opening a FIFO would wait for a writer.
@@ -111,12 +111,12 @@ pub fn definition_from_text(path: &Path, text: &str) -> Result<VmDefinition, Inv
 }
 
 /// `<state-dir>/vms`: where definitions are registered.
-pub fn registry_dir(state_dir: &Path) -> PathBuf {
+fn registry_dir(state_dir: &Path) -> PathBuf {
     state_dir.join("vms")
 }
 
 /// The registration made by the `vm-config` resource `resource`, if it is registered here.
-pub fn find_registration(state_dir: &Path, resource: &str) -> io::Result<Option<Registration>> {
+pub(crate) fn find_registration(state_dir: &Path, resource: &str) -> io::Result<Option<Registration>> {
     let dir = registry_dir(state_dir);
     let entries = match fs::read_dir(&dir) {
         Ok(e) => e,
@@ -161,10 +161,6 @@ fn read_registration(path: &Path) -> io::Result<Option<Registration>> {
 pub struct VmConfigDriver;
 
 impl VmConfigDriver {
-    pub fn new() -> Self {
-        Self
-    }
-
     fn params(spec: &ResourceSpec) -> Result<VmConfigParams, DriverError> {
         let invalid = |source| DriverError::InvalidParams { resource: spec.name.clone(), source };
         let params = spec.vm_config_params().map_err(invalid)?;
@@ -223,7 +219,7 @@ impl VmConfigDriver {
 /// Where `params.path` is on this node: a relative path (`<volume-name>/…`) is under this
 /// node's `<state-dir>/volumes/`, so one definition works on every node whatever its
 /// state directory; an absolute path is taken as it is.
-pub fn definition_path(ctx: &ResourceCtx, path: &str) -> PathBuf {
+fn definition_path(ctx: &ResourceCtx, path: &str) -> PathBuf {
     let p = Path::new(path);
     if p.is_absolute() { p.to_path_buf() } else { ctx.state_dir.join("volumes").join(p) }
 }

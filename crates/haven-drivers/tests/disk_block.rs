@@ -19,9 +19,7 @@ fn run(cmd: &str, args: &[&str]) -> Result<String, String> {
 }
 
 fn mounted_at(path: &Path) -> bool {
-    let text = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
-    let want = path.to_string_lossy().into_owned();
-    text.lines().filter_map(|l| l.split(' ').nth(4)).any(|mp| mp == want)
+    haven_drivers::procfs::is_mount_point(path).expect("mountinfo")
 }
 
 /// Detaches the loop device (and unmounts what a failed test left) on drop.

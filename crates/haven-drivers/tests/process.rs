@@ -5,7 +5,7 @@
 use std::future::Future;
 use std::time::Duration;
 
-use haven_drivers::{Depth, Drivers, Health, ResourceCtx};
+use haven_drivers::{Depth, Drivers, Health, ResourceCtx, procfs};
 use haven_model::{Dur, ResourceKind, ResourceProps, ResourceSpec};
 use serde_json::json;
 use tokio::time::{Instant, sleep};
@@ -29,24 +29,16 @@ fn ctx(dir: &tempfile::TempDir, spec: ResourceSpec) -> ResourceCtx {
 
 /// `(state, pgrp, start time)` of a process, from /proc.
 fn proc_stat(pid: i32) -> Option<(char, i32, u64)> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let rest: Vec<&str> = text[text.rfind(')')? + 1..].split_whitespace().collect();
-    Some((rest[0].chars().next()?, rest[2].parse().ok()?, rest[19].parse().ok()?))
+    procfs::stat(pid).ok()?.map(|st| (st.state, st.pgrp, st.start_time))
 }
 
 /// Running and not a zombie.
 fn alive(pid: i32) -> bool {
-    matches!(proc_stat(pid), Some((state, _, _)) if !matches!(state, 'Z' | 'X'))
+    procfs::is_alive(pid)
 }
 
 fn live_group_members(pgid: i32) -> Vec<i32> {
-    let mut pids: Vec<i32> = std::fs::read_dir("/proc")
-        .expect("read /proc")
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
-        .filter(|pid| matches!(proc_stat(*pid), Some((s, g, _)) if g == pgid && !matches!(s, 'Z' | 'X')))
-        .collect();
-    pids.sort_unstable();
-    pids
+    procfs::live_group_members(pgid).expect("read /proc")
 }
 
 fn recorded_pid(ctx: &ResourceCtx) -> i32 {

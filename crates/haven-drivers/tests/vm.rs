@@ -217,10 +217,7 @@ fn test_guest() -> PathBuf {
 }
 
 fn alive(pid: i32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|t| t.rfind(')').and_then(|i| t[i + 1..].split_whitespace().next().map(str::to_string)))
-        .is_some_and(|state| state != "Z" && state != "X")
+    haven_drivers::procfs::is_alive(pid)
 }
 
 #[tokio::test]

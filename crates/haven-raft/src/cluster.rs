@@ -19,7 +19,7 @@ use openraft::storage::RaftLogStorage;
 use openraft::{BasicNode, Config, SnapshotPolicy, Vote};
 use tokio::sync::watch;
 
-use crate::contact::{self, LeaderContact};
+use crate::contact::{self, ContactRule, LeaderContact};
 use crate::network::HttpNetworkFactory;
 use crate::store::{StoreError, open_store};
 use crate::{Raft, TypeConfig};
@@ -273,10 +273,16 @@ impl ClusterDb {
 
     /// For a leader of `term`: the latest moment at which any leader of an earlier term can
     /// have received a request it then confirmed with a majority (e.g. a lease renewal it
-    /// granted), from the answers of a majority of the voters (see [`crate::contact`]).
-    /// `None` if no majority answered within `timeout`; the caller then keeps a safe
-    /// default (its own election time).
-    pub async fn earlier_leaders_last_contact(&self, term: u64, timeout: Duration) -> Option<tokio::time::Instant> {
+    /// granted), from the answers of a majority of the voters (see [`crate::contact`];
+    /// `rule` is [`ContactRule::Majority`] but in the simulator's proof that anything else
+    /// is caught). `None` if no majority answered within `timeout`; the caller then keeps a
+    /// safe default (its own election time).
+    pub async fn earlier_leaders_last_contact(
+        &self,
+        term: u64,
+        timeout: Duration,
+        rule: ContactRule,
+    ) -> Option<tokio::time::Instant> {
         use tokio::time::{Instant, sleep};
         const RETRY: Duration = Duration::from_millis(20);
         let deadline = Instant::now() + timeout;
@@ -318,7 +324,7 @@ impl ClusterDb {
             });
         }
         loop {
-            if let Some(latest) = contact::combine(&configs, &answers) {
+            if let Some(latest) = contact::combine(&configs, self.inner.node_id, &answers, rule) {
                 return Some(latest);
             }
             match asks.join_next().await {

@@ -1,53 +1,34 @@
-//! When this node last vouched for a Raft leader, per leader term — what lets a new leader
-//! bound the leases its predecessors granted without waiting a whole lease from its own
-//! election.
+//! When this node last vouched for a Raft leader, per leader term, on tokio's clock — what
+//! lets a new leader bound the leases its predecessors granted without waiting a whole lease
+//! from its own election (architecture invariant 4).
 //!
-//! # Why this bound holds
+//! The log and the way a new leader combines the voters' answers are pure and shared with
+//! the simulator: `haven_node::contact` ([`ContactLog`], [`combine`]), which also says why
+//! the bound holds. This module runs the log on tokio's clock, converting `Instant`s to the
+//! core's microseconds at the edge (rounded up: a later note is the safe side), and holds
+//! the wire type of the query.
 //!
-//! A leader grants a lease renewal only after `ensure_linearizable` got a fresh
-//! AppendEntries acknowledgement from a majority (openraft 0.9's `CheckIsLeader`: a new
-//! round of empty AppendEntries sent after the call, any reply but `HigherVote` counts). The
-//! renewal was received at `t_r` before that round started, so every node of that majority
-//! received an AppendEntries of the granting leader's term *after* `t_r` (the leader itself
-//! counts too: it notes every renewal it receives, see [`ClusterDb::note_grant_request`]).
-//!
-//! Every node notes the arrival of each AppendEntries with the sender's term *before* Raft
-//! sees it ([`LeaderContact::note`]). When a node's own term is already `T`, Raft rejects
-//! every later AppendEntries of a term below `T`, so what it noted for terms below `T` is
-//! final. A new leader of term `T` asks every voter for its last contact with a leader of a
-//! term below `T` and keeps the answers of nodes whose term is at least `T`; once those
-//! include a majority, the latest of them is at or after the `t_r` of every lease an earlier
-//! leader granted (that grant's majority and this one share a node). A restarted node has
-//! lost its notes, so it reports its start instead, which is later than anything it lost.
-//!
-//! Durations cross the network, never clock readings, and each conversion only makes the
-//! bound later (safer); clock *rate* differences are what the lease margin is for.
+//! Where the notes are taken: every node notes the arrival of each AppendEntries with the
+//! sender's term *before* Raft sees it (`network`'s append route), and a leader notes every
+//! renewal it receives before its leadership check ([`ClusterDb::note_grant_request`]).
 //!
 //! [`ClusterDb::note_grant_request`]: crate::ClusterDb::note_grant_request
 
-use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+pub use haven_node::contact::{ContactRule, KEEP_TERMS, combine};
+use haven_node::{ContactLog, Micros};
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
-
-/// Terms kept one by one; older ones are folded into one floor.
-const KEEP_TERMS: usize = 16;
 
 /// This node's notes of leader contact (cheap to clone: one shared log).
 #[derive(Clone, Debug)]
 pub struct LeaderContact {
+    /// The origin of the log's clock readings: when the log was created, which is also its
+    /// floor (what came before is forgotten, and earlier).
+    epoch: Instant,
     log: Arc<Mutex<ContactLog>>,
-}
-
-#[derive(Debug)]
-struct ContactLog {
-    /// Per leader term, the latest contact noted.
-    by_term: BTreeMap<u64, Instant>,
-    /// No contact of a term no longer in `by_term` was later than this; at first the moment
-    /// the log was created (what came before is forgotten, and earlier).
-    floor: Instant,
 }
 
 impl Default for LeaderContact {
@@ -56,9 +37,15 @@ impl Default for LeaderContact {
     }
 }
 
+/// `t` on the log's clock, rounded up to the next µs.
+fn micros_since(epoch: Instant, t: Instant) -> Micros {
+    let nanos = t.saturating_duration_since(epoch).as_nanos().div_ceil(1000);
+    u64::try_from(nanos).unwrap_or(u64::MAX)
+}
+
 impl LeaderContact {
     pub fn new() -> LeaderContact {
-        LeaderContact { log: Arc::new(Mutex::new(ContactLog { by_term: BTreeMap::new(), floor: Instant::now() })) }
+        LeaderContact { epoch: Instant::now(), log: Arc::new(Mutex::new(ContactLog::new(0))) }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, ContactLog> {
@@ -67,20 +54,15 @@ impl LeaderContact {
 
     /// Notes a contact with the leader of `term` now.
     pub fn note(&self, term: u64) {
-        let now = Instant::now();
-        let mut log = self.lock();
-        let at = log.by_term.entry(term).or_insert(now);
-        *at = (*at).max(now);
-        while log.by_term.len() > KEEP_TERMS {
-            let Some((_, at)) = log.by_term.pop_first() else { break };
-            log.floor = log.floor.max(at);
-        }
+        let now = micros_since(self.epoch, Instant::now());
+        self.lock().note(term, now);
     }
 
     /// The latest contact noted with a leader of a term below `term` (at least the floor).
     pub fn last_before(&self, term: u64) -> Instant {
-        let log = self.lock();
-        log.by_term.range(..term).map(|(_, at)| *at).fold(log.floor, Instant::max)
+        let at = self.lock().last_before(term);
+        // No note is later than now, so the sum fits; if not, now is later (safe).
+        self.epoch.checked_add(Duration::from_micros(at)).unwrap_or_else(Instant::now)
     }
 }
 
@@ -95,18 +77,6 @@ pub struct ContactReply {
     pub since_ms: u64,
 }
 
-/// Combines answers, one per voter: `Some(latest)` once the voters whose answer counts
-/// form a majority of every configuration in `configs` (one, or two during a joint
-/// membership change), `latest` being the most recent contact among *all* answers that
-/// count (more answers only make it later).
-pub fn combine(configs: &[Vec<u64>], answers: &BTreeMap<u64, Instant>) -> Option<Instant> {
-    let majority = |ids: &Vec<u64>| ids.iter().filter(|id| answers.contains_key(id)).count() * 2 > ids.len();
-    if configs.is_empty() || !configs.iter().all(majority) {
-        return None;
-    }
-    answers.values().copied().max()
-}
-
 /// `since_ms` as the asker's instant: the answer was made no later than `received`, so
 /// the contact was no later than `received - since_ms`; the ms rounding goes the safe
 /// way (later), by adding the millisecond `since_ms` dropped.
@@ -117,6 +87,8 @@ pub fn contact_instant(received: Instant, since_ms: u64) -> Instant {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
+
     use super::*;
 
     #[tokio::test(start_paused = true)]
@@ -146,15 +118,25 @@ mod tests {
         assert_eq!(c.last_before(10), start + Duration::from_millis(90));
     }
 
+    #[tokio::test(start_paused = true)]
+    async fn a_note_is_never_earlier_than_its_instant() {
+        let c = LeaderContact::new();
+        let start = Instant::now();
+        tokio::time::advance(Duration::from_nanos(1_500)).await;
+        let noted = Instant::now();
+        c.note(1);
+        assert!(c.last_before(2) >= noted, "rounded up to the next µs");
+        assert_eq!(c.last_before(2), start + Duration::from_micros(2));
+    }
+
     #[test]
-    fn combine_needs_a_majority_of_each_configuration() {
+    fn combine_works_on_instants() {
         let t0 = std::time::Instant::now();
         let at = |ms| Instant::from_std(t0 + Duration::from_millis(ms));
         let answers: BTreeMap<u64, Instant> = [(1, at(10)), (2, at(30))].into();
-        assert_eq!(combine(&[vec![1, 2, 3]], &answers), Some(at(30)));
-        assert_eq!(combine(&[vec![1, 2, 3, 4]], &answers), None, "2 of 4 is no majority");
-        assert_eq!(combine(&[vec![1, 2, 3], vec![3, 4, 5]], &answers), None, "joint: second config lacks one");
-        assert_eq!(combine(&[], &answers), None);
+        assert_eq!(combine(&[vec![1, 2, 3]], 1, &answers, ContactRule::Majority), Some(at(30)));
+        assert_eq!(combine(&[vec![1, 2, 3, 4]], 1, &answers, ContactRule::Majority), None, "2 of 4 is no majority");
+        assert_eq!(combine(&[vec![1, 2, 3, 4]], 1, &answers, ContactRule::OwnOnly), Some(at(10)));
     }
 
     #[test]

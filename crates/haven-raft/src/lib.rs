@@ -5,8 +5,8 @@
 //!   transaction as `last_applied`, so a restart neither loses nor re-applies anything.
 //! - [`network`]: peer RPCs as JSON over HTTP (`/internal/raft/*`), the client side
 //!   ([`network::HttpNetworkFactory`]) and the server side ([`router`]).
-//! - [`contact`]: each node's notes of contact with leaders, which let a new leader bound
-//!   the leases its predecessors granted.
+//! - [`contact`]: each node's notes of contact with leaders (`haven_node::ContactLog` on
+//!   tokio's clock), which let a new leader bound the leases its predecessors granted.
 //! - [`cluster`]: [`ClusterDb`], the facade the agent uses: open, initialize, write, read the
 //!   applied state, membership changes, leadership checks.
 //!

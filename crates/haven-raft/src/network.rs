@@ -86,7 +86,9 @@ pub struct HttpNetworkFactory {
 impl HttpNetworkFactory {
     /// Plain HTTP to peers. `node_id` is this node's id, used in error reports.
     pub fn new(node_id: u64) -> Result<HttpNetworkFactory, reqwest::Error> {
-        let client = reqwest::Client::builder().build()?;
+        // Peer traffic goes straight to the peer, never through an `HTTP_PROXY` the node
+        // may have set for other programs.
+        let client = reqwest::Client::builder().no_proxy().build()?;
         Ok(HttpNetworkFactory::with_client(node_id, client, "http"))
     }
 
@@ -97,15 +99,38 @@ impl HttpNetworkFactory {
     }
 }
 
+/// Why a peer gave no leader-contact answer. A new leader asks again until its deadline,
+/// then counts every earlier lease from its own notes only (see [`crate::contact`]).
+#[derive(Debug, thiserror::Error)]
+pub enum ContactError {
+    #[error("{url} did not answer ({source}); check that the peer's agent runs and that this node can reach it")]
+    Request {
+        url: String,
+        #[source]
+        source: reqwest::Error,
+    },
+    #[error("{url} answered HTTP {status}; check that the peer at that address is a Haven agent of the same version")]
+    Status { url: String, status: reqwest::StatusCode },
+    #[error("{url} answered with a body that is not a leader-contact reply ({source}); check the peer's version")]
+    Decode {
+        url: String,
+        #[source]
+        source: reqwest::Error,
+    },
+}
+
 impl HttpNetworkFactory {
     /// Asks the peer at `addr` for its last contact with a leader of a term below `term`.
-    pub async fn leader_contact(&self, addr: &str, term: u64, timeout: Duration) -> Result<ContactReply, String> {
+    pub async fn leader_contact(&self, addr: &str, term: u64, timeout: Duration) -> Result<ContactReply, ContactError> {
         let url = format!("{}://{addr}{CONTACT_PATH}?term={term}", self.scheme);
-        let response = self.client.get(&url).timeout(timeout).send().await.map_err(|e| e.to_string())?;
+        let response = match self.client.get(&url).timeout(timeout).send().await {
+            Ok(r) => r,
+            Err(source) => return Err(ContactError::Request { url, source: source.without_url() }),
+        };
         if !response.status().is_success() {
-            return Err(format!("{url} answered HTTP {}", response.status()));
+            return Err(ContactError::Status { status: response.status(), url });
         }
-        response.json().await.map_err(|e| e.to_string())
+        response.json().await.map_err(|source| ContactError::Decode { url, source: source.without_url() })
     }
 }
 
@@ -160,14 +185,13 @@ impl From<TransportError> for StreamingError<TypeConfig, Fatal<u64>> {
 
 #[derive(Debug, thiserror::Error)]
 #[error(
-    "peer {target} answered {url} with HTTP {status}: {body}; check that its agent serves the \
-     raft peer routes at that address"
+    "peer {target} answered {url} with HTTP {status}; check that its agent serves the raft peer \
+     routes at that address (its log says why it refused)"
 )]
 struct HttpStatusError {
     target: u64,
     url: String,
     status: reqwest::StatusCode,
-    body: String,
 }
 
 impl HttpConnection {
@@ -199,9 +223,9 @@ impl HttpConnection {
         let response = self.client.post(&url).timeout(timeout).json(body).send().await.map_err(classify)?;
         let status = response.status();
         if !status.is_success() {
-            let body: String = response.text().await.unwrap_or_default().chars().take(200).collect();
             // A peer that answers but not as a raft peer will not fix itself soon: back off.
-            let e = HttpStatusError { target: self.target, url, status, body };
+            // (Its body is not quoted: whatever answered there may not be ours.)
+            let e = HttpStatusError { target: self.target, url, status };
             return Err(TransportError::Unreachable(Unreachable::new(&e)));
         }
         response.json().await.map_err(classify)

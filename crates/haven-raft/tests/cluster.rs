@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use haven_model::{Capacity, Node as ModelNode, NodeLiveness, NodeRole};
+use haven_raft::contact::ContactRule;
 use haven_raft::{BasicNode, ClusterDb, RaftTuning, State, WriteError};
 use haven_state::{Command, Reply, Request};
 use tokio::net::TcpListener;
@@ -350,7 +351,7 @@ async fn a_new_leader_bounds_what_the_old_leader_confirmed() {
     let elected = Instant::now();
     let bound = nodes[new]
         .db
-        .earlier_leaders_last_contact(term, Duration::from_secs(5))
+        .earlier_leaders_last_contact(term, Duration::from_secs(5), ContactRule::Majority)
         .await
         .expect("the surviving majority answers");
     println!(
@@ -367,7 +368,13 @@ async fn a_new_leader_bounds_what_the_old_leader_confirmed() {
         bound - elected
     );
     // Asking for a term this node does not lead (a later one) gives no answer.
-    assert!(nodes[new].db.earlier_leaders_last_contact(term + 1, Duration::from_millis(300)).await.is_none());
+    assert!(
+        nodes[new]
+            .db
+            .earlier_leaders_last_contact(term + 1, Duration::from_millis(300), ContactRule::Majority)
+            .await
+            .is_none()
+    );
     for n in nodes {
         n.stop().await;
     }

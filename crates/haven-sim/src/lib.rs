@@ -26,22 +26,27 @@
 //!   applied the leader's commit index at the grant.
 //! - **Controller** (`sim`): on the leader every renew_interval/2 (its clock); on a new
 //!   term it counts every lease as renewed at `leader_since` at least (it keeps the
-//!   renewals it received itself, in any term):
+//!   renewals it received itself, in any term; the agent's `haven_node::Leadership`):
 //!   the latest contact with an earlier leader among a majority of nodes it reaches (each
-//!   node notes the term and time of every leadership check it acknowledges and every
-//!   renewal it receives as leader, `haven_raft::contact`; a restart forgets them and
-//!   counts as a contact), or its election if no majority is reachable;
+//!   node keeps the agent's `haven_node::ContactLog` of the term and time of every
+//!   leadership check it acknowledges and every renewal it receives as leader; a restart
+//!   forgets them and counts as a contact), combined by the agent's
+//!   `haven_node::contact::combine`, or its election if no majority is reachable;
 //!   it commits decisions one write at a time (1–5 ms each), stopping at the first that
-//!   does not commit, so grants and reports interleave with a tick's commits.
-//! - **LRM** (`lrm`): one worker per group, one driver call at a time, start 50–500 ms,
-//!   stop 10–300 ms, dependency order, `may_run` before each start, self-fence (stop all)
-//!   when the lease is gone, noticed within the agent's 100 ms tick; injected resource
-//!   failures are noticed at the next LooksAlive check and handled with the real
-//!   `restart_decision`, then reported; status reports go through the agent's own
+//!   does not commit, so renewals and reports arrive during a tick's commits (the grants
+//!   wait for it: the agent's `haven_node::GrantTable`).
+//! - **LRM**: one `haven_node::GroupLrm` per group and node — the agent's own local
+//!   resource manager, driven with the node's applied state, lease and clock. The
+//!   simulator only makes its driver calls take time: start 50–500 ms (3 % fail, 1 % hang
+//!   until the pending timeout cuts them), graceful stop 10–300 ms (2 % fail and are
+//!   retried by the core), kill 1–20 ms, check 1–30 ms (finds an injected failure).
+//!   Starts and checks in progress are abandoned when the core says so
+//!   (`GroupLrm::interrupt`); status reports go through the agent's own
 //!   `haven_node::ReportQueue` (order, duplicates dropped, retried unless superseded).
 //! - **Faults** (`scenario`): message loss, slow network (one-way delay up to 1.4 s),
-//!   partitions (random split, healed later), node crash and restart, leader crash,
-//!   resource failures, failed starts. A crashed node runs nothing; a partitioned node's
+//!   partitions (random split, healed later), node crash and restart, leader crash, a
+//!   slow disk on one node (applies up to 3 s late while renewals stay fast), resource
+//!   failures, failed and hung starts, failed stops. A crashed node runs nothing; a partitioned node's
 //!   resources keep running until its own lease logic stops them.
 //!
 //! # What is abstracted, and why
@@ -72,11 +77,12 @@
 //! leader's `grant` answered renewals meanwhile, X could get a fresh lease between the
 //! decision and the `PlaceGroup` commit (e.g. right as a partition heals), apply a state
 //! that still names it owner, and start the group while the new owner started it too
-//! (seed 425, about one seed in 700). The agent's `lease::grant` now takes the
-//! controller's lock (a renewal is recorded either before a tick reads the heartbeats or
-//! after its decisions are committed) and gives no lease to a node the committed state
-//! marks down (its heartbeat is still recorded, so the controller marks it up). The old
-//! behaviour is kept as [`BrokenRule::UnguardedGrant`] to prove the simulator catches it.
+//! (seed 425, about one seed in 700). The rule is now `haven_node::grant`, which the agent
+//! and this simulator both run: a renewal is recorded either before a tick reads the
+//! heartbeats or after its decisions are committed, and a node the committed state marks
+//! down gets no lease (its heartbeat is still recorded, so the controller marks it up).
+//! The old behaviour is `GrantRule::Unguarded`, [`BrokenRule::UnguardedGrant`] here, to
+//! prove the simulator catches it.
 //!
 //! # Invariants
 //!
@@ -88,7 +94,6 @@
 pub mod clock;
 pub mod cluster_db;
 pub mod invariants;
-pub mod lrm;
 pub mod network;
 pub mod node;
 pub mod rng;
@@ -144,21 +149,53 @@ impl Profile {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum BrokenRule {
     /// The controller does not wait out the lease: it declares a node down after two
-    /// missed renewals (`Timing { lease_ms: 2 × renew, margin_ms: 0 }`) while nodes keep
-    /// their full lease. (Literally `lease_ms: 0` would mark *every* node down on every
-    /// tick, so nothing would ever be placed: a liveness failure, not a two-owner one.)
+    /// missed renewals while nodes keep their full lease: the shipped
+    /// `haven_controller::decide` runs with `Timing::with_wait(LeaseWait::TwoRenewals)`.
     SkipLeaseWait,
     /// Nodes count their lease from when the grant *arrived* instead of when the renewal
     /// was sent, so a slow reply stretches the lease past the leader's deadline: the shared
     /// `haven_node::Lease::renewed` is called with `LeaseRule::FromReceipt`.
     LeaseFromReceipt,
     /// The leader grants renewals while a controller tick is being committed, and to nodes
-    /// the state marks down (the agent before the fix described in the crate docs).
+    /// the state marks down (the agent before the fix described in the crate docs): the
+    /// shared `haven_node::GrantTable::grant` is called with `GrantRule::Unguarded`.
     UnguardedGrant,
     /// A new leader bounds its predecessors' leases by its *own* last contact with them
-    /// instead of a majority's (`haven_raft::contact`): a leader that was cut off from the
-    /// old one counts their leases as long over.
+    /// instead of a majority's: the shared `haven_node::contact::combine` is called with
+    /// `ContactRule::OwnOnly`. A leader that was cut off from the old one counts their
+    /// leases as long over.
     OwnContactOnly,
+    /// The LRM keeps resources running (and starts them) after the lease ended: no
+    /// self-fencing (`haven_node::LrmRule::RunPastLease`).
+    RunPastLease,
+    /// The LRM starts a resource once it holds a lease, before it applied the state the
+    /// leader had at the grant (`haven_node::LrmRule::StartBeforeCatchUp`).
+    StartBeforeCatchUp,
+    /// The target of a handoff starts the group as soon as the handoff is committed,
+    /// before the old owner released it (`haven_node::LrmRule::StartBeforeRelease`).
+    StartBeforeRelease,
+}
+
+impl BrokenRule {
+    /// Every rule with its `--broken` name.
+    pub const ALL: [(&'static str, BrokenRule); 7] = [
+        ("skip-lease-wait", BrokenRule::SkipLeaseWait),
+        ("lease-from-receipt", BrokenRule::LeaseFromReceipt),
+        ("unguarded-grant", BrokenRule::UnguardedGrant),
+        ("own-contact-only", BrokenRule::OwnContactOnly),
+        ("run-past-lease", BrokenRule::RunPastLease),
+        ("start-before-catch-up", BrokenRule::StartBeforeCatchUp),
+        ("start-before-release", BrokenRule::StartBeforeRelease),
+    ];
+
+    /// The `--broken` name.
+    pub fn name(self) -> &'static str {
+        BrokenRule::ALL.iter().find(|(_, r)| *r == self).map(|(n, _)| *n).unwrap_or("?")
+    }
+
+    pub fn by_name(name: &str) -> Option<BrokenRule> {
+        BrokenRule::ALL.iter().find(|(n, _)| *n == name).map(|(_, r)| *r)
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -242,13 +279,7 @@ pub fn replay_command(seed: u64, opts: &Options) -> String {
         cmd.push_str(" --no-moves");
     }
     if let Some(b) = opts.broken {
-        let name = match b {
-            BrokenRule::SkipLeaseWait => "skip-lease-wait",
-            BrokenRule::LeaseFromReceipt => "lease-from-receipt",
-            BrokenRule::UnguardedGrant => "unguarded-grant",
-            BrokenRule::OwnContactOnly => "own-contact-only",
-        };
-        cmd.push_str(&format!(" --broken {name}"));
+        cmd.push_str(&format!(" --broken {}", b.name()));
     }
     cmd
 }

@@ -10,7 +10,8 @@ use haven_sim::{BrokenRule, Options, Profile, replay_command, run_many, run_seed
 
 const USAGE: &str = "usage: haven-sim [--seeds N (5000)] [--start S (0)] [--nodes N] [--profile default|aggressive]
                  [--seed N --trace] [--no-moves]
-                 [--broken skip-lease-wait|lease-from-receipt|unguarded-grant|own-contact-only]";
+                 [--broken RULE: skip-lease-wait, lease-from-receipt, unguarded-grant, own-contact-only,
+                           run-past-lease, start-before-catch-up, start-before-release]";
 
 struct Args {
     seeds: u64,
@@ -42,17 +43,11 @@ fn parse() -> Result<Args, String> {
                     Profile::by_name(&p).ok_or_else(|| format!("--profile {p:?}: use default or aggressive"))?;
             }
             "--broken" => {
-                a.opts.broken = Some(match value("a rule")?.as_str() {
-                    "skip-lease-wait" => BrokenRule::SkipLeaseWait,
-                    "lease-from-receipt" => BrokenRule::LeaseFromReceipt,
-                    "unguarded-grant" => BrokenRule::UnguardedGrant,
-                    "own-contact-only" => BrokenRule::OwnContactOnly,
-                    other => {
-                        return Err(format!(
-                            "--broken {other:?}: use skip-lease-wait, lease-from-receipt, unguarded-grant or own-contact-only"
-                        ));
-                    }
-                })
+                let name = value("a rule")?;
+                a.opts.broken = Some(BrokenRule::by_name(&name).ok_or_else(|| {
+                    let names: Vec<&str> = BrokenRule::ALL.iter().map(|(n, _)| *n).collect();
+                    format!("--broken {name:?}: use one of {}", names.join(", "))
+                })?);
             }
             "--trace" => a.opts.trace = true,
             "--no-moves" => a.opts.operator_moves = false,

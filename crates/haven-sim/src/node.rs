@@ -1,19 +1,20 @@
 //! One simulated node: its clock, its applied copy of the cluster state, its lease keeper,
-//! its leader-side bookkeeping (used only while it leads), its status-report queue and one
-//! LRM worker per group.
+//! its leader-side bookkeeping (used only while it leads: `haven_node`'s grant table and
+//! leadership, the agent's own code), its leader-contact log, its status-report queue and
+//! one `haven_node::GroupLrm` per group (the agent's own local resource manager).
 //!
 //! Plain data: the simulator (`sim`) drives it. What survives a crash is what the agent
 //! keeps on disk — the applied state (Raft log and state machine in redb); everything else
-//! (lease, heartbeats seen, queued reports, workers) is lost, and every resource it ran is
+//! (lease, heartbeats seen, queued reports, the LRM cores) is lost, and every resource it ran is
 //! gone (the process driver ties resources to the agent's life).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
-use haven_node::{Lease, ReportQueue};
+use haven_node::lrm::View;
+use haven_node::{ContactLog, GrantTable, GroupLrm, Leadership, Lease, LrmRule, ReportQueue};
 use haven_state::{Request, State};
 
 use crate::clock::{Clock, Micros};
-use crate::lrm::{Op, Worker};
 
 #[derive(Debug)]
 pub struct Node {
@@ -28,30 +29,30 @@ pub struct Node {
     /// The lease keeper's state: the same `haven_node::Lease` the agent runs, in this
     /// node's local µs.
     pub lease: Lease,
-    pub leader_side: LeaderSide,
+    /// Leader side: the agent's `lease::Grants` (the renewals received, in the leader's
+    /// ms, and whether a controller tick is committing).
+    pub grants: GrantTable,
+    /// Leader side: the controller loop's term and `leader_since` (ms).
+    pub leadership: Leadership,
     /// Status reports not yet committed: the agent's `haven_node::ReportQueue`.
     pub reports: ReportQueue,
-    pub workers: BTreeMap<String, Worker>,
-    /// Per group: the driver call in progress and its id.
-    pub busy: BTreeMap<String, (Op, u64)>,
-    /// `haven_raft::contact`: per leader term, when (local µs) this node last vouched for
-    /// that term's leader (acknowledged its leadership check, or received a renewal as
-    /// that leader); lost in a crash.
-    pub contact: BTreeMap<u64, u64>,
-    /// No contact before this (local µs): the start of the current incarnation.
-    pub contact_floor: u64,
-}
-
-/// What the node keeps while it is the leader (`Agent::heartbeats` and the controller
-/// loop's `leadership`).
-#[derive(Debug, Default)]
-pub struct LeaderSide {
-    /// Per node: the leader's clock (ms) when it granted that node's last renewal.
-    pub heartbeats: BTreeMap<String, u64>,
-    /// (term, leader_since in ms) as the controller loop first saw this leadership.
-    pub leadership: Option<(u64, u64)>,
-    /// Controller decisions of this tick not yet committed.
-    pub committing: bool,
+    /// Per group: the agent's local resource manager core.
+    pub workers: BTreeMap<String, GroupLrm>,
+    /// Per group: the id of the driver call in progress (its `OpDone` event carries it; an
+    /// abandoned call's completion is ignored).
+    pub busy: BTreeMap<String, u64>,
+    /// Resources whose process broke on this node (the world, not the node's knowledge):
+    /// the next check finds them failed.
+    pub broken: BTreeSet<String>,
+    /// True times at which an `LrmWake` is already scheduled.
+    pub wakes: BTreeSet<Micros>,
+    /// A slow disk: until (true time), and how late (µs) at most it applies entries.
+    pub slow_disk: Option<(Micros, Micros)>,
+    /// `haven_raft::contact`'s log (`haven_node::ContactLog`): per leader term, when (local
+    /// µs) this node last vouched for that term's leader (acknowledged its leadership check,
+    /// or received a renewal as that leader). A restart begins a new log, whose floor is
+    /// the restart.
+    pub contact: ContactLog,
 }
 
 impl Node {
@@ -68,25 +69,27 @@ impl Node {
             applied,
             applied_index: setup.len(),
             lease: Lease::new(),
-            leader_side: LeaderSide::default(),
+            grants: GrantTable::new(),
+            leadership: Leadership::new(),
             reports: ReportQueue::new(),
-            workers: groups.iter().map(|g| (g.clone(), Worker::default())).collect(),
+            workers: groups.iter().map(|g| (g.clone(), GroupLrm::new(g))).collect(),
             busy: BTreeMap::new(),
-            contact: BTreeMap::new(),
-            contact_floor: clock.local(0),
+            broken: BTreeSet::new(),
+            wakes: BTreeSet::new(),
+            slow_disk: None,
+            contact: ContactLog::new(clock.local(0)),
         }
     }
 
-    /// `LeaderContact::note`.
+    /// `LeaderContact::note` at true time `t`.
     pub fn note_contact(&mut self, term: u64, t: Micros) {
         let now = self.local(t);
-        let at = self.contact.entry(term).or_insert(now);
-        *at = (*at).max(now);
+        self.contact.note(term, now);
     }
 
     /// `LeaderContact::last_before`: local µs.
     pub fn contact_before(&self, term: u64) -> u64 {
-        self.contact.range(..term).map(|(_, at)| *at).fold(self.contact_floor, u64::max)
+        self.contact.last_before(term)
     }
 
     pub fn local(&self, t: Micros) -> u64 {
@@ -96,6 +99,19 @@ impl Node {
     /// `Lease::may_run` on this node's clock at true time `t`.
     pub fn may_run(&self, t: Micros) -> bool {
         self.lease.may_run(self.local(t), self.applied_index as u64)
+    }
+
+    /// What this node's LRM sees at its local time `local` (the agent's `lrm::Seen`).
+    pub fn view(&self, local: u64, rule: LrmRule) -> View<'_> {
+        View {
+            me: &self.name,
+            state: &self.applied,
+            applied: self.applied_index as u64,
+            lease: &self.lease,
+            now: local,
+            stopping: false,
+            rule,
+        }
     }
 
     /// `Lease::valid` on this node's clock at true time `t`.
@@ -108,16 +124,18 @@ impl Node {
         self.alive = false;
         self.incarnation += 1;
         self.lease.forget();
-        self.leader_side = LeaderSide::default();
+        self.grants = GrantTable::new();
+        self.leadership = Leadership::new();
         self.reports.clear();
-        self.workers.values_mut().for_each(|w| *w = Worker::default());
+        self.workers.values_mut().for_each(|w| *w = GroupLrm::new(w.group()));
         self.busy.clear();
-        self.contact.clear();
+        self.broken.clear();
+        self.wakes.clear();
     }
 
     pub fn restart(&mut self, t: Micros) {
         self.alive = true;
         self.incarnation += 1;
-        self.contact_floor = self.local(t);
+        self.contact = ContactLog::new(self.local(t));
     }
 }

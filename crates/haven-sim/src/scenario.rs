@@ -46,6 +46,14 @@ pub enum Fault {
         max_ms: u64,
         for_ms: u64,
     },
+    /// A slow disk on one node: for a while it applies committed entries up to `lag_ms`
+    /// late, while its network (renewals, grants) stays fast. A node that gets a lease then
+    /// may still see an old state: what the catch-up gate (`Lease::may_run`) is for.
+    SlowDisk {
+        node: usize,
+        lag_ms: u64,
+        for_ms: u64,
+    },
 }
 
 pub fn generate(rng: &mut Rng, nodes: Option<usize>) -> Scenario {
@@ -122,7 +130,7 @@ pub fn generate(rng: &mut Rng, nodes: Option<usize>) -> Scenario {
 /// The next fault and how long until it (ms).
 pub fn next_fault(rng: &mut Rng, nodes: usize, aggressive_faults: bool) -> (u64, Fault) {
     let gap = if aggressive_faults { rng.range(300, 4_000) } else { rng.range(1_000, 8_000) };
-    let fault = match rng.below(10) {
+    let fault = match rng.below(11) {
         0..=2 => {
             let mut sides: Vec<u8> = (0..nodes).map(|_| rng.range(0, 1) as u8).collect();
             if sides.iter().all(|s| *s == sides[0]) {
@@ -133,7 +141,10 @@ pub fn next_fault(rng: &mut Rng, nodes: usize, aggressive_faults: bool) -> (u64,
         3..=4 => Fault::Crash { node: rng.below(nodes), restart_after_ms: rng.range(500, 15_000) },
         5 => Fault::CrashLeader { restart_after_ms: rng.range(500, 15_000) },
         6..=7 => Fault::Loss { rate: rng.float(0.05, 0.6), for_ms: rng.range(500, 8_000) },
-        _ => Fault::Slow { max_ms: rng.range(50, 1_400), for_ms: rng.range(500, 8_000) },
+        8..=9 => Fault::Slow { max_ms: rng.range(50, 1_400), for_ms: rng.range(500, 8_000) },
+        _ => {
+            Fault::SlowDisk { node: rng.below(nodes), lag_ms: rng.range(300, 3_000), for_ms: rng.range(1_000, 10_000) }
+        }
     };
     (gap, fault)
 }

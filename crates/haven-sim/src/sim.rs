@@ -9,21 +9,23 @@
 //! `haven_controller::decide`.
 
 use std::cmp::Ordering;
-use std::collections::{BinaryHeap, VecDeque};
+use std::collections::{BTreeMap, BinaryHeap, VecDeque};
 
-use haven_controller::{Decision, Observations, Timing};
-use haven_node::{LeaseRule, Renewal};
-use haven_state::{Command, Request};
+use haven_controller::{Decision, LeaseWait, Observations, Timing};
+use haven_node::contact::{self, ContactRule};
+use haven_node::leadership::Change;
+use haven_node::{GrantAnswer, GrantRule, LeaseRule, Renewal};
+use haven_state::{Command, Request, State};
 
 use crate::clock::{Clock, EPOCH_US, Micros};
 use crate::cluster_db::ClusterDb;
 use crate::invariants::{Running, Violation, check_handoffs_done, check_idle, check_liveness};
-use crate::lrm::{Op, Report, Step, View};
 use crate::network::{NORMAL_DELAY_US, Network};
 use crate::node::Node;
 use crate::rng::Rng;
 use crate::scenario::{self, Fault};
 use crate::{BrokenRule, Options, Outcome, Stats};
+use haven_node::lrm::{self, Health, LrmRule, Op, Step};
 
 /// `12.345s`: simulated true time as the trace shows it.
 pub fn fmt_time(t: Micros) -> String {
@@ -71,6 +73,10 @@ enum Ev {
         inc: u64,
         term: u64,
         decisions: VecDeque<Decision>,
+        /// The state the decisions were made on, with those committed so far applied: a
+        /// decision it refuses breaks the controller's contract; one only the real log
+        /// refuses was overtaken by another write (an operator's) meanwhile.
+        planned: Box<State>,
     },
     Apply {
         node: usize,
@@ -91,6 +97,8 @@ enum Ev {
         inc: u64,
         group: usize,
         id: u64,
+        /// A start or graceful stop that fails.
+        fails: bool,
     },
     ReportSend {
         node: usize,
@@ -203,8 +211,10 @@ impl Sim {
             })
             .collect();
         let timing = match opts.broken {
-            Some(BrokenRule::SkipLeaseWait) => Timing { lease_ms: 2 * p.renew_ms, margin_ms: 0 },
-            _ => Timing { lease_ms: p.lease_ms, margin_ms: p.margin_ms },
+            Some(BrokenRule::SkipLeaseWait) => {
+                Timing::new(p.lease_ms, p.margin_ms).with_wait(LeaseWait::TwoRenewals { renew_ms: p.renew_ms })
+            }
+            _ => Timing::new(p.lease_ms, p.margin_ms),
         };
         let n = nodes.len();
         let mut sim = Sim {
@@ -385,17 +395,21 @@ impl Sim {
                 if !self.live(leader, leader_inc) {
                     return;
                 }
-                if self.opts.broken != Some(BrokenRule::UnguardedGrant) && self.nodes[leader].leader_side.committing {
-                    // A grant waits for the controller's tick to commit (`lease::grant`).
-                    self.after(MS, Ev::GrantDone { node, leader, leader_inc, renewal });
-                    return;
-                }
-                let received = self.nodes[leader].clock.local_ms(self.now);
-                let name = self.names[node].clone();
-                self.nodes[leader].leader_side.heartbeats.insert(name, received);
-                let down = self.db.state.nodes.get(&self.names[node]).is_some_and(|n| !n.is_up());
-                if self.opts.broken != Some(BrokenRule::UnguardedGrant) && down {
-                    return; // heartbeat recorded (the controller marks it up), no lease yet
+                let rule = match self.opts.broken {
+                    Some(BrokenRule::UnguardedGrant) => GrantRule::Unguarded,
+                    _ => GrantRule::Guarded,
+                };
+                let now_ms = self.nodes[leader].clock.local_ms(self.now);
+                let l = &mut self.nodes[leader];
+                match l.grants.grant(&self.names[node], now_ms, &self.db.state, rule) {
+                    // The agent's grant waits for the controller's tick to end (`lease::Grants`).
+                    GrantAnswer::Wait => {
+                        self.after(MS, Ev::GrantDone { node, leader, leader_inc, renewal });
+                        return;
+                    }
+                    // Heartbeat recorded (the controller marks it up), no lease yet.
+                    GrantAnswer::MarkedDown => return,
+                    GrantAnswer::Granted => {}
                 }
                 // After ensure_leader the leader has applied everything committed.
                 let min_applied = self.db.len();
@@ -416,7 +430,9 @@ impl Sim {
                 }
             }
             Ev::ControllerTick { node, inc, term } => self.controller_tick(node, inc, term),
-            Ev::ControllerCommit { node, inc, term, decisions } => self.controller_commit(node, inc, term, decisions),
+            Ev::ControllerCommit { node, inc, term, decisions, planned } => {
+                self.controller_commit(node, inc, term, decisions, planned)
+            }
             Ev::Apply { node, inc, upto } => {
                 if !self.live(node, inc) {
                     return;
@@ -434,11 +450,13 @@ impl Sim {
             }
             Ev::LrmWake { node, inc } => {
                 if self.live(node, inc) {
+                    let now = self.now;
+                    self.nodes[node].wakes.retain(|t| *t > now);
                     self.lrm_eval(node);
                 }
             }
             Ev::LeaseEnd { node, inc } => self.lease_end(node, inc),
-            Ev::OpDone { node, inc, group, id } => self.op_done(node, inc, group, id),
+            Ev::OpDone { node, inc, group, id, fails } => self.op_done(node, inc, group, id, fails),
             Ev::ReportSend { node, inc } => self.report_send(node, inc),
             Ev::ReportArrive { node, inc, leader, cmd } => self.report_arrive(node, inc, leader, cmd),
             Ev::ReportRetry { node, inc } => {
@@ -579,88 +597,106 @@ impl Sim {
     }
 
     fn controller_tick(&mut self, node: usize, inc: u64, term: u64) {
-        if !self.live(node, inc) || self.db.leader != Some(node) || self.db.term != term {
-            return; // no longer leader: the loop idles
+        if !self.live(node, inc) {
+            return;
+        }
+        if self.db.leader != Some(node) {
+            // No longer leader: the loop idles (and forgets its leadership, as the agent's).
+            let now_ms = self.nodes[node].clock.local_ms(self.now);
+            self.nodes[node].leadership.observe(None, now_ms);
+            return;
+        }
+        if self.db.term != term {
+            return; // a tick of an earlier term of this leader: that loop ended
         }
         let tick = self.opts.profile.renew_ms * MS / 2;
         let next = self.nodes[node].clock.after(self.now, tick);
         self.at(next, Ev::ControllerTick { node, inc, term });
         let now_ms = self.nodes[node].clock.local_ms(self.now);
-        let n = &mut self.nodes[node];
-        if n.leader_side.committing {
+        if self.nodes[node].grants.ticking() {
             return;
         }
-        let leader_since = match n.leader_side.leadership {
-            Some((t, since)) if t == term => since,
-            _ => {
-                // Heartbeats are kept: they are renewals this node granted (some maybe in
-                // this term, before this first tick). The agent asks the voters at once and uses the answer at a later tick; here
-                // it is used at the first one (sooner: the stricter test).
-                let since = self.earlier_leaders_last_contact(node, term).map_or(now_ms, |b| b.min(now_ms));
-                self.note(|s| {
-                    format!(
-                        "{}: leases of earlier leaders count as renewed at local {} (elected at {})",
-                        s.names[node],
-                        fmt_time(since * 1000),
-                        fmt_time(now_ms * 1000)
-                    )
-                });
-                self.nodes[node].leader_side.leadership = Some((term, since));
-                since
+        if self.nodes[node].leadership.observe(Some(term), now_ms) == Change::NewTerm {
+            // Heartbeats are kept: they are renewals this node granted (some maybe in this
+            // term, before this first tick). The agent asks the voters at once and uses the
+            // answer at a later tick; here it is used at the first one (sooner: the stricter
+            // test).
+            if let Some(bound) = self.earlier_leaders_last_contact(node, term) {
+                self.nodes[node].leadership.earlier_leaders_answered(term, bound);
             }
-        };
+            let since = self.nodes[node].leadership.leader_since().unwrap_or(now_ms);
+            self.note(|s| {
+                format!(
+                    "{}: leases of earlier leaders count as renewed at local {} (elected at {})",
+                    s.names[node],
+                    fmt_time(since * 1000),
+                    fmt_time(now_ms * 1000)
+                )
+            });
+        }
+        let Some(leader_since) = self.nodes[node].leadership.leader_since() else { return };
         if !self.has_quorum(node) {
             return;
         }
-        let obs = Observations { now: now_ms, leader_since, last_heartbeat: &self.nodes[node].leader_side.heartbeats };
+        // From reading the heartbeats until the decisions are committed, grants wait.
+        let Some(heartbeats) = self.nodes[node].grants.begin_tick() else { return };
+        let obs = Observations { now: now_ms, leader_since, last_heartbeat: &heartbeats };
         let decisions: VecDeque<Decision> = haven_controller::decide(&self.db.state, &obs, &self.timing).into();
         if decisions.is_empty() {
+            self.nodes[node].grants.end_tick();
             return;
         }
-        self.nodes[node].leader_side.committing = true;
+        let planned = Box::new(self.db.state.clone());
         let d = self.write_latency();
-        self.after(d, Ev::ControllerCommit { node, inc, term, decisions });
+        self.after(d, Ev::ControllerCommit { node, inc, term, decisions, planned });
     }
 
     /// `ClusterDb::earlier_leaders_last_contact` as seen by `leader` (its clock, ms rounded
     /// up): its own note and those of the nodes it reaches, all of which are in its term
     /// here; of those, the majority with the *earliest* notes (the agent takes whichever
-    /// majority answers first, so the simulator takes the least safe one).
+    /// majority answers first, so the simulator takes the least safe one). Which answers
+    /// arrive is the simulated environment; how they combine is `haven_node::contact`.
     fn earlier_leaders_last_contact(&self, leader: usize, term: u64) -> Option<u64> {
         let l = &self.nodes[leader];
-        let own = l.contact_before(term);
-        if self.opts.broken == Some(BrokenRule::OwnContactOnly) {
-            return Some(own.div_ceil(1000));
-        }
         let leader_now = l.local(self.now);
-        let mut others: Vec<u64> = (0..self.nodes.len())
+        let mut others: Vec<(u64, usize)> = (0..self.nodes.len())
             .filter(|m| *m != leader && self.nodes[*m].alive && self.net.connected(leader, *m))
             .map(|m| {
                 let n = &self.nodes[m];
                 let elapsed = n.local(self.now).saturating_sub(n.contact_before(term));
-                leader_now.saturating_sub(elapsed)
+                (leader_now.saturating_sub(elapsed), m)
             })
             .collect();
-        let need = self.nodes.len() / 2; // besides the leader
-        if others.len() < need {
-            return None;
-        }
         others.sort_unstable();
-        let latest = others[..need].iter().copied().fold(own, u64::max);
-        Some(latest.div_ceil(1000))
+        let need = self.nodes.len() / 2; // besides the leader
+        let mut answers: BTreeMap<u64, u64> = others.into_iter().take(need).map(|(at, m)| (m as u64, at)).collect();
+        answers.insert(leader as u64, l.contact_before(term));
+        let voters: Vec<u64> = (0..self.nodes.len() as u64).collect();
+        let rule = match self.opts.broken {
+            Some(BrokenRule::OwnContactOnly) => ContactRule::OwnOnly,
+            _ => ContactRule::Majority,
+        };
+        contact::combine(&[voters], leader as u64, &answers, rule).map(|at| at.div_ceil(1000))
     }
 
-    fn controller_commit(&mut self, node: usize, inc: u64, term: u64, mut decisions: VecDeque<Decision>) {
+    fn controller_commit(
+        &mut self,
+        node: usize,
+        inc: u64,
+        term: u64,
+        mut decisions: VecDeque<Decision>,
+        mut planned: Box<State>,
+    ) {
         if !self.live(node, inc) {
             return;
         }
         if self.db.leader != Some(node) || self.db.term != term || !self.has_quorum(node) {
-            self.nodes[node].leader_side.committing = false;
+            self.nodes[node].grants.end_tick();
             self.note(|s| format!("{}: controller decisions not committed (no quorum)", s.names[node]));
             return;
         }
         let Some(d) = decisions.pop_front() else {
-            self.nodes[node].leader_side.committing = false;
+            self.nodes[node].grants.end_tick();
             return;
         };
         let at = self.nodes[node].clock.local_ms(self.now);
@@ -670,16 +706,24 @@ impl Sim {
         }
         self.stats.commits += 1;
         self.note(|s| format!("{}: commit #{index} controller: {d}", s.names[node]));
+        let on_plan = planned.apply(&Request::new(at, "controller", d.command.clone()));
         if let Err(e) = resp {
-            self.violate("controller-contract", format!("the state refused the controller's decision {d}: {e}"));
+            if let Err(e) = on_plan {
+                self.violate("controller-contract", format!("the state refused the controller's decision {d}: {e}"));
+                return;
+            }
+            // Overtaken by another write since the decision: the agent logs it and decides
+            // again at its next tick.
+            self.note(|s| format!("{}: controller decision {d} refused (overtaken): {e}", s.names[node]));
+            self.nodes[node].grants.end_tick();
             return;
         }
         self.replicate();
         if decisions.is_empty() {
-            self.nodes[node].leader_side.committing = false;
+            self.nodes[node].grants.end_tick();
         } else {
             let d = self.write_latency();
-            self.after(d, Ev::ControllerCommit { node, inc, term, decisions });
+            self.after(d, Ev::ControllerCommit { node, inc, term, decisions, planned });
         }
     }
 
@@ -697,63 +741,79 @@ impl Sim {
                 continue;
             }
             let inc = n.incarnation;
-            let d = if i == leader {
+            // A slow disk delays the apply, not the network (the leader's own is never
+            // slow here: its grants assume it applied everything committed).
+            let lag = match n.slow_disk {
+                Some((until, lag)) if self.now < until && i != leader => Some(lag),
+                _ => None,
+            };
+            let mut d = if i == leader {
                 self.rng.range(50, 1000)
             } else {
                 let (lo, hi) = self.net.delay_us;
                 self.rng.range(lo, hi) + self.rng.range(100, 2_000)
             };
+            if let Some(lag) = lag {
+                d += self.rng.range(lag / 2, lag);
+            }
             self.after(d, Ev::Apply { node: i, inc, upto });
         }
     }
 
     // ----- local resource manager -------------------------------------------------------
 
+    /// The agent's `lrm` worker loop, for every group of `node`: the shared core
+    /// (`haven_node::GroupLrm`) decides; this only makes its driver calls take time.
     fn lrm_eval(&mut self, node: usize) {
         if !self.nodes[node].alive {
             return;
         }
-        let now = self.now;
-        let local = self.nodes[node].local(now);
+        let local = self.nodes[node].local(self.now);
         if let Some(valid) = self.nodes[node].lease.noticed(local) {
             self.note(|s| format!("{}: lease {}", s.names[node], if valid { "acquired" } else { "lost" }));
         }
+        let rule = self.lrm_rule();
         for gi in 0..self.groups.len() {
+            let gname = self.groups[gi].clone();
             let n = &mut self.nodes[node];
-            let group = &self.groups[gi];
-            if n.busy.contains_key(group) {
-                continue;
-            }
-            let view = View {
-                me: &n.name,
-                group,
-                state: &n.applied,
-                may_run: n.may_run(now),
-                lease_valid: n.lease_valid(now),
-                now: n.clock.local(now),
-            };
-            let mut reports = Vec::new();
-            let worker = n.workers.get_mut(group).expect("a worker per group");
-            let step = worker.next_step(&view, &mut reports);
-            let release = worker.release.take();
-            self.queue_reports(node, reports);
-            if let Some(generation) = release {
-                let group = self.groups[gi].clone();
-                let n = &mut self.nodes[node];
-                n.reports.push(Command::ReleaseGroup { node: n.name.clone(), group, generation });
-                if !n.reports.in_flight() {
-                    let inc = n.incarnation;
-                    self.after(0, Ev::ReportSend { node, inc });
+            let Some(mut core) = n.workers.remove(&gname) else { continue };
+            let mut out = Vec::new();
+            let (mut begin, mut wake, mut abandoned) = (None, None, None);
+            {
+                let view = n.view(local, rule);
+                if let Some(op) = core.busy().cloned() {
+                    // `raced` in the agent: a start or check in progress may be abandoned.
+                    match core.interrupt(&view) {
+                        Some(why) => {
+                            core.done(&view, lrm::Outcome::Interrupted(why), &mut out);
+                            abandoned = Some((op, why));
+                        }
+                        None => wake = core.deadline(&view),
+                    }
+                }
+                if core.busy().is_none() {
+                    match core.next(&view, &mut out) {
+                        Step::Begin(op) => {
+                            wake = core.deadline(&view);
+                            begin = Some(op);
+                        }
+                        Step::Idle { wake_at } => wake = wake_at,
+                    }
                 }
             }
-            match step {
-                Step::Idle { wake_at: Some(w) } => {
-                    let t = self.nodes[node].clock.true_at(w);
-                    let inc = self.nodes[node].incarnation;
-                    self.at(t, Ev::LrmWake { node, inc });
-                }
-                Step::Idle { wake_at: None } => {}
-                Step::Begin(op) => self.begin_op(node, gi, op),
+            if abandoned.is_some() {
+                n.busy.remove(&gname); // its completion, if it comes, is ignored
+            }
+            n.workers.insert(gname, core);
+            if let Some((op, why)) = abandoned {
+                self.note(|s| format!("{}: {} abandoned ({why:?})", s.names[node], describe_op(&op)));
+            }
+            self.queue_reports(node, out);
+            if let Some(w) = wake {
+                self.wake(node, w);
+            }
+            if let Some(op) = begin {
+                self.begin_op(node, gi, op);
             }
             if self.done {
                 return;
@@ -761,56 +821,61 @@ impl Sim {
         }
     }
 
+    /// The node's lease may have ended: the core abandons a start or check in progress
+    /// and self-fences.
     fn lease_end(&mut self, node: usize, inc: u64) {
-        if !self.live(node, inc) || self.nodes[node].lease_valid(self.now) {
-            return;
+        if self.live(node, inc) {
+            self.lrm_eval(node);
         }
-        // `within_lease`: a start still running at the lease end is abandoned and what it
-        // started is killed at once.
-        let starting: Vec<(String, String)> = self.nodes[node]
-            .busy
-            .iter()
-            .filter_map(|(g, (op, _))| match op {
-                Op::Start(r) => Some((g.clone(), r.clone())),
-                _ => None,
-            })
-            .collect();
-        for (g, r) in starting {
-            let n = &mut self.nodes[node];
-            n.busy.remove(&g);
-            n.workers.get_mut(&g).expect("a worker per group").start_cut_short(&r);
-            self.running.end(&r, node);
-            self.note(|s| format!("{}: lease ended during the start of {r}; killed it", s.names[node]));
+    }
+
+    fn lrm_rule(&self) -> LrmRule {
+        match self.opts.broken {
+            Some(BrokenRule::RunPastLease) => LrmRule::RunPastLease,
+            Some(BrokenRule::StartBeforeCatchUp) => LrmRule::StartBeforeCatchUp,
+            Some(BrokenRule::StartBeforeRelease) => LrmRule::StartBeforeRelease,
+            _ => LrmRule::Safe,
         }
-        self.lrm_eval(node);
+    }
+
+    /// An `LrmWake` of `node` at its local time `local`, unless one is due then already.
+    fn wake(&mut self, node: usize, local: u64) {
+        let n = &mut self.nodes[node];
+        let t = n.clock.true_at(local).max(self.now);
+        if n.wakes.insert(t) {
+            let inc = n.incarnation;
+            self.at(t, Ev::LrmWake { node, inc });
+        }
     }
 
     fn begin_op(&mut self, node: usize, group: usize, op: Op) {
-        let d = match op {
-            Op::Start(_) => self.rng.range(50, 500),
-            Op::Stop { kill: true, .. } => self.rng.range(1, 20),
-            Op::Stop { .. } | Op::StopFailed(_) => self.rng.range(10, 300),
-        } * MS;
-        let res = op.resource().to_string();
-        let verb = match op {
-            Op::Start(_) => "starts",
-            Op::Stop { kill: true, .. } => "kills (self-fence)",
-            Op::Stop { .. } => "stops",
-            Op::StopFailed(_) => "stops failed",
+        // A start fails now and then, a few hang past their pending timeout, a graceful
+        // stop fails now and then (tried again by the core); kills and checks never fail.
+        let faults = self.faults_on;
+        let (d, fails) = match op {
+            Op::Start { .. } if faults && self.rng.chance(0.01) => (3_600_000, false),
+            Op::Start { .. } => (self.rng.range(50, 500), faults && self.rng.chance(0.03)),
+            Op::Stop { kill: true, .. } => (self.rng.range(1, 20), false),
+            Op::Stop { .. } => (self.rng.range(10, 300), faults && self.rng.chance(0.02)),
+            Op::Check { .. } => (self.rng.range(1, 30), false),
         };
-        self.note(|s| format!("{}: {verb} {res} (takes {}ms)", s.names[node], d / MS));
-        if let Op::Start(_) = op {
+        let d = d * MS;
+        if !matches!(op, Op::Check { .. }) {
+            let what = describe_op(&op);
+            self.note(|s| format!("{}: {what} (takes {}ms)", s.names[node], d / MS));
+        }
+        if let Op::Start { resource } = &op {
             self.stats.starts += 1;
-            if let Err(v) = self.running.begin(self.now, &res, node, &self.names) {
-                let detail = self.explain_owners(&res);
+            if let Err(v) = self.running.begin(self.now, resource, node, &self.names) {
+                let detail = self.explain_owners(resource);
                 self.violate(v.invariant, format!("{}; {detail}", v.message));
             }
         }
         self.op_seq += 1;
         let id = self.op_seq;
         let inc = self.nodes[node].incarnation;
-        self.nodes[node].busy.insert(self.groups[group].clone(), (op, id));
-        self.after(d, Ev::OpDone { node, inc, group, id });
+        self.nodes[node].busy.insert(self.groups[group].clone(), id);
+        self.after(d, Ev::OpDone { node, inc, group, id, fails });
     }
 
     /// What each node believed when two of them ran one resource (for the violation).
@@ -822,15 +887,18 @@ impl Sim {
             .into_iter()
             .map(|i| {
                 let n = &self.nodes[i];
-                let owner = n.applied.groups.get(&group).and_then(|g| g.owner.clone()).unwrap_or("-".into());
+                let g = n.applied.groups.get(&group);
+                let owner = g.and_then(|g| g.owner.clone()).unwrap_or("-".into());
+                let handoff = g.and_then(|g| g.handoff.as_ref()).map(|h| format!(", handoff {} -> {}", h.from, h.to));
                 let lease = match n.lease.valid_until() {
                     Some(u) => format!("lease until local {}", fmt_time(u.saturating_sub(n.clock.local(0)))),
                     None => "no lease".to_string(),
                 };
                 format!(
-                    "{}: applied #{} says owner {owner}, {lease}, may_run {}",
+                    "{}: applied #{} says owner {owner}{}, {lease}, may_run {}",
                     n.name,
                     n.applied_index,
+                    handoff.unwrap_or_default(),
                     n.may_run(self.now)
                 )
             })
@@ -839,37 +907,58 @@ impl Sim {
         format!("committed owner of {group}: {owner}; {}", parts.join("; "))
     }
 
-    fn op_done(&mut self, node: usize, inc: u64, group: usize, id: u64) {
+    fn op_done(&mut self, node: usize, inc: u64, group: usize, id: u64, fails: bool) {
         if !self.live(node, inc) {
             return;
         }
         let gname = self.groups[group].clone();
-        let Some((op, op_id)) = self.nodes[node].busy.remove(&gname) else { return };
-        if op_id != id {
-            self.nodes[node].busy.insert(gname, (op, op_id));
+        let rule = self.lrm_rule();
+        let n = &mut self.nodes[node];
+        if n.busy.get(&gname) != Some(&id) {
+            return; // abandoned meanwhile
+        }
+        n.busy.remove(&gname);
+        let Some(mut core) = n.workers.remove(&gname) else { return };
+        let Some(op) = core.busy().cloned() else {
+            n.workers.insert(gname, core);
             return;
-        }
-        let start_fails = matches!(op, Op::Start(_)) && self.faults_on && self.rng.chance(0.03);
-        let mut reports = Vec::new();
-        let worker = self.nodes[node].workers.get_mut(&gname).expect("a worker per group");
-        if start_fails {
-            worker.start_failed(op.resource());
-        } else {
-            worker.finish(&op, &mut reports);
-        }
-        if matches!(op, Op::Stop { .. } | Op::StopFailed(_)) {
-            self.running.end(op.resource(), node);
-        }
+        };
         let res = op.resource().to_string();
-        self.note(|s| {
-            let what = match (&op, start_fails) {
-                (Op::Start(_), true) => "start failed",
-                (Op::Start(_), false) => "online",
-                _ => "stopped",
-            };
-            format!("{}: {res} {what}", s.names[node])
-        });
-        self.queue_reports(node, reports);
+        let outcome = match &op {
+            Op::Start { .. } if fails => lrm::Outcome::Started(Err("exit status 1".to_string())),
+            Op::Start { .. } => {
+                n.broken.remove(&res);
+                lrm::Outcome::Started(Ok(()))
+            }
+            Op::Stop { .. } if fails => lrm::Outcome::Stopped(Err("the process did not exit".to_string())),
+            Op::Stop { .. } => {
+                n.broken.remove(&res);
+                lrm::Outcome::Stopped(Ok(()))
+            }
+            Op::Check { .. } if n.broken.contains(&res) => {
+                lrm::Outcome::Checked(Health::Failed("the process is gone".into()))
+            }
+            Op::Check { .. } => lrm::Outcome::Checked(Health::Running),
+        };
+        let mut out = Vec::new();
+        let view = n.view(n.local(self.now), rule);
+        core.done(&view, outcome.clone(), &mut out);
+        n.workers.insert(gname, core);
+        if let lrm::Outcome::Stopped(Ok(())) = outcome {
+            self.running.end(&res, node);
+        }
+        let what = match (&op, &outcome) {
+            (_, lrm::Outcome::Started(Ok(()))) => Some("online"),
+            (_, lrm::Outcome::Started(Err(_))) => Some("start failed"),
+            (_, lrm::Outcome::Stopped(Ok(()))) => Some("stopped"),
+            (_, lrm::Outcome::Stopped(Err(_))) => Some("stop failed"),
+            (_, lrm::Outcome::Checked(Health::Failed(_))) => Some("found failed by its check"),
+            _ => None,
+        };
+        if let Some(what) = what {
+            self.note(|s| format!("{}: {res} {what}", s.names[node]));
+        }
+        self.queue_reports(node, out);
         self.lrm_eval(node);
     }
 
@@ -881,11 +970,11 @@ impl Sim {
         self.after(d, Ev::NextResourceFault);
         let mut candidates = Vec::new();
         for (i, n) in self.nodes.iter().enumerate().filter(|(_, n)| n.alive) {
-            for (g, w) in &n.workers {
-                let busy = n.busy.get(g).map(|(op, _)| op.resource().to_string());
-                for r in &w.running {
-                    if !w.broken.contains_key(r) && busy.as_deref() != Some(r.as_str()) {
-                        candidates.push((i, g.clone(), r.clone()));
+            for w in n.workers.values() {
+                let busy = w.busy().map(|op| op.resource().to_string());
+                for r in w.running() {
+                    if !n.broken.contains(r) && busy.as_deref() != Some(r) {
+                        candidates.push((i, r.to_string()));
                     }
                 }
             }
@@ -893,32 +982,20 @@ impl Sim {
         if candidates.is_empty() {
             return;
         }
-        let (node, group, res) = candidates[self.rng.below(candidates.len())].clone();
-        let n = &mut self.nodes[node];
-        let local = n.local(self.now);
-        let detect = local + self.rng.range(0, 1_000) * MS;
-        n.workers.get_mut(&group).expect("a worker per group").broken.insert(res.clone(), detect);
-        let t = n.clock.true_at(detect);
-        let inc = n.incarnation;
-        self.at(t, Ev::LrmWake { node, inc });
+        let (node, res) = candidates[self.rng.below(candidates.len())].clone();
+        self.nodes[node].broken.insert(res.clone());
         self.note(|s| format!("fault: {res} breaks on {}", s.names[node]));
     }
 
     // ----- status reports -------------------------------------------------------------
 
-    fn queue_reports(&mut self, node: usize, reports: Vec<Report>) {
+    fn queue_reports(&mut self, node: usize, reports: Vec<Command>) {
         if reports.is_empty() {
             return;
         }
         let n = &mut self.nodes[node];
         for r in reports {
-            n.reports.push(Command::ReportResource {
-                node: n.name.clone(),
-                resource: r.resource,
-                state: r.state,
-                reason: r.reason,
-                failure: r.failure,
-            });
+            n.reports.push(r);
         }
         if !n.reports.in_flight() {
             let inc = n.incarnation;
@@ -1118,6 +1195,10 @@ impl Sim {
                 self.note(|_| format!("fault: one-way delays up to {max_ms}ms for {for_ms}ms"));
                 self.after(for_ms * MS, Ev::SlowEnd);
             }
+            Fault::SlowDisk { node, lag_ms, for_ms } => {
+                self.nodes[node].slow_disk = Some((self.now + for_ms * MS, lag_ms * MS));
+                self.note(|s| format!("fault: {} applies up to {lag_ms}ms late for {for_ms}ms", s.names[node]));
+            }
         }
     }
 
@@ -1166,9 +1247,11 @@ impl Sim {
             (0..self.nodes.len())
                 .filter(|i| {
                     let n = &self.nodes[*i];
-                    let stopping =
-                        n.busy.get(group).is_some_and(|(op, _)| op.resource() == res && !matches!(op, Op::Start(_)));
-                    n.alive && n.workers.get(group).is_some_and(|w| w.running.contains(res)) && !stopping
+                    let w = n.workers.get(group);
+                    let stopping = w
+                        .and_then(|w| w.busy())
+                        .is_some_and(|op| op.resource() == res && matches!(op, Op::Stop { .. }));
+                    n.alive && w.is_some_and(|w| w.is_running(res)) && !stopping
                 })
                 .collect()
         };
@@ -1195,5 +1278,16 @@ fn describe_report(c: &Command) -> String {
             format!("{resource} {state:?}{f}{why}")
         }
         other => format!("{other:?}"),
+    }
+}
+
+/// A driver call as the trace shows it (`starts web`, `kills web (self-fence)`).
+fn describe_op(op: &Op) -> String {
+    match op {
+        Op::Start { resource } => format!("starts {resource}"),
+        Op::Stop { resource, kill: true, .. } => format!("kills {resource} (self-fence)"),
+        Op::Stop { resource, reason: None, .. } => format!("stops failed {resource}"),
+        Op::Stop { resource, .. } => format!("stops {resource}"),
+        Op::Check { resource, depth } => format!("checks {resource} ({depth:?})"),
     }
 }

@@ -1,6 +1,10 @@
 //! The simulator must catch a broken lease rule: with the rule broken, some seed makes two
 //! nodes run one resource at once, and the trace of that seed names the resource and both
 //! nodes. (If these tests pass with the rule broken, the simulator is too weak to trust.)
+//!
+//! Each rule is broken in the code the agent ships, through its switch, not in a copy of
+//! the simulator's own: `haven_controller::LeaseWait`, `haven_node::LeaseRule`,
+//! `haven_node::GrantRule` and `haven_node::ContactRule`.
 
 use haven_sim::{BrokenRule, Options, Profile, run_seed};
 
@@ -33,15 +37,22 @@ fn assert_trace_names_both_owners(out: &haven_sim::Outcome) {
 
 #[test]
 fn skipping_the_lease_wait_is_caught() {
+    // `decide` with `LeaseWait::TwoRenewals`: nodes are declared down while their lease
+    // runs; the first violation is at seed 0.
     let opts = Options { broken: Some(BrokenRule::SkipLeaseWait), ..Options::default() };
     let out = first_two_owners(&opts, 50);
     assert_trace_names_both_owners(&out);
+    assert!(
+        out.trace.iter().any(|l| l.contains("(two renewals of 0.5s, not the lease)")),
+        "the shipped liveness rule did not run with the broken wait"
+    );
 }
 
 #[test]
 fn counting_the_lease_from_the_grant_receipt_is_caught() {
-    // A slow reply stretches a receipt-based lease past the leader's deadline; the
-    // aggressive profile's 0.5 s margin lets a 1.4 s delay show it within a few hundred seeds.
+    // `Lease::renewed` with `LeaseRule::FromReceipt`: a slow reply stretches a
+    // receipt-based lease past the leader's deadline; the aggressive profile's 0.5 s margin
+    // lets a 1.4 s delay show it (first at seed 262).
     let opts =
         Options { broken: Some(BrokenRule::LeaseFromReceipt), profile: Profile::AGGRESSIVE, ..Options::default() };
     let out = first_two_owners(&opts, 1_000);
@@ -50,9 +61,9 @@ fn counting_the_lease_from_the_grant_receipt_is_caught() {
 
 #[test]
 fn granting_leases_during_a_controller_tick_is_caught() {
-    // The agent before the grant fix; the first violation is at seed 425 with operator
-    // moves and drains (101 without them; 425 also with the slower elections of earlier
-    // agents).
+    // `GrantTable::grant` with `GrantRule::Unguarded`, the agent before the grant fix; the
+    // first violation is at seed 261 (425 when the fix was made; the simulated cluster has
+    // changed since).
     let opts = Options { broken: Some(BrokenRule::UnguardedGrant), ..Options::default() };
     let out = first_two_owners(&opts, 600);
     assert_trace_names_both_owners(&out);
@@ -60,10 +71,37 @@ fn granting_leases_during_a_controller_tick_is_caught() {
 
 #[test]
 fn bounding_earlier_leases_by_the_new_leaders_own_contact_is_caught() {
-    // A new leader that was cut off from the old one, trusting only its own notes, counts
-    // the old leader's recent grants as long over; the first violation is at seed 280
-    // (1582 without operator moves).
+    // `contact::combine` with `ContactRule::OwnOnly`: a new leader that was cut off from
+    // the old one, trusting only its own notes, counts the old leader's recent grants as
+    // long over; the first violation is at seed 369.
     let opts = Options { broken: Some(BrokenRule::OwnContactOnly), ..Options::default() };
     let out = first_two_owners(&opts, 4_000);
+    assert_trace_names_both_owners(&out);
+}
+
+// The local resource manager's rules, switched off in the shared `haven_node::lrm` code
+// that the agent runs (`LrmRule`), not in a copy.
+
+#[test]
+fn running_past_the_lease_is_caught() {
+    // No self-fencing: a node cut off keeps its groups while the majority moves them.
+    let opts = Options { broken: Some(BrokenRule::RunPastLease), ..Options::default() };
+    let out = first_two_owners(&opts, 50);
+    assert_trace_names_both_owners(&out);
+}
+
+#[test]
+fn starting_before_catching_up_is_caught() {
+    // A node with a slow disk gets a lease while its applied state still names it owner of
+    // a group placed elsewhere since; the first violation is at seed 125.
+    let opts = Options { broken: Some(BrokenRule::StartBeforeCatchUp), ..Options::default() };
+    let out = first_two_owners(&opts, 600);
+    assert_trace_names_both_owners(&out);
+}
+
+#[test]
+fn a_handoff_target_starting_before_the_release_is_caught() {
+    let opts = Options { broken: Some(BrokenRule::StartBeforeRelease), ..Options::default() };
+    let out = first_two_owners(&opts, 50);
     assert_trace_names_both_owners(&out);
 }

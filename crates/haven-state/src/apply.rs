@@ -228,9 +228,16 @@ pub(crate) fn apply(s: &mut State, req: &Request) -> Response {
                     .and_then(|r| r.status.node.clone())
                     .filter(|n| n != target && s.nodes.get(n).is_some_and(|n| n.is_up())),
             };
-            let reply = match last_node {
+            // The operator asks for a place, not for a kind of move: whether it is a handoff is
+            // decided here, on the committed state, by the same rule as the controller's.
+            let from = match &g.owner {
+                Some(owner) if owner != target => Some(owner.clone()),
+                Some(_) => None,
+                None => last_node,
+            };
+            let reply = match from {
                 Some(from) => hand_off(s, at, by, name, &from, target, "moved by the operator")?,
-                None => place_or_hand_off(s, at, by, name, target, "moved by the operator", "group-moved")?,
+                None => place(s, at, by, name, target, "moved by the operator")?,
             };
             Ok(Reply::Group(reply))
         }
@@ -268,10 +275,24 @@ pub(crate) fn apply(s: &mut State, req: &Request) -> Response {
             if g.owner == *target {
                 return Ok(Reply::Group(g.clone()));
             }
-            // A planned move away from an owner (drain, failback) waits for it to let go; a
-            // failover (its owner is down: its lease is over) and an unplacement do not.
-            if let (Some(t), Some(_), false) = (target, &g.owner, failover) {
-                return place_or_hand_off(s, at, by, name, t, reason, "group-placed").map(Reply::Group);
+            // Only a node that is down (its lease is over) or gone has stopped the group; one
+            // that is up may run it until it releases it, so a move away from it is a handoff
+            // (`HandOffGroup`). Unplacing it is safe: its owner stops it, and placement waits.
+            if let Some(t) = target
+                && let Some(holder) = running_holder(s, g).filter(|h| h != t)
+            {
+                return Err(StateError::conflict(match &g.handoff {
+                    Some(h) => format!(
+                        "group {name:?} is being handed off from node {holder:?}, which is up, to {:?}; it is not \
+                         placed on {t:?} before {holder:?} has released it or is declared down",
+                        h.to
+                    ),
+                    None => format!(
+                        "group {name:?} is owned by node {holder:?}, which is up; it is not placed on {t:?} while \
+                         {holder:?} may run it: hand it off instead (`HandOffGroup`, or `haven group move {name} \
+                         --to {t}`), which waits for {holder:?} to stop it"
+                    ),
+                }));
             }
             let g = group_mut(s, name)?;
             g.handoff = None;
@@ -294,6 +315,34 @@ pub(crate) fn apply(s: &mut State, req: &Request) -> Response {
             let kind = if *failover { "group-failover" } else { "group-placed" };
             event(s, at, by, kind, target.as_deref(), Some(name), None, msg);
             Ok(Reply::Group(reply))
+        }
+        Command::HandOffGroup { name, from, to, reason } => {
+            let g = group(s, name)?;
+            node(s, to).map_err(|_| StateError::not_found_in("to", "node", to))?;
+            if from == to {
+                return Err(StateError::from(haven_model::InvalidInput::new(
+                    "to",
+                    format!("{to:?} is the node the group is handed off from; name another node"),
+                )));
+            }
+            // Already done, or already leaving `from` (for `to` or, moved by the operator
+            // meanwhile, elsewhere): a retried or late decision changes nothing.
+            let leaving = g.owner.is_none() && g.handoff.as_ref().is_some_and(|h| h.from == *from);
+            if g.owner.as_deref() == Some(to.as_str()) || leaving {
+                return Ok(Reply::Group(g.clone()));
+            }
+            if g.owner.as_deref() != Some(from.as_str()) {
+                let now = match (&g.owner, &g.handoff) {
+                    (Some(owner), _) => format!("it is owned by node {owner:?}"),
+                    (None, Some(h)) => format!("it is being handed off from node {:?} to {:?}", h.from, h.to),
+                    (None, None) => "it has no owner (place it instead)".to_string(),
+                };
+                return Err(StateError::conflict(format!(
+                    "group {name:?} cannot be handed off from node {from:?} to {to:?}: {now}; nothing changed \
+                     (decide the move again on the current state)"
+                )));
+            }
+            hand_off(s, at, by, name, from, to, reason).map(Reply::Group)
         }
         Command::FailGroup { name, reason } => {
             let g = group_mut(s, name)?;
@@ -721,35 +770,41 @@ fn check_dependencies(s: &State, spec: &ResourceSpec) -> Result<(), StateError> 
     Ok(())
 }
 
-/// A new placement starts the restart count afresh: failures counted on the old owner
-/// say nothing about the new one.
-/// Places `name` on `target`, or — if another node owns it — starts a handoff: the group
-/// has no owner until that node reports it stopped everything (`ReleaseGroup`) or is
-/// declared down, so the two never run it at the same time.
-fn place_or_hand_off(
-    s: &mut State,
-    at: u64,
-    by: &str,
-    name: &str,
-    target: &str,
-    reason: &str,
-    kind: &str,
-) -> Result<Group, StateError> {
+/// The node that may be running `g` and has not let go of it: its owner, or the node it
+/// is being handed off from, if that node is up. A node that is down has stopped it (its
+/// lease is over); one that is no longer a member runs nothing of the cluster's.
+fn running_holder(s: &State, g: &Group) -> Option<String> {
+    let holder = g.owner.as_ref().or(g.handoff.as_ref().map(|h| &h.from))?;
+    s.nodes.get(holder).is_some_and(|n| n.is_up()).then(|| holder.clone())
+}
+
+/// Places `name` on `target` at once (an operator move of a group that no node that is up
+/// holds; see [`hand_off`] for the other case).
+fn place(s: &mut State, at: u64, by: &str, name: &str, target: &str, reason: &str) -> Result<Group, StateError> {
     let g = group_mut(s, name)?;
-    if let Some(from) = g.owner.clone().filter(|o| o != target) {
-        return hand_off(s, at, by, name, &from, target, reason);
-    }
     g.generation += 1;
     g.failed_reason = None;
     g.owner = Some(target.to_string());
     g.handoff = None;
     let reply = g.clone();
     reset_failures(s, name);
-    event(s, at, by, kind, Some(target), Some(name), None, format!("group {name:?} placed on {target:?}: {reason}"));
+    event(
+        s,
+        at,
+        by,
+        "group-moved",
+        Some(target),
+        Some(name),
+        None,
+        format!("group {name:?} placed on {target:?}: {reason}"),
+    );
     Ok(reply)
 }
 
-/// Starts a handoff of `name` from `from` to `target` (see [`place_or_hand_off`]).
+/// Starts a handoff of `name` from `from` to `target`: the group has no owner until `from`
+/// reports it stopped everything (`ReleaseGroup`) or is declared down, so the two never
+/// run it at the same time. Every planned move goes through here: the operator's
+/// `MoveGroup` and the controller's `HandOffGroup`.
 fn hand_off(
     s: &mut State,
     at: u64,
@@ -773,6 +828,8 @@ fn hand_off(
     Ok(reply)
 }
 
+/// A new placement starts the restart count afresh: failures counted on the old owner
+/// say nothing about the new one.
 fn reset_failures(s: &mut State, group: &str) {
     for r in s.resources.values_mut().filter(|r| r.spec.group == group) {
         r.status.failures.clear();

@@ -170,7 +170,8 @@ pub enum Command {
         name: String,
         online: bool,
     },
-    /// Operator: move a group to a node now (a handoff if another node owns it).
+    /// Operator: move a group to a node now: a handoff (as `HandOffGroup`) if another node
+    /// owns it, or last ran it and is up; otherwise placed there at once.
     MoveGroup {
         name: String,
         node: String,
@@ -183,14 +184,27 @@ pub enum Command {
         group: String,
         generation: u64,
     },
-    /// Controller: place (or unplace) a group, with the reason for the history. Placing on
-    /// another node a group that has an owner is a handoff (see `Group::handoff`) unless
-    /// `failover` (the owner is down).
+    /// Controller: place (or unplace) a group, with the reason for the history; `failover`
+    /// counts it toward the group's failover threshold. It never moves a group away from a
+    /// node that is up: placing elsewhere a group whose owner is up, or one that is being
+    /// handed off from a node that is up, is refused (a planned move is `HandOffGroup`).
+    /// Unplacing it (`node: None`) is allowed: its owner stops it (rule 4's first step).
     PlaceGroup {
         name: String,
         node: Option<String>,
         reason: String,
         failover: bool,
+    },
+    /// Controller: a planned move (drain, failback) of a group from its owner `from` to
+    /// `to`: the group has no owner (`Group::handoff`) until `from` has stopped it and
+    /// released it (`ReleaseGroup`), or is declared down. Applied again, or once the group
+    /// is already leaving `from` or is on `to`, it changes nothing; refused if `from` no
+    /// longer owns the group (the move was decided on an older state).
+    HandOffGroup {
+        name: String,
+        from: String,
+        to: String,
+        reason: String,
     },
     /// Controller: leave a group failed (nowhere to go, or too many failovers).
     FailGroup {

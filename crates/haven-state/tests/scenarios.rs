@@ -1,6 +1,6 @@
 //! Data-driven tests of `State::apply`: each `tests/scenarios/*.scn` file is a list of
-//! commands (`> {json}`) each followed by the expected outcome (`ok <summary>` or
-//! `err <code>: <message>`). The runner also checks, after every refused command, that the
+//! commands (`> {json}`, or `> id=KEY {json}` for a request carrying the id `KEY`) each
+//! followed by the expected outcome (`ok <summary>` or `err <code>: <message>`). The runner also checks, after every refused command, that the
 //! state is exactly what it was. `UPDATE_EXPECT=1 cargo test -p haven-state` rewrites the
 //! expected lines.
 
@@ -53,15 +53,26 @@ fn run_file(path: &Path) -> (String, String) {
         };
         out.push_str(line);
         out.push('\n');
+        let (id, json) = match json.strip_prefix("id=").and_then(|rest| rest.split_once(' ')) {
+            Some((id, json)) => (Some(id), json),
+            None => (None, json),
+        };
         let command: Command =
             serde_json::from_str(json).unwrap_or_else(|e| panic!("{}:{}: not a command: {e}", path.display(), i + 1));
         at += 1000;
         let before = state.clone();
-        let result = state.apply(&Request::new(at, "test", command));
+        let request = Request::new(at, "test", command);
+        let result = state.apply(&match id {
+            Some(id) => request.with_id(id),
+            None => request,
+        });
         let line = match result {
             Ok(reply) => summary(&reply),
             Err(e) => {
-                assert_eq!(state, before, "{}:{}: a refused command changed the state", path.display(), i + 1);
+                // A request with an id records its outcome, refusals too; nothing else changes.
+                let mut unchanged = state.clone();
+                unchanged.requests = before.requests.clone();
+                assert_eq!(unchanged, before, "{}:{}: a refused command changed the state", path.display(), i + 1);
                 format!("err {:?}: {}", e.code, e.message)
             }
         };

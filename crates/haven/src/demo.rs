@@ -527,8 +527,8 @@ impl DemoNode {
             }
             NodeRun::Stopped { .. } => {}
         }
-        let config =
-            haven_agent::AgentConfig::load(&self.config()).map_err(|e| Failure { code: EXIT_USAGE, message: e })?;
+        let config = haven_agent::AgentConfig::load(&self.config())
+            .map_err(|e| Failure { code: EXIT_USAGE, message: e.to_string() })?;
         let addr = config.listen.clone();
         if std::net::TcpListener::bind(&addr).is_err() {
             return Err(fail(format!(

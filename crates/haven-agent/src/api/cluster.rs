@@ -118,7 +118,7 @@ pub(super) async fn cluster_join(
         capacity: agent.config.capacity(),
         witness: agent.config.witness,
     };
-    let node = crate::peer::forward_join(&agent.peers, &address, &join).await?;
+    let node = crate::peer::forward_join(&agent.peers, "the cluster member", &address, &join).await?;
     // Wait (bounded) until this node has received the state that lists it.
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
     while !agent.db.state().nodes.contains_key(&node.name) {

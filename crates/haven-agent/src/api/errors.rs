@@ -44,6 +44,7 @@ impl From<SubmitError> for ApiError {
             SubmitError::ShuttingDown(m) => ApiError::new(503, "shutting_down", m),
             // The body gets the `request_id` from `requests::layer`.
             SubmitError::Unknown { message, .. } => ApiError::new(504, "outcome_unknown", message),
+            SubmitError::Rejected { status, code, message } => ApiError { status, code, message, field: None },
         }
     }
 }
@@ -107,4 +108,13 @@ pub(super) async fn error_bodies(req: Request, next: axum::middleware::Next) -> 
         error.headers_mut().insert(header::ALLOW, allow);
     }
     error
+}
+
+/// The innermost cause of `e`: what went wrong, without the layers that wrap it.
+pub(crate) fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut cur = e;
+    while let Some(next) = cur.source() {
+        cur = next;
+    }
+    cur.to_string()
 }

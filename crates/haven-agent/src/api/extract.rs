@@ -7,7 +7,7 @@ use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request};
 use axum::http::request::Parts;
 use axum::http::{HeaderValue, header};
 
-use super::ApiError;
+use super::{ApiError, root_cause};
 
 /// A JSON request body of at most `LIMIT` bytes (the route's limit). Every refusal is our
 /// error body and none echoes the body: 413 when it is larger than the limit (known from
@@ -72,12 +72,4 @@ impl<S: Send + Sync, T: serde::de::DeserializeOwned> FromRequestParts<S> for Par
             Err(_) => Err(ApiError::new(400, "bad_request", "the query string is not valid")),
         }
     }
-}
-
-fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut cur = e;
-    while let Some(next) = cur.source() {
-        cur = next;
-    }
-    cur.to_string()
 }

@@ -5,7 +5,8 @@
 //!
 //! One module per resource family (`cluster`, `nodes`, `groups`, `resources`, `history`,
 //! `vms`, `wizard`, `metrics`), beside the error answer (`errors`), the extractors
-//! (`extract`) and the OpenAPI document (`openapi`).
+//! (`extract`) and the OpenAPI document (`openapi`). A request for another node (the
+//! leader, a VM's owner) goes through [`crate::forward`].
 
 mod cluster;
 mod errors;
@@ -26,8 +27,9 @@ use axum::routing::{get, post, put};
 use axum::{Json, Router};
 
 pub use errors::ApiError;
+pub(crate) use errors::root_cause;
 pub use extract::{Body, Name, Params};
-pub use openapi::{ApiDoc, WRITE_ERRORS, openapi_document};
+use openapi::openapi_document;
 
 use crate::Agent;
 

@@ -12,6 +12,7 @@ use haven_state::{Command, Reply, State};
 
 use super::cluster::require_cluster;
 use super::{ApiError, ApiResult, Body, Name};
+use crate::forward::{Failure, Forward, Wait};
 use crate::{Agent, SubmitError};
 
 pub(super) fn node_view(agent: &Agent, state: &State, n: &Node) -> NodeView {
@@ -120,11 +121,9 @@ pub(super) async fn remove_node(
         let Some((_, addr)) = agent.db.leader() else {
             return Err(ApiError::new(503, "unavailable", "no leader is elected right now; retry in a moment"));
         };
-        let client = haven_api::Client::new(&addr);
-        return client.delete(&format!("/api/v1/nodes/{name}")).await.map(Json).map_err(|e| match e {
-            haven_api::ClientError::Api { status, code, message, field } => ApiError { status, code, message, field },
-            other => ApiError::new(502, "unavailable", other.to_string()),
-        });
+        let path = format!("/api/v1/nodes/{}", crate::requests::percent_encode(&name));
+        let leader = Forward::new(&agent.peers, "the leader", &addr, Wait::Long);
+        return leader.delete(&path).await.map(Json).map_err(Failure::into_api_error);
     }
     agent.submit("operator", Command::RemoveNode { name: name.clone() }).await?;
     let voters: std::collections::BTreeSet<u64> = {

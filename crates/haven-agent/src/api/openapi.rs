@@ -111,7 +111,7 @@ const BODY_ERRORS: &[(u16, &str)] = &[
 
 /// Routes that change the cluster (every POST, PUT, PATCH and DELETE): the state
 /// machine's refusals and the cluster's availability.
-pub const WRITE_ERRORS: &[(u16, &str)] = &[
+const WRITE_ERRORS: &[(u16, &str)] = &[
     (400, "invalid input (the message names the field and the value)"),
     (404, "an object the request names does not exist"),
     (409, "a conflict with the cluster's state: the object exists, is in use, or the node is not in a cluster"),
@@ -215,4 +215,31 @@ fn merged(schema: &serde_json::Value, schemas: &serde_json::Value, depth: usize)
         out["description"] = d.clone();
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use utoipa::OpenApi;
+
+    use super::ApiDoc;
+
+    #[test]
+    fn the_openapi_document_describes_request_ids_on_every_write_route() {
+        let doc = ApiDoc::openapi();
+        let mut writes = 0;
+        for (path, item) in &doc.paths.paths {
+            for op in [&item.post, &item.put, &item.patch, &item.delete].into_iter().flatten() {
+                writes += 1;
+                let params = op.parameters.as_deref().unwrap_or_default();
+                assert!(params.iter().any(|p| p.name == "Idempotency-Key"), "{path}: no Idempotency-Key header");
+                assert!(op.responses.responses.contains_key("504"), "{path}: no 504 outcome_unknown");
+            }
+        }
+        assert!(writes >= 15, "only {writes} write operations documented");
+        let lookup =
+            doc.paths.paths.get("/api/v1/requests/{id}").and_then(|p| p.get.as_ref()).expect("the lookup route");
+        assert!(lookup.responses.responses.contains_key("200") && lookup.responses.responses.contains_key("404"));
+        let schemas = doc.components.as_ref().map(|c| &c.schemas).expect("schemas");
+        assert!(schemas.contains_key("OutcomeUnknownBody") && schemas.contains_key("RequestView"));
+    }
 }

@@ -10,6 +10,8 @@ use haven_api::{DefinitionEdit, GuestControl, VmCreate, VmView};
 use haven_model::{Resource, ResourceKind};
 
 use super::{ApiError, Body, Name};
+use crate::forward::{Failure, Forward, Wait};
+use crate::requests::percent_encode;
 use crate::{Agent, SubmitError};
 
 fn vm_resource(agent: &Agent, name: &str) -> Result<Resource, ApiError> {
@@ -25,14 +27,20 @@ fn vm_resource(agent: &Agent, name: &str) -> Result<Resource, ApiError> {
     }
 }
 
-/// The owner's address if it is another node.
-fn elsewhere(agent: &Agent, r: &Resource) -> Option<String> {
+/// The owner node's name and address if it is another node.
+fn elsewhere(agent: &Agent, r: &Resource) -> Option<(String, String)> {
     let state = agent.db.state();
     let owner = state.groups.get(&r.spec.group)?.owner.clone()?;
     if owner == agent.name() {
         return None;
     }
-    state.nodes.get(&owner).map(|n| n.address.clone())
+    let addr = state.nodes.get(&owner)?.address.clone();
+    Some((owner, addr))
+}
+
+/// A request for the VM's owner node.
+fn to_owner<'a>(agent: &'a Agent, (owner, addr): &'a (String, String)) -> Forward<'a> {
+    Forward::new(&agent.peers, format!("node {owner:?}, which runs the VM,"), addr, Wait::Short)
 }
 
 async fn view(agent: &Agent, r: Resource) -> VmView {
@@ -43,9 +51,9 @@ async fn view(agent: &Agent, r: Resource) -> VmView {
             let ctx = crate::lrm::ctx_for(agent, &state, &r.spec);
             haven_drivers::vm_status(&ctx)
         }
-        Some(addr) => {
-            let client = haven_api::Client::with_timeout(&addr, std::time::Duration::from_secs(3));
-            client.get::<VmView>(&format!("/api/v1/vms/{}", r.spec.name)).await.ok().and_then(|v| v.runtime)
+        Some(owner) => {
+            let path = format!("/api/v1/vms/{}", percent_encode(&r.spec.name));
+            to_owner(agent, &owner).get::<VmView>(&path).await.ok().and_then(|v| v.runtime)
         }
     };
     VmView { name: r.spec.name.clone(), group: r.spec.group.clone(), owner, resource: r, runtime }
@@ -75,13 +83,9 @@ pub(super) async fn guest_control(
     Body(req): Body<GuestControl>,
 ) -> Result<Json<haven_api::GuestControlSent>, ApiError> {
     let r = vm_resource(&agent, &name)?;
-    if let Some(addr) = elsewhere(&agent, &r) {
-        let client = haven_api::Client::with_timeout(&addr, std::time::Duration::from_secs(5));
-        return client
-            .post::<_, haven_api::GuestControlSent>(&format!("/api/v1/vms/{name}/guest-control"), &req)
-            .await
-            .map(Json)
-            .map_err(|e| ApiError::new(e.status().unwrap_or(502), "unavailable", e.to_string()));
+    if let Some(owner) = elsewhere(&agent, &r) {
+        let path = format!("/api/v1/vms/{}/guest-control", percent_encode(&name));
+        return to_owner(&agent, &owner).post(&path, &req).await.map(Json).map_err(Failure::into_api_error);
     }
     let state = agent.db.state();
     let ctx = crate::lrm::ctx_for(&agent, &state, &r.spec);
@@ -182,13 +186,9 @@ pub(super) async fn edit_definition(
     responses((status = 200, body = String), (status = 404, body = haven_api::ErrorBody), (status = 409, body = haven_api::ErrorBody), (status = 502, body = haven_api::ErrorBody)))]
 pub(super) async fn console(AxState(agent): AxState<Arc<Agent>>, Name(name): Name) -> Result<Json<String>, ApiError> {
     let r = vm_resource(&agent, &name)?;
-    if let Some(addr) = elsewhere(&agent, &r) {
-        let client = haven_api::Client::with_timeout(&addr, std::time::Duration::from_secs(5));
-        return client
-            .get::<String>(&format!("/api/v1/vms/{name}/console"))
-            .await
-            .map(Json)
-            .map_err(|e| ApiError::new(e.status().unwrap_or(502), "unavailable", e.to_string()));
+    if let Some(owner) = elsewhere(&agent, &r) {
+        let path = format!("/api/v1/vms/{}/console", percent_encode(&name));
+        return to_owner(&agent, &owner).get(&path).await.map(Json).map_err(Failure::into_api_error);
     }
     let state = agent.db.state();
     let ctx = crate::lrm::ctx_for(&agent, &state, &r.spec);

@@ -21,10 +21,8 @@ use haven_state::{Command, Request, State};
 
 use super::cluster::require_cluster;
 use super::{ApiError, Body};
+use crate::forward::{Failure, Forward, Wait};
 use crate::{Agent, SubmitError, now_ms};
-
-/// Longest a forwarded wizard run may take (it scans `/proc` and runs `qemu-img`).
-const FORWARD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
 
 fn refused(e: haven_model::InvalidInput) -> ApiError {
     ApiError::from(SubmitError::Refused(e.into()))
@@ -166,16 +164,14 @@ pub(super) async fn make_ha(
         return Err(SubmitError::Refused(haven_state::StateError::not_found_in("node", "node", &node)).into());
     };
     if node != agent.name() {
-        let client = haven_api::Client::with_timeout(&target.address, FORWARD_TIMEOUT);
         let fwd = MakeHaRequest { node: Some(node.clone()), ..req };
-        return client.post::<_, HaReport>("/api/v1/vms/make-ha", &fwd).await.map(Json).map_err(|e| match e {
-            haven_api::ClientError::Api { status, code, message, field } => ApiError { status, code, message, field },
-            other => ApiError::new(
-                502,
-                "unavailable",
-                format!("node {node:?} holds the definition but could not be asked: {other}"),
-            ),
-        });
+        let holder = Forward::new(
+            &agent.peers,
+            format!("node {node:?}, which holds the definition,"),
+            &target.address,
+            Wait::Long,
+        );
+        return holder.post("/api/v1/vms/make-ha", &fwd).await.map(Json).map_err(Failure::into_api_error);
     }
     if req.path.trim().is_empty() {
         return Err(refused(haven_model::InvalidInput::new(

@@ -1,9 +1,11 @@
-//! Rule 8, handoff: a planned move (operator move, drain, failback) leaves the group
-//! without an owner until the old owner reports that it stopped everything of it
-//! (`ReleaseGroup`, applied by the state machine). Nothing to decide while that node is
-//! up: it is stopping the group. If it is declared down first (its lease is over) or is no
-//! longer a member, the group goes where it was going — after fencing, if that node has a
-//! fence agent (rule 7) — or, if that node can no longer take it, to the best other node.
+//! Rule 8, handoff: a planned move (the operator's `MoveGroup`, or drain and failback,
+//! which rules 5 and 6 decide as `HandOffGroup`) leaves the group without an owner until
+//! the old owner reports that it stopped everything of it (`ReleaseGroup`, applied by the
+//! state machine). Nothing to decide while that node is up: it is stopping the group (and
+//! the state refuses to place it meanwhile). If it is declared down first (its lease is
+//! over) or is no longer a member, the group goes where it was going — after fencing, if
+//! that node has a fence agent (rule 7) — or, if that node can no longer take it, to the
+//! best other node.
 //!
 //! Moving in one step let the new owner start the group while the old one was still
 //! stopping it: for a VM with a slow guest shutdown, two QEMU processes on one disk.

@@ -5,7 +5,7 @@
 //! `leader_since`: a new leader cannot know what its predecessor granted, so it treats
 //! every lease as renewed at `leader_since` (the new-leader grace) — its election, or the
 //! latest moment a majority says an earlier leader can have granted a renewal
-//! (`haven_raft::contact`). This rule only changes liveness; moving the groups of a down
+//! (`haven_node::contact`). This rule only changes liveness; moving the groups of a down
 //! node is rule 3's job.
 
 use haven_model::NodeLiveness;
@@ -16,8 +16,8 @@ use crate::projection::Projection;
 use crate::{Decision, Observations, Rule, Timing};
 
 pub(crate) fn decide(p: &mut Projection, obs: &Observations, timing: &Timing) {
-    let window = timing.lease_ms.saturating_add(timing.margin_ms);
-    let lease = format!("lease {} + margin {}", seconds(timing.lease_ms), seconds(timing.margin_ms));
+    let window = timing.lease_over_after_ms();
+    let lease = timing.describe_wait();
     let mut decisions = Vec::new();
     for node in p.state().nodes.values() {
         let heartbeat = obs.last_heartbeat.get(&node.name).copied();

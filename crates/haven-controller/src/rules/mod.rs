@@ -41,7 +41,7 @@ impl Tick {
 
     pub fn with_timing(now: Millis, timing: &crate::Timing) -> Tick {
         let hour = (now / 3_600_000) % 24;
-        let lease_and_margin = timing.lease_ms.saturating_add(timing.margin_ms);
+        let lease_and_margin = timing.lease_over_after_ms();
         Tick { now, utc_hour: u8::try_from(hour).unwrap_or(0), lease_and_margin }
     }
 }
@@ -71,8 +71,9 @@ pub fn decide_group(state: &State, group: &str, tick: &Tick) -> Option<Decision>
     match state.nodes.get(owner) {
         None => failover::decide(state, g, owner, failover::Lost::Removed, tick),
         Some(n) if !n.is_up() => failover::decide(state, g, owner, failover::Lost::Down, tick),
-        Some(n) => resource_failure::decide(state, g, owner, tick)
-            .or_else(|| if n.paused { drain::decide(state, g, owner) } else { failback::decide(state, g, tick) }),
+        Some(n) => resource_failure::decide(state, g, owner, tick).or_else(|| {
+            if n.paused { drain::decide(state, g, owner) } else { failback::decide(state, g, owner, tick) }
+        }),
     }
 }
 
@@ -96,6 +97,21 @@ pub(crate) fn place(rule: Rule, group: &str, node: Option<&str>, failover: bool,
             node: node.map(str::to_string),
             reason: why.clone(),
             failover,
+        },
+        why,
+    }
+}
+
+/// `HandOffGroup` from the group's live owner `from`, with its reason as the decision's
+/// `why`: a planned move, which waits for `from` to stop the group and release it.
+pub(crate) fn hand_off(rule: Rule, group: &str, from: &str, to: &str, why: String) -> Decision {
+    Decision {
+        rule,
+        command: Command::HandOffGroup {
+            name: group.to_string(),
+            from: from.to_string(),
+            to: to.to_string(),
+            reason: why.clone(),
         },
         why,
     }

@@ -17,7 +17,8 @@ use std::process::Command;
 
 use haven_model::{DiskBackend, ImageFormat, InvalidInput, VmDefinition};
 
-use super::{WizardInput, display, relative};
+use super::{WizardInput, display, qemu_img, relative};
+use crate::procfs;
 
 /// Everything the seven checks need to know about this node, gathered once.
 #[derive(Clone, Debug)]
@@ -131,7 +132,7 @@ pub(super) struct PassThrough {
 
 /// A process that uses one of the VM's disks.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct User {
+pub(super) struct User {
     pub pid: i32,
     pub command: String,
     /// The file or device it uses.
@@ -319,7 +320,7 @@ pub(super) fn gather(input: &WizardInput) -> Result<Facts, InvalidInput> {
         if e.role != Role::Image(ImageFormat::Qcow2) {
             continue;
         }
-        match backing_chain(&e.local) {
+        match qemu_img::backing_chain(&e.local) {
             Ok(chain) => {
                 for (child, stored, format, file) in chain {
                     let at = cx.locate(&file);
@@ -402,7 +403,7 @@ fn uuid_device(uuid: &str) -> Option<(PathBuf, u64)> {
 
 /// The whole disk a block device belongs to: itself, or the parent of a partition
 /// (`/sys/class/block/<dev>/..`).
-pub fn parent_disk(device: &Path) -> Option<String> {
+fn parent_disk(device: &Path) -> Option<String> {
     let name = device.file_name()?.to_string_lossy().into_owned();
     let sys = fs::canonicalize(Path::new("/sys/class/block").join(&name)).ok()?;
     if sys.join("partition").exists() {
@@ -421,7 +422,7 @@ fn blkid_uuid(device: &Path) -> Option<String> {
 /// Processes on this node that have one of `files` open (same device and inode, or the
 /// same block device) or name it on their command line. `names` are the spellings to look
 /// for on command lines.
-pub fn processes_using(files: &[(PathBuf, Vec<String>)]) -> Vec<User> {
+fn processes_using(files: &[(PathBuf, Vec<String>)]) -> Vec<User> {
     let me = std::process::id() as i32;
     let ids: Vec<(u64, u64, u64, String)> = files
         .iter()
@@ -432,31 +433,26 @@ pub fn processes_using(files: &[(PathBuf, Vec<String>)]) -> Vec<User> {
         })
         .collect();
     let mut users = Vec::new();
-    let Ok(entries) = fs::read_dir("/proc") else { return users };
-    for entry in entries.flatten() {
-        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else { continue };
+    let Ok(pids) = procfs::pids() else { return users };
+    for pid in pids {
         if pid == me {
             continue;
         }
-        let Ok(raw) = fs::read(format!("/proc/{pid}/cmdline")) else { continue };
-        let args: Vec<String> =
-            raw.split(|b| *b == 0).filter(|a| !a.is_empty()).map(|a| String::from_utf8_lossy(a).into_owned()).collect();
+        let Some(args) = procfs::cmdline(pid) else { continue };
         let mut command = args.join(" ");
         if command.chars().count() > 400 {
             command = command.chars().take(397).collect::<String>() + "...";
         }
         let mut found: Option<(String, &'static str)> = None;
-        if let Ok(fds) = fs::read_dir(format!("/proc/{pid}/fd")) {
-            for fd in fds.flatten() {
-                let Ok(m) = fs::metadata(fd.path()) else { continue };
-                let rdev = if m.file_type().is_block_device() { m.rdev() } else { 0 };
-                if let Some((_, _, _, name)) = ids
-                    .iter()
-                    .find(|(dev, ino, r, _)| (*r != 0 && *r == rdev) || (*r == 0 && *dev == m.dev() && *ino == m.ino()))
-                {
-                    found = Some((name.clone(), "open"));
-                    break;
-                }
+        for fd in procfs::open_files(pid) {
+            let Ok(m) = fs::metadata(fd) else { continue };
+            let rdev = if m.file_type().is_block_device() { m.rdev() } else { 0 };
+            if let Some((_, _, _, name)) = ids
+                .iter()
+                .find(|(dev, ino, r, _)| (*r != 0 && *r == rdev) || (*r == 0 && *dev == m.dev() && *ino == m.ino()))
+            {
+                found = Some((name.clone(), "open"));
+                break;
             }
         }
         if found.is_none() {
@@ -491,39 +487,6 @@ fn names_path(arg: &str, path: &str) -> bool {
         from = end;
     }
     false
-}
-
-/// The backing chain of a qcow2 image, from `qemu-img info --backing-chain`:
-/// (image, stored backing reference, backing format) for each image that has a backing
-/// file, top first.
-pub fn backing_chain(image: &Path) -> Result<Vec<(PathBuf, String, String, PathBuf)>, String> {
-    let out = Command::new("qemu-img")
-        .args(["info", "--backing-chain", "--output=json", "-U"])
-        .arg(image)
-        .output()
-        .map_err(|e| format!("cannot run `qemu-img` ({e}); install it (Debian: qemu-utils)"))?;
-    if !out.status.success() {
-        return Err(format!(
-            "`qemu-img info --backing-chain {}` failed: {}",
-            image.display(),
-            String::from_utf8_lossy(&out.stderr).trim()
-        ));
-    }
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout)
-        .map_err(|e| format!("`qemu-img info` printed no JSON for {} ({e})", image.display()))?;
-    let list = match v {
-        serde_json::Value::Array(a) => a,
-        one => vec![one],
-    };
-    let mut chain = Vec::new();
-    for item in &list {
-        let Some(stored) = item["backing-filename"].as_str() else { continue };
-        let file = item["filename"].as_str().unwrap_or_default();
-        let full = item["full-backing-filename"].as_str().unwrap_or(stored);
-        let format = item["backing-filename-format"].as_str().unwrap_or("qcow2");
-        chain.push((PathBuf::from(file), stored.to_string(), format.to_string(), PathBuf::from(full)));
-    }
-    Ok(chain)
 }
 
 #[cfg(test)]

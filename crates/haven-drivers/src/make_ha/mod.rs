@@ -11,17 +11,15 @@
 
 mod checks;
 mod facts;
+mod qemu_img;
 #[cfg(test)]
 mod table;
 
 use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Component, Path, PathBuf};
-use std::process::Command;
 
 use haven_model::{CheckResult, DiskParams, HaCheck, HaPathFix, InvalidInput, VmDefinition};
-
-pub use facts::{User, backing_chain, parent_disk, processes_using};
 
 /// A `disk` resource of the cluster, as the wizard needs to know it.
 #[derive(Clone, Debug)]
@@ -99,7 +97,7 @@ struct FixPlan {
     rebases: Vec<(PathBuf, String, String)>,
 }
 
-pub const CHECK_TITLES: [(&str, &str); 8] = [
+const CHECK_TITLES: [(&str, &str); 8] = [
     ("vm-stopped", "The VM is stopped (no process uses its disks)"),
     ("shared-storage", "Definition and disk images are on cluster volumes online on this node"),
     ("shared-volume", "VMs sharing a volume or a disk are in one group"),
@@ -227,45 +225,57 @@ fn judge(f: &facts::Facts) -> WizardOutcome {
     }
 }
 
+/// Why `--fix` could not write its rewrites. What was written before the failure stays
+/// (the definition is replaced in one rename, before any backing reference changes).
+#[derive(Debug, thiserror::Error)]
+pub enum FixError {
+    #[error("cannot read {}: {source}", file.display())]
+    Read {
+        file: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot rewrite {quoted} in {} safely (it is not there exactly once); edit it by hand", file.display())]
+    Ambiguous { quoted: String, file: PathBuf },
+    #[error("the rewritten definition does not parse ({source}); nothing was written")]
+    Reparse {
+        #[source]
+        source: InvalidInput,
+    },
+    #[error("cannot write {}: {source}", file.display())]
+    Write {
+        file: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    QemuImg(#[from] qemu_img::QemuImgError),
+}
+
 /// Writes the `--fix` rewrites: the definition's paths (each written value replaced once,
 /// then the file parsed again) and qcow2 backing references (`qemu-img rebase -u`, only
 /// where the new reference was checked to reach the same file). Marks them applied.
-pub fn apply_fixes(out: &mut WizardOutcome) -> Result<(), String> {
+pub fn apply_fixes(out: &mut WizardOutcome) -> Result<(), FixError> {
     let plan = out.fix_plan.clone();
     if let Some(file) = &plan.definition
         && !plan.text_edits.is_empty()
     {
-        let mut text = fs::read_to_string(file).map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+        let mut text = fs::read_to_string(file).map_err(|source| FixError::Read { file: file.clone(), source })?;
         for (before, after) in &plan.text_edits {
-            let quoted_before = format!("\"{before}\"");
-            if text.matches(&quoted_before).count() != 1 {
-                return Err(format!(
-                    "cannot rewrite {quoted_before} in {} safely (it is not there exactly once); edit it by hand",
-                    file.display()
-                ));
+            let quoted = format!("\"{before}\"");
+            if text.matches(&quoted).count() != 1 {
+                return Err(FixError::Ambiguous { quoted, file: file.clone() });
             }
-            text = text.replacen(&quoted_before, &format!("\"{after}\""), 1);
+            text = text.replacen(&quoted, &format!("\"{after}\""), 1);
         }
-        VmDefinition::parse_file(&text, &file.to_string_lossy())
-            .map_err(|e| format!("the rewritten definition does not parse ({e}); nothing was written"))?;
+        VmDefinition::parse_file(&text, &file.to_string_lossy()).map_err(|source| FixError::Reparse { source })?;
         let tmp = file.with_extension("haven-fix.tmp");
         fs::write(&tmp, &text)
             .and_then(|()| fs::rename(&tmp, file))
-            .map_err(|e| format!("cannot write {}: {e}", file.display()))?;
+            .map_err(|source| FixError::Write { file: file.clone(), source })?;
     }
     for (image, reference, format) in &plan.rebases {
-        let out = Command::new("qemu-img")
-            .args(["rebase", "-u", "-F", format, "-b", reference])
-            .arg(image)
-            .output()
-            .map_err(|e| format!("cannot run `qemu-img rebase` ({e})"))?;
-        if !out.status.success() {
-            return Err(format!(
-                "`qemu-img rebase -u -F {format} -b {reference} {}` failed: {}",
-                image.display(),
-                String::from_utf8_lossy(&out.stderr).trim()
-            ));
-        }
+        qemu_img::rebase_unsafe(image, reference, format)?;
     }
     for f in &mut out.fixes {
         f.applied = true;

@@ -28,29 +28,44 @@ pub(crate) struct AccelChoice {
     pub reason: String,
 }
 
-/// The probe's verdict: `Ok(reason)` if KVM works, `Err(reason)` if not.
-static KVM_PROBE: OnceCell<Result<String, String>> = OnceCell::const_new();
+/// The probe's verdict, with what it saw (for the log and `vm.json`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Kvm {
+    Works(String),
+    Unusable(String),
+}
+
+static KVM_PROBE: OnceCell<Kvm> = OnceCell::const_new();
+
+/// A definition asks for an accelerator this node cannot give it.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum AccelError {
+    #[error(
+        "the definition asks for accel = \"kvm\" but KVM does not work on this node: {why}; set accel = \
+         \"auto\" (falls back to tcg) or \"tcg\", or fix KVM here"
+    )]
+    KvmUnusable { why: String },
+}
 
 /// The accelerator for a definition asking for `requested`; `Err` if it asks for KVM and
 /// KVM does not work here. `scratch` is a directory for the probe's boot image.
-pub(crate) async fn choose(requested: Accel, scratch: &Path) -> Result<AccelChoice, String> {
+pub(crate) async fn choose(requested: Accel, scratch: &Path) -> Result<AccelChoice, AccelError> {
     match requested {
         Accel::Tcg => Ok(AccelChoice { accel: Accel::Tcg, reason: "the definition asks for tcg".into() }),
         Accel::Kvm => match kvm_probe(scratch).await {
-            Ok(why) => Ok(AccelChoice { accel: Accel::Kvm, reason: format!("the definition asks for kvm; {why}") }),
-            Err(why) => Err(format!(
-                "the definition asks for accel = \"kvm\" but KVM does not work on this node: {why}; set accel = \
-                 \"auto\" (falls back to tcg) or \"tcg\", or fix KVM here"
-            )),
+            Kvm::Works(why) => {
+                Ok(AccelChoice { accel: Accel::Kvm, reason: format!("the definition asks for kvm; {why}") })
+            }
+            Kvm::Unusable(why) => Err(AccelError::KvmUnusable { why }),
         },
         Accel::Auto => Ok(match kvm_probe(scratch).await {
-            Ok(why) => AccelChoice { accel: Accel::Kvm, reason: why },
-            Err(why) => AccelChoice { accel: Accel::Tcg, reason: format!("KVM unusable, using tcg: {why}") },
+            Kvm::Works(why) => AccelChoice { accel: Accel::Kvm, reason: why },
+            Kvm::Unusable(why) => AccelChoice { accel: Accel::Tcg, reason: format!("KVM unusable, using tcg: {why}") },
         }),
     }
 }
 
-async fn kvm_probe(scratch: &Path) -> Result<String, String> {
+async fn kvm_probe(scratch: &Path) -> Kvm {
     KVM_PROBE.get_or_init(|| run_probe(scratch.to_path_buf())).await.clone()
 }
 
@@ -64,13 +79,14 @@ fn boot_sector() -> Vec<u8> {
     img
 }
 
-async fn run_probe(scratch: std::path::PathBuf) -> Result<String, String> {
+async fn run_probe(scratch: std::path::PathBuf) -> Kvm {
     if let Err(e) = std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm") {
-        return Err(format!("cannot open /dev/kvm ({e})"));
+        return Kvm::Unusable(format!("cannot open /dev/kvm ({e})"));
     }
     let image = scratch.join("kvm-probe.img");
-    std::fs::write(&image, boot_sector())
-        .map_err(|e| format!("cannot write the probe image {}: {e}", image.display()))?;
+    if let Err(e) = std::fs::write(&image, boot_sector()) {
+        return Kvm::Unusable(format!("cannot write the probe image {}: {e}", image.display()));
+    }
     let mut cmd = Command::new(QEMU);
     cmd.args(["-accel", "kvm", "-m", "16", "-nodefaults", "-no-user-config", "-display", "none", "-serial", "stdio"])
         .arg("-drive")
@@ -82,7 +98,13 @@ async fn run_probe(scratch: std::path::PathBuf) -> Result<String, String> {
         .process_group(0);
     sys::die_with_agent(&mut cmd);
     let started = Instant::now();
-    let mut child = cmd.spawn().map_err(|e| format!("cannot run {QEMU} for the KVM probe ({e})"))?;
+    let mut child = match cmd.spawn() {
+        Ok(child) => child,
+        Err(e) => {
+            let _ = std::fs::remove_file(&image);
+            return Kvm::Unusable(format!("cannot run {QEMU} for the KVM probe ({e})"));
+        }
+    };
     let mut stdout = child.stdout.take();
     let mut stderr = child.stderr.take();
     let deadline = started + PROBE_TIMEOUT;
@@ -113,9 +135,9 @@ async fn run_probe(scratch: std::path::PathBuf) -> Result<String, String> {
     let _ = std::fs::remove_file(&image);
     let said = if said.is_empty() { String::new() } else { format!("; qemu said: {said}") };
     if got_k {
-        Ok(format!("KVM probe: a KVM guest ran within {} ms", elapsed.as_millis()))
+        Kvm::Works(format!("KVM probe: a KVM guest ran within {} ms", elapsed.as_millis()))
     } else {
-        Err(format!(
+        Kvm::Unusable(format!(
             "KVM probe: a KVM guest printed nothing within {PROBE_TIMEOUT:?} (KVM guests hang on this host, e.g. \
              nested virtualisation without support){said}"
         ))

@@ -22,6 +22,17 @@ use tokio::time::{Instant, sleep};
 /// Between connection attempts.
 const RECONNECT: Duration = Duration::from_millis(200);
 
+/// Why a control line did not reach the guest.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum SendError {
+    #[error("writing to the guest channel failed: {0}")]
+    Write(#[source] std::io::Error),
+    #[error("the guest channel did not take the line within {0:?}")]
+    Stalled(Duration),
+    #[error("the guest channel is not connected (waited {0:?})")]
+    NotConnected(Duration),
+}
+
 /// The last heartbeat a guest sent.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct Beat {
@@ -102,7 +113,7 @@ impl Watcher {
 
 impl Sender {
     /// Sends one line to the guest, waiting up to `within` for the channel to connect.
-    pub async fn send(&self, line: &str, within: Duration) -> Result<(), String> {
+    pub async fn send(&self, line: &str, within: Duration) -> Result<(), SendError> {
         let deadline = instant_after(Instant::now(), within);
         loop {
             {
@@ -112,13 +123,13 @@ impl Sender {
                     bytes.push(b'\n');
                     return match tokio::time::timeout_at(deadline, writer.write_all(&bytes)).await {
                         Ok(Ok(())) => Ok(()),
-                        Ok(Err(e)) => Err(format!("writing to the guest channel failed: {e}")),
-                        Err(_) => Err(format!("the guest channel did not take the line within {within:?}")),
+                        Ok(Err(e)) => Err(SendError::Write(e)),
+                        Err(_) => Err(SendError::Stalled(within)),
                     };
                 }
             }
             if Instant::now() >= deadline {
-                return Err(format!("the guest channel is not connected (waited {within:?})"));
+                return Err(SendError::NotConnected(within));
             }
             sleep(Duration::from_millis(50)).await;
         }

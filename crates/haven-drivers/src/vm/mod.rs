@@ -208,17 +208,13 @@ pub struct VmDriver {
 }
 
 impl VmDriver {
-    pub fn new() -> Self {
-        Self::default()
-    }
-
     /// Runs the KVM probe now (once per process) so that the first VM start does not wait
     /// for it (up to 3 s where KVM hangs), and returns the verdict for the log: which
     /// accelerator `accel = "auto"` VMs will get here, and why.
     pub async fn probe_accelerator(&self, scratch: &std::path::Path) -> String {
         match accel::choose(haven_model::Accel::Auto, scratch).await {
             Ok(c) => format!("{}: {}", c.accel.as_str(), c.reason),
-            Err(e) => e,
+            Err(e) => e.to_string(),
         }
     }
 
@@ -408,7 +404,7 @@ impl ResourceDriver for VmDriver {
                 ));
             }
         }
-        let choice = accel::choose(def.accel, &ctx.run_dir).await.map_err(|e| Self::err(ctx, e))?;
+        let choice = accel::choose(def.accel, &ctx.run_dir).await.map_err(|e| Self::err(ctx, e.to_string()))?;
         let argv = qemu_argv(&def, &ctx.run_dir, choice.accel);
         let rt = Runtime {
             vm: def.name.clone(),

@@ -36,5 +36,5 @@ pub(super) async fn run(a: AgentArgs, witness: bool) -> Result<(), Failure> {
             _ = term.recv() => {}
         }
     };
-    haven_agent::run(config, shutdown).await.map_err(|m| Failure { code: EXIT_UNAVAILABLE, message: m })
+    haven_agent::run(config, shutdown).await.map_err(|e| Failure { code: EXIT_UNAVAILABLE, message: e.to_string() })
 }
