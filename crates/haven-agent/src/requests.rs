@@ -228,15 +228,8 @@ pub(crate) fn outcome_unknown(request_id: Option<&str>, detail: &str) -> SubmitE
     SubmitError::Unknown { request_id: id.to_string(), message }
 }
 
-/// `id` fit for a URL path segment.
-pub fn percent_encode(id: &str) -> String {
-    id.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => (b as char).to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
+/// `id` fit for a URL path segment (one encoding for the agent and the typed client).
+pub use haven_api::segment as percent_encode;
 
 /// Documents, on every write route of the OpenAPI document, the `Idempotency-Key` header
 /// and the 504 `outcome_unknown` answer (its own body schema). The other error statuses of
