@@ -1,6 +1,7 @@
 //! The one reader of `/proc` in Haven: process facts (whether a pid is alive, its start
 //! time to tell a process from a later one that reuses its pid, its process group and
-//! session, its command line and open files), the mount table and the host's memory.
+//! session, its command line, working directory and open files), this process's effective
+//! uid, the mount table and the host's memory.
 //! Each file's text is parsed by a pure function (`parse_*`, tested on sample text) and
 //! read by a thin wrapper beside it. Linux only; read-only: it never signals or writes.
 
@@ -117,6 +118,23 @@ pub fn open_files(pid: i32) -> Vec<PathBuf> {
     }
 }
 
+/// The working directory of `pid`; `None` if it cannot be read (gone, or not ours to read).
+pub fn cwd(pid: i32) -> Option<PathBuf> {
+    fs::read_link(format!("/proc/{pid}/cwd")).ok()
+}
+
+/// The effective uid (the second of the four numbers on the `Uid:` line) in the text of
+/// `/proc/<pid>/status`.
+pub fn parse_effective_uid(text: &str) -> Option<u32> {
+    let line = text.lines().find(|l| l.starts_with("Uid:"))?;
+    line.split_whitespace().nth(2)?.parse().ok()
+}
+
+/// This process's effective uid, from `/proc/self/status`; `None` if it cannot be read.
+pub fn effective_uid() -> Option<u32> {
+    parse_effective_uid(&fs::read_to_string("/proc/self/status").ok()?)
+}
+
 /// The mount points in the text of `/proc/self/mountinfo` (field 5 of each line, with the
 /// octal escapes of spaces and the like undone), in file order.
 pub fn parse_mount_points(text: &str) -> Vec<String> {
@@ -217,6 +235,15 @@ mod tests {
     }
 
     #[test]
+    fn status_effective_uid() {
+        let text = "Name:\tsh\nUmask:\t0022\nState:\tS (sleeping)\nUid:\t1000\t0\t0\t0\nGid:\t100\t100\t100\t100\n";
+        assert_eq!(parse_effective_uid(text), Some(0), "the effective uid, not the real one");
+        assert_eq!(parse_effective_uid("Name:\tsh\nGid:\t0\t0\t0\t0\n"), None, "no Uid line");
+        assert_eq!(parse_effective_uid("Uid:\t1000\n"), None, "no effective uid");
+        assert_eq!(parse_effective_uid("Uid:\t1000\troot\t0\t0\n"), None, "not a number");
+    }
+
+    #[test]
     fn own_process_is_alive_with_a_start_time() {
         let me = std::process::id() as i32;
         let st = stat(me).expect("read").expect("exists");
@@ -228,6 +255,8 @@ mod tests {
         assert!(live_session_members(st.session).expect("scan").contains(&me));
         assert!(live_group_members(st.pgrp).expect("scan").contains(&me));
         assert!(cmdline(me).is_some_and(|a| !a.is_empty()));
+        assert_eq!(cwd(me), std::env::current_dir().ok());
+        assert_eq!(effective_uid(), Some(crate::sys::effective_uid()));
         assert!(!open_files(me).is_empty(), "a test process has stdin/stdout/stderr");
         assert!(is_mount_point(Path::new("/")).expect("mountinfo"));
         assert!(mem_total_mib().is_some_and(|m| m > 0));
