@@ -1,0 +1,33 @@
+//! Running the `haven` CLI against a lab node, the way an operator would.
+
+use serde_json::Value;
+
+use super::HAVEN;
+use super::lab::Lab;
+
+impl Lab {
+    /// Runs the CLI against node `i` with `-o json` and returns its parsed output; panics
+    /// (with stderr) if it fails.
+    pub async fn cli_json(&self, i: usize, args: &[&str]) -> Value {
+        let out = tokio::process::Command::new(HAVEN)
+            .arg("--server")
+            .arg(&self.nodes[i].addr)
+            .arg("-o")
+            .arg("json")
+            .args(args)
+            .output()
+            .await
+            .expect("cannot run the haven CLI");
+        assert!(
+            out.status.success(),
+            "`haven -o json {}` against {} failed ({}): {}",
+            args.join(" "),
+            self.nodes[i].name,
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!("`haven -o json {}` printed no JSON ({e}): {}", args.join(" "), String::from_utf8_lossy(&out.stdout))
+        })
+    }
+}

@@ -1,0 +1,190 @@
+//! The lab as a whole: a cluster of real agents in a temporary directory, their configs
+//! (the `aggressive` timing profile), founding the cluster and joining every node to it,
+//! the lab's progress lines, and the drop that kills every session it started.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use haven_agent::host::kill_session;
+use haven_api::Client;
+
+use super::net::{LAB_PORT, Netns, free_loopback_net};
+use super::node::{LabNode, Role};
+
+/// A cluster of real agents on loopback, in a temporary directory.
+pub struct Lab {
+    pub(super) tmp: Option<tempfile::TempDir>,
+    pub nodes: Vec<LabNode>,
+    /// Every session this lab started (agent pids), killed on drop.
+    pub(super) sessions: Vec<i32>,
+    pub(super) started: Instant,
+    /// `127.a.b` (or `10.a.b` with namespaces), the lab's addresses: tags its progress
+    /// lines when labs run side by side.
+    pub(super) net: String,
+    /// The namespaces, veths and bridge, when the lab uses them; deleted on drop (after the
+    /// processes are killed).
+    pub(super) netns: Option<Netns>,
+}
+
+impl Lab {
+    /// Writes the configs of `n` nodes (`node1`..`noden`, ids 1..n, the `aggressive` timing
+    /// profile) without starting anything.
+    pub fn new(n: usize) -> Lab {
+        let nodes: Vec<(String, Role)> = (1..=n).map(|i| (format!("node{i}"), Role::Agent)).collect();
+        Lab::create(&nodes, false).expect("a loopback lab needs no privileges")
+    }
+
+    /// Writes the configs of `nodes` (ids 1.. in order, the `aggressive` timing profile),
+    /// on loopback or each in a network namespace of its own, without starting anything.
+    /// `Err` (with the reason) only if network namespaces are wanted and cannot be made.
+    fn create(nodes: &[(String, Role)], netns: bool) -> Result<Lab, String> {
+        let n = nodes.len();
+        let tmp = tempfile::Builder::new().prefix("haven-lab-").tempdir().expect("cannot create the lab directory");
+        let (net, ns) = if netns {
+            let ns = Netns::create(n)?;
+            (ns.subnet.clone(), Some(ns))
+        } else {
+            (free_loopback_net(n), None)
+        };
+        let mut lab_nodes = Vec::new();
+        for (k, (name, role)) in nodes.iter().enumerate() {
+            let i = k + 1;
+            let addr = format!("{net}.{i}:{LAB_PORT}");
+            let dir = tmp.path().join(name);
+            std::fs::create_dir_all(&dir).expect("cannot create a node directory");
+            let config = format!(
+                "id = {i}\nname = \"{name}\"\nlisten = \"{addr}\"\nstate_dir = \"{}\"\n\n[timing]\nprofile = \"aggressive\"\n",
+                dir.join("state").display()
+            );
+            std::fs::write(dir.join("agent.toml"), config).expect("cannot write an agent config");
+            let client = Client::with_timeout(&addr, Duration::from_secs(10));
+            lab_nodes.push(LabNode {
+                id: i as u64,
+                name: name.clone(),
+                addr,
+                dir,
+                client,
+                witness: *role == Role::Witness,
+                netns: ns.as_ref().map(|ns| ns.namespaces[k].clone()),
+                child: None,
+            });
+        }
+        let how = match &ns {
+            Some(ns) => format!("each in a network namespace, bridge {}", ns.bridge),
+            None => "on loopback".to_string(),
+        };
+        println!("[lab {net}] {n} nodes {how}, in {}", tmp.path().display());
+        Ok(Lab { tmp: Some(tmp), nodes: lab_nodes, sessions: Vec::new(), started: Instant::now(), net, netns: ns })
+    }
+
+    /// [`Lab::start`] with every node in a network namespace of its own (`node1`..`noden`).
+    /// `None` (with the reason printed) when this host cannot make network namespaces
+    /// (not root): the caller skips its test.
+    pub async fn start_netns(n: usize) -> Option<Lab> {
+        let names: Vec<String> = (1..=n).map(|i| format!("node{i}")).collect();
+        let nodes: Vec<(&str, Role)> = names.iter().map(|s| (s.as_str(), Role::Agent)).collect();
+        Lab::start_with(&nodes, true).await
+    }
+
+    /// Starts the named nodes (the first one, a data node, founds the cluster; the others
+    /// join it), on loopback or in network namespaces, and waits until every node sees all
+    /// of them up, a leader and its own lease. `None` only when namespaces are wanted and
+    /// this host cannot make them (the reason is printed).
+    pub async fn start_with(nodes: &[(&str, Role)], netns: bool) -> Option<Lab> {
+        assert!(nodes.first().is_some_and(|(_, r)| *r == Role::Agent), "the first lab node must be a data node");
+        let owned: Vec<(String, Role)> = nodes.iter().map(|(n, r)| (n.to_string(), *r)).collect();
+        match Lab::create(&owned, netns) {
+            Ok(lab) => Some(lab.found().await),
+            Err(why) => {
+                println!("SKIPPED: this test needs network namespaces: {why}");
+                None
+            }
+        }
+    }
+
+    /// Starts `n` agents, founds a cluster on node 1 and joins the others to it through the
+    /// REST API, and waits until every node sees all nodes up, a leader and its own lease.
+    pub async fn start(n: usize) -> Lab {
+        Lab::new(n).found().await
+    }
+
+    /// Starts every agent, founds the cluster on node 0, joins the others, and waits until
+    /// every node sees all nodes up, a leader and its own lease.
+    async fn found(self) -> Lab {
+        let n = self.nodes.len();
+        let mut lab = self;
+        for i in 0..n {
+            lab.spawn(i);
+        }
+        for i in 0..n {
+            lab.wait_answering(i).await;
+        }
+        let init = lab.nodes[0].client.init_cluster("lab").await.expect("cluster init failed");
+        for i in 1..n {
+            lab.nodes[i]
+                .client
+                .join_cluster(&lab.nodes[0].addr, &init.join_token)
+                .await
+                .unwrap_or_else(|e| panic!("{} could not join: {e}", lab.nodes[i].name));
+        }
+        lab.wait_until(&format!("all {n} nodes up, with a leader and a lease, on every node"), 30, async || {
+            for i in 0..n {
+                if !lab.sees_all_up(i, n).await {
+                    return false;
+                }
+            }
+            true
+        })
+        .await;
+        lab
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.tmp.as_ref().map(|t| t.path()).expect("the lab directory exists until drop")
+    }
+
+    pub fn node(&self, i: usize) -> &LabNode {
+        &self.nodes[i]
+    }
+
+    pub fn client(&self, i: usize) -> &Client {
+        &self.nodes[i].client
+    }
+
+    pub fn name(&self, i: usize) -> &str {
+        &self.nodes[i].name
+    }
+
+    /// The index of the node called `name`.
+    pub fn index_of(&self, name: &str) -> usize {
+        self.nodes.iter().position(|n| n.name == name).unwrap_or_else(|| panic!("no lab node is called {name:?}"))
+    }
+
+    /// Seconds since the lab was created, for the progress lines.
+    fn t(&self) -> f64 {
+        self.started.elapsed().as_secs_f64()
+    }
+
+    /// Prints a progress line of the test, tagged and timed like the lab's own.
+    pub fn note(&self, what: &str) {
+        println!("[lab {} {:6.2}s] {what}", self.net, self.t());
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        for &sid in &self.sessions {
+            kill_session(sid);
+        }
+        for n in &mut self.nodes {
+            if let Some(mut c) = n.child.take() {
+                let _ = c.wait();
+            }
+        }
+        if std::thread::panicking()
+            && let Some(tmp) = self.tmp.take()
+        {
+            println!("[lab {}] the test failed; kept {} for its logs", self.net, tmp.keep().display());
+        }
+    }
+}
