@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 use clap::{Args, Subcommand};
 use haven_agent::host::{in_path, kill_session, session_members};
 use haven_api::{Client, GroupView, NodeView, specs};
+use haven_drivers::procfs;
 use haven_model::{Dur, GroupSpec, HealthCheck, ResourceProps, ResourceSpec};
 use serde::Serialize;
 
@@ -301,7 +302,7 @@ fn demo_pid(dir: &Path) -> Option<i32> {
     }
 }
 
-/// A process as /proc shows it.
+/// A process as /proc shows it (through `haven_drivers::procfs`).
 enum Proc {
     /// No such process.
     Gone,
@@ -312,16 +313,12 @@ enum Proc {
 }
 
 fn process(pid: i32) -> Proc {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return Proc::Gone };
-    // The command name is between the first '(' and the last ')'; the state follows.
-    let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else { return Proc::Gone };
-    let comm = stat.get(open + 1..close).unwrap_or_default().to_string();
-    if stat.get(close + 1..).unwrap_or_default().trim_start().starts_with(['Z', 'X']) {
-        return Proc::Zombie { comm };
+    match procfs::stat(pid) {
+        Ok(Some(st)) if st.is_dead() => Proc::Zombie { comm: st.comm },
+        Ok(Some(_)) => Proc::Alive { args: procfs::cmdline(pid).unwrap_or_default() },
+        // Gone, or a stat not in the expected format: nothing we could act on.
+        Ok(None) | Err(_) => Proc::Gone,
     }
-    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-    let args = cmdline.split(|b| *b == 0).filter(|a| !a.is_empty()).map(|a| String::from_utf8_lossy(a).into_owned());
-    Proc::Alive { args: args.collect() }
 }
 
 /// What runs of a demo node now.

@@ -13,6 +13,7 @@ use std::sync::mpsc::Receiver;
 use std::time::{Duration, Instant};
 
 use haven_agent::host::{kill_session, session_members};
+use haven_drivers::procfs::is_alive as alive;
 
 const HAVEN: &str = env!("CARGO_BIN_EXE_haven");
 
@@ -157,12 +158,6 @@ impl Drop for Demo {
 
 fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-/// Whether `pid` is a live process (not exited, not a zombie).
-fn alive(pid: i32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .is_ok_and(|s| s.rsplit_once(')').is_some_and(|(_, r)| !r.trim_start().starts_with('Z')))
 }
 
 /// Waits (10 s at most) until no process is left in any of `sessions`; the ones left.

@@ -15,6 +15,7 @@ use std::process::Command;
 
 use common::{HAVEN, Lab};
 use haven_api::{HistoryQuery, specs};
+use haven_drivers::procfs;
 use haven_model::{
     CheckResult, DiskBackend, DiskParams, GroupSpec, HaCheck, HaReport, ResourceKind, ResourceSpec, ResourceState,
 };
@@ -166,10 +167,7 @@ async fn with_loop_device(what: &str, name: &str) -> Option<(Fixture, LoopDev)> 
 }
 
 fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .unwrap_or_default()
-        .lines()
-        .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(2) == Some("0"))
+    procfs::effective_uid() == Some(0)
 }
 
 /// Unmounts on drop (lazily, so a failed test never leaves a busy mount behind).
@@ -226,9 +224,9 @@ async fn check1_a_running_vm_is_refused_naming_the_process() {
     let pid = qemu.id();
     f.lab
         .wait_until("QEMU has the image open", 20, async || {
-            std::fs::read_dir(format!("/proc/{pid}/fd"))
-                .map(|d| d.flatten().any(|e| std::fs::read_link(e.path()).is_ok_and(|l| l.ends_with("web/web.img"))))
-                .unwrap_or(false)
+            procfs::open_files(pid as i32)
+                .iter()
+                .any(|fd| std::fs::read_link(fd).is_ok_and(|l| l.ends_with("web/web.img")))
         })
         .await;
     let r = f.refused(&[&def.to_string_lossy()]).await;

@@ -19,6 +19,7 @@ use std::process::Command;
 
 use common::{HAVEN, Lab, alive, assert_guest_found_its_disk, installed, pid_in, processes_in, sigkill, test_guest};
 use haven_api::{HistoryQuery, VmView, specs};
+use haven_drivers::procfs;
 use haven_model::{Accel, Dur, GroupSpec, ResourceKind, ResourceProps, ResourceSpec, ResourceState, VmParams};
 use haven_state::Event;
 use serde_json::json;
@@ -522,8 +523,7 @@ async fn vm_restarts_in_place_when_qemu_dies_or_its_guest_stops_heartbeating() {
             vm_view(&lab, other).await.and_then(|v| v.runtime).map(|r| r.pid)
         })
         .await;
-    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).expect("QEMU's command line");
-    let args: Vec<String> = cmdline.split(|b| *b == 0).map(|a| String::from_utf8_lossy(a).into_owned()).collect();
+    let args = procfs::cmdline(pid).expect("QEMU's command line");
     assert!(
         args.windows(2).any(|w| w[0] == "-m" && w[1].starts_with("160")),
         "QEMU runs with the new memory: {args:?}"
