@@ -221,23 +221,11 @@ pub fn decide(state: &State, obs: &Observations, timing: &Timing) -> Vec<Decisio
 
 #[cfg(test)]
 mod tests {
-    use haven_model::{Capacity, GroupSpec, Node, NodeRole};
+    use haven_model::GroupSpec;
+    use haven_scenario::node;
     use haven_state::Request;
 
     use super::*;
-
-    fn node(id: u64, name: &str) -> Node {
-        Node {
-            id,
-            name: name.into(),
-            address: format!("{name}:7946"),
-            role: NodeRole::Voter,
-            liveness: NodeLiveness::Up,
-            paused: false,
-            capacity: Capacity { cpus: 8, memory_mib: 16384 },
-            since: 0,
-        }
-    }
 
     fn apply(s: &mut State, command: Command) {
         s.apply(&Request::new(0, "test", command)).expect("setup command applies");

@@ -13,7 +13,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use haven_controller::{Decision, Observations, Timing, decide};
 use haven_model::{
@@ -21,6 +21,7 @@ use haven_model::{
     ResourceSpec, ResourceState, RestartAction,
 };
 use haven_policy::RestartDecision;
+use haven_scenario::{Checked, Error, Line};
 use haven_state::{Command, Request, State};
 
 /// A parsed scenario: the state it builds, the observations, and the queries it asks.
@@ -44,83 +45,9 @@ enum Query {
     Failback { group: String, hour: Option<u8> },
 }
 
-/// A parse or setup error, already prefixed with `file:line: `.
-type Error = String;
-
-/// One line split into words, where `key=value` pairs may quote their value.
-struct Line<'a> {
-    at: String,
-    words: Vec<String>,
-    options: BTreeMap<String, String>,
-    text: &'a str,
-}
-
-impl Line<'_> {
-    fn err(&self, msg: impl std::fmt::Display) -> Error {
-        format!("{}: {msg}", self.at)
-    }
-    fn word(&self, i: usize, what: &str) -> Result<&str, Error> {
-        self.words.get(i).map(String::as_str).ok_or_else(|| self.err(format!("missing {what}")))
-    }
-    fn flag(&self, name: &str) -> bool {
-        self.words.iter().skip(1).any(|w| w == name)
-    }
-    fn opt(&self, key: &str) -> Option<&str> {
-        self.options.get(key).map(String::as_str)
-    }
-    fn num<T: std::str::FromStr>(&self, key: &str) -> Result<Option<T>, Error> {
-        self.opt(key).map(|v| v.parse::<T>().map_err(|_| self.err(format!("{key}={v:?} is not a number")))).transpose()
-    }
-    fn list(&self, key: &str) -> Vec<String> {
-        self.opt(key).map(|v| v.split(',').filter(|s| !s.is_empty()).map(str::to_string).collect()).unwrap_or_default()
-    }
-    fn at_time(&self) -> Result<u64, Error> {
-        Ok(self.num("at")?.unwrap_or(0))
-    }
-    /// Options the directive does not know are mistakes, not silently ignored.
-    fn only(&self, known: &[&str]) -> Result<(), Error> {
-        match self.options.keys().find(|k| !known.contains(&k.as_str())) {
-            Some(k) => Err(self.err(format!("unknown option {k:?}; known: {}", known.join(", ")))),
-            None => Ok(()),
-        }
-    }
-}
-
-fn tokenize<'a>(at: String, text: &'a str) -> Result<Line<'a>, Error> {
-    let mut words = Vec::new();
-    let mut options = BTreeMap::new();
-    let mut chars = text.chars().peekable();
-    loop {
-        while chars.peek().is_some_and(|c| c.is_whitespace()) {
-            chars.next();
-        }
-        if chars.peek().is_none() {
-            break;
-        }
-        let mut token = String::new();
-        let mut quoted = false;
-        while let Some(&c) = chars.peek() {
-            if c.is_whitespace() && !quoted {
-                break;
-            }
-            chars.next();
-            if c == '"' {
-                quoted = !quoted;
-            } else {
-                token.push(c);
-            }
-        }
-        if quoted {
-            return Err(format!("{at}: unterminated quote"));
-        }
-        match token.split_once('=') {
-            Some((k, v)) if !words.is_empty() => {
-                options.insert(k.to_string(), v.to_string());
-            }
-            _ => words.push(token),
-        }
-    }
-    Ok(Line { at, words, options, text })
+/// `at=T` on a setup line: when its command is applied (ms), 0 without one.
+fn at_time(line: &Line) -> Result<u64, Error> {
+    Ok(line.num("at")?.unwrap_or(0))
 }
 
 /// What a refused command's error starts with after the line's `file:line: `.
@@ -147,7 +74,6 @@ fn parse_status(line: &Line, value: &str) -> Result<(ResourceState, String), Err
 }
 
 fn parse(file: &Path, text: &str) -> Result<Scenario, Error> {
-    let name = file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let mut sc = Scenario {
         state: State::default(),
         heartbeats: BTreeMap::new(),
@@ -159,48 +85,28 @@ fn parse(file: &Path, text: &str) -> Result<Scenario, Error> {
         setup: String::new(),
         expected: String::new(),
     };
-    let mut lines = text.lines().enumerate();
-    let mut separated = false;
     let mut next_id = 1;
-    for (i, raw) in lines.by_ref() {
-        if raw.trim() == "---" {
-            separated = true;
-            break;
-        }
-        sc.setup.push_str(raw);
-        sc.setup.push('\n');
-        let trimmed = raw.trim();
-        if trimmed.is_empty() || trimmed.starts_with('#') {
-            continue;
-        }
-        let line = tokenize(format!("{}:{}", file.display(), i + 1), trimmed)?;
-        directive(&mut sc, &line, &mut next_id)?;
-    }
-    if !separated {
-        return Err(format!("{name}: no `---` line separating the setup from the expected output"));
-    }
-    sc.expected = lines.map(|(_, l)| l.trim_end()).collect::<Vec<_>>().join("\n").trim_end().to_string();
+    let sections = haven_scenario::split(file, text, |line| directive(&mut sc, line, &mut next_id))?;
+    sc.setup = sections.setup;
+    sc.expected =
+        sections.below.iter().map(|(_, l)| l.trim_end()).collect::<Vec<_>>().join("\n").trim_end().to_string();
     Ok(sc)
 }
 
 fn directive(sc: &mut Scenario, line: &Line, next_id: &mut u64) -> Result<(), Error> {
-    let at = line.at_time()?;
+    let at = at_time(line)?;
     match line.word(0, "directive")? {
         "node" => {
-            line.only(&["cpus", "mem", "since"])?;
+            line.only_options(&["cpus", "mem", "since"])?;
             let name = line.word(1, "node name")?.to_string();
+            let fixture = haven_scenario::node(*next_id, &name);
             let node = Node {
-                id: *next_id,
-                name: name.clone(),
-                address: format!("{name}:7946"),
                 role: if *next_id <= 5 { NodeRole::Voter } else { NodeRole::Learner },
-                liveness: NodeLiveness::Up,
-                paused: false,
                 capacity: Capacity {
-                    cpus: line.num("cpus")?.unwrap_or(8),
-                    memory_mib: line.num("mem")?.unwrap_or(16384),
+                    cpus: line.num("cpus")?.unwrap_or(fixture.capacity.cpus),
+                    memory_mib: line.num("mem")?.unwrap_or(fixture.capacity.memory_mib),
                 },
-                since: 0,
+                ..fixture
             };
             let command = if sc.state.cluster.is_none() {
                 Command::InitCluster { name: "scenario".into(), join_token: "token".into(), node }
@@ -223,7 +129,7 @@ fn directive(sc: &mut Scenario, line: &Line, next_id: &mut u64) -> Result<(), Er
             }
         }
         "group" => {
-            line.only(&[
+            line.only_options(&[
                 "owner",
                 "preferred",
                 "possible",
@@ -277,7 +183,7 @@ fn directive(sc: &mut Scenario, line: &Line, next_id: &mut u64) -> Result<(), Er
             }
         }
         "resource" => {
-            line.only(&[
+            line.only_options(&[
                 "group",
                 "action",
                 "restart_threshold",
@@ -324,7 +230,7 @@ fn directive(sc: &mut Scenario, line: &Line, next_id: &mut u64) -> Result<(), Er
             }
         }
         "place" => {
-            line.only(&["at", "reason"])?;
+            line.only_options(&["at", "reason"])?;
             let group = line.word(1, "group name")?.to_string();
             if line.word(2, "->")? != "->" {
                 return Err(line.err("write `place GROUP -> NODE|none [failover] [at=T]`"));
@@ -338,7 +244,7 @@ fn directive(sc: &mut Scenario, line: &Line, next_id: &mut u64) -> Result<(), Er
             apply(&mut sc.state, line, at, command)?;
         }
         "hand" => {
-            line.only(&["at", "reason"])?;
+            line.only_options(&["at", "reason"])?;
             let usage = "write `hand off GROUP FROM -> TO [released] [reason=\"why\"] [at=T]`";
             if line.word(1, "off")? != "off" || line.word(4, "->")? != "->" {
                 return Err(line.err(usage));
@@ -356,7 +262,7 @@ fn directive(sc: &mut Scenario, line: &Line, next_id: &mut u64) -> Result<(), Er
             }
         }
         "release" => {
-            line.only(&["at"])?;
+            line.only_options(&["at"])?;
             let group = line.word(1, "group name")?.to_string();
             let node = line.word(2, "node that released it")?.to_string();
             let generation = sc.state.groups.get(&group).map_or(0, |g| g.generation);
@@ -366,8 +272,7 @@ fn directive(sc: &mut Scenario, line: &Line, next_id: &mut u64) -> Result<(), Er
             // `refused <directive>`: the state must refuse the directive's command and
             // change nothing; the refusal is shown above the decisions.
             let text = line.words[1..].join(" ");
-            let rest = line.text.strip_prefix("refused").unwrap_or(line.text).trim_start();
-            let inner = tokenize(line.at.clone(), rest)?;
+            let inner = line.shifted(1);
             let before = sc.state.clone();
             let outcome = directive(sc, &inner, next_id);
             let prefix = format!("{}: {REFUSED}", line.at);
@@ -383,7 +288,7 @@ fn directive(sc: &mut Scenario, line: &Line, next_id: &mut u64) -> Result<(), Er
             }
         }
         "report" => {
-            line.only(&["reason", "at"])?;
+            line.only_options(&["reason", "at"])?;
             let resource = line.word(1, "resource name")?.to_string();
             let (state, node) = parse_status(line, line.word(2, "state@node")?)?;
             let reason = line.opt("reason").map(str::to_string);
@@ -392,7 +297,7 @@ fn directive(sc: &mut Scenario, line: &Line, next_id: &mut u64) -> Result<(), Er
         }
         "fence" => {
             // fence NODE agent=fence_x | fence NODE requested | fence NODE ok | fence NODE failed [reason=".."]
-            line.only(&["agent", "reason", "at"])?;
+            line.only_options(&["agent", "reason", "at"])?;
             let node = line.word(1, "node name")?.to_string();
             let command = match (line.opt("agent"), line.words.get(2).map(String::as_str)) {
                 (Some(agent), None) => {
@@ -420,7 +325,7 @@ fn directive(sc: &mut Scenario, line: &Line, next_id: &mut u64) -> Result<(), Er
             apply(&mut sc.state, line, at, Command::SetNodePaused { name, paused })?;
         }
         "down" | "up" => {
-            line.only(&["at"])?;
+            line.only_options(&["at"])?;
             let name = line.word(1, "node name")?.to_string();
             let liveness = if line.words[0] == "down" { NodeLiveness::Down } else { NodeLiveness::Up };
             apply(&mut sc.state, line, at, Command::SetNodeLiveness { name, liveness, reason: "setup".into() })?;
@@ -432,13 +337,13 @@ fn directive(sc: &mut Scenario, line: &Line, next_id: &mut u64) -> Result<(), Er
             }
         }
         "now" => {
-            line.only(&["leader_since"])?;
+            line.only_options(&["leader_since"])?;
             let now = line.word(1, "time in ms")?;
             sc.now = now.parse().map_err(|_| line.err(format!("now {now:?} is not a time in ms")))?;
             sc.leader_since = line.num("leader_since")?.unwrap_or(0);
         }
         "timing" => {
-            line.only(&["lease", "margin"])?;
+            line.only_options(&["lease", "margin"])?;
             sc.timing.lease_ms = line.num("lease")?.unwrap_or(sc.timing.lease_ms);
             sc.timing.margin_ms = line.num("margin")?.unwrap_or(sc.timing.margin_ms);
         }
@@ -550,82 +455,19 @@ fn run_controller(sc: &Scenario) -> Result<String, Error> {
     Ok(render(&decisions))
 }
 
-/// A line diff (longest common subsequence), `-` expected, `+` actual.
-fn diff(expected: &str, actual: &str) -> String {
-    let a: Vec<&str> = expected.lines().collect();
-    let b: Vec<&str> = actual.lines().collect();
-    let mut lcs = vec![vec![0usize; b.len() + 1]; a.len() + 1];
-    for i in (0..a.len()).rev() {
-        for j in (0..b.len()).rev() {
-            lcs[i][j] = if a[i] == b[j] { lcs[i + 1][j + 1] + 1 } else { lcs[i + 1][j].max(lcs[i][j + 1]) };
-        }
-    }
-    let (mut i, mut j, mut out) = (0, 0, String::new());
-    while i < a.len() || j < b.len() {
-        if i < a.len() && j < b.len() && a[i] == b[j] {
-            writeln!(out, "  {}", a[i]).ok();
-            i += 1;
-            j += 1;
-        } else if i < a.len() && (j == b.len() || lcs[i + 1][j] >= lcs[i][j + 1]) {
-            writeln!(out, "- {}", a[i]).ok();
-            i += 1;
-        } else {
-            writeln!(out, "+ {}", b[j]).ok();
-            j += 1;
-        }
-    }
-    out
-}
-
-fn scenario_files() -> Vec<PathBuf> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/scenarios");
-    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .unwrap_or_else(|e| panic!("cannot read {}: {e}", dir.display()))
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == "scn"))
-        .collect();
-    files.sort();
-    files
-}
-
 #[test]
 fn scenarios() {
-    let update = std::env::var_os("UPDATE_EXPECT").is_some();
-    let files = scenario_files();
-    assert!(!files.is_empty(), "no scenario files found");
-    let mut failures = Vec::new();
-    for file in &files {
-        let name = file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        let text = std::fs::read_to_string(file).unwrap_or_else(|e| panic!("cannot read {}: {e}", file.display()));
-        let outcome = parse(file, &text).and_then(|sc| {
-            let actual = if sc.queries.is_empty() { run_controller(&sc) } else { answer(&sc) }
-                .map_err(|e| format!("{name}: {e}"))?;
-            let actual = format!("{}{actual}", sc.refusals);
-            Ok((sc, actual))
-        });
-        let (sc, actual) = match outcome {
-            Ok(x) => x,
-            Err(e) => {
-                failures.push(e);
-                continue;
-            }
-        };
-        if actual.trim_end() == sc.expected {
-            continue;
-        }
-        if update {
-            std::fs::write(file, format!("{}---\n{actual}", sc.setup))
-                .unwrap_or_else(|e| panic!("cannot write {}: {e}", file.display()));
-            eprintln!("updated {name}");
-        } else {
-            failures.push(format!("{name}: output differs (- expected, + actual):\n{}", diff(&sc.expected, &actual)));
-        }
-    }
-    assert!(
-        failures.is_empty(),
-        "{} of {} scenarios failed (rerun with UPDATE_EXPECT=1 to accept new output):\n\n{}",
-        failures.len(),
-        files.len(),
-        failures.join("\n")
-    );
+    let files = haven_scenario::files(&Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/scenarios"));
+    haven_scenario::check(&files, |file, text| {
+        let sc = parse(file, text)?;
+        let name = haven_scenario::file_name(file);
+        let actual = if sc.queries.is_empty() { run_controller(&sc) } else { answer(&sc) }
+            .map_err(|e| format!("{name}: {e}"))?;
+        let actual = format!("{}{actual}", sc.refusals);
+        Ok(Checked {
+            updated: format!("{}---\n{actual}", sc.setup),
+            actual: actual.trim_end().to_string(),
+            expected: sc.expected,
+        })
+    });
 }

@@ -109,23 +109,11 @@ impl GrantTable {
 
 #[cfg(test)]
 mod tests {
-    use haven_model::{Capacity, Node, NodeLiveness, NodeRole};
+    use haven_model::NodeLiveness;
+    use haven_scenario::node;
     use haven_state::{Command, Request};
 
     use super::*;
-
-    fn node(id: u64, name: &str) -> Node {
-        Node {
-            id,
-            name: name.into(),
-            address: format!("{name}:7946"),
-            role: NodeRole::Voter,
-            liveness: NodeLiveness::Up,
-            paused: false,
-            capacity: Capacity { cpus: 8, memory_mib: 16384 },
-            since: 0,
-        }
-    }
 
     /// A cluster of `a` and `b`, `b` marked down.
     fn state_with_b_down() -> State {

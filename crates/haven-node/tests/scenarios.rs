@@ -17,104 +17,17 @@
 //! `UPDATE_EXPECT=1 cargo test -p haven-node --test scenarios` rewrites the `> ` lines with
 //! what the code does now; review the diff before committing it.
 
-use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use haven_model::{
-    Capacity, Dur, GroupSpec, Node, NodeLiveness, NodeRole, ResourceKind, ResourceProps, ResourceSpec, ResourceState,
-    ResourceUpdate, RestartAction,
+    Dur, GroupSpec, NodeLiveness, ResourceKind, ResourceProps, ResourceSpec, ResourceState, ResourceUpdate,
+    RestartAction,
 };
 use haven_node::lrm::{Depth, GroupLrm, Health, Interrupt, LrmRule, Op, Outcome, Step, View};
 use haven_node::{Lease, LeaseRule, Micros, ReportQueue, TimingProfile};
+use haven_scenario::{Checked, Error, Line};
 use haven_state::{Command, Request, State};
-
-/// A parse, setup or run error, already prefixed with `file:line: `.
-type Error = String;
-
-/// One line split into words, where `key=value` pairs (after the first word) are options
-/// whose value may be quoted.
-#[derive(Clone)]
-struct Line {
-    at: String,
-    words: Vec<String>,
-    options: BTreeMap<String, String>,
-}
-
-impl Line {
-    fn err(&self, msg: impl std::fmt::Display) -> Error {
-        format!("{}: {msg}", self.at)
-    }
-    fn word(&self, i: usize, what: &str) -> Result<&str, Error> {
-        self.words.get(i).map(String::as_str).ok_or_else(|| self.err(format!("missing {what}")))
-    }
-    /// The same line without its first `n` words (for `at T apply …`).
-    fn shifted(&self, n: usize) -> Line {
-        Line { at: self.at.clone(), words: self.words.iter().skip(n).cloned().collect(), options: self.options.clone() }
-    }
-    fn flag(&self, name: &str) -> bool {
-        self.words.iter().skip(1).any(|w| w == name)
-    }
-    fn opt(&self, key: &str) -> Option<&str> {
-        self.options.get(key).map(String::as_str)
-    }
-    fn num<T: std::str::FromStr>(&self, key: &str) -> Result<Option<T>, Error> {
-        self.opt(key).map(|v| v.parse::<T>().map_err(|_| self.err(format!("{key}={v:?} is not a number")))).transpose()
-    }
-    fn list(&self, key: &str) -> Vec<String> {
-        self.opt(key).map(|v| v.split(',').filter(|s| !s.is_empty()).map(str::to_string).collect()).unwrap_or_default()
-    }
-    /// Options and words the directive does not know are mistakes, not silently ignored:
-    /// `positional` words after the directive's own, then only the `flags`.
-    fn only(&self, positional: usize, flags: &[&str], options: &[&str]) -> Result<(), Error> {
-        if let Some(k) = self.options.keys().find(|k| !options.contains(&k.as_str())) {
-            let known = if options.is_empty() { "none".to_string() } else { options.join(", ") };
-            return Err(self.err(format!("unknown option {k:?} for {:?}; known: {known}", self.words[0])));
-        }
-        if let Some(w) = self.words.iter().skip(1 + positional).find(|w| !flags.contains(&w.as_str())) {
-            let known = if flags.is_empty() { "none".to_string() } else { flags.join(", ") };
-            return Err(self.err(format!("unexpected word {w:?} for {:?}; flags it knows: {known}", self.words[0])));
-        }
-        Ok(())
-    }
-}
-
-fn tokenize(at: String, text: &str) -> Result<Line, Error> {
-    let mut words = Vec::new();
-    let mut options = BTreeMap::new();
-    let mut chars = text.chars().peekable();
-    loop {
-        while chars.peek().is_some_and(|c| c.is_whitespace()) {
-            chars.next();
-        }
-        if chars.peek().is_none() {
-            break;
-        }
-        let mut token = String::new();
-        let mut quoted = false;
-        while let Some(&c) = chars.peek() {
-            if c.is_whitespace() && !quoted {
-                break;
-            }
-            chars.next();
-            if c == '"' {
-                quoted = !quoted;
-            } else {
-                token.push(c);
-            }
-        }
-        if quoted {
-            return Err(format!("{at}: unterminated quote"));
-        }
-        match token.split_once('=') {
-            Some((k, v)) if !words.is_empty() => {
-                options.insert(k.to_string(), v.to_string());
-            }
-            _ => words.push(token),
-        }
-    }
-    Ok(Line { at, words, options })
-}
 
 /// `0`, `250us`, `200ms`, `1.5s`, `3s`, `2m` as microseconds.
 fn parse_time(line: &Line, text: &str) -> Result<Micros, Error> {
@@ -260,17 +173,7 @@ fn commands(state: &State, line: &Line) -> Result<Vec<Command>, Error> {
         "node" => {
             line.only(1, &["down", "paused"], &[])?;
             let name = name()?;
-            let id = state.nodes.len() as u64 + 1;
-            let node = Node {
-                id,
-                name: name.clone(),
-                address: format!("{name}:7946"),
-                role: NodeRole::Voter,
-                liveness: NodeLiveness::Up,
-                paused: false,
-                capacity: Capacity { cpus: 8, memory_mib: 16384 },
-                since: 0,
-            };
+            let node = haven_scenario::node(state.nodes.len() as u64 + 1, &name);
             let mut v = vec![if state.cluster.is_none() {
                 Command::InitCluster { name: "scenario".into(), join_token: "token".into(), node }
             } else {
@@ -939,27 +842,11 @@ struct Transcript {
 }
 
 fn run(file: &Path, text: &str) -> Result<Transcript, Error> {
-    let shown = file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let at = |i: usize| format!("{shown}:{}", i + 1);
-    let mut lines = text.lines().enumerate();
-    let mut setup = String::new();
     let mut state = State::default();
     let mut applied = 0;
     let (mut me, mut group, mut rule, mut lease_len) = (None, None, LrmRule::Safe, TimingProfile::DEFAULT.lease_ms);
     let mut lease_at_start = None;
-    let mut separated = false;
-    for (i, raw) in lines.by_ref() {
-        if raw.trim() == "---" {
-            separated = true;
-            break;
-        }
-        setup.push_str(raw);
-        setup.push('\n');
-        let trimmed = raw.trim();
-        if trimmed.is_empty() || trimmed.starts_with('#') {
-            continue;
-        }
-        let line = tokenize(at(i), trimmed)?;
+    let sections = haven_scenario::split(file, text, |line| {
         match line.words[0].as_str() {
             "me" => {
                 line.only(1, &[], &["group"])?;
@@ -968,7 +855,7 @@ fn run(file: &Path, text: &str) -> Result<Transcript, Error> {
             }
             "rule" => {
                 line.only(1, &[], &[])?;
-                rule = parse_rule(&line, line.word(1, "rule")?)?;
+                rule = parse_rule(line, line.word(1, "rule")?)?;
             }
             "lease" => {
                 line.only(0, &[], &["min_applied"])?;
@@ -982,7 +869,7 @@ fn run(file: &Path, text: &str) -> Result<Transcript, Error> {
                 lease_len = p.lease_ms;
             }
             _ => {
-                for c in commands(&state, &line)? {
+                for c in commands(&state, line)? {
                     let text = command_text(&c, "");
                     state
                         .apply(&Request::new(0, "scenario", c))
@@ -991,10 +878,9 @@ fn run(file: &Path, text: &str) -> Result<Transcript, Error> {
                 }
             }
         }
-    }
-    if !separated {
-        return Err(format!("{shown}: no `---` line separating the setup from the script"));
-    }
+        Ok(())
+    })?;
+    let shown = &sections.name;
     let (me, me_line) = me.ok_or_else(|| format!("{shown}: no `me NODE` line saying which node runs the scenario"))?;
     if !state.nodes.contains_key(&me) {
         return Err(me_line.err(format!("no node {me:?}; add a `node {me}` line")));
@@ -1032,7 +918,7 @@ fn run(file: &Path, text: &str) -> Result<Transcript, Error> {
     }
     let mut expected = Vec::new();
     let mut actual = String::new();
-    for (i, raw) in lines {
+    for &(i, raw) in &sections.below {
         let trimmed = raw.trim();
         if trimmed.starts_with('>') {
             expected.push(raw.trim_end());
@@ -1043,7 +929,7 @@ fn run(file: &Path, text: &str) -> Result<Transcript, Error> {
         if trimmed.is_empty() || trimmed.starts_with('#') {
             continue;
         }
-        let line = tokenize(at(i), trimmed)?;
+        let line = Line::parse(sections.at(i), trimmed)?;
         if line.words[0] != "at" {
             return Err(line.err("a script line starts with `at TIME`, e.g. `at 200ms done ok`"));
         }
@@ -1058,88 +944,22 @@ fn run(file: &Path, text: &str) -> Result<Transcript, Error> {
         }
     }
     let expected = expected.join("\n").trim_end().to_string();
-    Ok(Transcript { setup, expected, actual: actual.trim_end().to_string() })
-}
-
-/// A line diff (longest common subsequence), `-` expected, `+` actual.
-fn diff(expected: &str, actual: &str) -> String {
-    let a: Vec<&str> = expected.lines().collect();
-    let b: Vec<&str> = actual.lines().collect();
-    let mut lcs = vec![vec![0usize; b.len() + 1]; a.len() + 1];
-    for i in (0..a.len()).rev() {
-        for j in (0..b.len()).rev() {
-            lcs[i][j] = if a[i] == b[j] { lcs[i + 1][j + 1] + 1 } else { lcs[i + 1][j].max(lcs[i][j + 1]) };
-        }
-    }
-    let (mut i, mut j, mut out) = (0, 0, String::new());
-    while i < a.len() || j < b.len() {
-        if i < a.len() && j < b.len() && a[i] == b[j] {
-            writeln!(out, "  {}", a[i]).ok();
-            i += 1;
-            j += 1;
-        } else if i < a.len() && (j == b.len() || lcs[i + 1][j] >= lcs[i][j + 1]) {
-            writeln!(out, "- {}", a[i]).ok();
-            i += 1;
-        } else {
-            writeln!(out, "+ {}", b[j]).ok();
-            j += 1;
-        }
-    }
-    out
-}
-
-fn scenario_files() -> Vec<PathBuf> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/scenarios");
-    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .unwrap_or_else(|e| panic!("cannot read {}: {e}", dir.display()))
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == "scn"))
-        .collect();
-    files.sort();
-    files
+    Ok(Transcript { setup: sections.setup, expected, actual: actual.trim_end().to_string() })
 }
 
 #[test]
 fn scenarios() {
-    let update = std::env::var_os("UPDATE_EXPECT").is_some();
-    let files = scenario_files();
+    let files = haven_scenario::files(&Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/scenarios"));
     assert!(files.len() >= 20, "expected at least 20 node scenarios, found {}", files.len());
-    let mut failures = Vec::new();
-    for file in &files {
-        let name = file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        let text = std::fs::read_to_string(file).unwrap_or_else(|e| panic!("cannot read {}: {e}", file.display()));
-        let outcome = run(file, &text).and_then(|o| {
-            let again = run(file, &text)?;
-            if again.actual != o.actual {
-                return Err(format!("{name}: two runs of the same script gave different transcripts"));
-            }
-            Ok(o)
-        });
-        let o = match outcome {
-            Ok(o) => o,
-            Err(e) => {
-                failures.push(e);
-                continue;
-            }
-        };
-        if o.actual == o.expected {
-            continue;
+    haven_scenario::check(&files, |file, text| {
+        let o = run(file, text)?;
+        let again = run(file, text)?;
+        if again.actual != o.actual {
+            let name = haven_scenario::file_name(file);
+            return Err(format!("{name}: two runs of the same script gave different transcripts"));
         }
-        if update {
-            std::fs::write(file, format!("{}---\n{}\n", o.setup, o.actual))
-                .unwrap_or_else(|e| panic!("cannot write {}: {e}", file.display()));
-            eprintln!("updated {name}");
-        } else {
-            failures.push(format!("{name}: output differs (- expected, + actual):\n{}", diff(&o.expected, &o.actual)));
-        }
-    }
-    assert!(
-        failures.is_empty(),
-        "{} of {} scenarios failed (rerun with UPDATE_EXPECT=1 to accept new output):\n\n{}",
-        failures.len(),
-        files.len(),
-        failures.join("\n")
-    );
+        Ok(Checked { updated: format!("{}---\n{}\n", o.setup, o.actual), expected: o.expected, actual: o.actual })
+    });
 }
 
 /// The runner itself must catch a wrong expectation, a skipped wake-up and a typo.

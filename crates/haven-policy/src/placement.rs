@@ -144,22 +144,14 @@ pub fn place(state: &State, group: &str, exclude: &[&str]) -> Placement {
 
 #[cfg(test)]
 mod tests {
-    use haven_model::{Capacity, GroupSpec, NodeLiveness, NodeRole};
+    use haven_model::{Capacity, GroupSpec, NodeLiveness};
     use haven_state::{Command, Request};
 
     use super::*;
 
     fn node(id: u64, name: &str, memory_mib: u64) -> Node {
-        Node {
-            id,
-            name: name.into(),
-            address: format!("{name}:7000"),
-            role: NodeRole::Voter,
-            liveness: NodeLiveness::Up,
-            paused: false,
-            capacity: Capacity { cpus: 8, memory_mib },
-            since: 0,
-        }
+        let node = haven_scenario::node(id, name);
+        Node { capacity: Capacity { memory_mib, ..node.capacity }, ..node }
     }
 
     fn apply(s: &mut State, command: Command) {

@@ -6,7 +6,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use haven_model::{Capacity, Node as ModelNode, NodeLiveness, NodeRole};
 use haven_raft::contact::ContactRule;
 use haven_raft::{BasicNode, ClusterDb, RaftTuning, State, WriteError};
 use haven_state::{Command, Reply, Request};
@@ -126,29 +125,20 @@ async fn wait_for_same_state(nodes: &[&TestNode], expected: &State) {
     .await
 }
 
-fn model_node(id: u64) -> ModelNode {
-    ModelNode {
-        id,
-        name: format!("node-{id}"),
-        address: format!("10.0.0.{id}:7000"),
-        role: NodeRole::Voter,
-        liveness: NodeLiveness::Up,
-        paused: false,
-        capacity: Capacity { cpus: 4, memory_mib: 8192 },
-        since: 0,
-    }
-}
-
 fn init_cluster() -> Request {
     Request::new(
         1,
         "test",
-        Command::InitCluster { name: "test".to_string(), join_token: "secret".to_string(), node: model_node(1) },
+        Command::InitCluster {
+            name: "test".to_string(),
+            join_token: "secret".to_string(),
+            node: haven_scenario::node(1, "node-1"),
+        },
     )
 }
 
 fn add_node(id: u64) -> Request {
-    Request::new(id, "test", Command::AddNode { node: model_node(id) })
+    Request::new(id, "test", Command::AddNode { node: haven_scenario::node(id, &format!("node-{id}")) })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

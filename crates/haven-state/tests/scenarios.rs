@@ -6,6 +6,7 @@
 
 use std::path::Path;
 
+use haven_scenario::{Checked, Error};
 use haven_state::{Command, Reply, Request, State};
 
 fn summary(reply: &Reply) -> String {
@@ -31,15 +32,16 @@ fn summary(reply: &Reply) -> String {
     }
 }
 
-fn run_file(path: &Path) -> (String, String) {
-    let text = std::fs::read_to_string(path).expect("read scenario");
+/// Runs the file's commands in order; the file passes when its text is what this gives.
+fn run_file(path: &Path, text: &str) -> Result<Checked, Error> {
+    let name = haven_scenario::file_name(path);
     let mut state = State::default();
     let mut out = String::new();
     let mut at = 0u64;
     let mut lines = text.lines().enumerate().peekable();
     while let Some((i, line)) = lines.next() {
         if let Some(rest) = line.strip_prefix("@ ") {
-            at = rest.trim().parse().unwrap_or_else(|_| panic!("{}:{}: bad time", path.display(), i + 1));
+            at = rest.trim().parse().map_err(|_| format!("{}: bad time", haven_scenario::at(&name, i)))?;
             out.push_str(line);
             out.push('\n');
             continue;
@@ -58,7 +60,7 @@ fn run_file(path: &Path) -> (String, String) {
             None => (None, json),
         };
         let command: Command =
-            serde_json::from_str(json).unwrap_or_else(|e| panic!("{}:{}: not a command: {e}", path.display(), i + 1));
+            serde_json::from_str(json).map_err(|e| format!("{}: not a command: {e}", haven_scenario::at(&name, i)))?;
         at += 1000;
         let before = state.clone();
         let request = Request::new(at, "test", command);
@@ -72,7 +74,9 @@ fn run_file(path: &Path) -> (String, String) {
                 // A request with an id records its outcome, refusals too; nothing else changes.
                 let mut unchanged = state.clone();
                 unchanged.requests = before.requests.clone();
-                assert_eq!(unchanged, before, "{}:{}: a refused command changed the state", path.display(), i + 1);
+                if unchanged != before {
+                    return Err(format!("{}: a refused command changed the state", haven_scenario::at(&name, i)));
+                }
                 format!("err {:?}: {}", e.code, e.message)
             }
         };
@@ -83,32 +87,11 @@ fn run_file(path: &Path) -> (String, String) {
             lines.next();
         }
     }
-    (text, out)
+    Ok(Checked { expected: text.to_string(), actual: out.clone(), updated: out })
 }
 
 #[test]
 fn scenarios() {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/scenarios");
-    let mut files: Vec<_> =
-        std::fs::read_dir(&dir).expect("scenario dir").filter_map(|e| e.ok()).map(|e| e.path()).collect();
-    files.sort();
-    let update = std::env::var_os("UPDATE_EXPECT").is_some();
-    let mut failed = Vec::new();
-    for f in files.iter().filter(|f| f.extension().is_some_and(|e| e == "scn")) {
-        let (expected, actual) = run_file(f);
-        if expected != actual {
-            if update {
-                std::fs::write(f, &actual).expect("write");
-            } else {
-                for (e, a) in expected.lines().zip(actual.lines()) {
-                    if e != a {
-                        eprintln!("{}:\n- {e}\n+ {a}", f.display());
-                        break;
-                    }
-                }
-                failed.push(f.display().to_string());
-            }
-        }
-    }
-    assert!(failed.is_empty(), "scenarios differ (rerun with UPDATE_EXPECT=1 to accept): {failed:?}");
+    let files = haven_scenario::files(&Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/scenarios"));
+    haven_scenario::check(&files, run_file);
 }
