@@ -105,3 +105,14 @@ fn a_handoff_target_starting_before_the_release_is_caught() {
     let out = first_two_owners(&opts, 50);
     assert_trace_names_both_owners(&out);
 }
+
+#[test]
+fn a_provisional_grant_that_ignores_a_lapsed_lease_is_caught() {
+    // Grants made while a controller tick commits are provisional (they never wait for the
+    // tick); after a lapsed lease they must block starts until an ordinary grant. Keeping
+    // the old catch-up gate instead (`LeaseRule::ProvisionalIgnoresLapse`) lets a node the
+    // tick declares down start on its stale state; the first violation is at seed 92.
+    let opts = Options { broken: Some(BrokenRule::ProvisionalIgnoresLapse), ..Options::default() };
+    let out = first_two_owners(&opts, 1_000);
+    assert_trace_names_both_owners(&out);
+}
