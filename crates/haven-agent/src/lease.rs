@@ -6,7 +6,7 @@
 //!
 //! The leader's side too: [`grant`] answers renewals by `haven_node::grant`'s rule, through
 //! [`Grants`], the one way to the lease table (the controller loop reads it only in a
-//! [`Tick`], during which grants wait).
+//! [`Tick`], during which grants are provisional).
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -14,8 +14,8 @@ use std::time::Duration;
 
 use haven_api::{Heartbeat, HeartbeatReply};
 use haven_drivers::time::instant_after;
-use haven_node::{GrantAnswer, GrantRule, GrantTable, Lease, LeaseRule, Micros, Renewal};
-use tokio::sync::{Notify, watch};
+use haven_node::{GrantAnswer, GrantRule, GrantTable, Lease, LeaseRule, Micros, PROVISIONAL, Renewal};
+use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::{Agent, Timing, peer};
@@ -168,17 +168,16 @@ pub enum GrantError {
 
 /// The leader's lease table and its grant rule (`haven_node::GrantTable`, invariant 3),
 /// shared by the grants and the controller loop. Nothing can record or grant a renewal but
-/// [`Grants::grant`], nor read the heartbeats but a [`Tick`], during which every grant waits.
+/// [`Grants::grant`], nor read the heartbeats but a [`Tick`]; a grant during a tick is
+/// provisional and never waits for it.
 #[derive(Default)]
 pub struct Grants {
     table: Mutex<GrantTable>,
-    /// Woken when a tick ends, for the grants that wait for it.
-    tick_ended: Notify,
 }
 
 /// A controller tick in progress: from reading the heartbeats until its decisions are
-/// committed, no renewal is granted. Dropping it ends the tick (also when the controller's
-/// task is aborted mid-commit).
+/// committed, renewals are granted only provisionally. Dropping it ends the tick (also
+/// when the controller's task is aborted mid-commit).
 pub struct Tick<'a> {
     grants: &'a Grants,
     /// The renewals received so far (the leader's ms), for `haven_controller::decide`.
@@ -188,7 +187,6 @@ pub struct Tick<'a> {
 impl Drop for Tick<'_> {
     fn drop(&mut self) {
         self.grants.with(|t| t.end_tick());
-        self.grants.tick_ended.notify_waiters();
     }
 }
 
@@ -203,40 +201,31 @@ impl Grants {
         Some(Tick { grants: self, heartbeats })
     }
 
-    /// Answers a renewal from `node` by `haven_node::GrantTable::grant`'s rule, waiting
-    /// while a tick commits; `state` reads the committed state, once no tick is committing.
-    async fn grant(&self, node: &str, state: impl Fn() -> Arc<haven_state::State>) -> Result<(), GrantError> {
-        loop {
-            // Registered before the look, so a tick ending in between still wakes it.
-            let ended = self.tick_ended.notified();
-            let answer = self.with(|t| {
-                if t.ticking() {
-                    return GrantAnswer::Wait;
-                }
-                t.grant(node, crate::now_ms(), &state(), GrantRule::Guarded)
-            });
-            match answer {
-                GrantAnswer::Granted => return Ok(()),
-                GrantAnswer::MarkedDown => return Err(GrantError::MarkedDown(node.to_string())),
-                GrantAnswer::Wait => ended.await,
-            }
+    /// Answers a renewal from `node` by `haven_node::GrantTable::grant`'s rule: the leader's
+    /// applied index to send with the lease (`haven_node::PROVISIONAL` while a tick commits),
+    /// read after the answer; `state` reads the committed state.
+    fn grant(&self, node: &str, state: &haven_state::State, applied: impl Fn() -> u64) -> Result<u64, GrantError> {
+        match self.with(|t| t.grant(node, crate::now_ms(), state, GrantRule::Guarded)) {
+            GrantAnswer::Granted => Ok(applied()),
+            GrantAnswer::Provisional => Ok(PROVISIONAL),
+            GrantAnswer::MarkedDown => Err(GrantError::MarkedDown(node.to_string())),
         }
     }
 }
 
 /// Leader side: grant a lease renewal only after a quorum confirmed this node still leads,
-/// and only by the rule of `haven_node::grant` (no grant while a controller tick commits,
+/// and only by the rule of `haven_node::grant` (provisional while a controller tick commits,
 /// no lease for a node the committed state marks down; the simulator found the race, seed
-/// 425 before the fix).
+/// 425 before the first fix).
 pub async fn grant(agent: &Agent, hb: &Heartbeat) -> Result<HeartbeatReply, GrantError> {
     // Before the leadership check that vouches for this grant: a later leader learns from
     // this note (through a majority's answers) how late an earlier leader granted a lease.
     agent.db.note_grant_request();
     agent.db.ensure_leader().await?;
-    agent.grants.grant(&hb.node, || agent.db.state()).await?;
-    // Read after any tick that was committing ended: the node then starts nothing before
-    // it applied that tick's decisions.
-    Ok(HeartbeatReply { leader_id: agent.db.node_id(), applied_index: agent.applied_index() })
+    // The applied index is read after the answer: a node then starts nothing before it
+    // applied what was committed before its grant.
+    let applied_index = agent.grants.grant(&hb.node, &agent.db.state(), || agent.applied_index())?;
+    Ok(HeartbeatReply { leader_id: agent.db.node_id(), applied_index })
 }
 
 #[cfg(test)]
@@ -247,30 +236,22 @@ mod tests {
         Arc::new(haven_state::State::default())
     }
 
-    #[tokio::test]
-    async fn a_grant_waits_until_the_tick_guard_is_dropped() {
-        let grants = Arc::new(Grants::default());
+    #[test]
+    fn a_grant_during_a_tick_is_provisional_and_the_guard_ends_the_tick() {
+        let grants = Grants::default();
         let tick = grants.begin_tick().expect("no tick is in progress");
         assert!(grants.begin_tick().is_none(), "one tick at a time");
-        let g = grants.clone();
-        let pending = tokio::spawn(async move { g.grant("a", empty_state).await });
-        // On this single-threaded runtime every yield lets the grant run: it must go on
-        // waiting, with nothing recorded.
-        for _ in 0..20 {
-            tokio::task::yield_now().await;
-        }
-        assert!(!pending.is_finished(), "a renewal was granted while a tick was committing");
+        assert_eq!(grants.grant("a", &empty_state(), || 7).ok(), Some(PROVISIONAL));
         drop(tick);
-        let answer = tokio::time::timeout(Duration::from_secs(5), pending).await;
-        assert!(matches!(answer, Ok(Ok(Ok(())))), "the grant did not go on after the tick ended");
+        assert_eq!(grants.grant("a", &empty_state(), || 7).ok(), Some(7), "the dropped guard ended the tick");
         let tick = grants.begin_tick().expect("the tick ended");
-        assert!(tick.heartbeats.contains_key("a"), "the renewal is recorded once granted");
+        assert!(tick.heartbeats.contains_key("a"), "the renewal is recorded");
     }
 
-    #[tokio::test]
-    async fn without_a_tick_a_grant_is_answered_at_once() {
+    #[test]
+    fn without_a_tick_a_grant_is_answered_with_the_applied_index() {
         let grants = Grants::default();
-        assert!(grants.grant("a", empty_state).await.is_ok());
+        assert_eq!(grants.grant("a", &empty_state(), || 3).ok(), Some(3));
         assert!(grants.begin_tick().is_some_and(|t| t.heartbeats.contains_key("a")));
     }
 }

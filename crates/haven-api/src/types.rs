@@ -100,7 +100,9 @@ pub struct Heartbeat {
 pub struct HeartbeatReply {
     pub leader_id: u64,
     /// The leader's last applied index when it answered: the node acts on its own copy of
-    /// the state only once it has applied at least this far.
+    /// the state only once it has applied at least this far. `u64::MAX`
+    /// (`haven_node::PROVISIONAL`): granted while a controller tick was committing — the
+    /// lease is extended, but after a lapse the node starts nothing until the next grant.
     pub applied_index: u64,
 }
 

@@ -8,8 +8,14 @@
 //! while the committed state still names it the owner of groups being placed elsewhere. So
 //! under [`GrantRule::Guarded`]:
 //! - while a tick is committing ([`GrantTable::begin_tick`] .. [`GrantTable::end_tick`]),
-//!   a renewal is neither recorded nor granted: the caller asks again once the tick ended
-//!   ([`GrantAnswer::Wait`]);
+//!   a renewal is recorded (the next tick sees it) and granted *provisionally*
+//!   ([`GrantAnswer::Provisional`], sent as `lease::PROVISIONAL`): the lease is extended,
+//!   so no grant ever waits behind the tick's commits, but a node whose lease had lapsed
+//!   starts nothing until its next ordinary grant. Only such a node can be the one the tick
+//!   declares down (down means no renewal for `lease + margin`, so its lease is over), and
+//!   it runs nothing; a node whose lease never lapsed keeps its catch-up gate
+//!   (`Lease::renewed`). Before, such a renewal waited for the tick to end, and a long tick
+//!   (a failover of many groups) let every survivor's lease run out;
 //! - a node the committed state marks down gets its renewal recorded (so the controller
 //!   marks it up again) but no lease ([`GrantAnswer::MarkedDown`]): it starts nothing until
 //!   its groups' new placements are committed and visible to it.
@@ -30,19 +36,21 @@ use haven_state::State;
 /// exists so the simulator can prove it notices (`haven-sim`'s `BrokenRule::UnguardedGrant`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum GrantRule {
-    /// No grant while a controller tick commits, no lease for a node marked down.
+    /// Only provisional grants while a controller tick commits, no lease for a node marked
+    /// down.
     #[default]
     Guarded,
-    /// Broken: grants while a tick commits, and to nodes the state marks down (the agent
-    /// before the fix).
+    /// Broken: ordinary grants while a tick commits, and to nodes the state marks down (the
+    /// agent before the fix).
     Unguarded,
 }
 
 /// What the leader answers one renewal.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum GrantAnswer {
-    /// A controller tick is committing: nothing was recorded; ask again after it ends.
-    Wait,
+    /// A controller tick is committing: recorded, and granted provisionally (reply with
+    /// `lease::PROVISIONAL` as the applied index).
+    Provisional,
     /// The renewal was recorded (the controller marks the node up from it), but the
     /// committed state marks the node down: no lease.
     MarkedDown,
@@ -69,7 +77,7 @@ impl GrantTable {
 
     /// A controller tick begins: the heartbeats it decides from, or `None` while another
     /// tick is still committing (one at a time). Until [`GrantTable::end_tick`], every
-    /// guarded grant waits.
+    /// guarded grant is provisional.
     pub fn begin_tick(&mut self) -> Option<BTreeMap<String, u64>> {
         if self.ticking {
             return None;
@@ -98,12 +106,17 @@ impl GrantTable {
     /// committing.
     pub fn grant(&mut self, node: &str, now_ms: u64, state: &State, rule: GrantRule) -> GrantAnswer {
         let guarded = rule == GrantRule::Guarded;
-        if guarded && self.ticking {
-            return GrantAnswer::Wait;
-        }
         self.heartbeats.insert(node.to_string(), now_ms);
         let down = state.nodes.get(node).is_some_and(|n| !n.is_up());
-        if guarded && down { GrantAnswer::MarkedDown } else { GrantAnswer::Granted }
+        if !guarded {
+            GrantAnswer::Granted
+        } else if down {
+            GrantAnswer::MarkedDown
+        } else if self.ticking {
+            GrantAnswer::Provisional
+        } else {
+            GrantAnswer::Granted
+        }
     }
 }
 
@@ -130,15 +143,17 @@ mod tests {
     }
 
     #[test]
-    fn a_grant_during_a_tick_waits_and_records_nothing() {
+    fn a_grant_during_a_tick_is_provisional_and_recorded_for_the_next_tick() {
         let s = state_with_b_down();
         let mut t = GrantTable::new();
         assert_eq!(t.grant("a", 100, &s, GrantRule::Guarded), GrantAnswer::Granted);
         let seen = t.begin_tick().expect("no tick is committing");
         assert_eq!(seen, BTreeMap::from([("a".to_string(), 100)]));
         assert!(t.begin_tick().is_none(), "one tick at a time");
-        assert_eq!(t.grant("a", 200, &s, GrantRule::Guarded), GrantAnswer::Wait);
-        assert_eq!(t.heartbeats()["a"], 100, "a waiting renewal is not recorded");
+        assert_eq!(t.grant("a", 200, &s, GrantRule::Guarded), GrantAnswer::Provisional);
+        assert_eq!(seen["a"], 100, "the tick decides from what it read");
+        assert_eq!(t.heartbeats()["a"], 200, "the next tick sees it");
+        assert_eq!(t.grant("b", 210, &s, GrantRule::Guarded), GrantAnswer::MarkedDown);
         t.end_tick();
         assert_eq!(t.grant("a", 300, &s, GrantRule::Guarded), GrantAnswer::Granted);
         assert_eq!(t.heartbeats()["a"], 300);

@@ -13,6 +13,10 @@
 
 use crate::Micros;
 
+/// The `min_applied` of a provisional grant, made while a controller tick was committing
+/// (on the wire too: `HeartbeatReply::applied_index`). See [`Lease::renewed`].
+pub const PROVISIONAL: u64 = u64::MAX;
+
 /// When a granted lease starts. Anything but [`LeaseRule::FromSend`] is unsafe and exists
 /// so the simulator can prove it notices (`haven-sim`'s `BrokenRule::LeaseFromReceipt`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -23,6 +27,9 @@ pub enum LeaseRule {
     /// Broken: from when the grant arrived, so a slow reply stretches the lease past the
     /// leader's deadline.
     FromReceipt,
+    /// Broken: a provisional grant keeps the previous catch-up gate even after the lease
+    /// lapsed, so a node the committing tick declares down may start on its stale state.
+    ProvisionalIgnoresLapse,
 }
 
 /// How long a grant keeps the lease valid on this node's clock: `lease_len` less 1 %, the
@@ -87,9 +94,13 @@ impl Lease {
     }
 
     /// The leader granted `renewal`; its reply arrived at `received`, carrying the leader's
-    /// applied index `min_applied`. The lease then lasts [`granted_span`]`(lease_len)` from
-    /// the moment `rule` says. Returns whether it was taken: a reply to anything but the
-    /// renewal in flight (one given up on, or of an earlier life) changes nothing.
+    /// applied index `min_applied`, or [`PROVISIONAL`] for a grant made while a controller
+    /// tick was committing. The lease then lasts [`granted_span`]`(lease_len)` from the
+    /// moment `rule` says. A provisional grant keeps the catch-up gate of the lease it
+    /// continues if that lease is still valid at `received`; after a lease that lapsed it
+    /// allows no start until the next (ordinary) grant — the tick may be moving this node's
+    /// groups away (see `grant`). Returns whether it was taken: a reply to anything but
+    /// the renewal in flight (one given up on, or of an earlier life) changes nothing.
     pub fn renewed(
         &mut self,
         renewal: Renewal,
@@ -103,11 +114,15 @@ impl Lease {
         }
         self.outstanding = None;
         let start = match rule {
-            LeaseRule::FromSend => renewal.sent,
             LeaseRule::FromReceipt => received,
+            _ => renewal.sent,
         };
+        let continued = self.valid(received) || rule == LeaseRule::ProvisionalIgnoresLapse;
         self.valid_until = Some(start.saturating_add(granted_span(lease_len)));
-        self.min_applied = min_applied;
+        self.min_applied = match min_applied {
+            PROVISIONAL if continued => self.min_applied,
+            m => m,
+        };
         true
     }
 
@@ -170,6 +185,33 @@ mod tests {
         let r = l.begin_renewal(sent).expect("nothing in flight");
         assert!(l.renewed(r, received, min_applied, LEASE, LeaseRule::FromSend));
         l
+    }
+
+    #[test]
+    fn a_provisional_grant_keeps_the_gate_of_a_lease_it_continues() {
+        let mut l = granted(0, 100_000, 5);
+        assert!(l.may_run(200_000, 5));
+        let r = l.begin_renewal(500_000).expect("nothing in flight");
+        assert!(l.renewed(r, 600_000, PROVISIONAL, LEASE, LeaseRule::FromSend));
+        assert_eq!(l.valid_until(), Some(3_470_000), "extended from the send");
+        assert!(l.may_run(700_000, 5), "the lease never lapsed: the old catch-up gate holds");
+    }
+
+    #[test]
+    fn a_provisional_grant_after_a_lapse_allows_no_start_until_an_ordinary_one() {
+        let mut l = granted(0, 100_000, 5);
+        // The lease ended at 2.97 s; the next grant comes while a tick commits.
+        let r = l.begin_renewal(4_000_000).expect("nothing in flight");
+        assert!(l.renewed(r, 4_100_000, PROVISIONAL, LEASE, LeaseRule::FromSend));
+        assert!(l.valid(4_200_000), "valid: it keeps nothing running, but need not fence");
+        assert!(!l.may_run(4_200_000, u64::MAX - 1), "no start: the tick may be moving its groups");
+        // A provisional grant continuing that one keeps the block.
+        let r = l.begin_renewal(4_500_000).expect("nothing in flight");
+        assert!(l.renewed(r, 4_600_000, PROVISIONAL, LEASE, LeaseRule::FromSend));
+        assert!(!l.may_run(4_700_000, 1_000));
+        let r = l.begin_renewal(5_000_000).expect("nothing in flight");
+        assert!(l.renewed(r, 5_100_000, 9, LEASE, LeaseRule::FromSend));
+        assert!(l.may_run(5_200_000, 9), "an ordinary grant lifts it");
     }
 
     #[test]

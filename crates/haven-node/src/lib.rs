@@ -32,7 +32,7 @@ pub mod timing;
 pub use contact::{ContactLog, ContactRule};
 pub use grant::{GrantAnswer, GrantRule, GrantTable};
 pub use leadership::Leadership;
-pub use lease::{Lease, LeaseRule, Renewal};
+pub use lease::{Lease, LeaseRule, PROVISIONAL, Renewal};
 pub use lrm::{GroupLrm, LrmRule};
 pub use report::ReportQueue;
 pub use timing::TimingProfile;

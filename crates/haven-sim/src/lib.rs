@@ -174,11 +174,14 @@ pub enum BrokenRule {
     /// The target of a handoff starts the group as soon as the handoff is committed,
     /// before the old owner released it (`haven_node::LrmRule::StartBeforeRelease`).
     StartBeforeRelease,
+    /// A provisional grant (made while a controller tick commits) keeps the node's old
+    /// catch-up gate even after its lease lapsed (`haven_node::LeaseRule::ProvisionalIgnoresLapse`).
+    ProvisionalIgnoresLapse,
 }
 
 impl BrokenRule {
     /// Every rule with its `--broken` name.
-    pub const ALL: [(&'static str, BrokenRule); 7] = [
+    pub const ALL: [(&'static str, BrokenRule); 8] = [
         ("skip-lease-wait", BrokenRule::SkipLeaseWait),
         ("lease-from-receipt", BrokenRule::LeaseFromReceipt),
         ("unguarded-grant", BrokenRule::UnguardedGrant),
@@ -186,6 +189,7 @@ impl BrokenRule {
         ("run-past-lease", BrokenRule::RunPastLease),
         ("start-before-catch-up", BrokenRule::StartBeforeCatchUp),
         ("start-before-release", BrokenRule::StartBeforeRelease),
+        ("provisional-ignores-lapse", BrokenRule::ProvisionalIgnoresLapse),
     ];
 
     /// The `--broken` name.

@@ -14,7 +14,7 @@ use std::collections::{BTreeMap, BinaryHeap, VecDeque};
 use haven_controller::{Decision, LeaseWait, Observations, Timing};
 use haven_node::contact::{self, ContactRule};
 use haven_node::leadership::Change;
-use haven_node::{GrantAnswer, GrantRule, LeaseRule, Renewal};
+use haven_node::{GrantAnswer, GrantRule, LeaseRule, PROVISIONAL, Renewal};
 use haven_state::{Command, Request, State};
 
 use crate::clock::{Clock, EPOCH_US, Micros};
@@ -56,7 +56,7 @@ enum Ev {
         node: usize,
         inc: u64,
         renewal: Renewal,
-        min_applied: usize,
+        min_applied: u64,
     },
     RenewTimeout {
         node: usize,
@@ -362,8 +362,15 @@ impl Sim {
         self.opts.profile.lease_ms * MS
     }
 
+    /// How long a commit takes: the disk, plus a round trip to the majority while the
+    /// network is slowed (`Fault::Slow`: long commits are when grants land mid-tick).
     fn write_latency(&mut self) -> Micros {
-        self.rng.range(500, 5_000)
+        let disk = self.rng.range(500, 5_000);
+        if self.net.delay_us == NORMAL_DELAY_US {
+            return disk;
+        }
+        let (lo, hi) = self.net.delay_us;
+        disk + 2 * self.rng.range(lo, hi)
     }
 
     // ----- events ---------------------------------------------------------------------
@@ -401,18 +408,14 @@ impl Sim {
                 };
                 let now_ms = self.nodes[leader].clock.local_ms(self.now);
                 let l = &mut self.nodes[leader];
-                match l.grants.grant(&self.names[node], now_ms, &self.db.state, rule) {
-                    // The agent's grant waits for the controller's tick to end (`lease::Grants`).
-                    GrantAnswer::Wait => {
-                        self.after(MS, Ev::GrantDone { node, leader, leader_inc, renewal });
-                        return;
-                    }
+                // After ensure_leader the leader has applied everything committed.
+                let min_applied = match l.grants.grant(&self.names[node], now_ms, &self.db.state, rule) {
+                    // During a controller tick's commits (`lease::Grants`): never waits.
+                    GrantAnswer::Provisional => PROVISIONAL,
                     // Heartbeat recorded (the controller marks it up), no lease yet.
                     GrantAnswer::MarkedDown => return,
-                    GrantAnswer::Granted => {}
-                }
-                // After ensure_leader the leader has applied everything committed.
-                let min_applied = self.db.len();
+                    GrantAnswer::Granted => self.db.len() as u64,
+                };
                 let inc = self.nodes[node].incarnation;
                 if let Some(d) = self.net.send(&mut self.rng, leader, node) {
                     self.after(d, Ev::RenewReply { node, inc, renewal, min_applied });
@@ -529,7 +532,7 @@ impl Sim {
         }
     }
 
-    fn renew_reply(&mut self, node: usize, inc: u64, renewal: Renewal, min_applied: usize) {
+    fn renew_reply(&mut self, node: usize, inc: u64, renewal: Renewal, min_applied: u64) {
         if !self.live(node, inc) {
             return;
         }
@@ -537,11 +540,12 @@ impl Sim {
         let renew = self.opts.profile.renew_ms * MS;
         let rule = match self.opts.broken {
             Some(BrokenRule::LeaseFromReceipt) => LeaseRule::FromReceipt,
+            Some(BrokenRule::ProvisionalIgnoresLapse) => LeaseRule::ProvisionalIgnoresLapse,
             _ => LeaseRule::FromSend,
         };
         let n = &mut self.nodes[node];
         let received = n.local(self.now);
-        if !n.lease.renewed(renewal, received, min_applied as u64, lease, rule) {
+        if !n.lease.renewed(renewal, received, min_applied, lease, rule) {
             return;
         }
         let next = n.clock.true_at(renewal.next_at(renew));
@@ -638,7 +642,7 @@ impl Sim {
         if !self.has_quorum(node) {
             return;
         }
-        // From reading the heartbeats until the decisions are committed, grants wait.
+        // From reading the heartbeats until the decisions are committed, grants are provisional.
         let Some(heartbeats) = self.nodes[node].grants.begin_tick() else { return };
         let obs = Observations { now: now_ms, leader_since, last_heartbeat: &heartbeats };
         let decisions: VecDeque<Decision> = haven_controller::decide(&self.db.state, &obs, &self.timing).into();
