@@ -323,18 +323,26 @@ fn write_requests(
     for id in gone {
         rows.seq_of.remove(&id);
     }
+    // Rows are read back in sequence order, so along `requests`' order the sequence numbers
+    // must rise: an id dropped and recorded again since `before` moves to a new row.
+    let mut last_seq = None;
     for (id, outcome) in requests.iter() {
-        match rows.seq_of.get(id) {
-            Some(seq) => {
+        match rows.seq_of.get(id).copied() {
+            Some(seq) if last_seq.is_none_or(|last| seq > last) => {
                 if before.get(id) != Some(outcome) {
-                    written.put_numbered(&mut table, *seq, &(id, outcome))?;
+                    written.put_numbered(&mut table, seq, &(id, outcome))?;
                 }
+                last_seq = Some(seq);
             }
-            None => {
+            moved => {
+                if let Some(old) = moved {
+                    table.remove(old)?;
+                }
                 let seq = rows.next_seq;
                 rows.next_seq += 1;
                 written.put_numbered(&mut table, seq, &(id, outcome))?;
                 rows.seq_of.insert(id.to_string(), seq);
+                last_seq = Some(seq);
             }
         }
     }
