@@ -30,12 +30,10 @@ async fn apply(sm: &mut StateMachineStore, first: u64, requests: &[Request]) {
 }
 
 /// The state a fresh open of `dir` reads back.
-fn reopened(dir: &Path) -> (Option<LogId<u64>>, State) {
+async fn reopened(dir: &Path) -> (Option<LogId<u64>>, State) {
     let (_log, mut sm) = open_store(dir).unwrap_or_else(|e| panic!("reopening {}: {e}", dir.display()));
     let state = (*sm.state()).clone();
-    let rt = tokio::runtime::Handle::current();
-    let applied = tokio::task::block_in_place(|| rt.block_on(sm.applied_state()));
-    let (last, _) = applied.unwrap_or_else(|e| panic!("applied state: {e}"));
+    let (last, _) = sm.applied_state().await.unwrap_or_else(|e| panic!("applied state: {e}"));
     (last, state)
 }
 
@@ -152,7 +150,7 @@ async fn the_tables_hold_the_applied_state_after_random_commands() {
             // Restart: what the tables hold is what was applied, and applying goes on from it.
             drop(sm);
             drop(log);
-            let (last, state) = reopened(dir.path());
+            let (last, state) = reopened(dir.path()).await;
             assert_eq!(last, Some(log_id(index - 1)));
             assert_same(&state, &reference, &format!("the state read back after {i} commands"));
             (log, sm) = open_store(dir.path()).expect("reopen");
@@ -173,7 +171,7 @@ async fn the_tables_hold_the_applied_state_after_random_commands() {
 
     drop(sm);
     drop(log);
-    let (last, state) = reopened(dir.path());
+    let (last, state) = reopened(dir.path()).await;
     assert_eq!(last, Some(log_id(index - 1)));
     assert_eq!(state, reference, "the state read back from the tables is the state applied");
 }
@@ -218,7 +216,7 @@ async fn a_file_of_the_old_layout_is_rewritten_into_tables_at_open() {
         txn.commit().expect("commit");
     }
 
-    let (last, state) = reopened(dir.path());
+    let (last, state) = reopened(dir.path()).await;
     assert_eq!(last, Some(log_id(401)));
     assert_eq!(state, reference, "the migrated state is the old file's state");
     {
@@ -241,7 +239,7 @@ async fn a_file_of_the_old_layout_is_rewritten_into_tables_at_open() {
     apply(&mut sm, 402, &more).await;
     assert_eq!(*sm.state(), reference);
     drop((log, sm));
-    let (last, state) = reopened(dir.path());
+    let (last, state) = reopened(dir.path()).await;
     assert_eq!(last, Some(log_id(701)));
     assert_eq!(state, reference, "the state read back after applying on a migrated file");
 }
@@ -275,7 +273,7 @@ async fn an_installed_snapshot_replaces_every_row() {
     }
     apply(&mut follower, 302, &more).await;
     drop((follower_log, follower));
-    let (last, state) = reopened(follower_dir.path());
+    let (last, state) = reopened(follower_dir.path()).await;
     assert_eq!(last, Some(log_id(501)));
     assert_eq!(state, reference, "the state read back after a snapshot install and more applies");
 }
