@@ -3,10 +3,20 @@
 //! Layout of `<dir>/raft.redb`:
 //! - `logs`: log index → JSON of the `Entry`.
 //! - `meta`: `vote`, `committed`, `last_purged`, `node_id`.
-//! - `machine`: `last_applied`, `last_membership`, `state` (the JSON of `haven_state::State`)
-//!   and `snapshot_seq`. They are written in one transaction per apply batch, so after a
-//!   restart the state machine is exactly where it was and nothing is applied twice.
+//! - `machine`: `last_applied`, `last_membership` and `snapshot_seq`.
+//! - the state machine, one row per object, so that a commit writes only what it changed:
+//!   `nodes`, `groups`, `resources`, `fencing`, `fence_status` (name → JSON of the object),
+//!   `history` (event id → JSON of the `Event`), `requests` (a sequence number in applied
+//!   order → JSON of `(request id, RequestOutcome)`) and `scalars` (`state`: the JSON of the
+//!   remaining fields of `haven_state::State`). An apply batch compares the state before and
+//!   after it and writes the rows that differ, deletes the rows of removed objects, and sets
+//!   `last_applied` and `last_membership`, all in one transaction, so after a restart the
+//!   state machine is exactly where it was and nothing is applied twice.
 //! - `snapshot`: `meta` and `data` of the current snapshot (`data` is the JSON of `State`).
+//!
+//! Files written before the per-object tables kept the whole state as one JSON value,
+//! `machine`/`state`; opening such a file rewrites it into the tables once, in one
+//! transaction, and removes the old value.
 //!
 //! Writes that must be durable (log entries, votes, apply batches, snapshots) run on the
 //! blocking thread pool and commit with redb's default, fsync'ed durability. This module
@@ -18,15 +28,17 @@ use std::ops::{Deref, RangeBounds};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use haven_state::{Reply, Response, State};
+use std::collections::BTreeMap;
+
+use haven_state::{ClusterInfo, Reply, RequestOutcome, RequestOutcomes, Response, State};
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage, RaftStateMachine, Snapshot};
 use openraft::{
     AnyError, BasicNode, Entry, EntryPayload, ErrorSubject, ErrorVerb, LogId, OptionalSend, RaftLogReader,
     RaftSnapshotBuilder, SnapshotMeta, StorageError, StorageIOError, StoredMembership, Vote,
 };
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, Table, TableDefinition, WriteTransaction};
-use serde::Serialize;
 use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use crate::TypeConfig;
@@ -38,6 +50,15 @@ const LOGS: TableDefinition<u64, &[u8]> = TableDefinition::new("logs");
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 const MACHINE: TableDefinition<&str, &[u8]> = TableDefinition::new("machine");
 const SNAPSHOT: TableDefinition<&str, &[u8]> = TableDefinition::new("snapshot");
+const NODES: TableDefinition<&str, &[u8]> = TableDefinition::new("nodes");
+const GROUPS: TableDefinition<&str, &[u8]> = TableDefinition::new("groups");
+const RESOURCES: TableDefinition<&str, &[u8]> = TableDefinition::new("resources");
+const FENCING: TableDefinition<&str, &[u8]> = TableDefinition::new("fencing");
+const FENCE_STATUS: TableDefinition<&str, &[u8]> = TableDefinition::new("fence_status");
+const HISTORY: TableDefinition<u64, &[u8]> = TableDefinition::new("history");
+const REQUESTS: TableDefinition<u64, &[u8]> = TableDefinition::new("requests");
+const SCALARS: TableDefinition<&str, &[u8]> = TableDefinition::new("scalars");
+const NAMED_TABLES: [TableDefinition<&str, &[u8]>; 6] = [NODES, GROUPS, RESOURCES, FENCING, FENCE_STATUS, SCALARS];
 
 const KEY_VOTE: &str = "vote";
 const KEY_COMMITTED: &str = "committed";
@@ -45,7 +66,9 @@ const KEY_LAST_PURGED: &str = "last_purged";
 const KEY_NODE_ID: &str = "node_id";
 const KEY_LAST_APPLIED: &str = "last_applied";
 const KEY_LAST_MEMBERSHIP: &str = "last_membership";
-const KEY_STATE: &str = "state";
+/// The whole state as one JSON value: the layout before the per-object tables.
+const KEY_OLD_STATE: &str = "state";
+const KEY_SCALARS: &str = "state";
 const KEY_SNAPSHOT_SEQ: &str = "snapshot_seq";
 const KEY_SNAPSHOT_META: &str = "meta";
 const KEY_SNAPSHOT_DATA: &str = "data";
@@ -144,6 +167,273 @@ fn write_txn(db: &Database, durable: bool) -> Result<WriteTransaction, OpError> 
     Ok(txn)
 }
 
+/// The fields of `State` that are not collections, stored as one row of `scalars`.
+#[derive(Debug, PartialEq, Serialize, Deserialize)]
+struct Scalars {
+    schema_version: u32,
+    cluster: Option<ClusterInfo>,
+    next_event_id: u64,
+    generation_floor: u64,
+}
+
+/// Which row of `requests` holds each request id's outcome, mirroring the table.
+#[derive(Debug, Default)]
+struct RequestRows {
+    seq_of: BTreeMap<String, u64>,
+    next_seq: u64,
+}
+
+/// Counts the bytes of the rows a transaction writes.
+#[derive(Default)]
+struct Written(u64);
+
+impl Written {
+    fn put_named<T: Serialize>(
+        &mut self,
+        table: &mut Table<&'static str, &'static [u8]>,
+        key: &str,
+        value: &T,
+    ) -> Result<(), OpError> {
+        let bytes = serde_json::to_vec(value)?;
+        self.0 += (key.len() + bytes.len()) as u64;
+        table.insert(key, bytes.as_slice())?;
+        Ok(())
+    }
+
+    fn put_numbered<T: Serialize>(
+        &mut self,
+        table: &mut Table<u64, &'static [u8]>,
+        key: u64,
+        value: &T,
+    ) -> Result<(), OpError> {
+        let bytes = serde_json::to_vec(value)?;
+        self.0 += 8 + bytes.len() as u64;
+        table.insert(key, bytes.as_slice())?;
+        Ok(())
+    }
+}
+
+/// Writes the rows of `objects` that differ from `before` and deletes those of objects that
+/// are gone. Both maps are sorted, so one pass over them both finds the changes.
+fn write_map<V: PartialEq + Serialize>(
+    txn: &WriteTransaction,
+    def: TableDefinition<&str, &[u8]>,
+    before: &BTreeMap<String, V>,
+    objects: &BTreeMap<String, V>,
+    written: &mut Written,
+) -> Result<(), OpError> {
+    let mut table = txn.open_table(def)?;
+    let mut old = before.iter().peekable();
+    for (key, value) in objects {
+        while let Some((gone, _)) = old.next_if(|(k, _)| *k < key) {
+            table.remove(gone.as_str())?;
+        }
+        match old.next_if(|(k, _)| *k == key) {
+            Some((_, previous)) if previous == value => {}
+            _ => written.put_named(&mut table, key, value)?,
+        }
+    }
+    for (gone, _) in old {
+        table.remove(gone.as_str())?;
+    }
+    Ok(())
+}
+
+/// Writes into the per-object tables the rows in which `state` differs from `before`,
+/// which is what the tables held. `rows` follows the `requests` table.
+fn write_state(
+    txn: &WriteTransaction,
+    before: &State,
+    state: &State,
+    rows: &mut RequestRows,
+    written: &mut Written,
+) -> Result<(), OpError> {
+    // Every field by name, so that a field added to `State` cannot be forgotten here.
+    let State {
+        schema_version,
+        cluster,
+        nodes,
+        groups,
+        resources,
+        history,
+        next_event_id,
+        fencing,
+        fence_status,
+        generation_floor,
+        requests,
+    } = state;
+    write_map(txn, NODES, &before.nodes, nodes, written)?;
+    write_map(txn, GROUPS, &before.groups, groups, written)?;
+    write_map(txn, RESOURCES, &before.resources, resources, written)?;
+    write_map(txn, FENCING, &before.fencing, fencing, written)?;
+    write_map(txn, FENCE_STATUS, &before.fence_status, fence_status, written)?;
+
+    let scalars = Scalars {
+        schema_version: *schema_version,
+        cluster: cluster.clone(),
+        next_event_id: *next_event_id,
+        generation_floor: *generation_floor,
+    };
+    let scalars_before = Scalars {
+        schema_version: before.schema_version,
+        cluster: before.cluster.clone(),
+        next_event_id: before.next_event_id,
+        generation_floor: before.generation_floor,
+    };
+    if scalars != scalars_before {
+        let mut table = txn.open_table(SCALARS)?;
+        written.put_named(&mut table, KEY_SCALARS, &scalars)?;
+    }
+
+    {
+        let mut table = txn.open_table(HISTORY)?;
+        let old: BTreeMap<u64, _> = before.history.iter().map(|e| (e.id, e)).collect();
+        let mut kept = std::collections::BTreeSet::new();
+        for event in history {
+            kept.insert(event.id);
+            if old.get(&event.id) != Some(&event) {
+                written.put_numbered(&mut table, event.id, event)?;
+            }
+        }
+        for id in old.keys().filter(|id| !kept.contains(id)) {
+            table.remove(*id)?;
+        }
+    }
+
+    write_requests(txn, &before.requests, requests, rows, written)
+}
+
+/// Request outcomes keep the order they were applied in: a new one gets the next sequence
+/// number, one that is still there keeps its row.
+fn write_requests(
+    txn: &WriteTransaction,
+    before: &RequestOutcomes,
+    requests: &RequestOutcomes,
+    rows: &mut RequestRows,
+    written: &mut Written,
+) -> Result<(), OpError> {
+    let mut table = txn.open_table(REQUESTS)?;
+    let mut gone = Vec::new();
+    for (id, seq) in &rows.seq_of {
+        if requests.get(id).is_none() {
+            table.remove(*seq)?;
+            gone.push(id.clone());
+        }
+    }
+    for id in gone {
+        rows.seq_of.remove(&id);
+    }
+    // Rows are read back in sequence order, so along `requests`' order the sequence numbers
+    // must rise: an id dropped and recorded again since `before` moves to a new row.
+    let mut last_seq = None;
+    for (id, outcome) in requests.iter() {
+        match rows.seq_of.get(id).copied() {
+            Some(seq) if last_seq.is_none_or(|last| seq > last) => {
+                if before.get(id) != Some(outcome) {
+                    written.put_numbered(&mut table, seq, &(id, outcome))?;
+                }
+                last_seq = Some(seq);
+            }
+            moved => {
+                if let Some(old) = moved {
+                    table.remove(old)?;
+                }
+                let seq = rows.next_seq;
+                rows.next_seq += 1;
+                written.put_numbered(&mut table, seq, &(id, outcome))?;
+                rows.seq_of.insert(id.to_string(), seq);
+                last_seq = Some(seq);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Replaces whatever the per-object tables hold with the rows of `state` (a snapshot install
+/// or the migration of the old layout), and drops the old layout's single value.
+fn rewrite_state(txn: &WriteTransaction, state: &State) -> Result<RequestRows, OpError> {
+    for def in NAMED_TABLES {
+        txn.open_table(def)?.retain(|_, _| false)?;
+    }
+    for def in [HISTORY, REQUESTS] {
+        txn.open_table(def)?.retain(|_, _| false)?;
+    }
+    txn.open_table(MACHINE)?.remove(KEY_OLD_STATE)?;
+    let mut rows = RequestRows::default();
+    write_state(txn, &State::default(), state, &mut rows, &mut Written::default())?;
+    Ok(rows)
+}
+
+fn read_map<V: DeserializeOwned>(
+    txn: &redb::ReadTransaction,
+    def: TableDefinition<&str, &[u8]>,
+) -> Result<BTreeMap<String, V>, OpError> {
+    let table = txn.open_table(def)?;
+    let mut out = BTreeMap::new();
+    for row in table.iter()? {
+        let (key, value) = row?;
+        out.insert(key.value().to_string(), serde_json::from_slice(value.value())?);
+    }
+    Ok(out)
+}
+
+/// The state as the per-object tables hold it.
+fn read_state(txn: &redb::ReadTransaction) -> Result<(State, RequestRows), OpError> {
+    let scalars: Option<Scalars> = get_json(&txn.open_table(SCALARS)?, KEY_SCALARS)?;
+    let mut history = std::collections::VecDeque::new();
+    for row in txn.open_table(HISTORY)?.iter()? {
+        let (_, value) = row?;
+        history.push_back(serde_json::from_slice(value.value())?);
+    }
+    let mut rows = RequestRows::default();
+    let mut outcomes = Vec::new();
+    for row in txn.open_table(REQUESTS)?.iter()? {
+        let (seq, value) = row?;
+        let (id, outcome): (String, RequestOutcome) = serde_json::from_slice(value.value())?;
+        rows.seq_of.insert(id.clone(), seq.value());
+        rows.next_seq = seq.value() + 1;
+        outcomes.push((id, outcome));
+    }
+    let state = State {
+        nodes: read_map(txn, NODES)?,
+        groups: read_map(txn, GROUPS)?,
+        resources: read_map(txn, RESOURCES)?,
+        fencing: read_map(txn, FENCING)?,
+        fence_status: read_map(txn, FENCE_STATUS)?,
+        history,
+        requests: RequestOutcomes::from_ordered(outcomes),
+        ..State::default()
+    };
+    let state = match scalars {
+        Some(s) => State {
+            schema_version: s.schema_version,
+            cluster: s.cluster,
+            next_event_id: s.next_event_id,
+            generation_floor: s.generation_floor,
+            ..state
+        },
+        None => state,
+    };
+    Ok((state, rows))
+}
+
+/// Rewrites a file of the old layout (the whole state as one JSON value) into the
+/// per-object tables, in one transaction. Does nothing to a file of the current layout.
+fn migrate_old_layout(db: &Database) -> Result<(), OpError> {
+    let txn = db.begin_write()?;
+    let old = get_json::<State, _>(&txn.open_table(MACHINE)?, KEY_OLD_STATE)?;
+    let Some(state) = old else { return Ok(()) };
+    rewrite_state(&txn, &state)?;
+    txn.commit()?;
+    tracing::info!(
+        nodes = state.nodes.len(),
+        groups = state.groups.len(),
+        resources = state.resources.len(),
+        "rewrote the state machine into per-object tables (a data directory of an older version)"
+    );
+    Ok(())
+}
+
 /// Opens (or creates) `<dir>/raft.redb` and returns the two halves openraft needs.
 ///
 /// The state machine is loaded as it was last persisted; nothing is re-applied.
@@ -156,11 +446,20 @@ pub fn open_store(dir: &Path) -> Result<(LogStore, StateMachineStore), StoreErro
 
     // Create every table up front so that read transactions can always open them.
     let txn = db.begin_write().map_err(|e| open_err(e.into()))?;
-    for table in [META, MACHINE, SNAPSHOT] {
+    for table in [META, MACHINE, SNAPSHOT].into_iter().chain(NAMED_TABLES) {
         txn.open_table(table).map_err(|e| open_err(e.into()))?;
     }
-    txn.open_table(LOGS).map_err(|e| open_err(e.into()))?;
+    for table in [LOGS, HISTORY, REQUESTS] {
+        txn.open_table(table).map_err(|e| open_err(e.into()))?;
+    }
     txn.commit().map_err(|e| open_err(e.into()))?;
+
+    let op_err = |what, e: OpError| match e {
+        OpError::Redb(source) => open_err(source),
+        OpError::Json(source) => corrupt(what, source),
+        OpError::Join(e) => open_err(redb::Error::Io(std::io::Error::other(e))),
+    };
+    migrate_old_layout(&db).map_err(|e| op_err("state machine of an older version", e))?;
 
     let read = db.begin_read().map_err(|e| open_err(e.into()))?;
     let machine = read.open_table(MACHINE).map_err(|e| open_err(e.into()))?;
@@ -176,18 +475,15 @@ pub fn open_store(dir: &Path) -> Result<(LogStore, StateMachineStore), StoreErro
         Some(b) => serde_json::from_slice(&b).map_err(|e| corrupt("last membership", e))?,
         None => Membership::default(),
     };
-    let state: State = match load(KEY_STATE)? {
-        Some(b) => serde_json::from_slice(&b).map_err(|e| corrupt("state machine", e))?,
-        None => State::default(),
-    };
     drop(machine);
+    let (state, request_rows) = read_state(&read).map_err(|e| op_err("state machine", e))?;
     drop(read);
 
     let db = Arc::new(SharedDb { db, closed: watch::channel(()).0 });
     let state = Arc::new(state);
     let (published, _) = watch::channel(state.clone());
     let log_store = LogStore { db: db.clone(), path: path.clone() };
-    let sm = StateMachineStore { db, last_applied, last_membership, state, published };
+    let sm = StateMachineStore { db, last_applied, last_membership, state, published, request_rows, written: 0 };
     Ok((log_store, sm))
 }
 
@@ -414,6 +710,10 @@ pub struct StateMachineStore {
     last_membership: Membership,
     state: Arc<State>,
     published: watch::Sender<Arc<State>>,
+    /// Where the `requests` table keeps each outcome.
+    request_rows: RequestRows,
+    /// Bytes of the rows written by apply batches since the store was opened.
+    written: u64,
 }
 
 impl StateMachineStore {
@@ -425,6 +725,12 @@ impl StateMachineStore {
     /// The state as last applied.
     pub fn state(&self) -> Arc<State> {
         self.state.clone()
+    }
+
+    /// Bytes (keys and values) of the rows that apply batches wrote since the store was
+    /// opened: what a commit costs the state machine, whatever the size of the state.
+    pub fn bytes_written(&self) -> u64 {
+        self.written
     }
 }
 
@@ -468,6 +774,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         I::IntoIter: OptionalSend,
     {
         let mut replies = Vec::new();
+        let before = self.state.clone();
         let state = Arc::make_mut(&mut self.state);
         for entry in entries {
             self.last_applied = Some(entry.log_id);
@@ -489,18 +796,22 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         let state = self.state.clone();
         let last_applied = self.last_applied;
         let last_membership = self.last_membership.clone();
-        blocking(ErrorSubject::StateMachine, ErrorVerb::Write, move || {
+        let mut rows = std::mem::take(&mut self.request_rows);
+        let (rows, written) = blocking(ErrorSubject::StateMachine, ErrorVerb::Write, move || {
+            let mut written = Written::default();
             let txn = write_txn(&db, true)?;
             {
                 let mut machine = txn.open_table(MACHINE)?;
-                put_json(&mut machine, KEY_LAST_APPLIED, &last_applied)?;
-                put_json(&mut machine, KEY_LAST_MEMBERSHIP, &last_membership)?;
-                put_json(&mut machine, KEY_STATE, &*state)?;
+                written.put_named(&mut machine, KEY_LAST_APPLIED, &last_applied)?;
+                written.put_named(&mut machine, KEY_LAST_MEMBERSHIP, &last_membership)?;
             }
+            write_state(&txn, &before, &state, &mut rows, &mut written)?;
             txn.commit()?;
-            Ok(())
+            Ok((rows, written.0))
         })
         .await?;
+        self.request_rows = rows;
+        self.written += written;
         self.published.send_replace(self.state.clone());
         Ok(replies)
     }
@@ -531,24 +842,25 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
 
         let db = self.db.clone();
         let meta_owned = meta.clone();
-        blocking(subject, ErrorVerb::Write, move || {
+        let state = Arc::new(state);
+        let installed = state.clone();
+        self.request_rows = blocking(subject, ErrorVerb::Write, move || {
             let txn = write_txn(&db, true)?;
             store_snapshot_if_newer(&txn, &meta_owned, &data)?;
             {
                 let mut machine = txn.open_table(MACHINE)?;
                 put_json(&mut machine, KEY_LAST_APPLIED, &meta_owned.last_log_id)?;
                 put_json(&mut machine, KEY_LAST_MEMBERSHIP, &meta_owned.last_membership)?;
-                // The snapshot data is the JSON of `State`; store it as is.
-                machine.insert(KEY_STATE, data.as_slice())?;
             }
+            let rows = rewrite_state(&txn, &installed)?;
             txn.commit()?;
-            Ok(())
+            Ok(rows)
         })
         .await?;
 
         self.last_applied = meta.last_log_id;
         self.last_membership = meta.last_membership.clone();
-        self.state = Arc::new(state);
+        self.state = state;
         self.published.send_replace(self.state.clone());
         Ok(())
     }

@@ -92,6 +92,23 @@ impl RequestOutcomes {
         }
     }
 
+    /// Every outcome with its id, in the order they were applied (oldest first).
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &RequestOutcome)> + '_ {
+        self.order.iter().filter_map(|id| self.by_id.get(id).map(|o| (id.as_str(), o)))
+    }
+
+    /// The table holding `outcomes`, given oldest first (as [`RequestOutcomes::iter`] lists
+    /// them); a repeated id keeps its first place and its last outcome.
+    pub fn from_ordered(outcomes: impl IntoIterator<Item = (String, RequestOutcome)>) -> RequestOutcomes {
+        let mut table = RequestOutcomes::default();
+        for (id, outcome) in outcomes {
+            if table.by_id.insert(id.clone(), outcome).is_none() {
+                table.order.push_back(id);
+            }
+        }
+        table
+    }
+
     pub(crate) fn record(&mut self, id: &str, at: Millis, by: &str, fingerprint: u64, response: Response) {
         let outcome = RequestOutcome { at, by: by.to_string(), fingerprint, response };
         if self.by_id.insert(id.to_string(), outcome).is_none() {
