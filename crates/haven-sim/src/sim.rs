@@ -695,28 +695,40 @@ impl Sim {
             self.note(|s| format!("{}: controller decisions not committed (no quorum)", s.names[node]));
             return;
         }
-        let Some(d) = decisions.pop_front() else {
+        // One tick's decisions are one log entry (more only past the batch bounds), as the
+        // agent's `control::commit_decisions` commits them.
+        let commands: Vec<Command> = decisions.iter().map(|d| d.command.clone()).collect();
+        let Some(entry) = haven_state::batches(commands).into_iter().next() else {
             self.nodes[node].grants.end_tick();
             return;
         };
+        let carried = match &entry {
+            Command::Batch { commands } => commands.len(),
+            _ => 1,
+        };
         let at = self.nodes[node].clock.local_ms(self.now);
-        let (index, resp) = self.db.commit(Request::new(at, "controller", d.command.clone()));
-        if let Command::PlaceGroup { failover: true, .. } = d.command {
-            self.stats.failovers += 1;
-        }
+        let (index, resp) = self.db.commit(Request::new(at, "controller", entry.clone()));
         self.stats.commits += 1;
-        self.note(|s| format!("{}: commit #{index} controller: {d}", s.names[node]));
-        let on_plan = planned.apply(&Request::new(at, "controller", d.command.clone()));
-        if let Err(e) = resp {
-            if let Err(e) = on_plan {
-                self.violate("controller-contract", format!("the state refused the controller's decision {d}: {e}"));
-                return;
-            }
-            // Overtaken by another write since the decision: the agent logs it and decides
-            // again at its next tick.
-            self.note(|s| format!("{}: controller decision {d} refused (overtaken): {e}", s.names[node]));
-            self.nodes[node].grants.end_tick();
+        if let (Command::Batch { .. }, Err(e)) = (&entry, &resp) {
+            self.violate("controller-contract", format!("the state refused the controller's batch of {carried}: {e}"));
             return;
+        }
+        for outcome in haven_state::outcomes(&entry, resp) {
+            let Some(d) = decisions.pop_front() else { break };
+            if let Command::PlaceGroup { failover: true, .. } = d.command {
+                self.stats.failovers += 1;
+            }
+            self.note(|s| format!("{}: commit #{index} controller: {d}", s.names[node]));
+            let on_plan = planned.apply(&Request::new(at, "controller", d.command.clone()));
+            if let Err(e) = outcome {
+                if let Err(e) = on_plan {
+                    self.violate("controller-contract", format!("the state refused the controller's decision {d}: {e}"));
+                    return;
+                }
+                // Overtaken by another write since the decision: the agent logs it, the rest
+                // of the batch applies, and it decides again at its next tick.
+                self.note(|s| format!("{}: controller decision {d} refused (overtaken): {e}", s.names[node]));
+            }
         }
         self.replicate();
         if decisions.is_empty() {
