@@ -722,7 +722,10 @@ impl Sim {
             let on_plan = planned.apply(&Request::new(at, "controller", d.command.clone()));
             if let Err(e) = outcome {
                 if let Err(e) = on_plan {
-                    self.violate("controller-contract", format!("the state refused the controller's decision {d}: {e}"));
+                    self.violate(
+                        "controller-contract",
+                        format!("the state refused the controller's decision {d}: {e}"),
+                    );
                     return;
                 }
                 // Overtaken by another write since the decision: the agent logs it, the rest
@@ -1019,8 +1022,15 @@ impl Sim {
         if !self.live(node, inc) {
             return;
         }
-        // One at a time: nothing while a report is in flight.
-        let Some(cmd) = self.nodes[node].reports.next_to_send() else { return };
+        // One commit at a time, of everything queued (up to the bounds), as the agent's
+        // reporter sends it: nothing while reports are in flight.
+        let mut batch =
+            self.nodes[node].reports.next_batch(haven_node::report::REPORT_BATCH_MAX, haven_state::BATCH_MAX_BYTES);
+        let cmd = match batch.len() {
+            0 => return,
+            1 => batch.remove(0),
+            _ => Command::Batch { commands: batch },
+        };
         let sent = match self.db.leader {
             Some(leader) => self.net.send(&mut self.rng, node, leader).map(|d| (leader, d)),
             None => None,
@@ -1283,6 +1293,7 @@ impl Sim {
 
 fn describe_report(c: &Command) -> String {
     match c {
+        Command::Batch { commands } => commands.iter().map(describe_report).collect::<Vec<_>>().join("; "),
         Command::ReleaseGroup { group, generation, .. } => format!("release {group} (generation {generation})"),
         Command::ReportResource { resource, state, reason, failure, .. } => {
             let f = if *failure { " (failure)" } else { "" };

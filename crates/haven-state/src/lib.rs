@@ -282,6 +282,11 @@ pub const BATCH_LIMIT: usize = 1000;
 /// may have (`haven_raft::network::APPEND_LIMIT` counts on it).
 pub const BATCH_MAX_BYTES: usize = 256 * 1024;
 
+/// How many bytes of JSON `c` takes in a log entry (what [`BATCH_MAX_BYTES`] counts).
+pub fn encoded_len(c: &Command) -> usize {
+    serde_json::to_vec(c).map(|v| v.len()).unwrap_or(0)
+}
+
 /// `commands` as few log entries as the bounds allow: a single command as it is, more as
 /// `Command::Batch`es of at most [`BATCH_LIMIT`] commands and about [`BATCH_MAX_BYTES`] of
 /// JSON each, in order.
@@ -290,7 +295,7 @@ pub fn batches(commands: Vec<Command>) -> Vec<Command> {
     let mut current: Vec<Command> = Vec::new();
     let mut bytes = 0usize;
     for c in commands {
-        let size = serde_json::to_vec(&c).map(|v| v.len()).unwrap_or(0);
+        let size = encoded_len(&c);
         if !current.is_empty() && (current.len() >= BATCH_LIMIT || bytes.saturating_add(size) > BATCH_MAX_BYTES) {
             out.push(std::mem::take(&mut current));
             bytes = 0;
