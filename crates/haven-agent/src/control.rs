@@ -17,7 +17,7 @@ use haven_drivers::time::millis_u64;
 use haven_node::ContactRule;
 use haven_node::leadership::{Change, Leadership};
 
-use crate::{Agent, now_ms};
+use crate::{Agent, SubmitError, now_ms};
 
 pub async fn run(agent: Arc<Agent>, mut stop: watch::Receiver<bool>) {
     let tick = agent.timing.renew_interval / 2;
@@ -70,13 +70,7 @@ pub async fn run(agent: Arc<Agent>, mut stop: watch::Receiver<bool>) {
         let state = agent.db.state();
         let obs =
             haven_controller::Observations { now: now_ms(), leader_since, last_heartbeat: &tick_guard.heartbeats };
-        for d in haven_controller::decide(&state, &obs, &timing) {
-            tracing::info!(rule = ?d.rule, why = %d.why, "controller decision");
-            if let Err(e) = agent.submit("controller", d.command).await {
-                tracing::warn!(error = %e, "controller decision not committed");
-                break;
-            }
-        }
+        commit_decisions(&agent, haven_controller::decide(&state, &obs, &timing)).await;
         let state = agent.db.state();
         let deadline = haven_controller::next_lease_deadline(&state, &obs, &timing);
         drop(tick_guard);
@@ -86,6 +80,33 @@ pub async fn run(agent: Arc<Agent>, mut stop: watch::Receiver<bool>) {
         if let Some(deadline) = deadline {
             let wait = std::time::Duration::from_millis(deadline.saturating_sub(now_ms()).saturating_add(1));
             next_wake = wait.clamp(std::time::Duration::from_millis(5), tick);
+        }
+    }
+}
+
+/// Commits one tick's decisions as one log entry (`Command::Batch`; more only past its
+/// bounds), so that a node's death with many groups costs one commit while grants wait,
+/// not one per group. Each decision is applied on its own: one refused (decided on a state
+/// another write has changed since) is logged and skipped, and the next tick decides again.
+async fn commit_decisions(agent: &Agent, decisions: Vec<haven_controller::Decision>) {
+    for d in &decisions {
+        tracing::info!(rule = ?d.rule, why = %d.why, "controller decision");
+    }
+    let mut carried = decisions.iter();
+    for entry in haven_state::batches(decisions.iter().map(|d| d.command.clone()).collect()) {
+        let response = match agent.submit("controller", entry.clone()).await {
+            Ok(reply) => Ok(reply),
+            Err(SubmitError::Refused(e)) => Err(e),
+            Err(e) => {
+                tracing::warn!(error = %e, "controller decisions not committed");
+                return;
+            }
+        };
+        // Outcomes first: `zip` then stops without taking a decision of the next entry.
+        for (outcome, d) in haven_state::outcomes(&entry, response).into_iter().zip(carried.by_ref()) {
+            if let Err(e) = outcome {
+                tracing::warn!(error = %e, decision = %d, "controller decision refused");
+            }
         }
     }
 }

@@ -1,4 +1,5 @@
-//! Sends the local resource manager's status reports to the cluster in order, without
+//! Sends the local resource manager's status reports to the cluster in order (all that are
+//! queued as one batch commit, up to `haven_node::report::REPORT_BATCH_MAX`), without
 //! making the resource manager wait for the network (self-fencing must never block on a
 //! write that cannot commit). The queue's rules (order, duplicates dropped, a failed report
 //! retried unless a newer one about the same thing replaced it) are
@@ -39,11 +40,25 @@ pub(crate) async fn run(agent: Arc<Agent>, mut rx: mpsc::UnboundedReceiver<Comma
         while let Ok(c) = rx.try_recv() {
             queue.push(c);
         }
-        let Some(cmd) = queue.next_to_send() else { continue };
+        // Everything queued (up to the bounds) as one commit: a node's reports cost one
+        // commit per round trip, not one each.
+        let mut batch = queue.next_batch(haven_node::report::REPORT_BATCH_MAX, haven_state::BATCH_MAX_BYTES);
+        let cmd = match batch.len() {
+            0 => continue,
+            1 => batch.remove(0),
+            _ => Command::Batch { commands: batch },
+        };
         let by = agent.name().to_string();
-        match agent.submit(&by, cmd).await {
-            Ok(_) => queue.sent(),
-            // The state machine refused it (e.g. the resource was deleted): nothing to retry.
+        match agent.submit(&by, cmd.clone()).await {
+            Ok(reply) => {
+                // A refused report (e.g. its resource was deleted): nothing to retry.
+                for outcome in haven_state::outcomes(&cmd, Ok(reply)) {
+                    if let Err(e) = outcome {
+                        tracing::debug!(error = %e, "status report refused");
+                    }
+                }
+                queue.sent();
+            }
             Err(SubmitError::Refused(e)) => {
                 tracing::debug!(error = %e, "status report refused");
                 queue.sent();

@@ -1,4 +1,5 @@
-//! The queue of this node's status reports to the cluster: sent in order, one at a time,
+//! The queue of this node's status reports to the cluster: sent in order, one commit at a
+//! time (everything queued, up to a bound, as one batch: [`ReportQueue::next_batch`]),
 //! without making the resource manager wait for the network (self-fencing must never
 //! block on a write that cannot commit). A report that fails is retried until a newer
 //! report about the same thing ([`key`]) replaces it.
@@ -20,11 +21,14 @@ pub fn key(c: &Command) -> Option<(&'static str, &str)> {
     }
 }
 
-/// Reports waiting to be committed, oldest first, and the one being sent.
+/// Most reports one commit carries (within `haven_state::BATCH_LIMIT`).
+pub const REPORT_BATCH_MAX: usize = 200;
+
+/// Reports waiting to be committed, oldest first, and those being sent (in order).
 #[derive(Clone, Debug, Default)]
 pub struct ReportQueue {
     queue: VecDeque<Command>,
-    in_flight: Option<Command>,
+    in_flight: Vec<Command>,
 }
 
 impl ReportQueue {
@@ -49,45 +53,68 @@ impl ReportQueue {
         self.queue.push_back(c);
     }
 
-    /// The report to send now: the oldest queued one, unless one is being sent. It stays
-    /// in flight until [`ReportQueue::sent`] or [`ReportQueue::failed`].
+    /// The report to send now: the oldest queued one, unless reports are being sent. It
+    /// stays in flight until [`ReportQueue::sent`] or [`ReportQueue::failed`].
     pub fn next_to_send(&mut self) -> Option<Command> {
-        if self.in_flight.is_some() {
-            return None;
+        self.next_batch(1, usize::MAX).pop()
+    }
+
+    /// The reports to send now as one commit, oldest first: as many queued ones as fit in
+    /// `max` reports and about `max_bytes` of JSON (at least one), none while reports are
+    /// being sent. They stay in flight until [`ReportQueue::sent`] or
+    /// [`ReportQueue::failed`]. Applied in order, as one at a time would be: a report is
+    /// never merged with or dropped for a later one here, so every failure still counts.
+    pub fn next_batch(&mut self, max: usize, max_bytes: usize) -> Vec<Command> {
+        if !self.in_flight.is_empty() {
+            return Vec::new();
         }
-        let c = self.queue.pop_front()?;
-        self.in_flight = Some(c.clone());
-        Some(c)
+        let mut bytes = 0usize;
+        while self.in_flight.len() < max.max(1) {
+            let Some(c) = self.queue.front() else { break };
+            let size = haven_state::encoded_len(c);
+            if !self.in_flight.is_empty() && bytes.saturating_add(size) > max_bytes {
+                break;
+            }
+            bytes = bytes.saturating_add(size);
+            if let Some(c) = self.queue.pop_front() {
+                self.in_flight.push(c);
+            }
+        }
+        self.in_flight.clone()
     }
 
-    /// The report in flight is done: committed, or refused by the state machine (e.g. its
-    /// resource was deleted), so there is nothing to retry.
+    /// The reports in flight are done: committed, or refused by the state machine (e.g.
+    /// their resource was deleted), so there is nothing to retry.
     pub fn sent(&mut self) {
-        self.in_flight = None;
+        self.in_flight.clear();
     }
 
-    /// The report in flight was not committed (no leader, no quorum, lost): it goes back to
-    /// the front of the queue unless a report about the same thing was queued meanwhile.
-    /// Returns whether it will be retried.
+    /// The reports in flight were not committed (no leader, no quorum, lost): they go back
+    /// to the front of the queue, in order, except each one about a thing a report queued
+    /// meanwhile is about. Returns whether any will be retried.
     pub fn failed(&mut self) -> bool {
-        let Some(c) = self.in_flight.take() else { return false };
+        let in_flight = std::mem::take(&mut self.in_flight);
         // A command without a key (the node sends none today) is about nothing in
         // particular, so nothing supersedes it.
-        let superseded = key(&c).is_some_and(|k| self.queue.iter().any(|q| key(q) == Some(k)));
-        if !superseded {
+        let kept: Vec<Command> = in_flight
+            .into_iter()
+            .filter(|c| !key(c).is_some_and(|k| self.queue.iter().any(|q| key(q) == Some(k))))
+            .collect();
+        let retried = !kept.is_empty();
+        for c in kept.into_iter().rev() {
             self.queue.push_front(c);
         }
-        !superseded
+        retried
     }
 
-    /// Whether a report is being sent.
+    /// Whether reports are being sent.
     pub fn in_flight(&self) -> bool {
-        self.in_flight.is_some()
+        !self.in_flight.is_empty()
     }
 
     /// Nothing queued and nothing in flight.
     pub fn is_idle(&self) -> bool {
-        self.queue.is_empty() && self.in_flight.is_none()
+        self.queue.is_empty() && self.in_flight.is_empty()
     }
 
     /// The queued reports (not the one in flight), oldest first.
@@ -229,6 +256,81 @@ mod tests {
         assert!(q.next_to_send().is_some());
         assert!(q.failed(), "the other one has no key, so it does not supersede this one");
         assert_eq!(drain(&mut q), vec![pause.clone(), pause]);
+    }
+
+    #[test]
+    fn a_batch_takes_everything_queued_up_to_the_bounds_in_order() {
+        let mut q = ReportQueue::new();
+        for r in ["a", "b", "c", "d", "e"] {
+            q.push(report(r, ResourceState::Online));
+        }
+        let first = q.next_batch(3, usize::MAX);
+        let names = |cs: &[Command]| {
+            cs.iter()
+                .map(|c| match c {
+                    Command::ReportResource { resource, .. } => resource.clone(),
+                    _ => String::new(),
+                })
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(names(&first), ["a", "b", "c"]);
+        assert!(q.next_batch(3, usize::MAX).is_empty(), "one batch in flight at a time");
+        assert_eq!(q.next_to_send(), None);
+        q.sent();
+        assert_eq!(names(&q.next_batch(3, usize::MAX)), ["d", "e"]);
+        q.sent();
+        assert!(q.is_idle());
+        // The byte budget: one report always goes, a second only if it fits.
+        q.push(report("a", ResourceState::Online));
+        q.push(report("b", ResourceState::Online));
+        assert_eq!(names(&q.next_batch(10, 1)), ["a"]);
+        q.sent();
+        assert_eq!(names(&q.next_batch(10, 1)), ["b"]);
+    }
+
+    #[test]
+    fn a_batch_keeps_every_report_about_a_thing_and_their_order() {
+        let mut q = ReportQueue::new();
+        q.push(report("a", ResourceState::Starting));
+        q.push(report("a", ResourceState::Online));
+        q.push(report("a", ResourceState::Online));
+        q.push(report("a", ResourceState::Starting));
+        assert_eq!(
+            q.next_batch(10, usize::MAX),
+            vec![
+                report("a", ResourceState::Starting),
+                report("a", ResourceState::Online),
+                report("a", ResourceState::Starting),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_failed_batch_is_retried_first_in_order_without_what_was_superseded() {
+        let mut q = ReportQueue::new();
+        q.push(report("a", ResourceState::Starting));
+        q.push(release("g", 2));
+        q.push(report("b", ResourceState::Online));
+        assert_eq!(q.next_batch(10, usize::MAX).len(), 3);
+        q.push(report("a", ResourceState::Online));
+        q.push(report("c", ResourceState::Online));
+        assert!(q.failed(), "the release and b's report are retried");
+        assert!(!q.in_flight());
+        assert_eq!(
+            q.next_batch(10, usize::MAX),
+            vec![
+                release("g", 2),
+                report("b", ResourceState::Online),
+                report("a", ResourceState::Online),
+                report("c", ResourceState::Online),
+            ]
+        );
+        q.push(release("g", 3));
+        q.push(report("b", ResourceState::Offline));
+        q.push(report("a", ResourceState::Offline));
+        q.push(report("c", ResourceState::Offline));
+        assert!(!q.failed(), "everything in flight was superseded");
+        assert_eq!(drain(&mut q).len(), 4);
     }
 
     #[test]

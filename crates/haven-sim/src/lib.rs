@@ -32,9 +32,12 @@
 //!   leadership check it acknowledges and every renewal it receives as leader; a restart
 //!   forgets them and counts as a contact), combined by the agent's
 //!   `haven_node::contact::combine`, or its election if no majority is reachable;
-//!   it commits decisions one write at a time (1–5 ms each), stopping at the first that
-//!   does not commit, so renewals and reports arrive during a tick's commits (the grants
-//!   wait for it: the agent's `haven_node::GrantTable`).
+//!   it commits a tick's decisions as one batch entry (`Command::Batch`, 1–5 ms; more
+//!   entries only past the batch bounds), each decision applied on its own, so renewals
+//!   and reports arrive during a tick's commit (the grants wait for it: the agent's
+//!   `haven_node::GrantTable`). A decision the real log refuses but the state it was
+//!   decided on accepts was overtaken (noted); one both refuse breaks the controller's
+//!   contract.
 //! - **LRM**: one `haven_node::GroupLrm` per group and node — the agent's own local
 //!   resource manager, driven with the node's applied state, lease and clock. The
 //!   simulator only makes its driver calls take time: start 50–500 ms (3 % fail, 1 % hang
@@ -73,7 +76,8 @@
 //! # The grant race (found by this simulator, fixed in `haven-agent`)
 //!
 //! The controller decides "node X is down, move its groups" from the heartbeats it has
-//! seen, then commits `SetNodeLiveness(Down)` and `PlaceGroup` one write at a time. If the
+//! seen, then commits `SetNodeLiveness(Down)` and `PlaceGroup` (then one write at a time,
+//! now one batch entry). If the
 //! leader's `grant` answered renewals meanwhile, X could get a fresh lease between the
 //! decision and the `PlaceGroup` commit (e.g. right as a partition heals), apply a state
 //! that still names it owner, and start the group while the new owner started it too

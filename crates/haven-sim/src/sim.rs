@@ -699,28 +699,43 @@ impl Sim {
             self.note(|s| format!("{}: controller decisions not committed (no quorum)", s.names[node]));
             return;
         }
-        let Some(d) = decisions.pop_front() else {
+        // One tick's decisions are one log entry (more only past the batch bounds), as the
+        // agent's `control::commit_decisions` commits them.
+        let commands: Vec<Command> = decisions.iter().map(|d| d.command.clone()).collect();
+        let Some(entry) = haven_state::batches(commands).into_iter().next() else {
             self.nodes[node].grants.end_tick();
             return;
         };
+        let carried = match &entry {
+            Command::Batch { commands } => commands.len(),
+            _ => 1,
+        };
         let at = self.nodes[node].clock.local_ms(self.now);
-        let (index, resp) = self.db.commit(Request::new(at, "controller", d.command.clone()));
-        if let Command::PlaceGroup { failover: true, .. } = d.command {
-            self.stats.failovers += 1;
-        }
+        let (index, resp) = self.db.commit(Request::new(at, "controller", entry.clone()));
         self.stats.commits += 1;
-        self.note(|s| format!("{}: commit #{index} controller: {d}", s.names[node]));
-        let on_plan = planned.apply(&Request::new(at, "controller", d.command.clone()));
-        if let Err(e) = resp {
-            if let Err(e) = on_plan {
-                self.violate("controller-contract", format!("the state refused the controller's decision {d}: {e}"));
-                return;
-            }
-            // Overtaken by another write since the decision: the agent logs it and decides
-            // again at its next tick.
-            self.note(|s| format!("{}: controller decision {d} refused (overtaken): {e}", s.names[node]));
-            self.nodes[node].grants.end_tick();
+        if let (Command::Batch { .. }, Err(e)) = (&entry, &resp) {
+            self.violate("controller-contract", format!("the state refused the controller's batch of {carried}: {e}"));
             return;
+        }
+        for outcome in haven_state::outcomes(&entry, resp) {
+            let Some(d) = decisions.pop_front() else { break };
+            if let Command::PlaceGroup { failover: true, .. } = d.command {
+                self.stats.failovers += 1;
+            }
+            self.note(|s| format!("{}: commit #{index} controller: {d}", s.names[node]));
+            let on_plan = planned.apply(&Request::new(at, "controller", d.command.clone()));
+            if let Err(e) = outcome {
+                if let Err(e) = on_plan {
+                    self.violate(
+                        "controller-contract",
+                        format!("the state refused the controller's decision {d}: {e}"),
+                    );
+                    return;
+                }
+                // Overtaken by another write since the decision: the agent logs it, the rest
+                // of the batch applies, and it decides again at its next tick.
+                self.note(|s| format!("{}: controller decision {d} refused (overtaken): {e}", s.names[node]));
+            }
         }
         self.replicate();
         if decisions.is_empty() {
@@ -1011,8 +1026,15 @@ impl Sim {
         if !self.live(node, inc) {
             return;
         }
-        // One at a time: nothing while a report is in flight.
-        let Some(cmd) = self.nodes[node].reports.next_to_send() else { return };
+        // One commit at a time, of everything queued (up to the bounds), as the agent's
+        // reporter sends it: nothing while reports are in flight.
+        let mut batch =
+            self.nodes[node].reports.next_batch(haven_node::report::REPORT_BATCH_MAX, haven_state::BATCH_MAX_BYTES);
+        let cmd = match batch.len() {
+            0 => return,
+            1 => batch.remove(0),
+            _ => Command::Batch { commands: batch },
+        };
         let sent = match self.db.leader {
             Some(leader) => self.net.send(&mut self.rng, node, leader).map(|d| (leader, d)),
             None => None,
@@ -1275,6 +1297,7 @@ impl Sim {
 
 fn describe_report(c: &Command) -> String {
     match c {
+        Command::Batch { commands } => commands.iter().map(describe_report).collect::<Vec<_>>().join("; "),
         Command::ReleaseGroup { group, generation, .. } => format!("release {group} (generation {generation})"),
         Command::ReportResource { resource, state, reason, failure, .. } => {
             let f = if *failure { " (failure)" } else { "" };

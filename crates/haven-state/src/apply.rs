@@ -454,6 +454,7 @@ pub(crate) fn apply(s: &mut State, req: &Request) -> Response {
         }
         Command::MoveResource { name, group: to } => move_resource(s, at, by, name, to),
         Command::HaWizard { report, commands } => ha_wizard(s, req, report, commands),
+        Command::Batch { commands } => batch(s, req, commands),
         Command::ReportResource { node: reporter, resource: name, state, reason, failure } => {
             node(s, reporter)?;
             let r = resource(s, name)?;
@@ -609,10 +610,10 @@ fn ha_wizard(s: &mut State, req: &Request, report: &haven_model::HaReport, comma
     }
     let mut scratch = s.clone();
     for (i, c) in commands.iter().enumerate() {
-        if matches!(c, Command::HaWizard { .. }) {
+        if matches!(c, Command::HaWizard { .. } | Command::Batch { .. }) {
             return Err(StateError::from(haven_model::InvalidInput::new(
                 format!("commands[{i}]"),
-                "an HA wizard change cannot contain another one",
+                "an HA wizard change cannot contain another one, nor a batch",
             )));
         }
         let sub = Request::new(req.at, req.by.clone(), c.clone());
@@ -633,6 +634,32 @@ fn ha_wizard(s: &mut State, req: &Request, report: &haven_model::HaReport, comma
         e.report = Some(Box::new(report.clone()));
     }
     Ok(Reply::None)
+}
+
+/// A batch: first checked whole (its length, no batch inside), then each command applied
+/// on its own, all or nothing; a refused one is skipped and answered with its refusal.
+fn batch(s: &mut State, req: &Request, commands: &[Command]) -> Response {
+    if commands.len() > crate::BATCH_LIMIT {
+        return Err(StateError::from(haven_model::InvalidInput::new(
+            "commands",
+            format!(
+                "a batch of {} commands is too long; the most allowed is {} (send the rest in another batch)",
+                commands.len(),
+                crate::BATCH_LIMIT
+            ),
+        )));
+    }
+    if let Some(i) = commands.iter().position(|c| matches!(c, Command::Batch { .. })) {
+        return Err(StateError::from(haven_model::InvalidInput::new(
+            format!("commands[{i}]"),
+            "a batch cannot contain another batch; put its commands in the outer one",
+        )));
+    }
+    let replies = commands
+        .iter()
+        .map(|c| apply(s, &Request { at: req.at, by: req.by.clone(), command: c.clone(), request_id: None }))
+        .collect();
+    Ok(Reply::Batch(replies))
 }
 
 /// `"a", "b"`: names as the operator typed them.

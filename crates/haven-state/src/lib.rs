@@ -263,6 +263,50 @@ pub enum Command {
         ok: bool,
         message: String,
     },
+    /// Several commands in one log entry (one controller tick's decisions, a node's queued
+    /// status reports), applied in order, each all or nothing on its own: a refused one is
+    /// skipped and its refusal is its entry in the reply (`Reply::Batch`), so one stale
+    /// command does not drop the others. The batch itself is refused, changing nothing, only
+    /// when it is malformed: more than [`BATCH_LIMIT`] commands, or one that is itself a
+    /// batch. Each command is stamped with the batch's `at` and `by`; a request id covers
+    /// the whole batch (its outcome is the whole reply).
+    Batch {
+        commands: Vec<Command>,
+    },
+}
+
+/// Most commands one `Command::Batch` may carry.
+pub const BATCH_LIMIT: usize = 1000;
+
+/// Most bytes of JSON [`batches`] puts in one batch: well inside the 512 KiB a log entry
+/// may have (`haven_raft::network::APPEND_LIMIT` counts on it).
+pub const BATCH_MAX_BYTES: usize = 256 * 1024;
+
+/// How many bytes of JSON `c` takes in a log entry (what [`BATCH_MAX_BYTES`] counts).
+pub fn encoded_len(c: &Command) -> usize {
+    serde_json::to_vec(c).map(|v| v.len()).unwrap_or(0)
+}
+
+/// `commands` as few log entries as the bounds allow: a single command as it is, more as
+/// `Command::Batch`es of at most [`BATCH_LIMIT`] commands and about [`BATCH_MAX_BYTES`] of
+/// JSON each, in order.
+pub fn batches(commands: Vec<Command>) -> Vec<Command> {
+    let mut out = Vec::new();
+    let mut current: Vec<Command> = Vec::new();
+    let mut bytes = 0usize;
+    for c in commands {
+        let size = encoded_len(&c);
+        if !current.is_empty() && (current.len() >= BATCH_LIMIT || bytes.saturating_add(size) > BATCH_MAX_BYTES) {
+            out.push(std::mem::take(&mut current));
+            bytes = 0;
+        }
+        bytes = bytes.saturating_add(size);
+        current.push(c);
+    }
+    if !current.is_empty() {
+        out.push(current);
+    }
+    out.into_iter().map(|mut cs| if cs.len() == 1 { cs.remove(0) } else { Command::Batch { commands: cs } }).collect()
 }
 
 /// What a successful command returns: the object it created or changed, if any.
@@ -273,9 +317,22 @@ pub enum Reply {
     Node(Node),
     Group(Group),
     Resource(Resource),
+    /// A `Command::Batch`'s outcome: one response per command, in order.
+    Batch(Vec<Response>),
 }
 
 pub type Response = Result<Reply, StateError>;
+
+/// The outcome of each command `sent` carried, in order: a batch's own replies (or its
+/// refusal, for every command of a malformed batch), or `response` alone for any other
+/// command.
+pub fn outcomes(sent: &Command, response: Response) -> Vec<Response> {
+    match (sent, response) {
+        (Command::Batch { .. }, Ok(Reply::Batch(replies))) => replies,
+        (Command::Batch { commands }, Err(e)) => vec![Err(e); commands.len()],
+        (_, response) => vec![response],
+    }
+}
 
 impl State {
     /// Applies one committed request. On error nothing changed, except that a request with

@@ -1,6 +1,7 @@
 //! Data-driven tests of `State::apply`: each `tests/scenarios/*.scn` file is a list of
 //! commands (`> {json}`, or `> id=KEY {json}` for a request carrying the id `KEY`) each
-//! followed by the expected outcome (`ok <summary>` or `err <code>: <message>`). The runner also checks, after every refused command, that the
+//! followed by the expected outcome (`ok <summary>` or `err <code>: <message>`; a batch
+//! answers `ok batch of N` and a line per command). The runner also checks, after every refused command, that the
 //! state is exactly what it was. `UPDATE_EXPECT=1 cargo test -p haven-state` rewrites the
 //! expected lines.
 
@@ -29,6 +30,19 @@ fn summary(reply: &Reply) -> String {
             r.status.node.as_deref().unwrap_or("-"),
             r.status.failures.len()
         ),
+        // One line for the batch, then one per command: `ok [1] <summary>` or `err [2] …`.
+        Reply::Batch(replies) => {
+            let mut out = format!("ok batch of {}", replies.len());
+            for (i, r) in replies.iter().enumerate() {
+                let line = match r {
+                    Ok(reply) => format!("ok [{}] {}", i + 1, summary(reply).trim_start_matches("ok").trim_start()),
+                    Err(e) => format!("err [{}] {:?}: {}", i + 1, e.code, e.message),
+                };
+                out.push('\n');
+                out.push_str(line.trim_end());
+            }
+            out
+        }
     }
 }
 
