@@ -9,7 +9,9 @@ prints the commits (the agents' applied index) per move. Usage:
     bench/commits_per_move.py [path/to/haven]      # default target/release/haven
 
 Measured 2026-12-01 on a debug build of 35b4b7f: 178 commits, 4.5 per move (issue 11 had
-measured 88 per move before the report queue dropped duplicate releases).
+measured 88 per move before the report queue dropped duplicate releases); 3.4-3.5 per move
+once reports were batched and each controller tick became one commit (`bench/scale
+--measure move` measures the same on a release build: 3.95 at 8 nodes).
 """
 import json, shutil, signal, subprocess, sys, tempfile, time, urllib.request, urllib.error
 H="http://127.0.0.1:7401"
