@@ -22,8 +22,8 @@
 //!
 //! The caller keeps the rest of the grant's order: it notes the request for the contact log
 //! before the leadership check (`haven_raft::ClusterDb::note_grant_request`), proves its
-//! leadership with a quorum round, then asks this table, passing the committed state read
-//! once no tick is committing; the applied index it returns with a grant is read after that.
+//! leadership with a quorum round, then asks this table, passing the committed state; the
+//! applied index it returns with an ordinary grant is read after that.
 //!
 //! Must not: read a clock (times are arguments, the leader's ms), or let anything record or
 //! grant a renewal except [`GrantTable::grant`].
@@ -86,7 +86,7 @@ impl GrantTable {
         Some(self.heartbeats.clone())
     }
 
-    /// The tick's decisions are committed (or given up on): grants go on.
+    /// The tick's decisions are committed (or given up on): grants are ordinary again.
     pub fn end_tick(&mut self) {
         self.ticking = false;
     }
@@ -102,8 +102,7 @@ impl GrantTable {
     }
 
     /// Answers a renewal from `node` at `now_ms` (the leader's clock), after the leader
-    /// proved its leadership; `state` is the committed state, read when no tick was
-    /// committing.
+    /// proved its leadership; `state` is the committed state.
     pub fn grant(&mut self, node: &str, now_ms: u64, state: &State, rule: GrantRule) -> GrantAnswer {
         let guarded = rule == GrantRule::Guarded;
         self.heartbeats.insert(node.to_string(), now_ms);

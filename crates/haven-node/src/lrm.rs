@@ -202,6 +202,11 @@ struct Watch {
 }
 
 impl Watch {
+    /// Checked cheaply at `next_cheap`, thoroughly at `next_thorough`; no stop pending.
+    fn at(next_cheap: Micros, next_thorough: Micros) -> Watch {
+        Watch { next_cheap, next_thorough, stop_retry_at: None, failed_kill: false, stop_reason: None }
+    }
+
     /// Whether a stop (a kill if `kill`) must wait for the retry of one that failed.
     fn waits_for_retry(&self, now: Micros, kill: bool) -> bool {
         self.stop_retry_at.is_some_and(|t| now < t) && (self.failed_kill || !kill)
@@ -257,14 +262,7 @@ impl GroupLrm {
         for name in resources {
             let is_alive =
                 state.resources.get(name).map(|r| us(r.spec.props.is_alive_interval.as_millis())).unwrap_or(0);
-            let w = Watch {
-                next_cheap: now,
-                next_thorough: now.saturating_add(is_alive),
-                stop_retry_at: None,
-                failed_kill: false,
-                stop_reason: None,
-            };
-            self.running.insert(name.to_string(), w);
+            self.running.insert(name.to_string(), Watch::at(now, now.saturating_add(is_alive)));
         }
     }
 
@@ -488,9 +486,9 @@ impl GroupLrm {
             return self.begin(v, Op::Check { resource, depth }, None);
         }
         // A cancelled start left behind (its stop failed): stop it again.
-        let left: Vec<(String, Option<String>)> =
-            self.running.iter().filter_map(|(n, w)| w.stop_reason.clone().map(|r| (n.clone(), Some(r)))).collect();
-        for (n, _) in left {
+        let left: Vec<String> =
+            self.running.iter().filter(|(_, w)| w.stop_reason.is_some()).map(|(n, _)| n.clone()).collect();
+        for n in left {
             if let Some(step) = self.stop(v, &n, None, false, out) {
                 return step;
             }
@@ -527,13 +525,7 @@ impl GroupLrm {
                     (us(r.spec.props.looks_alive_interval.as_millis()), us(r.spec.props.is_alive_interval.as_millis()))
                 })
                 .unwrap_or((0, 0));
-            Watch {
-                next_cheap: v.now.saturating_add(cheap),
-                next_thorough: v.now.saturating_add(thorough),
-                stop_retry_at: None,
-                failed_kill: false,
-                stop_reason: None,
-            }
+            Watch::at(v.now.saturating_add(cheap), v.now.saturating_add(thorough))
         };
         match (busy.op, outcome) {
             (Op::Start { resource }, Outcome::Started(Ok(()))) => {
