@@ -68,12 +68,6 @@ impl LeaseKeeper {
         self.with(|l| l.valid(now))
     }
 
-    /// Valid lease and the local state is at least as new as the leader's was.
-    pub fn may_run(&self, applied_index: u64) -> bool {
-        let now = self.now();
-        self.with(|l| l.may_run(now, applied_index))
-    }
-
     /// A receiver that changes whenever the lease is renewed or lost.
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.changed.subscribe()

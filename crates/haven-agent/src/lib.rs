@@ -230,12 +230,6 @@ impl Agent {
         )
     }
 
-    /// Whether this node may run resources now: it holds a lease and has applied the state
-    /// the leader had when it granted it.
-    pub fn may_run(&self) -> bool {
-        self.lease.may_run(self.applied_index())
-    }
-
     pub fn applied_index(&self) -> u64 {
         self.db.raft().metrics().borrow().last_applied.map(|l| l.index).unwrap_or(0)
     }
