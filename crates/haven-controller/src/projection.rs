@@ -5,8 +5,6 @@
 //! emitted, and capacity used by one placement counts against the next. This is a private
 //! scratch copy: it is never proposed or stored.
 
-use std::collections::VecDeque;
-
 use haven_model::Millis;
 use haven_state::{Request, State};
 
@@ -23,21 +21,9 @@ pub(crate) struct Projection {
 
 impl Projection {
     pub(crate) fn new(state: &State, now: Millis) -> Self {
-        // The history and the request outcomes are write-only for decisions; do not copy
-        // up to HISTORY_LIMIT events or REQUEST_OUTCOME_LIMIT outcomes.
-        let state = State {
-            schema_version: state.schema_version,
-            cluster: state.cluster.clone(),
-            nodes: state.nodes.clone(),
-            groups: state.groups.clone(),
-            resources: state.resources.clone(),
-            history: VecDeque::new(),
-            next_event_id: state.next_event_id,
-            fencing: state.fencing.clone(),
-            fence_status: state.fence_status.clone(),
-            generation_floor: state.generation_floor,
-            requests: Default::default(),
-        };
+        // A copy costs O(1) (the state's tables are persistent maps); decisions only write
+        // to the history and the request outcomes, so the projection starts them empty.
+        let state = State { history: Default::default(), requests: Default::default(), ..state.clone() };
         Projection { state, now, decisions: Vec::new() }
     }
 

@@ -30,7 +30,7 @@ use std::sync::Arc;
 
 use std::collections::BTreeMap;
 
-use haven_state::{ClusterInfo, Reply, RequestOutcome, RequestOutcomes, Response, State};
+use haven_state::{ClusterInfo, Event, Map, Reply, RequestOutcome, RequestOutcomes, Response, State};
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage, RaftStateMachine, Snapshot};
 use openraft::{
     AnyError, BasicNode, Entry, EntryPayload, ErrorSubject, ErrorVerb, LogId, OptionalSend, RaftLogReader,
@@ -40,6 +40,9 @@ use redb::{Database, Durability, ReadableDatabase, ReadableTable, Table, TableDe
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
+
+use haven_state::imbl;
+use haven_state::imbl::ordmap::DiffItem;
 
 use crate::TypeConfig;
 
@@ -214,27 +217,60 @@ impl Written {
 }
 
 /// Writes the rows of `objects` that differ from `before` and deletes those of objects that
-/// are gone. Both maps are sorted, so one pass over them both finds the changes.
-fn write_map<V: PartialEq + Serialize>(
+/// are gone. Both are versions of one persistent map, so the diff visits only the paths to
+/// what changed, not the subtrees the two still share: the cost follows the change, not the
+/// size of the table.
+fn write_map<V: Clone + PartialEq + Serialize>(
     txn: &WriteTransaction,
     def: TableDefinition<&str, &[u8]>,
-    before: &BTreeMap<String, V>,
-    objects: &BTreeMap<String, V>,
+    before: &Map<V>,
+    objects: &Map<V>,
     written: &mut Written,
 ) -> Result<(), OpError> {
+    if before.ptr_eq(objects) {
+        return Ok(());
+    }
     let mut table = txn.open_table(def)?;
-    let mut old = before.iter().peekable();
-    for (key, value) in objects {
-        while let Some((gone, _)) = old.next_if(|(k, _)| *k < key) {
-            table.remove(gone.as_str())?;
-        }
-        match old.next_if(|(k, _)| *k == key) {
-            Some((_, previous)) if previous == value => {}
-            _ => written.put_named(&mut table, key, value)?,
+    for change in before.diff(objects) {
+        match change {
+            DiffItem::Add(key, value) | DiffItem::Update { new: (key, value), .. } => {
+                written.put_named(&mut table, key, value)?
+            }
+            DiffItem::Remove(gone, _) => {
+                table.remove(gone.as_str())?;
+            }
         }
     }
-    for (gone, _) in old {
-        table.remove(gone.as_str())?;
+    Ok(())
+}
+
+/// Writes the events of `history` that are not in the table as `before` left it, and
+/// removes those that fell off its front. Events are only ever appended, and only the last
+/// one may change afterwards (the HA wizard attaches its report to it), so only events from
+/// `before`'s last one on are compared.
+fn write_history(
+    txn: &WriteTransaction,
+    before: &imbl::Vector<Event>,
+    history: &imbl::Vector<Event>,
+    written: &mut Written,
+) -> Result<(), OpError> {
+    if before.ptr_eq(history) {
+        return Ok(());
+    }
+    let mut table = txn.open_table(HISTORY)?;
+    let first_kept = history.front().map_or(u64::MAX, |e| e.id);
+    for gone in before.iter().take_while(|e| e.id < first_kept) {
+        table.remove(gone.id)?;
+    }
+    let last_before = before.back();
+    let from = last_before.map_or(0, |e| e.id);
+    // From the back: the events at or after `before`'s last one.
+    let recent: Vec<&Event> = history.iter().rev().take_while(|e| e.id >= from).collect();
+    for event in recent.into_iter().rev() {
+        if last_before.is_some_and(|last| last.id == event.id && last == event) {
+            continue;
+        }
+        written.put_numbered(&mut table, event.id, event)?;
     }
     Ok(())
 }
@@ -285,20 +321,7 @@ fn write_state(
         written.put_named(&mut table, KEY_SCALARS, &scalars)?;
     }
 
-    {
-        let mut table = txn.open_table(HISTORY)?;
-        let old: BTreeMap<u64, _> = before.history.iter().map(|e| (e.id, e)).collect();
-        let mut kept = std::collections::BTreeSet::new();
-        for event in history {
-            kept.insert(event.id);
-            if old.get(&event.id) != Some(&event) {
-                written.put_numbered(&mut table, event.id, event)?;
-            }
-        }
-        for id in old.keys().filter(|id| !kept.contains(id)) {
-            table.remove(*id)?;
-        }
-    }
+    write_history(txn, &before.history, history, written)?;
 
     write_requests(txn, &before.requests, requests, rows, written)
 }
@@ -364,12 +387,12 @@ fn rewrite_state(txn: &WriteTransaction, state: &State) -> Result<RequestRows, O
     Ok(rows)
 }
 
-fn read_map<V: DeserializeOwned>(
+fn read_map<V: Clone + DeserializeOwned>(
     txn: &redb::ReadTransaction,
     def: TableDefinition<&str, &[u8]>,
-) -> Result<BTreeMap<String, V>, OpError> {
+) -> Result<Map<V>, OpError> {
     let table = txn.open_table(def)?;
-    let mut out = BTreeMap::new();
+    let mut out = Map::new();
     for row in table.iter()? {
         let (key, value) = row?;
         out.insert(key.value().to_string(), serde_json::from_slice(value.value())?);
@@ -380,7 +403,7 @@ fn read_map<V: DeserializeOwned>(
 /// The state as the per-object tables hold it.
 fn read_state(txn: &redb::ReadTransaction) -> Result<(State, RequestRows), OpError> {
     let scalars: Option<Scalars> = get_json(&txn.open_table(SCALARS)?, KEY_SCALARS)?;
-    let mut history = std::collections::VecDeque::new();
+    let mut history = imbl::Vector::new();
     for row in txn.open_table(HISTORY)?.iter()? {
         let (_, value) = row?;
         history.push_back(serde_json::from_slice(value.value())?);

@@ -858,8 +858,14 @@ fn hand_off(
 /// A new placement starts the restart count afresh: failures counted on the old owner
 /// say nothing about the new one.
 fn reset_failures(s: &mut State, group: &str) {
-    for r in s.resources.values_mut().filter(|r| r.spec.group == group) {
-        r.status.failures.clear();
+    // Only the members that have failures are written (a persistent map copies what it
+    // changes).
+    let counted: Vec<String> =
+        s.group_resources(group).filter(|r| !r.status.failures.is_empty()).map(|r| r.spec.name.clone()).collect();
+    for name in counted {
+        if let Some(r) = s.resources.get_mut(&name) {
+            r.status.failures.clear();
+        }
     }
 }
 

@@ -12,7 +12,7 @@ mod apply;
 mod error;
 mod requests;
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 
 use haven_model::{
     FenceConfig, Group, GroupSpec, GroupUpdate, Millis, Node, NodeLiveness, Resource, ResourceSpec, ResourceState,
@@ -22,6 +22,8 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 pub use error::{ErrorCode, StateError};
+/// The persistent collections of [`State`] (so that users name the same version).
+pub use imbl;
 pub use requests::{
     REQUEST_ID_MAX_LEN, REQUEST_OUTCOME_AGE_MS, REQUEST_OUTCOME_LIMIT, RequestOutcome, RequestOutcomes,
     validate_request_id,
@@ -60,22 +62,28 @@ pub struct Event {
     pub report: Option<Box<haven_model::HaReport>>,
 }
 
+/// A table of the state, by name: a persistent map, so that cloning the state (every apply
+/// batch does, to publish the new state while readers keep the old one) costs O(1), a change
+/// copies only the path to what it changes, and the store finds what an apply changed by
+/// comparing the two versions without visiting the subtrees they still share.
+pub type Map<V> = imbl::OrdMap<String, V>;
+
 /// The whole replicated state.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct State {
     pub schema_version: u32,
     pub cluster: Option<ClusterInfo>,
-    pub nodes: BTreeMap<String, Node>,
-    pub groups: BTreeMap<String, Group>,
-    pub resources: BTreeMap<String, Resource>,
-    pub history: VecDeque<Event>,
+    pub nodes: Map<Node>,
+    pub groups: Map<Group>,
+    pub resources: Map<Resource>,
+    pub history: imbl::Vector<Event>,
     pub next_event_id: u64,
     /// Fence agent per node, for nodes that have one.
     #[serde(default)]
-    pub fencing: BTreeMap<String, FenceConfig>,
+    pub fencing: Map<FenceConfig>,
     /// Fencing progress per node.
     #[serde(default)]
-    pub fence_status: BTreeMap<String, FenceStatus>,
+    pub fence_status: Map<FenceStatus>,
     /// The highest placement generation a deleted group had: a group created later starts
     /// above it, so a name's generation (the fencing token its disks' claims carry, and
     /// what resource managers count failures by) never goes back.

@@ -8,8 +8,6 @@
 //! pruned deterministically: by count, and by age measured with the proposer's time stamp
 //! of the request being applied, never a local clock.
 
-use std::collections::{BTreeMap, VecDeque};
-
 use haven_model::{InvalidInput, Millis};
 use serde::{Deserialize, Serialize};
 
@@ -60,9 +58,11 @@ impl RequestOutcome {
 /// [`REQUEST_OUTCOME_AGE_MS`].
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct RequestOutcomes {
-    by_id: BTreeMap<String, RequestOutcome>,
+    /// Persistent collections, like the state's tables (see [`crate::Map`]): cloning the
+    /// table costs O(1).
+    by_id: crate::Map<RequestOutcome>,
     /// Ids in the order they were applied, oldest first.
-    order: VecDeque<String>,
+    order: imbl::Vector<String>,
 }
 
 impl RequestOutcomes {
