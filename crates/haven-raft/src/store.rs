@@ -71,6 +71,15 @@ const KEY_LAST_APPLIED: &str = "last_applied";
 const KEY_LAST_MEMBERSHIP: &str = "last_membership";
 /// The whole state as one JSON value: the layout before the per-object tables.
 const KEY_OLD_STATE: &str = "state";
+/// The layout version of the file (`machine` table); absent before per-object tables.
+const KEY_LAYOUT: &str = "layout";
+/// Layout 2: the state machine in per-object tables.
+pub const LAYOUT: u32 = 2;
+/// What layout 2 keeps under the old layout's key: a JSON string, not a state, so that an
+/// agent of an older version (which reads a whole `State` there) refuses to open the file,
+/// quoting this text, instead of starting with an empty state.
+const OLD_LAYOUT_MARKER: &str = "this data directory holds the state in per-object tables (layout 2) and needs \
+                                 a newer haven agent; upgrade haven on this node";
 const KEY_SCALARS: &str = "state";
 const KEY_SNAPSHOT_SEQ: &str = "snapshot_seq";
 const KEY_SNAPSHOT_META: &str = "meta";
@@ -97,6 +106,11 @@ pub enum StoreError {
          the agent with node id {stored}, or give node {requested} its own data directory"
     )]
     WrongNode { path: PathBuf, stored: u64, requested: u64 },
+    #[error(
+        "the cluster database {path} has layout {found}, written by a newer haven; this agent \
+         knows layouts up to {LAYOUT}; upgrade haven on this node (do not downgrade a node's agent)"
+    )]
+    NewerLayout { path: PathBuf, found: u32 },
 }
 
 /// A failed storage operation, before it is wrapped into openraft's `StorageError`.
@@ -381,7 +395,7 @@ fn rewrite_state(txn: &WriteTransaction, state: &State) -> Result<RequestRows, O
     for def in [HISTORY, REQUESTS] {
         txn.open_table(def)?.retain(|_, _| false)?;
     }
-    txn.open_table(MACHINE)?.remove(KEY_OLD_STATE)?;
+    mark_layout(txn)?;
     let mut rows = RequestRows::default();
     write_state(txn, &State::default(), state, &mut rows, &mut Written::default())?;
     Ok(rows)
@@ -440,12 +454,41 @@ fn read_state(txn: &redb::ReadTransaction) -> Result<(State, RequestRows), OpErr
     Ok((state, rows))
 }
 
-/// Rewrites a file of the old layout (the whole state as one JSON value) into the
-/// per-object tables, in one transaction. Does nothing to a file of the current layout.
-fn migrate_old_layout(db: &Database) -> Result<(), OpError> {
+/// Records that the file has the current layout: its version, and the marker an older
+/// agent refuses to read as a state.
+fn mark_layout(txn: &WriteTransaction) -> Result<(), OpError> {
+    let mut machine = txn.open_table(MACHINE)?;
+    put_json(&mut machine, KEY_LAYOUT, &LAYOUT)?;
+    put_json(&mut machine, KEY_OLD_STATE, &OLD_LAYOUT_MARKER)?;
+    Ok(())
+}
+
+/// What the file's layout asks of this agent at open.
+enum LayoutCheck {
+    Current,
+    /// A newer layout than [`LAYOUT`]: refuse to open.
+    Newer(u32),
+}
+
+/// Brings the file to the current layout: a new file gets its layout recorded; a file of the
+/// old layout (the whole state as one JSON value) is rewritten into the per-object tables,
+/// in one transaction; a file of the current layout is left alone; a newer one is refused.
+fn migrate_old_layout(db: &Database) -> Result<LayoutCheck, OpError> {
     let txn = db.begin_write()?;
-    let old = get_json::<State, _>(&txn.open_table(MACHINE)?, KEY_OLD_STATE)?;
-    let Some(state) = old else { return Ok(()) };
+    let layout: Option<u32> = get_json(&txn.open_table(MACHINE)?, KEY_LAYOUT)?;
+    match layout {
+        Some(found) if found > LAYOUT => return Ok(LayoutCheck::Newer(found)),
+        Some(_) => return Ok(LayoutCheck::Current),
+        None => {}
+    }
+    let old = get_json::<serde_json::Value, _>(&txn.open_table(MACHINE)?, KEY_OLD_STATE)?;
+    let Some(old) = old.filter(|v| v.is_object()) else {
+        // A new file (or one of layout 2 written before the layout key existed).
+        mark_layout(&txn)?;
+        txn.commit()?;
+        return Ok(LayoutCheck::Current);
+    };
+    let state: State = serde_json::from_value(old)?;
     rewrite_state(&txn, &state)?;
     txn.commit()?;
     tracing::info!(
@@ -454,7 +497,7 @@ fn migrate_old_layout(db: &Database) -> Result<(), OpError> {
         resources = state.resources.len(),
         "rewrote the state machine into per-object tables (a data directory of an older version)"
     );
-    Ok(())
+    Ok(LayoutCheck::Current)
 }
 
 /// Opens (or creates) `<dir>/raft.redb` and returns the two halves openraft needs.
@@ -482,7 +525,11 @@ pub fn open_store(dir: &Path) -> Result<(LogStore, StateMachineStore), StoreErro
         OpError::Json(source) => corrupt(what, source),
         OpError::Join(e) => open_err(redb::Error::Io(std::io::Error::other(e))),
     };
-    migrate_old_layout(&db).map_err(|e| op_err("state machine of an older version", e))?;
+    if let LayoutCheck::Newer(found) =
+        migrate_old_layout(&db).map_err(|e| op_err("state machine of an older version", e))?
+    {
+        return Err(StoreError::NewerLayout { path, found });
+    }
 
     let read = db.begin_read().map_err(|e| open_err(e.into()))?;
     let machine = read.open_table(MACHINE).map_err(|e| open_err(e.into()))?;

@@ -224,7 +224,14 @@ async fn a_file_of_the_old_layout_is_rewritten_into_tables_at_open() {
         let txn = db.begin_read().expect("read");
         let def: redb::TableDefinition<&str, &[u8]> = redb::TableDefinition::new("machine");
         let machine = txn.open_table(def).expect("machine table");
-        assert!(machine.get("state").expect("get").is_none(), "the old single value is gone");
+        // The old single value is replaced by a marker that an agent of the old version, which
+        // reads a whole state there, refuses (quoting it) instead of starting empty.
+        let old_value = machine.get("state").expect("get").expect("the marker").value().to_vec();
+        let old_reader = serde_json::from_slice::<State>(&old_value).expect_err("an old agent cannot read it");
+        assert!(old_reader.to_string().contains("needs a newer haven agent"), "old agent's error: {old_reader}");
+        let layout: u32 =
+            serde_json::from_slice(machine.get("layout").expect("get").expect("layout").value()).expect("json");
+        assert_eq!(layout, haven_raft::store::LAYOUT);
         let groups: redb::TableDefinition<&str, &[u8]> = redb::TableDefinition::new("groups");
         let groups = txn.open_table(groups).expect("groups table");
         assert_eq!(groups.len().expect("len"), reference.groups.len() as u64, "one row per group");
@@ -276,4 +283,29 @@ async fn an_installed_snapshot_replaces_every_row() {
     let (last, state) = reopened(follower_dir.path()).await;
     assert_eq!(last, Some(log_id(501)));
     assert_eq!(state, reference, "the state read back after a snapshot install and more applies");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_of_a_newer_layout_is_refused_and_left_alone() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    drop(open_store(dir.path()).expect("create"));
+    {
+        let db = redb::Database::create(dir.path().join(DB_FILE)).expect("open");
+        let txn = db.begin_write().expect("write");
+        {
+            let def: redb::TableDefinition<&str, &[u8]> = redb::TableDefinition::new("machine");
+            let mut machine = txn.open_table(def).expect("machine table");
+            machine.insert("layout", b"99".as_slice()).expect("insert");
+        }
+        txn.commit().expect("commit");
+    }
+    let Err(e) = open_store(dir.path()) else { panic!("a file of layout 99 was opened") };
+    let message = e.to_string();
+    assert!(message.contains("layout 99") && message.contains("upgrade haven"), "{message}");
+    // Refusing changed nothing: the layout is still 99.
+    let db = redb::Database::create(dir.path().join(DB_FILE)).expect("open");
+    let txn = db.begin_read().expect("read");
+    let def: redb::TableDefinition<&str, &[u8]> = redb::TableDefinition::new("machine");
+    let machine = txn.open_table(def).expect("machine table");
+    assert_eq!(machine.get("layout").expect("get").expect("layout").value(), b"99");
 }
