@@ -804,30 +804,25 @@ impl StateMachineStore {
     }
 }
 
-fn read_snapshot(db: &Database) -> Result<Option<Snapshot<TypeConfig>>, OpError> {
+/// The meta of the last snapshot built or installed, if there was one.
+fn read_snapshot_meta(db: &Database) -> Result<Option<SnapshotMeta<u64, BasicNode>>, OpError> {
     let txn = db.begin_read()?;
     let table = txn.open_table(SNAPSHOT)?;
-    let meta: Option<SnapshotMeta<u64, BasicNode>> = get_json(&table, KEY_SNAPSHOT_META)?;
-    let data = table.get(KEY_SNAPSHOT_DATA)?.map(|v| v.value().to_vec());
-    match (meta, data) {
-        (Some(meta), Some(data)) => Ok(Some(Snapshot { meta, snapshot: Box::new(Cursor::new(data)) })),
-        _ => Ok(None),
-    }
+    get_json(&table, KEY_SNAPSHOT_META)
 }
 
-/// Writes `meta` and `data` as the current snapshot unless a newer one is already stored.
-fn store_snapshot_if_newer(
-    txn: &WriteTransaction,
-    meta: &SnapshotMeta<u64, BasicNode>,
-    data: &[u8],
-) -> Result<(), OpError> {
+/// Records `meta` as the last snapshot unless a newer one is already recorded. Only the meta
+/// is stored: the per-object tables already hold the state, and a snapshot is served from
+/// the current state when it is asked for (see `get_current_snapshot`), so a snapshot does
+/// not rewrite the whole state to the file. A data blob of an older version is dropped.
+fn store_snapshot_if_newer(txn: &WriteTransaction, meta: &SnapshotMeta<u64, BasicNode>) -> Result<(), OpError> {
     let mut table = txn.open_table(SNAPSHOT)?;
     let current: Option<SnapshotMeta<u64, BasicNode>> = get_json(&table, KEY_SNAPSHOT_META)?;
     if current.is_some_and(|c| c.last_log_id > meta.last_log_id) {
         return Ok(());
     }
     put_json(&mut table, KEY_SNAPSHOT_META, meta)?;
-    table.insert(KEY_SNAPSHOT_DATA, data)?;
+    table.remove(KEY_SNAPSHOT_DATA)?;
     Ok(())
 }
 
@@ -916,7 +911,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         let installed = state.clone();
         self.request_rows = blocking(subject, ErrorVerb::Write, move || {
             let txn = write_txn(&db, true)?;
-            store_snapshot_if_newer(&txn, &meta_owned, &data)?;
+            store_snapshot_if_newer(&txn, &meta_owned)?;
             {
                 let mut machine = txn.open_table(MACHINE)?;
                 put_json(&mut machine, KEY_LAST_APPLIED, &meta_owned.last_log_id)?;
@@ -935,8 +930,29 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         Ok(())
     }
 
+    /// The current state as a snapshot, once a snapshot was ever built or installed (before
+    /// that, none: the log holds everything). It is not the state of the last snapshot built
+    /// but of the last entry applied — also committed, so just as valid to send to a
+    /// follower, and the log behind it is kept at least as far back (logs are purged only up
+    /// to a snapshot built earlier). Serialized on demand: only a follower that fell behind
+    /// the log needs one.
     async fn get_current_snapshot(&mut self) -> StorageResult<Option<Snapshot<TypeConfig>>> {
-        read_snapshot(&self.db).map_err(|e| storage_error(ErrorSubject::Snapshot(None), ErrorVerb::Read, e))
+        let subject = ErrorSubject::Snapshot(None);
+        let built = read_snapshot_meta(&self.db).map_err(|e| storage_error(subject.clone(), ErrorVerb::Read, e))?;
+        let Some(built) = built else { return Ok(None) };
+        let state = self.state.clone();
+        let data = blocking(subject, ErrorVerb::Read, move || Ok(serde_json::to_vec(&*state)?)).await?;
+        // Nothing applied since the last one was built: that one, under its own id.
+        let meta = if built.last_log_id == self.last_applied {
+            built
+        } else {
+            let snapshot_id = match self.last_applied {
+                Some(id) => format!("{}-{}-current", id.leader_id, id.index),
+                None => "--current".to_string(),
+            };
+            SnapshotMeta { last_log_id: self.last_applied, last_membership: self.last_membership.clone(), snapshot_id }
+        };
+        Ok(Some(Snapshot { meta, snapshot: Box::new(Cursor::new(data)) }))
     }
 }
 
@@ -969,7 +985,7 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
                 None => format!("--{seq}"),
             };
             let meta = SnapshotMeta { last_log_id, last_membership, snapshot_id };
-            store_snapshot_if_newer(&txn, &meta, &data)?;
+            store_snapshot_if_newer(&txn, &meta)?;
             txn.commit()?;
             Ok((meta, data))
         })

@@ -286,6 +286,45 @@ async fn an_installed_snapshot_replaces_every_row() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_stores_no_state_blob_and_is_served_from_the_current_state() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut rng = Rng(0x5eed_0000_1111_2222);
+    let (log, mut sm) = open_store(dir.path()).expect("open");
+    assert!(sm.get_current_snapshot().await.expect("get").is_none(), "no snapshot before one is built");
+
+    let mut requests = vec![init_cluster()];
+    requests.extend(random_requests(&mut rng, 300, 10_000));
+    apply(&mut sm, 1, &requests).await;
+    let built = sm.get_snapshot_builder().await.build_snapshot().await.expect("snapshot");
+    assert_eq!(built.meta.last_log_id, Some(log_id(301)));
+    let more = random_requests(&mut rng, 100, 500_000);
+    apply(&mut sm, 302, &more).await;
+
+    // Served at the last applied entry, with the state as it is now.
+    let current = sm.get_current_snapshot().await.expect("get").expect("a snapshot");
+    assert_eq!(current.meta.last_log_id, Some(log_id(401)));
+    let served: State = serde_json::from_slice(current.snapshot.get_ref()).expect("a state");
+    assert_eq!(served, *sm.state());
+
+    // The file holds the snapshot's meta, not a copy of the state.
+    drop((log, sm));
+    let db = redb::Database::create(dir.path().join(DB_FILE)).expect("open");
+    let txn = db.begin_read().expect("read");
+    let def: redb::TableDefinition<&str, &[u8]> = redb::TableDefinition::new("snapshot");
+    let table = txn.open_table(def).expect("snapshot table");
+    assert!(table.get("meta").expect("get").is_some(), "the snapshot's meta is kept");
+    assert!(table.get("data").expect("get").is_none(), "no state blob");
+    drop((table, txn, db));
+
+    // After a restart it is still served, from the tables.
+    let (_log, mut sm) = open_store(dir.path()).expect("reopen");
+    let current = sm.get_current_snapshot().await.expect("get").expect("a snapshot after restart");
+    assert_eq!(current.meta.last_log_id, Some(log_id(401)));
+    let served: State = serde_json::from_slice(current.snapshot.get_ref()).expect("a state");
+    assert_eq!(served, *sm.state());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_file_of_a_newer_layout_is_refused_and_left_alone() {
     let dir = tempfile::tempdir().expect("temp dir");
     drop(open_store(dir.path()).expect("create"));
