@@ -30,7 +30,7 @@ use std::sync::Arc;
 
 use std::collections::BTreeMap;
 
-use haven_state::{ClusterInfo, Event, Map, Reply, RequestOutcome, RequestOutcomes, Response, State};
+use haven_state::{ClusterInfo, Event, Map, Reply, RequestOutcome, RequestOutcomes, Resources, Response, State};
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage, RaftStateMachine, Snapshot};
 use openraft::{
     AnyError, BasicNode, Entry, EntryPayload, ErrorSubject, ErrorVerb, LogId, OptionalSend, RaftLogReader,
@@ -314,7 +314,7 @@ fn write_state(
     } = state;
     write_map(txn, NODES, &before.nodes, nodes, written)?;
     write_map(txn, GROUPS, &before.groups, groups, written)?;
-    write_map(txn, RESOURCES, &before.resources, resources, written)?;
+    write_map(txn, RESOURCES, before.resources.as_map(), resources.as_map(), written)?;
     write_map(txn, FENCING, &before.fencing, fencing, written)?;
     write_map(txn, FENCE_STATUS, &before.fence_status, fence_status, written)?;
 
@@ -434,7 +434,7 @@ fn read_state(txn: &redb::ReadTransaction) -> Result<(State, RequestRows), OpErr
     let state = State {
         nodes: read_map(txn, NODES)?,
         groups: read_map(txn, GROUPS)?,
-        resources: read_map(txn, RESOURCES)?,
+        resources: Resources::from_map(read_map(txn, RESOURCES)?),
         fencing: read_map(txn, FENCING)?,
         fence_status: read_map(txn, FENCE_STATUS)?,
         history,

@@ -388,9 +388,10 @@ pub(crate) fn apply(s: &mut State, req: &Request) -> Response {
             let r = resource(s, name)?;
             let spec = update.applied_to(&r.spec)?;
             check_dependencies(s, &spec)?;
-            let r = resource_mut(s, name)?;
-            r.spec = spec;
-            let reply = r.clone();
+            let reply = update_resource(s, name, |r| {
+                r.spec = spec;
+                r.clone()
+            })?;
             event(
                 s,
                 at,
@@ -487,18 +488,19 @@ pub(crate) fn apply(s: &mut State, req: &Request) -> Response {
                 return Ok(Reply::Resource(reply));
             }
             let group_name = r.spec.group.clone();
-            let r = resource_mut(s, name)?;
-            if *failure {
-                r.status.failures.push(at);
-            }
-            r.status.failures.retain(|t| t.saturating_add(period) > at);
-            r.status.state = *state;
-            r.status.node = Some(reporter.clone());
-            r.status.reason = reason.clone();
-            if changed {
-                r.status.since = at;
-            }
-            let reply = r.clone();
+            let reply = update_resource(s, name, |r| {
+                if *failure {
+                    r.status.failures.push(at);
+                }
+                r.status.failures.retain(|t| t.saturating_add(period) > at);
+                r.status.state = *state;
+                r.status.node = Some(reporter.clone());
+                r.status.reason = reason.clone();
+                if changed {
+                    r.status.since = at;
+                }
+                r.clone()
+            })?;
             if changed || *failure {
                 let kind = match (state, failure) {
                     (_, true) => "resource-failed",
@@ -518,13 +520,13 @@ pub(crate) fn apply(s: &mut State, req: &Request) -> Response {
             apply_fence(s, at, by, &req.command)
         }
         Command::ClearFailures { resource: name } => {
-            let r = resource_mut(s, name)?;
-            r.status.failures.clear();
-            if r.status.state == ResourceState::Failed {
-                r.status.state = ResourceState::Offline;
-            }
-            let g = r.spec.group.clone();
-            let reply = r.clone();
+            let (g, reply) = update_resource(s, name, |r| {
+                r.status.failures.clear();
+                if r.status.state == ResourceState::Failed {
+                    r.status.state = ResourceState::Offline;
+                }
+                (r.spec.group.clone(), r.clone())
+            })?;
             if let Some(grp) = s.groups.get_mut(&g) {
                 grp.failed_reason = None;
                 grp.failovers.clear();
@@ -582,10 +584,11 @@ fn move_resource(s: &mut State, at: u64, by: &str, name: &str, to: &str) -> Resp
     let from_generation = s.groups.get(&from).map(|g| g.generation).unwrap_or(0);
     let target = group_mut(s, to)?;
     target.generation = target.generation.max(from_generation);
-    let r = resource_mut(s, name)?;
-    r.spec.group = to.to_string();
-    r.status.failures.clear();
-    let reply = r.clone();
+    let reply = update_resource(s, name, |r| {
+        r.spec.group = to.to_string();
+        r.status.failures.clear();
+        r.clone()
+    })?;
     event(
         s,
         at,
@@ -758,8 +761,9 @@ fn group_mut<'a>(s: &'a mut State, name: &str) -> Result<&'a mut Group, StateErr
 fn resource<'a>(s: &'a State, name: &str) -> Result<&'a Resource, StateError> {
     s.resources.get(name).ok_or_else(|| StateError::not_found("resource", name))
 }
-fn resource_mut<'a>(s: &'a mut State, name: &str) -> Result<&'a mut Resource, StateError> {
-    s.resources.get_mut(name).ok_or_else(|| StateError::not_found("resource", name))
+/// Changes resource `name` with `f` (see [`crate::Resources::update`]).
+fn update_resource<T>(s: &mut State, name: &str, f: impl FnOnce(&mut Resource) -> T) -> Result<T, StateError> {
+    s.resources.update(name, f).ok_or_else(|| StateError::not_found("resource", name))
 }
 
 fn check_owners(s: &State, spec: &GroupSpec) -> Result<(), StateError> {
@@ -863,9 +867,7 @@ fn reset_failures(s: &mut State, group: &str) {
     let counted: Vec<String> =
         s.group_resources(group).filter(|r| !r.status.failures.is_empty()).map(|r| r.spec.name.clone()).collect();
     for name in counted {
-        if let Some(r) = s.resources.get_mut(&name) {
-            r.status.failures.clear();
-        }
+        s.resources.update(&name, |r| r.status.failures.clear());
     }
 }
 

@@ -11,6 +11,7 @@
 mod apply;
 mod error;
 mod requests;
+mod resources;
 
 use std::collections::BTreeMap;
 
@@ -28,6 +29,7 @@ pub use requests::{
     REQUEST_ID_MAX_LEN, REQUEST_OUTCOME_AGE_MS, REQUEST_OUTCOME_LIMIT, RequestOutcome, RequestOutcomes,
     validate_request_id,
 };
+pub use resources::Resources;
 
 /// Version of the state's schema; a snapshot from another version is migrated on load.
 pub const SCHEMA_VERSION: u32 = 1;
@@ -75,7 +77,7 @@ pub struct State {
     pub cluster: Option<ClusterInfo>,
     pub nodes: Map<Node>,
     pub groups: Map<Group>,
-    pub resources: Map<Resource>,
+    pub resources: Resources,
     pub history: imbl::Vector<Event>,
     pub next_event_id: u64,
     /// Fence agent per node, for nodes that have one.
@@ -370,7 +372,7 @@ impl State {
 
     /// Resources of a group, by name.
     pub fn group_resources<'a>(&'a self, group: &'a str) -> impl Iterator<Item = &'a Resource> + 'a {
-        self.resources.values().filter(move |r| r.spec.group == group)
+        self.resources.of_group(group)
     }
 
     /// The group's resources in start order (dependencies first).
