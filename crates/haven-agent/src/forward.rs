@@ -11,6 +11,8 @@
 //! id, never a refusal.
 //!
 //! It decides nothing about retrying: each caller knows what its request may do twice.
+//! Every request is HTTPS: the client carries this node's certificate and trusts only the
+//! cluster CA (see [`crate::pki`]).
 
 use std::time::Duration;
 
@@ -112,7 +114,8 @@ impl<'a> Forward<'a> {
         body: Option<&B>,
     ) -> Result<T, Failure> {
         let (to, addr) = (&self.to, self.addr);
-        let url = format!("http://{addr}{path}");
+        // Mutual TLS (the client is `Agent::peers`, or a joiner's pinned one: `pki`).
+        let url = format!("https://{addr}{path}");
         let mut req = self.http.request(method.clone(), &url).timeout(self.wait.timeout());
         // A public write keeps the id of the request it serves (see the module header).
         let request_id = (method != Method::GET && path.starts_with(haven_api::API_PREFIX))

@@ -37,6 +37,10 @@ impl Projection {
             fence_status: state.fence_status.clone(),
             generation_floor: state.generation_floor,
             requests: Default::default(),
+            // Peer identity (join tokens, certificates) is no input to any decision.
+            join_tokens: Default::default(),
+            node_certs: Default::default(),
+            revoked_certs: Default::default(),
         };
         Projection { state, now, decisions: Vec::new() }
     }

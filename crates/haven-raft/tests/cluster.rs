@@ -131,7 +131,6 @@ fn init_cluster() -> Request {
         "test",
         Command::InitCluster {
             name: "test".to_string(),
-            join_token: "secret".to_string(),
             node: haven_scenario::node(1, "node-1"),
         },
     )

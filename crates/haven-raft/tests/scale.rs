@@ -51,7 +51,6 @@ async fn measure(groups: u64) -> Cost {
         "test",
         Command::InitCluster {
             name: "scale".into(),
-            join_token: "secret".into(),
             node: haven_scenario::node(1, "node-1"),
         },
     )];

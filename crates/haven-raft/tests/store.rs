@@ -72,7 +72,6 @@ fn init_cluster() -> Request {
         "test",
         Command::InitCluster {
             name: "test".into(),
-            join_token: "secret".into(),
             node: haven_scenario::node(1, "node-1"),
         },
     )
