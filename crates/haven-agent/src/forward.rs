@@ -190,6 +190,7 @@ mod tests {
     async fn a_node_that_does_not_listen_was_surely_not_sent_the_request() {
         let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free port").port();
         let addr = format!("127.0.0.1:{port}");
+        crate::pki::provider();
         let http = reqwest::Client::new();
         let peer = Forward::new(&http, "node \"b\"", &addr, Wait::Short);
         match peer.post::<_, serde_json::Value>("/api/v1/groups", &serde_json::json!({"name": "g"})).await {
