@@ -179,6 +179,8 @@ async fn join(AxState(agent): AxState<Arc<Agent>>, Body(j): Body<PeerJoin>) -> R
     let ca = agent.pki.ca().map_err(|e| ApiError::new(503, "unavailable", e.to_string()))?;
     let (certificate, serial) =
         ca.issue(&j.csr, &j.name, j.id, &j.address).map_err(|e| ApiError::new(400, "bad_request", e.to_string()))?;
+    // Until it has its certificate, the joiner serves one over the key of its request.
+    let _joiner = agent.pki.expect_joiner(&j.csr).map_err(|e| ApiError::new(400, "bad_request", e.to_string()))?;
     agent
         .db
         .add_learner(j.id, j.address.clone())

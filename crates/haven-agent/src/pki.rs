@@ -15,6 +15,13 @@
 //! Server names are not checked: a peer is identified by its certificate (node name and id),
 //! not by the address it was reached at.
 //!
+//! A join needs one more rule, for the moments before the joiner has its certificate: the
+//! leader adds it as a learner (and sends it Raft traffic) before it answers the join. So the
+//! joiner serves, meanwhile, a self-signed certificate over the key of its signing request,
+//! and the leader accepts a server whose key is that of a join it is serving
+//! ([`Pki::expect_joiner`]); the joiner, for its part, trusts peers whose chain carries the CA
+//! with the fingerprint it pins ([`Pki::set_pending`]).
+//!
 //! It decides nothing about who may do what; the peer routes do, from [`PeerCert`].
 
 use std::fmt;
@@ -313,6 +320,10 @@ struct Material {
     /// with this fingerprint.
     pending: Option<String>,
     node: Option<Identity>,
+    /// Served while this node's join is in progress: self-signed over its node key.
+    provisional: Option<Arc<CertifiedKey>>,
+    /// The public keys (raw bits) of the joins this node is serving as the leader.
+    joiners: Vec<Vec<u8>>,
 }
 
 type RevocationCheck = Box<dyn Fn(&str) -> bool + Send + Sync>;
@@ -486,7 +497,23 @@ impl Pki {
                 key
             }
         };
+        let mut params = rcgen::CertificateParams::default();
+        params.distinguished_name.push(rcgen::DnType::CommonName, name);
+        validity(&mut params, 1);
+        let cert = params.self_signed(&key).map_err(gen_err)?;
+        let provisional = certified(&self.provider, vec![cert.der().clone()], &key)?;
+        self.write_material().provisional = Some(provisional);
         csr(&key, name)
+    }
+
+    /// While the returned guard lives, a peer server whose key is that of `csr_pem` is
+    /// trusted (the joiner this leader is adding; see the module header).
+    pub fn expect_joiner(self: &Arc<Self>, csr_pem: &str) -> Result<JoinerGuard, PkiError> {
+        let csr = rcgen::CertificateSigningRequestParams::from_pem(csr_pem)
+            .map_err(|e| PkiError::Refused(format!("the certificate signing request is not valid ({e})")))?;
+        let key = rcgen::PublicKeyData::der_bytes(&csr.public_key).to_vec();
+        self.write_material().joiners.push(key.clone());
+        Ok(JoinerGuard { pki: self.clone(), key })
     }
 
     /// Pins `fingerprint` while a join is in progress (`None` once it ended).
@@ -564,6 +591,27 @@ impl Pki {
     fn algorithms(&self) -> WebPkiSupportedAlgorithms {
         self.provider.signature_verification_algorithms
     }
+}
+
+/// See [`Pki::expect_joiner`].
+pub struct JoinerGuard {
+    pki: Arc<Pki>,
+    key: Vec<u8>,
+}
+
+impl Drop for JoinerGuard {
+    fn drop(&mut self) {
+        let mut m = self.pki.write_material();
+        if let Some(i) = m.joiners.iter().position(|k| *k == self.key) {
+            m.joiners.remove(i);
+        }
+    }
+}
+
+/// The raw public key bits of a certificate.
+fn public_key_bits(der: &[u8]) -> Option<Vec<u8>> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+    Some(cert.tbs_certificate.subject_pki.subject_public_key.data.to_vec())
 }
 
 /// Builds the reqwest client of `config`: no proxy (peer traffic goes straight to the
@@ -652,7 +700,8 @@ impl fmt::Debug for ServerIdentity {
 impl ResolvesServerCert for ServerIdentity {
     fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
         let m = self.0.read_material();
-        Some(m.node.as_ref().map(|n| n.key.clone()).unwrap_or_else(|| self.0.temporary.clone()))
+        let own = m.node.as_ref().map(|n| n.key.clone()).or_else(|| m.provisional.clone());
+        Some(own.unwrap_or_else(|| self.0.temporary.clone()))
     }
 }
 
@@ -774,13 +823,17 @@ impl ServerCertVerifier for ServerCheck {
         _ocsp: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        let roots = self
-            .0
-            .read_material()
-            .ca
-            .as_ref()
-            .map(|t| t.roots.clone())
-            .ok_or_else(|| tls_err("this node is not in a cluster yet, so it trusts no peer".into()))?;
+        let (roots, joining) = {
+            let m = self.0.read_material();
+            let joining = !m.joiners.is_empty()
+                && public_key_bits(end_entity.as_ref()).is_some_and(|k| m.joiners.contains(&k));
+            (m.ca.as_ref().map(|t| t.roots.clone()), joining)
+        };
+        if joining {
+            // A joiner this leader is adding, before it has its certificate (module header).
+            return Ok(ServerCertVerified::assertion());
+        }
+        let roots = roots.ok_or_else(|| tls_err("this node is not in a cluster yet, so it trusts no peer".into()))?;
         let parsed = ParsedCertificate::try_from(end_entity)?;
         verify_server_cert_signed_by_trust_anchor(&parsed, &roots, intermediates, now, self.0.algorithms().all)?;
         let cert = peer_cert(end_entity.as_ref())
