@@ -26,7 +26,7 @@ use tokio::sync::watch;
 
 use crate::Agent;
 use crate::api::ApiError;
-use crate::pki::{Pki, PeerCert};
+use crate::pki::{PeerCert, Pki};
 
 /// How long a new connection may take to send its first byte and finish the TLS handshake
 /// (a client that opens a connection and sends nothing holds no task for long).
@@ -37,7 +37,9 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 pub enum Connection {
     Plain,
     /// TLS; `peer`: the client's verified certificate, if it gave one.
-    Tls { peer: Option<PeerCert> },
+    Tls {
+        peer: Option<PeerCert>,
+    },
 }
 
 /// Serves `router` on `listener` until `stop` turns true; open connections are then asked

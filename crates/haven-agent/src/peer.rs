@@ -248,7 +248,8 @@ mod tests {
         own.found("t", "n1", 1, &addr).expect("a CA and n1's certificate");
         let peer_dir = dir.path().join("peer");
         own.issue_identity(&peer_dir, "n2", 2, "127.0.0.1:1").expect("n2's certificate");
-        let http = std::sync::Arc::new(crate::pki::Pki::open(&peer_dir).expect("n2's PKI")).peer_client().expect("a client");
+        let http =
+            std::sync::Arc::new(crate::pki::Pki::open(&peer_dir).expect("n2's PKI")).peer_client().expect("a client");
         let config = AgentConfig {
             id: 1,
             name: "n1".into(),

@@ -293,7 +293,8 @@ fn read(path: &Path) -> Result<Option<String>, PkiError> {
 }
 
 fn pem_der(path: &Path, pem: &str) -> Result<Vec<u8>, PkiError> {
-    let invalid = |detail: String| PkiError::Invalid { path: path.display().to_string(), what: "PEM certificate", detail };
+    let invalid =
+        |detail: String| PkiError::Invalid { path: path.display().to_string(), what: "PEM certificate", detail };
     let (_, p) = x509_parser::pem::parse_x509_pem(pem.as_bytes()).map_err(|e| invalid(e.to_string()))?;
     Ok(p.contents)
 }
@@ -635,7 +636,8 @@ pub type JoinMismatch = Arc<Mutex<Option<String>>>;
 pub fn join_client(fingerprint: &str) -> Result<(reqwest::Client, JoinMismatch), PkiError> {
     let provider = provider();
     let mismatch: JoinMismatch = Arc::default();
-    let check = PinnedCa { fingerprint: fingerprint.to_string(), provider: provider.clone(), mismatch: mismatch.clone() };
+    let check =
+        PinnedCa { fingerprint: fingerprint.to_string(), provider: provider.clone(), mismatch: mismatch.clone() };
     let config = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| PkiError::Generate(e.to_string()))?
@@ -761,14 +763,10 @@ impl ClientCertVerifier for ClientCheck {
                     let ca = pinned_in(intermediates, f).ok_or_else(|| {
                         tls_err("the peer's chain carries no CA with the fingerprint this node's join pins".into())
                     })?;
-                    trust_for(&self.0.provider, ca.clone().into_owned())
-                        .map_err(|e| tls_err(e.to_string()))?
-                        .clients
+                    trust_for(&self.0.provider, ca.clone().into_owned()).map_err(|e| tls_err(e.to_string()))?.clients
                 }
                 (None, None) => {
-                    return Err(tls_err(
-                        "this node is not in a cluster yet, so it trusts no peer certificate".into(),
-                    ));
+                    return Err(tls_err("this node is not in a cluster yet, so it trusts no peer certificate".into()));
                 }
             }
         };
@@ -825,8 +823,8 @@ impl ServerCertVerifier for ServerCheck {
     ) -> Result<ServerCertVerified, rustls::Error> {
         let (roots, joining) = {
             let m = self.0.read_material();
-            let joining = !m.joiners.is_empty()
-                && public_key_bits(end_entity.as_ref()).is_some_and(|k| m.joiners.contains(&k));
+            let joining =
+                !m.joiners.is_empty() && public_key_bits(end_entity.as_ref()).is_some_and(|k| m.joiners.contains(&k));
             (m.ca.as_ref().map(|t| t.roots.clone()), joining)
         };
         if joining {
@@ -954,7 +952,8 @@ mod tests {
     fn a_node_certificate_names_the_node_and_chains_to_its_ca() {
         let ca = Ca::generate("lab").expect("a CA");
         let key = rcgen::KeyPair::generate().expect("a key");
-        let (pem, serial) = ca.issue(&csr(&key, "node2").expect("a CSR"), "node2", 2, "127.0.0.1:7400").expect("issued");
+        let (pem, serial) =
+            ca.issue(&csr(&key, "node2").expect("a CSR"), "node2", 2, "127.0.0.1:7400").expect("issued");
         let der = pem_der(Path::new("test"), &pem).expect("PEM");
         let cert = peer_cert(&der).expect("a node certificate");
         assert_eq!(cert, PeerCert { name: "node2".into(), id: 2, serial: serial.clone() });
@@ -977,7 +976,8 @@ mod tests {
         let (_, a) = ca.issue(&request, "n", 1, "h:1").expect("issued");
         let (_, b) = ca.issue(&request, "n", 1, "h:1").expect("issued");
         assert_ne!(a, b);
-        let e = ca.issue("-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n-----END CERTIFICATE REQUEST-----\n", "n", 1, "h:1");
+        let e =
+            ca.issue("-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n-----END CERTIFICATE REQUEST-----\n", "n", 1, "h:1");
         assert!(matches!(e, Err(PkiError::Refused(_))), "{:?}", e.map(|_| ()));
         let learner = Ca { key: None, ..Ca::generate("lab").expect("a CA") };
         assert!(learner.issue(&request, "n", 1, "h:1").is_err_and(|e| e.to_string().contains("CA key")));
@@ -999,7 +999,10 @@ mod tests {
         std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).expect("chmod");
         let e = Pki::open(dir.path()).expect_err("a world-readable key");
         let text = e.to_string();
-        assert!(text.contains(&key.display().to_string()) && text.contains("0644") && text.contains("chmod 600"), "{text}");
+        assert!(
+            text.contains(&key.display().to_string()) && text.contains("0644") && text.contains("chmod 600"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -11,8 +11,8 @@ use haven_state::Event;
 
 use crate::{
     Client, ClientError, ClusterStatus, DefinitionEdit, DefinitionEdited, Deleted, GroupView, GuestControl,
-    GuestControlSent, HistoryQuery, InitRequest, InitResponse, JoinRequest, JoinTokenCreated, JoinTokenRequest, MakeHaRequest, MoveRequest,
-    NodeView, Removed, RequestView, ResourceView, VmCreate, VmView,
+    GuestControlSent, HistoryQuery, InitRequest, InitResponse, JoinRequest, JoinTokenCreated, JoinTokenRequest,
+    MakeHaRequest, MoveRequest, NodeView, Removed, RequestView, ResourceView, VmCreate, VmView,
 };
 
 /// The prefix of every route (see [`crate::API_PREFIX`]).
@@ -48,7 +48,12 @@ impl Client {
 
     /// `POST /cluster/join`: make this agent join the cluster that `address` (any member,
     /// `host:port`) belongs to, with a join token and the CA fingerprint it expects.
-    pub async fn join_cluster(&self, address: &str, token: &str, ca_fingerprint: &str) -> Result<NodeView, ClientError> {
+    pub async fn join_cluster(
+        &self,
+        address: &str,
+        token: &str,
+        ca_fingerprint: &str,
+    ) -> Result<NodeView, ClientError> {
         let body = JoinRequest {
             address: address.to_string(),
             token: token.to_string(),

@@ -164,7 +164,14 @@ pub(crate) fn create_join_token(
 }
 
 /// `JoinNode`: the token's use, the node and its certificate, in one change.
-pub(crate) fn join_node(s: &mut State, req_at: Millis, by: &str, node: &Node, token_hash: &str, serial: &str) -> Response {
+pub(crate) fn join_node(
+    s: &mut State,
+    req_at: Millis,
+    by: &str,
+    node: &Node,
+    token_hash: &str,
+    serial: &str,
+) -> Response {
     check_join_token(s, token_hash, req_at).map_err(StateError::conflict)?;
     validate_serial(serial)?;
     if s.revoked_certs.contains_key(serial) {
@@ -271,7 +278,8 @@ mod tests {
         s.apply(&Request::new(0, "operator", create)).expect("token created");
         let e = join(&mut s, 5000, 2, "b", &hash('a'), "0b").unwrap_err();
         assert!(e.message.contains("expired 4 s ago"), "{e}");
-        let too_long = Command::CreateJoinToken { token_hash: hash('b'), expires_at: JOIN_TOKEN_TTL_MAX_MS + 1, uses: 1 };
+        let too_long =
+            Command::CreateJoinToken { token_hash: hash('b'), expires_at: JOIN_TOKEN_TTL_MAX_MS + 1, uses: 1 };
         let e = s.apply(&Request::new(0, "operator", too_long)).unwrap_err();
         assert_eq!(e.field.as_deref(), Some("ttl"), "{e}");
         let no_uses = Command::CreateJoinToken { token_hash: hash('b'), expires_at: 5000, uses: 0 };

@@ -133,14 +133,14 @@ pub(super) async fn cluster_join(
     if agent.db.state().cluster.is_some() {
         return Err(ApiError::new(409, "conflict", "this node is already a member of a cluster"));
     }
-    let fingerprint = crate::pki::normalize_fingerprint(&req.ca_fingerprint)
-        .map_err(|m| ApiError { status: 400, code: "invalid".into(), message: m, field: Some("ca_fingerprint".into()) })?;
-    let address = req
-        .address
-        .trim_start_matches("http://")
-        .trim_start_matches("https://")
-        .trim_end_matches('/')
-        .to_string();
+    let fingerprint = crate::pki::normalize_fingerprint(&req.ca_fingerprint).map_err(|m| ApiError {
+        status: 400,
+        code: "invalid".into(),
+        message: m,
+        field: Some("ca_fingerprint".into()),
+    })?;
+    let address =
+        req.address.trim_start_matches("http://").trim_start_matches("https://").trim_end_matches('/').to_string();
     let csr = agent.pki.join_request(&agent.config.name).map_err(|e| ApiError::new(500, "internal", e.to_string()))?;
     let join = PeerJoin {
         id: agent.config.id,
@@ -151,7 +151,8 @@ pub(super) async fn cluster_join(
         witness: agent.config.witness,
         csr,
     };
-    let (client, mismatch) = crate::pki::join_client(&fingerprint).map_err(|e| ApiError::new(500, "internal", e.to_string()))?;
+    let (client, mismatch) =
+        crate::pki::join_client(&fingerprint).map_err(|e| ApiError::new(500, "internal", e.to_string()))?;
     // Until the reply brings the CA, the leader (adding this node as a learner) is trusted
     // by the fingerprint too.
     agent.pki.set_pending(Some(fingerprint.clone()));
@@ -162,14 +163,25 @@ pub(super) async fn cluster_join(
             agent.pki.set_pending(None);
             let refused = mismatch.lock().unwrap_or_else(|p| p.into_inner()).take();
             return Err(match refused {
-                Some(m) => ApiError { status: 403, code: "ca_mismatch".into(), message: m, field: Some("ca_fingerprint".into()) },
+                Some(m) => ApiError {
+                    status: 403,
+                    code: "ca_mismatch".into(),
+                    message: m,
+                    field: Some("ca_fingerprint".into()),
+                },
                 None => e,
             });
         }
     };
     let identity = agent
         .pki
-        .accept_join(&fingerprint, &agent.config.name, &joined.certificate, &joined.ca_certificate, joined.ca_key.as_deref())
+        .accept_join(
+            &fingerprint,
+            &agent.config.name,
+            &joined.certificate,
+            &joined.ca_certificate,
+            joined.ca_key.as_deref(),
+        )
         .map_err(|e| ApiError::new(502, "unavailable", e.to_string()))?;
     tracing::info!(%identity, "joined: this node's certificate is installed");
     let node = joined.node;

@@ -111,15 +111,26 @@ impl Lab {
         Lab::new(n).found().await
     }
 
+    /// Starts `n` agents but founds the cluster with the first `members` only: the others
+    /// run outside it (for tests of joining), and [`Lab::start`]'s wait covers the members.
+    pub async fn start_members(n: usize, members: usize) -> Lab {
+        Lab::new(n).found_with(members).await
+    }
+
     /// Starts every agent, founds the cluster on node 0, joins the others, and waits until
     /// every node sees all nodes up, a leader and its own lease.
     async fn found(self) -> Lab {
         let n = self.nodes.len();
+        self.found_with(n).await
+    }
+
+    /// [`Lab::found`] with the first `n` nodes as the cluster; every agent is started.
+    async fn found_with(self, n: usize) -> Lab {
         let mut lab = self;
-        for i in 0..n {
+        for i in 0..lab.nodes.len() {
             lab.spawn(i);
         }
-        for i in 0..n {
+        for i in 0..lab.nodes.len() {
             lab.wait_answering(i).await;
         }
         lab.nodes[0].client.init_cluster("lab").await.expect("cluster init failed");
