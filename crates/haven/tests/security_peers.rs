@@ -206,8 +206,16 @@ async fn a_removed_node_cannot_reconnect() {
     assert_eq!(r.map(|r| r.status().as_u16()).ok(), Some(200), "{name}'s renewal before its removal");
 
     lab.kill_node(removed);
-    lab.wait_until(&format!("{name} down"), 20, async || {
-        lab.node_list(via).await.is_some_and(|n| n.iter().any(|n| n.node.name == name && n.status == "down"))
+    // Down as the leader sees it too (it decides the removal; a follower may apply the
+    // change first).
+    lab.wait_until(&format!("{name} down on the leader and on {}", lab.name(via)), 20, async || {
+        for i in [leader, via] {
+            let down = lab.node_list(i).await;
+            if !down.is_some_and(|n| n.iter().any(|n| n.node.name == name && n.status == "down")) {
+                return false;
+            }
+        }
+        true
     })
     .await;
     lab.client(via).remove_node(&name).await.expect("the removal");
