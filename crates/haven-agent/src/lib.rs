@@ -199,6 +199,11 @@ impl Agent {
             // Raft stopped here, before or after taking the request: it cannot tell which.
             Err(e @ WriteError::Fatal(_)) => return Attempt::Failed(unknown(req, &e.to_string())),
         };
+        if self.pki.identity().is_none() {
+            // Mid-join: no certificate yet to reach the leader with.
+            let reason = "this node has no certificate yet (its join is in progress)".to_string();
+            return Attempt::Again { reason, maybe_sent: false };
+        }
         match peer::forward_write(&self.peers, &addr, req).await {
             Ok(resp) => Attempt::Done(Box::new(resp)),
             Err(peer::ForwardError::NotSent(m)) => Attempt::Again { reason: m, maybe_sent: false },

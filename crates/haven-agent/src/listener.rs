@@ -148,13 +148,19 @@ pub async fn gate(AxState(agent): AxState<Arc<Agent>>, mut req: Request, next: N
             }
             Connection::Tls { peer: None } if join => {}
             Connection::Tls { peer: None } => {
-                return ApiError::new(
+                let mut refusal = ApiError::new(
                     401,
                     "no_certificate",
                     "the peer routes (/internal/*) need a node certificate of this cluster; join the node with \
                      `haven cluster join` to get one",
                 )
                 .into_response();
+                // A client's pooled connection without a certificate must not be reused once
+                // it has one (a joiner that just got its certificate): close it.
+                refusal
+                    .headers_mut()
+                    .insert(axum::http::header::CONNECTION, axum::http::HeaderValue::from_static("close"));
+                return refusal;
             }
             Connection::Tls { peer: Some(p) } => {
                 // The replicated state, read per request: a removal revokes connections
