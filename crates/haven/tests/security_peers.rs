@@ -125,7 +125,9 @@ async fn strangers_wrong_tokens_and_wrong_fingerprints_are_refused() {
     // Joins of node4, through its own API.
     let joiner = lab.client(3);
     let member = lab.node(0).addr.clone();
-    let good = lab.client(0).create_join_token(&JoinTokenRequest::default()).await.expect("a token");
+    // The token the join finally succeeds with, made as the README says (the CLI).
+    let made = lab.cli_json(0, &["cluster", "token", "create", "--ttl", "10m"]).await;
+    let good: haven_api::JoinTokenCreated = serde_json::from_value(made).expect("the token's JSON");
     assert_eq!((good.uses, good.ca_fingerprint.len()), (1, 64));
     let made_up = "5ec2e7".repeat(10);
     let e = joiner.join_cluster(&member, &made_up, &good.ca_fingerprint).await.expect_err("a made-up token");
@@ -157,8 +159,9 @@ async fn strangers_wrong_tokens_and_wrong_fingerprints_are_refused() {
     assert!(message(&e).contains("expired"), "{e}");
 
     // The right token and fingerprint: node4 joins (the refusals above used nothing up).
-    let joined = joiner.join_cluster(&member, &good.token, &good.ca_fingerprint).await.expect("node4 joins");
-    assert_eq!(joined.node.name, "node4");
+    let args = ["cluster", "join", member.as_str(), "--token", &good.token, "--ca-fingerprint", &good.ca_fingerprint];
+    let joined = lab.cli_json(3, &args).await;
+    assert_eq!(joined["name"], "node4", "{joined}");
     lab.wait_until("node4 up, with a lease", 30, async || lab.sees_all_up(3, 4).await).await;
     for f in ["node.key", "ca.key"] {
         let mode = std::os::unix::fs::PermissionsExt::mode(
