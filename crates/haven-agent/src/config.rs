@@ -81,6 +81,10 @@ pub struct AgentConfig {
     /// Run as a witness: a voting member that hosts no resources (`haven witness` sets it).
     #[serde(default)]
     pub witness: bool,
+    /// Let plain HTTP reach the public API although `listen` is not a loopback address
+    /// (peer traffic is mutual TLS regardless). Only for a network you trust, e.g. a lab.
+    #[serde(default)]
+    pub plain_http_api: bool,
 }
 
 /// Lease and heartbeat timing. A profile sets all values; explicit values override it.

@@ -11,6 +11,8 @@
 //! id, never a refusal.
 //!
 //! It decides nothing about retrying: each caller knows what its request may do twice.
+//! Every request is HTTPS: the client carries this node's certificate and trusts only the
+//! cluster CA (see [`crate::pki`]).
 
 use std::time::Duration;
 
@@ -112,7 +114,8 @@ impl<'a> Forward<'a> {
         body: Option<&B>,
     ) -> Result<T, Failure> {
         let (to, addr) = (&self.to, self.addr);
-        let url = format!("http://{addr}{path}");
+        // Mutual TLS (the client is `Agent::peers`, or a joiner's pinned one: `pki`).
+        let url = format!("https://{addr}{path}");
         let mut req = self.http.request(method.clone(), &url).timeout(self.wait.timeout());
         // A public write keeps the id of the request it serves (see the module header).
         let request_id = (method != Method::GET && path.starts_with(haven_api::API_PREFIX))
@@ -187,6 +190,7 @@ mod tests {
     async fn a_node_that_does_not_listen_was_surely_not_sent_the_request() {
         let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free port").port();
         let addr = format!("127.0.0.1:{port}");
+        crate::pki::provider();
         let http = reqwest::Client::new();
         let peer = Forward::new(&http, "node \"b\"", &addr, Wait::Short);
         match peer.post::<_, serde_json::Value>("/api/v1/groups", &serde_json::json!({"name": "g"})).await {

@@ -131,8 +131,8 @@ pub async fn run(agent: Arc<Agent>, mut stop: watch::Receiver<bool>) {
 
 async fn renew_once(agent: &Agent) -> Option<HeartbeatReply> {
     let state = agent.db.state();
-    if !state.nodes.contains_key(agent.name()) {
-        return None; // not a member (yet)
+    if !state.nodes.contains_key(agent.name()) || agent.pki.identity().is_none() {
+        return None; // not a member (yet), or listed before the join's answer brought the certificate
     }
     let (leader_id, addr) = agent.db.leader()?;
     let hb = Heartbeat { node: agent.name().to_string() };

@@ -8,7 +8,9 @@
 //!   heartbeats it received to the pure `haven_controller::decide` and commits its commands;
 //! - the local resource manager ([`lrm`]): starts, monitors and stops the resources that the
 //!   committed state places on this node;
-//! - the REST API ([`api`]) and the internal peer routes ([`peer`]).
+//! - the REST API ([`api`]) and the internal peer routes ([`peer`]), on one port
+//!   ([`listener`]: TLS or plain HTTP by the first byte; peer traffic is mutual TLS with the
+//!   node certificates of [`pki`]).
 //!
 //! This crate decides nothing about placement or failover itself; it executes.
 
@@ -19,8 +21,10 @@ pub mod fence;
 mod forward;
 pub mod host;
 pub mod lease;
+mod listener;
 pub mod lrm;
 mod peer;
+pub mod pki;
 mod report;
 mod requests;
 
@@ -44,8 +48,14 @@ pub struct Agent {
     pub timing: Timing,
     pub db: ClusterDb,
     /// Client for all peer traffic (`forward`: writes to the leader, heartbeats, joins, VM
-    /// calls to the owner).
+    /// calls to the owner; Raft's RPCs): mutual TLS with this node's certificate.
     pub peers: reqwest::Client,
+    /// The cluster CA and this node's certificate, hot-swapped at init and join.
+    pub pki: Arc<pki::Pki>,
+    /// Whether plain HTTP may reach the public API (a loopback address, or `plain_http_api`).
+    plain_api: bool,
+    /// One join at a time on the leader (`peer::join`).
+    join_lock: tokio::sync::Mutex<()>,
     pub lease: lease::LeaseKeeper,
     /// Leader side: when each node's last renewal arrived (ms), while this node led (in any
     /// term since the agent started), and the grant rule: a renewal lands either before a
@@ -189,6 +199,11 @@ impl Agent {
             // Raft stopped here, before or after taking the request: it cannot tell which.
             Err(e @ WriteError::Fatal(_)) => return Attempt::Failed(unknown(req, &e.to_string())),
         };
+        if self.pki.identity().is_none() {
+            // Mid-join: no certificate yet to reach the leader with.
+            let reason = "this node has no certificate yet (its join is in progress)".to_string();
+            return Attempt::Again { reason, maybe_sent: false };
+        }
         match peer::forward_write(&self.peers, &addr, req).await {
             Ok(resp) => Attempt::Done(Box::new(resp)),
             Err(peer::ForwardError::NotSent(m)) => Attempt::Again { reason: m, maybe_sent: false },
@@ -272,6 +287,8 @@ pub enum StartError {
     Listen { addr: String, source: std::io::Error },
     #[error("cannot build the HTTP client: {0}")]
     HttpClient(#[from] reqwest::Error),
+    #[error(transparent)]
+    Pki(#[from] pki::PkiError),
 }
 
 /// Runs the agent until `shutdown` resolves, then stops local resources and exits.
@@ -285,20 +302,32 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Res
         election_max_ms: timing.election_max.as_millis() as u64,
         ..RaftTuning::default()
     };
-    let db = ClusterDb::open(&config.state_dir.join("raft"), config.id, tuning)
+    // Refuses to start with a key file others can read (the error names it and the fix).
+    let pki = Arc::new(pki::Pki::open(&config.state_dir.join("pki"))?);
+    // Peer traffic goes straight to the peer (never through an `HTTP_PROXY` the node may
+    // have set for other programs), over mutual TLS.
+    let peers = pki.peer_client()?;
+    let network = haven_raft::network::HttpNetworkFactory::with_client(config.id, peers.clone(), "https");
+    let db = ClusterDb::open_with_network(&config.state_dir.join("raft"), config.id, tuning, network)
         .await
         .map_err(|e| StartError::Database(e.to_string()))?
         .with_write_timeout(timing.lease);
+    {
+        // Every handshake consults the replicated state: a removed node's serial is refused.
+        let db = db.clone();
+        pki.set_revocation_check(move |serial| haven_state::pki::is_revoked(&db.state(), serial));
+    }
     let listener = tokio::net::TcpListener::bind(&config.listen)
         .await
         .map_err(|source| StartError::Listen { addr: config.listen.clone(), source })?;
-    // Peer traffic goes straight to the peer, never through an `HTTP_PROXY` the node may
-    // have set for other programs.
-    let peers = reqwest::Client::builder()
-        .no_proxy()
-        .connect_timeout(Duration::from_millis(500))
-        .timeout(Duration::from_secs(70))
-        .build()?;
+    let plain_api = listener::plain_api_allowed(&config.listen, config.plain_http_api);
+    if plain_api {
+        tracing::warn!(
+            listen = %config.listen,
+            "the API also answers plain HTTP here (a loopback address, or plain_http_api = true): anyone who can \
+             reach this address can read it unencrypted; peer traffic is mutual TLS regardless"
+        );
+    }
 
     let (reports, report_rx) = report::Reporter::new();
     let agent = Arc::new(Agent {
@@ -307,6 +336,9 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Res
         timing,
         db,
         peers,
+        pki: pki.clone(),
+        plain_api,
+        join_lock: tokio::sync::Mutex::new(()),
         grants: lease::Grants::default(),
         drivers: haven_drivers::Drivers::new(),
         reports,
@@ -340,15 +372,8 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Res
         tokio::spawn(lrm::run(agent.clone(), stop_rx.clone()))
     };
 
-    let (server_stop_tx, mut server_stop) = tokio::sync::watch::channel(false);
-    let server = tokio::spawn(async move {
-        let serve = axum::serve(listener, router).with_graceful_shutdown(async move {
-            let _ = server_stop.wait_for(|s| *s).await;
-        });
-        if let Err(e) = serve.await {
-            tracing::error!(error = %e, "API server failed");
-        }
-    });
+    let (server_stop_tx, server_stop) = tokio::sync::watch::channel(false);
+    let server = tokio::spawn(listener::serve(listener, router, pki, server_stop));
 
     shutdown.await;
     tracing::info!("shutting down: refusing new writes, stopping local resources");

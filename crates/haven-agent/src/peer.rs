@@ -1,20 +1,28 @@
 //! Internal routes between agents (`/internal/*`): forwarded writes, lease renewals and
 //! joins, plus the client side of each. Raft's own RPCs are served by `haven_raft::router`.
+//!
+//! Every route but the join is reached only with a verified, unrevoked node certificate
+//! (`listener::gate`), and binds what it does to it: a lease renewal is granted only to
+//! the node the certificate names, and a forwarded write's author is what the certificate
+//! vouches for. A join is authenticated by its token instead, checked and used up in the
+//! same state change that admits the node (`Command::JoinNode`).
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::Extension;
 use axum::extract::State as AxState;
 use axum::routing::post;
 use axum::{Json, Router};
-use haven_api::{Heartbeat, HeartbeatReply, PeerJoin};
+use haven_api::{Heartbeat, HeartbeatReply, PeerJoin, PeerJoined};
 use haven_model::{Node, NodeLiveness, NodeRole};
 use haven_raft::WriteError;
 use haven_state::{Command, Request, Response};
 
 use crate::api::{ApiError, Body};
 use crate::forward::{Failure, Forward, Wait};
+use crate::pki::PeerCert;
 use crate::{Agent, SubmitError};
 
 /// Largest forwarded write (`/internal/write`): one command as the leader would commit it,
@@ -36,8 +44,16 @@ pub(crate) fn router(agent: Arc<Agent>) -> Router {
 /// timeout is answered 504 (outcome unknown), never as a refusal.
 async fn write(
     AxState(agent): AxState<Arc<Agent>>,
-    Body(req): Body<Request, FORWARD_LIMIT>,
+    Extension(peer): Extension<PeerCert>,
+    Body(mut req): Body<Request, FORWARD_LIMIT>,
 ) -> Result<Json<Response>, ApiError> {
+    // The author is what the sender's certificate vouches for: a node writes as itself, or
+    // passes on a write it took from someone else ("operator via node2"); and the time is
+    // the leader's.
+    if req.by != peer.name {
+        req.by = format!("{} via {}", req.by, peer.name);
+    }
+    req.at = crate::now_ms();
     match agent.db.write(req.clone()).await {
         Ok(resp) => Ok(Json(resp)),
         Err(e @ WriteError::ForwardToLeader { .. }) => Err(ApiError::new(421, "not_leader", e.to_string())),
@@ -52,8 +68,20 @@ async fn write(
 
 async fn heartbeat(
     AxState(agent): AxState<Arc<Agent>>,
+    Extension(peer): Extension<PeerCert>,
     Body(hb): Body<Heartbeat>,
 ) -> Result<Json<HeartbeatReply>, ApiError> {
+    // A renewal is bound to the sender's certificate: no node renews another's lease.
+    if hb.node != peer.name {
+        return Err(ApiError::new(
+            403,
+            "wrong_node",
+            format!(
+                "{peer} cannot renew the lease of node {:?}: a node renews only its own lease",
+                haven_api::body::shorten(&hb.node, 64)
+            ),
+        ));
+    }
     match crate::lease::grant(&agent, &hb).await {
         Ok(r) => Ok(Json(r)),
         Err(e) => Err(ApiError::new(503, "not_leader", e.to_string())),
@@ -105,32 +133,38 @@ pub async fn send_heartbeat(
 }
 
 /// A node asks to join: only the leader admits it (as a learner that has caught up, then a
-/// voter while there are fewer than five), then records it in the cluster state.
-async fn join(AxState(agent): AxState<Arc<Agent>>, Body(j): Body<PeerJoin>) -> Result<Json<Node>, ApiError> {
+/// voter while there are fewer than five), then records it, its token's use and its
+/// certificate's serial in one state change, and answers with its certificate (and, for a
+/// voter, the CA key: any voter may lead and sign the next join).
+async fn join(AxState(agent): AxState<Arc<Agent>>, Body(j): Body<PeerJoin>) -> Result<Json<PeerJoined>, ApiError> {
     let state = agent.db.state();
-    let Some(cluster) = &state.cluster else {
+    if state.cluster.is_none() {
         return Err(ApiError::new(409, "not_initialized", "this node is not in an initialized cluster"));
-    };
+    }
     if !agent.is_leader() {
         let Some((_, addr)) = agent.db.leader() else {
             return Err(ApiError::new(503, "unavailable", "no leader is elected right now; retry in a moment"));
         };
         return forward_join(&agent.peers, "the leader", &addr, &j).await.map(Json);
     }
-    if j.token != cluster.join_token {
-        return Err(ApiError::new(
-            403,
-            "bad_token",
-            "the join token is wrong; get the right one with `haven cluster token` on a member",
-        ));
-    }
+    // One join at a time on this leader: the token check below and its use in `JoinNode`
+    // see the same state (the state machine checks it again at commit).
+    let _one_at_a_time = agent.join_lock.lock().await;
+    let state = agent.db.state();
+    let token_hash = crate::pki::sha256_hex(j.token.as_bytes());
+    haven_state::pki::check_join_token(&state, &token_hash, crate::now_ms())
+        .map_err(|m| ApiError::new(403, "bad_token", m))?;
     haven_model::validate_name("name", &j.name).map_err(|e| ApiError::from(SubmitError::Refused(e.into())))?;
-    if let Some(existing) = state.nodes.get(&j.name) {
-        if existing.id == j.id {
-            // The same node asking again (e.g. its first attempt timed out): fine.
-            return Ok(Json(existing.clone()));
-        }
-        return Err(SubmitError::Refused(haven_state::StateError::exists("node", &j.name)).into());
+    if state.nodes.contains_key(&j.name) {
+        return Err(ApiError::new(
+            409,
+            "already_exists",
+            format!(
+                "a node named {:?} is already a member; give the new node another name, or remove the old one first \
+                 (`haven node remove {}`)",
+                j.name, j.name
+            ),
+        ));
     }
     if let Some(other) = state.node_by_id(j.id) {
         return Err(ApiError::new(
@@ -142,6 +176,11 @@ async fn join(AxState(agent): AxState<Arc<Agent>>, Body(j): Body<PeerJoin>) -> R
             ),
         ));
     }
+    let ca = agent.pki.ca().map_err(|e| ApiError::new(503, "unavailable", e.to_string()))?;
+    let (certificate, serial) =
+        ca.issue(&j.csr, &j.name, j.id, &j.address).map_err(|e| ApiError::new(400, "bad_request", e.to_string()))?;
+    // Until it has its certificate, the joiner serves one over the key of its request.
+    let _joiner = agent.pki.expect_joiner(&j.csr).map_err(|e| ApiError::new(400, "bad_request", e.to_string()))?;
     agent
         .db
         .add_learner(j.id, j.address.clone())
@@ -169,15 +208,20 @@ async fn join(AxState(agent): AxState<Arc<Agent>>, Body(j): Body<PeerJoin>) -> R
         capacity: j.capacity,
         since: crate::now_ms(),
     };
-    match agent.submit("operator", Command::AddNode { node: node.clone() }).await {
-        Ok(_) => Ok(Json(node)),
-        Err(e) => Err(e.into()),
-    }
+    let command = Command::JoinNode { node: node.clone(), token_hash, cert_serial: serial };
+    agent.submit(&j.name, command).await?;
+    let ca_key = if role == NodeRole::Learner { None } else { ca.key_pem() };
+    Ok(Json(PeerJoined { node, certificate, ca_certificate: ca.cert_pem().to_string(), ca_key }))
 }
 
-/// Asks the member at `addr` (named `to` in errors) to admit `j`; a member forwards it to
-/// the leader.
-pub(crate) async fn forward_join(http: &reqwest::Client, to: &str, addr: &str, j: &PeerJoin) -> Result<Node, ApiError> {
+/// Asks the member at `addr` (named `to` in errors) to admit `j` with `http` (a member's
+/// peer client, or a joiner's pinned one); a member forwards it to the leader.
+pub(crate) async fn forward_join(
+    http: &reqwest::Client,
+    to: &str,
+    addr: &str,
+    j: &PeerJoin,
+) -> Result<PeerJoined, ApiError> {
     Forward::new(http, to, addr, Wait::Long).post("/internal/join", j).await.map_err(Failure::into_api_error)
 }
 
@@ -191,13 +235,21 @@ mod tests {
     use super::{ForwardError, forward_write};
     use crate::{AgentConfig, SubmitError};
 
-    /// A real agent (not in a cluster) on a loopback port: its `/internal/write` refuses a
-    /// write, as a leader would refuse one, by the route's own rules.
+    /// A real agent (its PKI founded, not in a cluster) on a loopback port: its
+    /// `/internal/write` refuses a write from a peer with a certificate of its CA, as a
+    /// leader would refuse one, by the route's own rules; without a certificate, or over
+    /// plain HTTP, the route is not reached at all.
     #[tokio::test]
     async fn a_forwarded_write_too_large_for_the_leader_is_refused_at_once_and_a_not_leader_is_retried() {
         let dir = tempfile::tempdir().expect("a temporary directory");
         let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free port").port();
         let addr = format!("127.0.0.1:{port}");
+        let own = crate::pki::Pki::open(&dir.path().join("pki")).expect("the agent's PKI");
+        own.found("t", "n1", 1, &addr).expect("a CA and n1's certificate");
+        let peer_dir = dir.path().join("peer");
+        own.issue_identity(&peer_dir, "n2", 2, "127.0.0.1:1").expect("n2's certificate");
+        let http =
+            std::sync::Arc::new(crate::pki::Pki::open(&peer_dir).expect("n2's PKI")).peer_client().expect("a client");
         let config = AgentConfig {
             id: 1,
             name: "n1".into(),
@@ -207,12 +259,12 @@ mod tests {
             timing: Default::default(),
             capacity: None,
             witness: true,
+            plain_http_api: false,
         };
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let agent = tokio::spawn(crate::run(config, async move {
             let _ = stopped.await;
         }));
-        let http = reqwest::Client::new();
         let small = Request::new(1, "operator", Command::CreateGroup { spec: GroupSpec::new("g".to_string()) });
         let mut big = small.clone();
         big.by = "x".repeat(super::FORWARD_LIMIT + 1);
@@ -242,6 +294,12 @@ mod tests {
             Ok(r) => panic!("an oversized forwarded write was committed: {r:?}"),
         }
         assert!(started.elapsed() < Duration::from_secs(5), "took {:?}", started.elapsed());
+        // Plain HTTP (even on loopback) and TLS without a certificate never reach the route.
+        let plain = reqwest::Client::new().post(format!("http://{addr}/internal/write")).json(&small).send().await;
+        assert_eq!(plain.map(|r| r.status().as_u16()).ok(), Some(403));
+        let (anonymous, _) = crate::pki::join_client(&own.ca_fingerprint().expect("a CA")).expect("a client");
+        let r = anonymous.post(format!("https://{addr}/internal/write")).json(&small).send().await.expect("an answer");
+        assert_eq!(r.status().as_u16(), 401);
         let _ = stop.send(());
         let _ = tokio::time::timeout(Duration::from_secs(20), agent).await;
     }

@@ -124,6 +124,8 @@ impl Client {
                 if s.contains("://") { s.to_string() } else { format!("http://{s}") }
             })
             .collect();
+        // reqwest's TLS needs a process-wide rustls provider (ring; see the workspace's Cargo.toml).
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let http = reqwest::Client::builder()
             .timeout(timeout)
             .connect_timeout(Duration::from_secs(3))

@@ -11,8 +11,8 @@ use haven_state::Event;
 
 use crate::{
     Client, ClientError, ClusterStatus, DefinitionEdit, DefinitionEdited, Deleted, GroupView, GuestControl,
-    GuestControlSent, HistoryQuery, InitRequest, InitResponse, JoinRequest, JoinToken, MakeHaRequest, MoveRequest,
-    NodeView, Removed, RequestView, ResourceView, VmCreate, VmView,
+    GuestControlSent, HistoryQuery, InitRequest, InitResponse, JoinRequest, JoinTokenCreated, JoinTokenRequest,
+    MakeHaRequest, MoveRequest, NodeView, Removed, RequestView, ResourceView, VmCreate, VmView,
 };
 
 /// The prefix of every route (see [`crate::API_PREFIX`]).
@@ -47,15 +47,25 @@ impl Client {
     }
 
     /// `POST /cluster/join`: make this agent join the cluster that `address` (any member,
-    /// `host:port`) belongs to.
-    pub async fn join_cluster(&self, address: &str, token: &str) -> Result<NodeView, ClientError> {
-        let body = JoinRequest { address: address.to_string(), token: token.to_string() };
+    /// `host:port`) belongs to, with a join token and the CA fingerprint it expects.
+    pub async fn join_cluster(
+        &self,
+        address: &str,
+        token: &str,
+        ca_fingerprint: &str,
+    ) -> Result<NodeView, ClientError> {
+        let body = JoinRequest {
+            address: address.to_string(),
+            token: token.to_string(),
+            ca_fingerprint: ca_fingerprint.to_string(),
+        };
         self.post(&format!("{V1}/cluster/join"), &body).await
     }
 
-    /// `GET /cluster/token`: the token new nodes join with.
-    pub async fn join_token(&self) -> Result<JoinToken, ClientError> {
-        self.get(&format!("{V1}/cluster/token")).await
+    /// `POST /cluster/join-tokens`: a join token for new nodes (shown once) and the CA
+    /// fingerprint they check.
+    pub async fn create_join_token(&self, request: &JoinTokenRequest) -> Result<JoinTokenCreated, ClientError> {
+        self.post(&format!("{V1}/cluster/join-tokens"), request).await
     }
 
     // ---- nodes ----

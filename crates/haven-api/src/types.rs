@@ -1,6 +1,6 @@
 //! Request and response bodies of `/api/v1` and of the agents' internal peer routes.
 
-use haven_model::{Capacity, Group, Node, Resource};
+use haven_model::{Capacity, Dur, Group, Node, Resource};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
@@ -64,8 +64,9 @@ pub struct InitRequest {
 #[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
 pub struct InitResponse {
     pub name: String,
-    /// Give this to `haven cluster join` on the other nodes.
-    pub join_token: String,
+    /// SHA-256 of the cluster CA certificate (DER), hex: a joining node checks it before it
+    /// trusts the cluster (`haven cluster join --ca-fingerprint`).
+    pub ca_fingerprint: String,
 }
 
 /// `POST /api/v1/cluster/join`: make *this* node join the cluster at `address`.
@@ -74,7 +75,36 @@ pub struct InitResponse {
 pub struct JoinRequest {
     /// `host:port` of any member.
     pub address: String,
+    /// A join token from `haven cluster token create`.
     pub token: String,
+    /// The CA fingerprint `haven cluster token create` printed with it: this node trusts
+    /// the member at `address` only if its CA has this SHA-256 (64 hex digits; colons and
+    /// upper case are accepted).
+    pub ca_fingerprint: String,
+}
+
+/// `POST /api/v1/cluster/join-tokens`: a join token for new nodes.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct JoinTokenRequest {
+    /// How long the token is valid: 1s to 7d. Default: 1h.
+    #[serde(default)]
+    pub ttl: Option<Dur>,
+    /// How many nodes it admits: 1 to 100. Default: 1.
+    #[serde(default)]
+    pub uses: Option<u32>,
+}
+
+/// The answer to `POST /api/v1/cluster/join-tokens`: the token, shown this once (the
+/// cluster keeps only its hash).
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct JoinTokenCreated {
+    pub token: String,
+    /// SHA-256 of the cluster CA certificate (DER), hex: pass it to `haven cluster join`.
+    pub ca_fingerprint: String,
+    /// When the token stops being valid (ms since the Unix epoch).
+    pub expires_at: u64,
+    pub uses: u32,
 }
 
 /// `POST /internal/join`: sent by a joining node to a member (forwarded to the leader).
@@ -88,6 +118,23 @@ pub struct PeerJoin {
     /// Joins as a witness: votes, hosts nothing.
     #[serde(default)]
     pub witness: bool,
+    /// PEM certificate signing request for the node's own key pair (made on the node; the
+    /// key never leaves it).
+    pub csr: String,
+}
+
+/// The leader's answer to `POST /internal/join`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PeerJoined {
+    pub node: Node,
+    /// The node's certificate (PEM), signed by the cluster CA.
+    pub certificate: String,
+    /// The cluster CA certificate (PEM).
+    pub ca_certificate: String,
+    /// The CA's private key (PEM), for a voter or witness only: any of them may lead and
+    /// sign the next join (see docs/SECURITY.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_key: Option<String>,
 }
 
 /// `POST /internal/heartbeat`: a node renews its lease with the leader.
@@ -169,12 +216,6 @@ pub struct MakeHaRequest {
     /// to the cluster-managed form when that is all that is wrong.
     #[serde(default)]
     pub fix: bool,
-}
-
-/// `GET /api/v1/cluster/token`.
-#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
-pub struct JoinToken {
-    pub join_token: String,
 }
 
 /// `DELETE /api/v1/groups/{name}` and `DELETE /api/v1/resources/{name}`.

@@ -236,7 +236,7 @@ mod tests {
     #[test]
     fn group_of_a_removed_node_fails_over() {
         let mut s = State::default();
-        apply(&mut s, Command::InitCluster { name: "t".into(), join_token: "x".into(), node: node(1, "a") });
+        apply(&mut s, Command::InitCluster { name: "t".into(), node: node(1, "a") });
         apply(&mut s, Command::AddNode { node: node(2, "b") });
         apply(&mut s, Command::AddNode { node: node(3, "c") });
         apply(&mut s, Command::CreateGroup { spec: GroupSpec::new("web") });

@@ -23,14 +23,7 @@ fn apply(state: &mut State, command: Command) {
 
 fn steady_state() -> State {
     let mut state = State::default();
-    apply(
-        &mut state,
-        Command::InitCluster {
-            name: "scale".into(),
-            join_token: "secret".into(),
-            node: haven_scenario::node(1, "node-1"),
-        },
-    );
+    apply(&mut state, Command::InitCluster { name: "scale".into(), node: haven_scenario::node(1, "node-1") });
     for id in 2..=NODES {
         apply(&mut state, Command::AddNode { node: haven_scenario::node(id, &format!("node-{id}")) });
     }
@@ -44,7 +37,12 @@ fn steady_state() -> State {
         apply(&mut state, Command::CreateGroup { spec });
         apply(
             &mut state,
-            Command::PlaceGroup { name: group.clone(), node: Some(owner.clone()), reason: "test".into(), failover: false },
+            Command::PlaceGroup {
+                name: group.clone(),
+                node: Some(owner.clone()),
+                reason: "test".into(),
+                failover: false,
+            },
         );
         for r in 0..PER_GROUP {
             let name = format!("{group}-r{r}");

@@ -109,7 +109,7 @@ fn directive(sc: &mut Scenario, line: &Line, next_id: &mut u64) -> Result<(), Er
                 ..fixture
             };
             let command = if sc.state.cluster.is_none() {
-                Command::InitCluster { name: "scenario".into(), join_token: "token".into(), node }
+                Command::InitCluster { name: "scenario".into(), node }
             } else {
                 Command::AddNode { node }
             };

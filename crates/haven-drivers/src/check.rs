@@ -121,6 +121,8 @@ async fn run_command(argv: &[String], mut cmd: Command, t: Duration) -> Result<(
 
 /// The client every HTTP check shares (see the module header for how it is set up).
 static HTTP: LazyLock<Result<reqwest::Client, String>> = LazyLock::new(|| {
+    // reqwest's TLS needs a process-wide rustls provider (ring; see the workspace's Cargo.toml).
+    let _ = rustls::crypto::ring::default_provider().install_default();
     reqwest::Client::builder()
         .no_proxy()
         .redirect(reqwest::redirect::Policy::none())

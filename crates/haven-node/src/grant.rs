@@ -131,7 +131,7 @@ mod tests {
     fn state_with_b_down() -> State {
         let mut s = State::default();
         let commands = [
-            Command::InitCluster { name: "t".into(), join_token: "x".into(), node: node(1, "a") },
+            Command::InitCluster { name: "t".into(), node: node(1, "a") },
             Command::AddNode { node: node(2, "b") },
             Command::SetNodeLiveness { name: "b".into(), liveness: NodeLiveness::Down, reason: "test".into() },
         ];

@@ -175,7 +175,7 @@ fn commands(state: &State, line: &Line) -> Result<Vec<Command>, Error> {
             let name = name()?;
             let node = haven_scenario::node(state.nodes.len() as u64 + 1, &name);
             let mut v = vec![if state.cluster.is_none() {
-                Command::InitCluster { name: "scenario".into(), join_token: "token".into(), node }
+                Command::InitCluster { name: "scenario".into(), node }
             } else {
                 Command::AddNode { node }
             }];

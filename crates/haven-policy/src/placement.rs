@@ -161,7 +161,7 @@ mod tests {
     /// Nodes a (8 GiB), b (16 GiB), c (16 GiB); group `web` needs 4 GiB.
     fn cluster() -> State {
         let mut s = State::default();
-        apply(&mut s, Command::InitCluster { name: "t".into(), join_token: "x".into(), node: node(1, "a", 8192) });
+        apply(&mut s, Command::InitCluster { name: "t".into(), node: node(1, "a", 8192) });
         apply(&mut s, Command::AddNode { node: node(2, "b", 16384) });
         apply(&mut s, Command::AddNode { node: node(3, "c", 16384) });
         let mut spec = GroupSpec::new("web");

@@ -1,7 +1,9 @@
-//! Raft peer RPCs as JSON over HTTP.
+//! Raft peer RPCs as JSON over HTTP (mutual TLS in the agent).
 //!
 //! Client side: [`HttpNetworkFactory`] hands openraft one [`HttpConnection`] per peer; all of
-//! them share one `reqwest::Client` (one connection pool). Server side: [`router`] serves
+//! them share one `reqwest::Client` (one connection pool). The agent passes its peer client
+//! (`haven_agent::pki`: its node certificate as identity, only the cluster CA trusted) and
+//! `https` ([`HttpNetworkFactory::with_client`]); plain HTTP is for this crate's tests. Server side: [`router`] serves
 //! `POST /internal/raft/{append,vote,snapshot}` and `GET /internal/raft/leader-contact` so the
 //! agent can merge it into its own router (and put its peer authentication in front of it).
 //!
@@ -88,6 +90,8 @@ impl HttpNetworkFactory {
     pub fn new(node_id: u64) -> Result<HttpNetworkFactory, reqwest::Error> {
         // Peer traffic goes straight to the peer, never through an `HTTP_PROXY` the node
         // may have set for other programs.
+        // reqwest's TLS needs a process-wide rustls provider (ring; see the workspace's Cargo.toml).
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let client = reqwest::Client::builder().no_proxy().build()?;
         Ok(HttpNetworkFactory::with_client(node_id, client, "http"))
     }

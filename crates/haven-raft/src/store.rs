@@ -61,7 +61,11 @@ const FENCE_STATUS: TableDefinition<&str, &[u8]> = TableDefinition::new("fence_s
 const HISTORY: TableDefinition<u64, &[u8]> = TableDefinition::new("history");
 const REQUESTS: TableDefinition<u64, &[u8]> = TableDefinition::new("requests");
 const SCALARS: TableDefinition<&str, &[u8]> = TableDefinition::new("scalars");
-const NAMED_TABLES: [TableDefinition<&str, &[u8]>; 6] = [NODES, GROUPS, RESOURCES, FENCING, FENCE_STATUS, SCALARS];
+const JOIN_TOKENS: TableDefinition<&str, &[u8]> = TableDefinition::new("join_tokens");
+const NODE_CERTS: TableDefinition<&str, &[u8]> = TableDefinition::new("node_certs");
+const REVOKED_CERTS: TableDefinition<&str, &[u8]> = TableDefinition::new("revoked_certs");
+const NAMED_TABLES: [TableDefinition<&str, &[u8]>; 9] =
+    [NODES, GROUPS, RESOURCES, FENCING, FENCE_STATUS, SCALARS, JOIN_TOKENS, NODE_CERTS, REVOKED_CERTS];
 
 const KEY_VOTE: &str = "vote";
 const KEY_COMMITTED: &str = "committed";
@@ -311,12 +315,18 @@ fn write_state(
         fence_status,
         generation_floor,
         requests,
+        join_tokens,
+        node_certs,
+        revoked_certs,
     } = state;
     write_map(txn, NODES, &before.nodes, nodes, written)?;
     write_map(txn, GROUPS, &before.groups, groups, written)?;
     write_map(txn, RESOURCES, before.resources.as_map(), resources.as_map(), written)?;
     write_map(txn, FENCING, &before.fencing, fencing, written)?;
     write_map(txn, FENCE_STATUS, &before.fence_status, fence_status, written)?;
+    write_map(txn, JOIN_TOKENS, &before.join_tokens, join_tokens, written)?;
+    write_map(txn, NODE_CERTS, &before.node_certs, node_certs, written)?;
+    write_map(txn, REVOKED_CERTS, &before.revoked_certs, revoked_certs, written)?;
 
     let scalars = Scalars {
         schema_version: *schema_version,
@@ -437,6 +447,9 @@ fn read_state(txn: &redb::ReadTransaction) -> Result<(State, RequestRows), OpErr
         resources: Resources::from_map(read_map(txn, RESOURCES)?),
         fencing: read_map(txn, FENCING)?,
         fence_status: read_map(txn, FENCE_STATUS)?,
+        join_tokens: read_map(txn, JOIN_TOKENS)?,
+        node_certs: read_map(txn, NODE_CERTS)?,
+        revoked_certs: read_map(txn, REVOKED_CERTS)?,
         history,
         requests: RequestOutcomes::from_ordered(outcomes),
         ..State::default()

@@ -126,15 +126,7 @@ async fn wait_for_same_state(nodes: &[&TestNode], expected: &State) {
 }
 
 fn init_cluster() -> Request {
-    Request::new(
-        1,
-        "test",
-        Command::InitCluster {
-            name: "test".to_string(),
-            join_token: "secret".to_string(),
-            node: haven_scenario::node(1, "node-1"),
-        },
-    )
+    Request::new(1, "test", Command::InitCluster { name: "test".to_string(), node: haven_scenario::node(1, "node-1") })
 }
 
 fn add_node(id: u64) -> Request {

@@ -49,11 +49,7 @@ async fn measure(groups: u64) -> Cost {
     let mut setup = vec![Request::new(
         1,
         "test",
-        Command::InitCluster {
-            name: "scale".into(),
-            join_token: "secret".into(),
-            node: haven_scenario::node(1, "node-1"),
-        },
+        Command::InitCluster { name: "scale".into(), node: haven_scenario::node(1, "node-1") },
     )];
     for id in 2..=3 {
         setup.push(Request::new(1, "test", Command::AddNode { node: haven_scenario::node(id, &format!("node-{id}")) }));

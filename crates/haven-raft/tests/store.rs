@@ -67,15 +67,7 @@ fn assert_same(read: &State, applied: &State, what: &str) {
 }
 
 fn init_cluster() -> Request {
-    Request::new(
-        1,
-        "test",
-        Command::InitCluster {
-            name: "test".into(),
-            join_token: "secret".into(),
-            node: haven_scenario::node(1, "node-1"),
-        },
-    )
+    Request::new(1, "test", Command::InitCluster { name: "test".into(), node: haven_scenario::node(1, "node-1") })
 }
 
 fn from_json<T: serde::de::DeserializeOwned>(value: serde_json::Value) -> T {

@@ -70,11 +70,7 @@ pub fn generate(rng: &mut Rng, nodes: Option<usize>) -> Scenario {
         capacity: Capacity { cpus: 16, memory_mib: 65536 },
         since: 0,
     };
-    let mut setup = vec![Request::new(
-        at,
-        "operator",
-        Command::InitCluster { name: "sim".into(), join_token: "t".into(), node: node(0) },
-    )];
+    let mut setup = vec![Request::new(at, "operator", Command::InitCluster { name: "sim".into(), node: node(0) })];
     for i in 1..n {
         setup.push(Request::new(at, "operator", Command::AddNode { node: node(i) }));
     }

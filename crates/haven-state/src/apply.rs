@@ -14,7 +14,7 @@ pub(crate) fn apply(s: &mut State, req: &Request) -> Response {
     let by = req.by.as_str();
     match &req.command {
         Command::Noop => Ok(Reply::None),
-        Command::InitCluster { name, join_token, node } => {
+        Command::InitCluster { name, node } => {
             if let Some(c) = &s.cluster {
                 return Err(StateError::conflict(format!(
                     "the cluster is already initialized as {:?}; join other nodes to it with `haven cluster join`",
@@ -25,7 +25,7 @@ pub(crate) fn apply(s: &mut State, req: &Request) -> Response {
             haven_model::validate_name("node name", &node.name)?;
             node.capacity.validate()?;
             s.schema_version = SCHEMA_VERSION;
-            s.cluster = Some(crate::ClusterInfo { name: name.clone(), join_token: join_token.clone(), created_at: at });
+            s.cluster = Some(crate::ClusterInfo { name: name.clone(), created_at: at });
             s.nodes.insert(node.name.clone(), node.clone());
             event(
                 s,
@@ -39,32 +39,7 @@ pub(crate) fn apply(s: &mut State, req: &Request) -> Response {
             );
             Ok(Reply::Node(node.clone()))
         }
-        Command::AddNode { node } => {
-            require_cluster(s)?;
-            haven_model::validate_name("node name", &node.name)?;
-            node.capacity.validate()?;
-            if s.nodes.contains_key(&node.name) {
-                return Err(StateError::exists("node", &node.name));
-            }
-            if let Some(other) = s.node_by_id(node.id) {
-                return Err(StateError::conflict(format!(
-                    "node id {} is already used by node {:?}; give the new node another `id` in its config file",
-                    node.id, other.name
-                )));
-            }
-            s.nodes.insert(node.name.clone(), node.clone());
-            event(
-                s,
-                at,
-                by,
-                "node-joined",
-                Some(&node.name),
-                None,
-                None,
-                format!("node {:?} joined as a {:?} at {}", node.name, node.role, node.address),
-            );
-            Ok(Reply::Node(node.clone()))
-        }
+        Command::AddNode { node } => add_node(s, at, by, node),
         Command::RemoveNode { name } => {
             node(s, name)?;
             let owned: Vec<String> =
@@ -75,10 +50,20 @@ pub(crate) fn apply(s: &mut State, req: &Request) -> Response {
                     quoted(&owned)
                 )));
             }
+            let revoked = crate::pki::revoked_note(s, name).unwrap_or_default();
             s.nodes.remove(name);
-            event(s, at, by, "node-removed", Some(name), None, None, format!("node {name:?} removed from the cluster"));
+            crate::pki::revoke_node_cert(s, at, name);
+            let message = format!("node {name:?} removed from the cluster{revoked}");
+            event(s, at, by, "node-removed", Some(name), None, None, message);
             Ok(Reply::None)
         }
+        Command::CreateJoinToken { token_hash, expires_at, uses } => {
+            crate::pki::create_join_token(s, at, by, token_hash, *expires_at, *uses)
+        }
+        Command::JoinNode { node, token_hash, cert_serial } => {
+            crate::pki::join_node(s, at, by, node, token_hash, cert_serial)
+        }
+        Command::RecordNodeCert { node, serial } => crate::pki::record_node_cert(s, at, node, serial),
         Command::SetNodePaused { name, paused } => {
             let n = node_mut(s, name)?;
             if n.paused == *paused {
@@ -739,7 +724,35 @@ fn apply_fence(s: &mut State, at: u64, by: &str, command: &Command) -> Response 
     }
 }
 
-fn require_cluster(s: &State) -> Result<(), StateError> {
+/// `AddNode` (and the node part of `JoinNode`).
+pub(crate) fn add_node(s: &mut State, at: u64, by: &str, node: &haven_model::Node) -> Response {
+    require_cluster(s)?;
+    haven_model::validate_name("node name", &node.name)?;
+    node.capacity.validate()?;
+    if s.nodes.contains_key(&node.name) {
+        return Err(StateError::exists("node", &node.name));
+    }
+    if let Some(other) = s.node_by_id(node.id) {
+        return Err(StateError::conflict(format!(
+            "node id {} is already used by node {:?}; give the new node another `id` in its config file",
+            node.id, other.name
+        )));
+    }
+    s.nodes.insert(node.name.clone(), node.clone());
+    event(
+        s,
+        at,
+        by,
+        "node-joined",
+        Some(&node.name),
+        None,
+        None,
+        format!("node {:?} joined as a {:?} at {}", node.name, node.role, node.address),
+    );
+    Ok(Reply::Node(node.clone()))
+}
+
+pub(crate) fn require_cluster(s: &State) -> Result<(), StateError> {
     if s.cluster.is_none() {
         return Err(StateError::conflict("the cluster is not initialized; run `haven cluster init` on the first node"));
     }
@@ -872,7 +885,7 @@ fn reset_failures(s: &mut State, group: &str) {
 }
 
 #[allow(clippy::too_many_arguments)]
-fn event(
+pub(crate) fn event(
     s: &mut State,
     at: u64,
     by: &str,

@@ -10,6 +10,7 @@
 
 mod apply;
 mod error;
+pub mod pki;
 mod requests;
 mod resources;
 
@@ -41,8 +42,6 @@ pub const HISTORY_LIMIT: usize = 2000;
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct ClusterInfo {
     pub name: String,
-    /// Secret a new node presents to join. Never shown by read APIs.
-    pub join_token: String,
     pub created_at: Millis,
 }
 
@@ -94,6 +93,15 @@ pub struct State {
     /// The outcome of each recent request that carried an id (see [`RequestOutcomes`]).
     #[serde(default)]
     pub requests: RequestOutcomes,
+    /// Join tokens by the hex SHA-256 of their text (see [`pki`]).
+    #[serde(default)]
+    pub join_tokens: Map<pki::JoinTokenRecord>,
+    /// The certificate each node was issued, by node name.
+    #[serde(default)]
+    pub node_certs: Map<pki::NodeCert>,
+    /// Revoked certificates by serial (hex): every agent refuses them.
+    #[serde(default)]
+    pub revoked_certs: Map<pki::RevokedCert>,
 }
 
 /// Where fencing a node stands. Times are compared with the node's `since` (when it went
@@ -146,8 +154,26 @@ pub enum Command {
     Noop,
     InitCluster {
         name: String,
-        join_token: String,
         node: Node,
+    },
+    /// An admin created a join token; the state keeps only its SHA-256 (see [`pki`]).
+    CreateJoinToken {
+        token_hash: String,
+        expires_at: Millis,
+        uses: u32,
+    },
+    /// The leader admits a node that presented a valid join token: the token's use, the
+    /// node and the serial of the certificate it was issued, all in one change.
+    JoinNode {
+        node: Node,
+        token_hash: String,
+        cert_serial: String,
+    },
+    /// The founding node's own certificate (a joined node's comes with `JoinNode`); a
+    /// different serial for the same node revokes the old one.
+    RecordNodeCert {
+        node: String,
+        serial: String,
     },
     AddNode {
         node: Node,

@@ -744,8 +744,17 @@ async fn start(args: &DemoArgs, cluster: &mut DemoCluster, fmt: Format) -> Resul
     }
     let (_, first_addr, first) = &clients[0];
     let init = first.init_cluster("demo").await?;
+    // One token for all the other nodes; the demo prints it (an operator's would be shown
+    // once, to them, by `haven cluster token create`).
+    let uses = u32::try_from(clients.len().saturating_sub(1)).unwrap_or(1).max(1);
+    let request = haven_api::JoinTokenRequest { ttl: None, uses: Some(uses) };
+    let token = first.create_join_token(&request).await?;
+    println!(
+        "cluster CA fingerprint {}; the nodes join with token {} (admits {uses}, for an hour)",
+        init.ca_fingerprint, token.token
+    );
     for (_, _, c) in &clients[1..] {
-        c.join_cluster(first_addr, &init.join_token).await?;
+        c.join_cluster(first_addr, &token.token, &token.ca_fingerprint).await?;
     }
     create_samples(first).await?;
     let vm = if args.no_vm { Err("--no-vm was given".to_string()) } else { prepare_vm_volume(&cluster.dir).await };

@@ -1,12 +1,17 @@
-//! `/api/v1/cluster`: this agent's view of the cluster, founding one (`init`), joining one
-//! (forwarded to a member, which forwards it to the leader) and the join token.
+//! `/api/v1/cluster`: this agent's view of the cluster, founding one (`init`: the cluster CA
+//! and this node's certificate), joining one (a signing request and a join token sent to a
+//! member, which forwards it to the leader; the member is trusted only with the CA
+//! fingerprint the operator gave) and creating join tokens (shown once, kept hashed).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use axum::Json;
 use axum::extract::State as AxState;
-use haven_api::{ClusterStatus, ErrorBody, InitRequest, InitResponse, JoinRequest, NodeIdentity, NodeView, PeerJoin};
+use haven_api::{
+    ClusterStatus, ErrorBody, InitRequest, InitResponse, JoinRequest, JoinTokenCreated, JoinTokenRequest, NodeIdentity,
+    NodeView, PeerJoin,
+};
 use haven_model::{Node, NodeLiveness, NodeRole};
 use haven_state::{Command, State};
 
@@ -19,7 +24,7 @@ pub(super) fn require_cluster(state: &State) -> Result<(), ApiError> {
         return Err(ApiError::new(
             409,
             "not_initialized",
-            "this node is not part of a cluster yet; run `haven cluster init` here or `haven cluster join <address> --token <token>`",
+            "this node is not part of a cluster yet; run `haven cluster init` here or `haven cluster join <address> --token <token> --ca-fingerprint <fingerprint>`",
         ));
     }
     Ok(())
@@ -73,10 +78,15 @@ pub(super) async fn cluster_init(
             "this node already belongs to a cluster; to found a new one, stop the agent and empty its state_dir first",
         ));
     }
+    // The CA and this node's certificate first: the peers this node adds later must find
+    // them in place.
+    let (ca_fingerprint, serial) = agent
+        .pki
+        .found(&name, &agent.config.name, agent.config.id, &agent.config.advertise())
+        .map_err(|e| ApiError::new(500, "internal", e.to_string()))?;
     let mut members = BTreeMap::new();
     members.insert(agent.config.id, haven_raft::BasicNode { addr: agent.config.advertise() });
     agent.db.initialize(members).await.map_err(|e| ApiError::new(409, "conflict", e.to_string()))?;
-    let join_token = random_token()?;
     let node = Node {
         id: agent.config.id,
         name: agent.config.name.clone(),
@@ -87,17 +97,31 @@ pub(super) async fn cluster_init(
         capacity: agent.config.capacity(),
         since: now_ms(),
     };
-    agent.submit("operator", Command::InitCluster { name: name.clone(), join_token: join_token.clone(), node }).await?;
-    Ok(Json(InitResponse { name, join_token }))
+    agent.submit("operator", Command::InitCluster { name: name.clone(), node }).await?;
+    agent.submit(&agent.config.name, Command::RecordNodeCert { node: agent.config.name.clone(), serial }).await?;
+    Ok(Json(InitResponse { name, ca_fingerprint }))
 }
 
-fn random_token() -> Result<String, ApiError> {
-    let mut bytes = [0u8; 16];
-    use std::io::Read;
-    std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(&mut bytes))
-        .map_err(|e| ApiError::new(500, "internal", format!("cannot read /dev/urandom for a join token: {e}")))?;
-    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+#[utoipa::path(post, path = "/api/v1/cluster/join-tokens", tag = "cluster", request_body = JoinTokenRequest,
+    responses((status = 200, body = JoinTokenCreated), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub(super) async fn create_join_token(
+    AxState(agent): AxState<Arc<Agent>>,
+    Body(req): Body<JoinTokenRequest>,
+) -> ApiResult<JoinTokenCreated> {
+    require_cluster(&agent.db.state())?;
+    let ttl = req.ttl.map(|d| u64::try_from(d.0.as_millis()).unwrap_or(u64::MAX));
+    let ttl_ms = ttl.unwrap_or(haven_state::pki::JOIN_TOKEN_TTL_DEFAULT_MS);
+    let uses = req.uses.unwrap_or(1);
+    haven_state::pki::validate_token_limits(ttl_ms, uses).map_err(SubmitError::Refused)?;
+    let ca_fingerprint = agent.pki.ca_fingerprint().ok_or_else(|| {
+        ApiError::new(503, "unavailable", "this node has no cluster CA certificate (pki/ca.pem); ask another member")
+    })?;
+    let bytes = crate::pki::random_bytes(32).map_err(|e| ApiError::new(500, "internal", e.to_string()))?;
+    let token = crate::pki::hex(&bytes);
+    let expires_at = now_ms().saturating_add(ttl_ms);
+    let token_hash = crate::pki::sha256_hex(token.as_bytes());
+    agent.submit("operator", Command::CreateJoinToken { token_hash, expires_at, uses }).await?;
+    Ok(Json(JoinTokenCreated { token, ca_fingerprint, expires_at, uses }))
 }
 
 #[utoipa::path(post, path = "/api/v1/cluster/join", tag = "cluster", request_body = JoinRequest,
@@ -109,7 +133,15 @@ pub(super) async fn cluster_join(
     if agent.db.state().cluster.is_some() {
         return Err(ApiError::new(409, "conflict", "this node is already a member of a cluster"));
     }
-    let address = req.address.trim_start_matches("http://").trim_end_matches('/').to_string();
+    let fingerprint = crate::pki::normalize_fingerprint(&req.ca_fingerprint).map_err(|m| ApiError {
+        status: 400,
+        code: "invalid".into(),
+        message: m,
+        field: Some("ca_fingerprint".into()),
+    })?;
+    let address =
+        req.address.trim_start_matches("http://").trim_start_matches("https://").trim_end_matches('/').to_string();
+    let csr = agent.pki.join_request(&agent.config.name).map_err(|e| ApiError::new(500, "internal", e.to_string()))?;
     let join = PeerJoin {
         id: agent.config.id,
         name: agent.config.name.clone(),
@@ -117,8 +149,42 @@ pub(super) async fn cluster_join(
         token: req.token,
         capacity: agent.config.capacity(),
         witness: agent.config.witness,
+        csr,
     };
-    let node = crate::peer::forward_join(&agent.peers, "the cluster member", &address, &join).await?;
+    let (client, mismatch) =
+        crate::pki::join_client(&fingerprint).map_err(|e| ApiError::new(500, "internal", e.to_string()))?;
+    // Until the reply brings the CA, the leader (adding this node as a learner) is trusted
+    // by the fingerprint too.
+    agent.pki.set_pending(Some(fingerprint.clone()));
+    let joined = crate::peer::forward_join(&client, "the cluster member", &address, &join).await;
+    let joined = match joined {
+        Ok(j) => j,
+        Err(e) => {
+            agent.pki.set_pending(None);
+            let refused = mismatch.lock().unwrap_or_else(|p| p.into_inner()).take();
+            return Err(match refused {
+                Some(m) => ApiError {
+                    status: 403,
+                    code: "ca_mismatch".into(),
+                    message: m,
+                    field: Some("ca_fingerprint".into()),
+                },
+                None => e,
+            });
+        }
+    };
+    let identity = agent
+        .pki
+        .accept_join(
+            &fingerprint,
+            &agent.config.name,
+            &joined.certificate,
+            &joined.ca_certificate,
+            joined.ca_key.as_deref(),
+        )
+        .map_err(|e| ApiError::new(502, "unavailable", e.to_string()))?;
+    tracing::info!(%identity, "joined: this node's certificate is installed");
+    let node = joined.node;
     // Wait (bounded) until this node has received the state that lists it.
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
     while !agent.db.state().nodes.contains_key(&node.name) {
@@ -128,13 +194,4 @@ pub(super) async fn cluster_join(
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
     Ok(Json(node_view(&agent, &agent.db.state(), &node)))
-}
-
-#[utoipa::path(get, path = "/api/v1/cluster/token", tag = "cluster", responses((status = 200, body = haven_api::JoinToken)))]
-pub(super) async fn cluster_token(AxState(agent): AxState<Arc<Agent>>) -> ApiResult<haven_api::JoinToken> {
-    let state = agent.db.state();
-    require_cluster(&state)?;
-    Ok(Json(haven_api::JoinToken {
-        join_token: state.cluster.as_ref().map(|c| c.join_token.clone()).unwrap_or_default(),
-    }))
 }

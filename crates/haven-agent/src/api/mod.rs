@@ -50,7 +50,12 @@ pub fn app(agent: Arc<Agent>) -> Router {
         });
     // Around the whole routing, not inside each route (as `routes.layer` would be): it must
     // see the 405 with its `Allow` header, and refuse a long target before any route runs.
-    Router::new().fallback_service(routes).layer(axum::middleware::from_fn(errors::error_bodies))
+    // Outermost, the port's rule: peer routes only with a node certificate, plain HTTP only
+    // where allowed (`listener::gate`).
+    Router::new()
+        .fallback_service(routes)
+        .layer(axum::middleware::from_fn(errors::error_bodies))
+        .layer(axum::middleware::from_fn_with_state(agent, crate::listener::gate))
 }
 
 /// What a handler answers: its JSON body, or the error body.
@@ -63,7 +68,7 @@ pub fn router(agent: Arc<Agent>) -> Router {
         .route("/cluster", get(cluster::cluster_status))
         .route("/cluster/init", post(cluster::cluster_init))
         .route("/cluster/join", post(cluster::cluster_join))
-        .route("/cluster/token", get(cluster::cluster_token))
+        .route("/cluster/join-tokens", post(cluster::create_join_token))
         .route("/nodes", get(nodes::list_nodes))
         .route("/nodes/{name}", get(nodes::get_node).delete(nodes::remove_node))
         .route("/nodes/{name}/pause", post(nodes::pause_node))

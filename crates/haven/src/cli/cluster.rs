@@ -1,4 +1,4 @@
-//! `haven cluster`: found a cluster, join one, show its status and the join token.
+//! `haven cluster`: found a cluster, join one, show its status, create join tokens.
 //! `init` and `join` act on one particular agent, so they refuse a list of servers.
 
 use clap::Subcommand;
@@ -9,7 +9,8 @@ use crate::output::{self, Format};
 
 #[derive(Subcommand, Debug)]
 pub enum ClusterCmd {
-    /// Found a new cluster with the agent at --server as its first node; prints the join token.
+    /// Found a new cluster with the agent at --server as its first node (it makes the
+    /// cluster CA); prints the CA fingerprint.
     Init {
         /// Cluster name.
         #[arg(long, default_value = "haven")]
@@ -19,14 +20,33 @@ pub enum ClusterCmd {
     Join {
         /// host:port of any member of the cluster.
         address: String,
-        /// The join token printed by `haven cluster init` (or `haven cluster token`).
+        /// A join token from `haven cluster token create` on a member.
         #[arg(long)]
         token: String,
+        /// The CA fingerprint `haven cluster token create` printed: the member is trusted
+        /// only if its cluster CA has it.
+        #[arg(long)]
+        ca_fingerprint: String,
     },
     /// Show the cluster name, leader, members and this agent's lease.
     Status,
-    /// Print the join token for new nodes.
-    Token,
+    /// Join tokens for new nodes.
+    #[command(subcommand)]
+    Token(TokenCmd),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum TokenCmd {
+    /// Create a join token (shown once: the cluster keeps only its hash) and print it with
+    /// the CA fingerprint a joining node checks.
+    Create {
+        /// How long it is valid, 1s to 7d.
+        #[arg(long, default_value = "1h")]
+        ttl: String,
+        /// How many nodes it admits, 1 to 100.
+        #[arg(long, default_value_t = 1)]
+        uses: u32,
+    },
 }
 
 /// `cluster init` and `cluster join` act on one particular agent, so they take one server:
@@ -53,13 +73,14 @@ pub(super) async fn run(c: &Client, fmt: Format, cmd: ClusterCmd) -> Result<(), 
                 output::json(&r);
             } else {
                 println!("cluster {:?} created on {}", r.name, c.base());
-                println!("join other nodes with:");
-                println!("  haven --server <new-node> cluster join {} --token {}", strip(c.base()), r.join_token);
+                println!("CA fingerprint: {}", r.ca_fingerprint);
+                println!("create a join token for other nodes with:");
+                println!("  haven --server {} cluster token create", strip(c.base()));
             }
         }
-        ClusterCmd::Join { address, token } => {
+        ClusterCmd::Join { address, token, ca_fingerprint } => {
             one_server(c, "join")?;
-            let n = c.join_cluster(&address, &token).await?;
+            let n = c.join_cluster(&address, &token, &ca_fingerprint).await?;
             if fmt == Format::Json {
                 output::json(&n);
             } else {
@@ -91,12 +112,27 @@ pub(super) async fn run(c: &Client, fmt: Format, cmd: ClusterCmd) -> Result<(), 
                 println!("applied:      {}", s.applied_index);
             }
         }
-        ClusterCmd::Token => {
-            let t = c.join_token().await?;
+        ClusterCmd::Token(TokenCmd::Create { ttl, uses }) => {
+            let ttl = haven_model::Dur::parse(&ttl).map_err(|e| usage(format!("--ttl: {e}")))?;
+            let t = c.create_join_token(&haven_api::JoinTokenRequest { ttl: Some(ttl), uses: Some(uses) }).await?;
             if fmt == Format::Json {
                 output::json(&t);
             } else {
-                println!("{}", t.join_token);
+                println!("join token:     {}", t.token);
+                println!("CA fingerprint: {}", t.ca_fingerprint);
+                println!(
+                    "admits {} node{}, until {} (it is shown only now)",
+                    t.uses,
+                    if t.uses == 1 { "" } else { "s" },
+                    output::time(t.expires_at)
+                );
+                println!("join a node with:");
+                println!(
+                    "  haven --server <new-node> cluster join {} --token {} --ca-fingerprint {}",
+                    strip(c.base()),
+                    t.token,
+                    t.ca_fingerprint
+                );
             }
         }
     }

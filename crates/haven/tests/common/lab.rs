@@ -52,8 +52,11 @@ impl Lab {
             let addr = format!("{net}.{i}:{LAB_PORT}");
             let dir = tmp.path().join(name);
             std::fs::create_dir_all(&dir).expect("cannot create a node directory");
+            // The harness reaches the API over plain HTTP; on the namespaces' addresses (not
+            // loopback) the agent must be told it may (peer traffic is mutual TLS either way).
+            let plain = if netns { "plain_http_api = true\n" } else { "" };
             let config = format!(
-                "id = {i}\nname = \"{name}\"\nlisten = \"{addr}\"\nstate_dir = \"{}\"\n\n[timing]\nprofile = \"aggressive\"\n",
+                "id = {i}\nname = \"{name}\"\nlisten = \"{addr}\"\nstate_dir = \"{}\"\n{plain}\n[timing]\nprofile = \"aggressive\"\n",
                 dir.join("state").display()
             );
             std::fs::write(dir.join("agent.toml"), config).expect("cannot write an agent config");
@@ -108,24 +111,40 @@ impl Lab {
         Lab::new(n).found().await
     }
 
+    /// Starts `n` agents but founds the cluster with the first `members` only: the others
+    /// run outside it (for tests of joining), and [`Lab::start`]'s wait covers the members.
+    pub async fn start_members(n: usize, members: usize) -> Lab {
+        Lab::new(n).found_with(members).await
+    }
+
     /// Starts every agent, founds the cluster on node 0, joins the others, and waits until
     /// every node sees all nodes up, a leader and its own lease.
     async fn found(self) -> Lab {
         let n = self.nodes.len();
+        self.found_with(n).await
+    }
+
+    /// [`Lab::found`] with the first `n` nodes as the cluster; every agent is started.
+    async fn found_with(self, n: usize) -> Lab {
         let mut lab = self;
-        for i in 0..n {
+        for i in 0..lab.nodes.len() {
             lab.spawn(i);
         }
-        for i in 0..n {
+        for i in 0..lab.nodes.len() {
             lab.wait_answering(i).await;
         }
-        let init = lab.nodes[0].client.init_cluster("lab").await.expect("cluster init failed");
-        for i in 1..n {
-            lab.nodes[i]
-                .client
-                .join_cluster(&lab.nodes[0].addr, &init.join_token)
-                .await
-                .unwrap_or_else(|e| panic!("{} could not join: {e}", lab.nodes[i].name));
+        lab.nodes[0].client.init_cluster("lab").await.expect("cluster init failed");
+        if n > 1 {
+            let uses = u32::try_from(n - 1).unwrap_or(1);
+            let request = haven_api::JoinTokenRequest { ttl: None, uses: Some(uses) };
+            let token = lab.nodes[0].client.create_join_token(&request).await.expect("a join token");
+            for i in 1..n {
+                lab.nodes[i]
+                    .client
+                    .join_cluster(&lab.nodes[0].addr, &token.token, &token.ca_fingerprint)
+                    .await
+                    .unwrap_or_else(|e| panic!("{} could not join: {e}", lab.nodes[i].name));
+            }
         }
         lab.wait_until(&format!("all {n} nodes up, with a leader and a lease, on every node"), 30, async || {
             for i in 0..n {

@@ -1,0 +1,193 @@
+//! The agent's one port: each connection is TLS or plain HTTP, told apart by its first byte
+//! (a TLS ClientHello starts with 0x16), and served by the same router.
+//!
+//! TLS is served with this node's certificate ([`crate::pki`]); a client certificate is
+//! optional at the TLS layer and verified when given. Every request carries its
+//! [`Connection`] (plain, or TLS with the verified peer certificate) and the remote address
+//! (`axum::extract::ConnectInfo`), for [`gate`]: the peer routes (`/internal/*`, Raft's
+//! included) take only TLS with a valid, unrevoked peer certificate (the join route takes TLS
+//! without one: the join token authenticates it); plain HTTP reaches the public routes only
+//! on a loopback address (or with `plain_http_api = true`), with a warning at start.
+//!
+//! It decides nothing about what a peer may do once identified; the routes do.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{ConnectInfo, Request, State as AxState};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::Agent;
+use crate::api::ApiError;
+use crate::pki::{PeerCert, Pki};
+
+/// How long a new connection may take to send its first byte and finish the TLS handshake
+/// (a client that opens a connection and sends nothing holds no task for long).
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How a request reached the agent.
+#[derive(Clone, Debug)]
+pub enum Connection {
+    Plain,
+    /// TLS; `peer`: the client's verified certificate, if it gave one.
+    Tls {
+        peer: Option<PeerCert>,
+    },
+}
+
+/// Serves `router` on `listener` until `stop` turns true; open connections are then asked
+/// to finish (the caller bounds how long it waits).
+pub async fn serve(listener: TcpListener, router: Router, pki: Arc<Pki>, mut stop: watch::Receiver<bool>) {
+    let tls = match pki.server_config() {
+        Ok(c) => tokio_rustls::TlsAcceptor::from(c),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot set up TLS; the agent serves nothing");
+            return;
+        }
+    };
+    let mut connections = tokio::task::JoinSet::new();
+    loop {
+        let (tcp, remote) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of file descriptors and the like: do not spin.
+                    tracing::warn!(error = %e, "accepting a connection failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = async { let _ = stop.wait_for(|s| *s).await; } => break,
+        };
+        while connections.try_join_next().is_some() {}
+        let (router, tls, stop) = (router.clone(), tls.clone(), stop.clone());
+        connections.spawn(async move { connection(tcp, remote, router, tls, stop).await });
+    }
+    while connections.join_next().await.is_some() {}
+}
+
+async fn connection(
+    tcp: tokio::net::TcpStream,
+    remote: SocketAddr,
+    router: Router,
+    tls: tokio_rustls::TlsAcceptor,
+    stop: watch::Receiver<bool>,
+) {
+    let _ = tcp.set_nodelay(true);
+    let mut first = [0u8; 1];
+    let peeked = tokio::time::timeout(HANDSHAKE_TIMEOUT, tcp.peek(&mut first)).await;
+    if !matches!(peeked, Ok(Ok(1))) {
+        return;
+    }
+    if first[0] == 0x16 {
+        let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.accept(tcp)).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => {
+                tracing::info!(%remote, error = %e, "TLS handshake refused");
+                return;
+            }
+            Err(_) => return,
+        };
+        let peer =
+            stream.get_ref().1.peer_certificates().and_then(|c| c.first()).and_then(|c| crate::pki::peer_cert(c));
+        http(TokioIo::new(stream), remote, Connection::Tls { peer }, router, stop).await;
+    } else {
+        http(TokioIo::new(tcp), remote, Connection::Plain, router, stop).await;
+    }
+}
+
+async fn http<I>(io: I, remote: SocketAddr, conn: Connection, router: Router, mut stop: watch::Receiver<bool>)
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let service = hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+        req.extensions_mut().insert(conn.clone());
+        req.extensions_mut().insert(ConnectInfo(remote));
+        let mut router = router.clone();
+        async move { tower_service::Service::call(&mut router, req.map(axum::body::Body::new)).await }
+    });
+    let builder = auto::Builder::new(TokioExecutor::new());
+    let serving = builder.serve_connection_with_upgrades(io, service);
+    tokio::pin!(serving);
+    tokio::select! {
+        _ = serving.as_mut() => {}
+        _ = async { let _ = stop.wait_for(|s| *s).await; } => {
+            serving.as_mut().graceful_shutdown();
+            let _ = serving.await;
+        }
+    }
+}
+
+/// Whether plain HTTP may reach the public routes: on a loopback address, or when the
+/// config says so (`plain_http_api`).
+pub fn plain_api_allowed(listen: &str, configured: bool) -> bool {
+    configured || listen.parse::<SocketAddr>().is_ok_and(|a| a.ip().is_loopback())
+}
+
+/// The rule of the port (see the module header), in front of every route.
+pub async fn gate(AxState(agent): AxState<Arc<Agent>>, mut req: Request, next: Next) -> Response {
+    let conn = req.extensions().get::<Connection>().cloned().unwrap_or(Connection::Plain);
+    let path = req.uri().path();
+    if path.starts_with("/internal/") {
+        let join = path == "/internal/join";
+        match conn {
+            Connection::Plain => {
+                return ApiError::new(
+                    403,
+                    "tls_required",
+                    "the peer routes (/internal/*) take mutual TLS with a node certificate of this cluster only",
+                )
+                .into_response();
+            }
+            Connection::Tls { peer: None } if join => {}
+            Connection::Tls { peer: None } => {
+                let mut refusal = ApiError::new(
+                    401,
+                    "no_certificate",
+                    "the peer routes (/internal/*) need a node certificate of this cluster; join the node with \
+                     `haven cluster join` to get one",
+                )
+                .into_response();
+                // A client's pooled connection without a certificate must not be reused once
+                // it has one (a joiner that just got its certificate): close it.
+                refusal
+                    .headers_mut()
+                    .insert(axum::http::header::CONNECTION, axum::http::HeaderValue::from_static("close"));
+                return refusal;
+            }
+            Connection::Tls { peer: Some(p) } => {
+                // The replicated state, read per request: a removal revokes connections
+                // that are already open too.
+                if haven_state::pki::is_revoked(&agent.db.state(), &p.serial) {
+                    return ApiError::new(
+                        403,
+                        "revoked",
+                        format!("the certificate of {p} is revoked: the node was removed from the cluster"),
+                    )
+                    .into_response();
+                }
+                req.extensions_mut().insert(p);
+            }
+        }
+    } else if matches!(conn, Connection::Plain) && !agent.plain_api {
+        return ApiError::new(
+            403,
+            "tls_required",
+            format!(
+                "this agent listens on {}, not a loopback address, so it takes the API over HTTPS only; use \
+                 https://{} (or set plain_http_api = true in its config, for a trusted network only)",
+                agent.config.listen,
+                agent.config.advertise()
+            ),
+        )
+        .into_response();
+    }
+    next.run(req).await
+}

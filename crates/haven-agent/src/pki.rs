@@ -1,0 +1,1033 @@
+//! Peer identity: the cluster CA, this node's certificate, and the rustls configurations of
+//! the peer traffic (the server's certificate and client-certificate check, the peer
+//! client's identity and server check, the joiner's pinned-fingerprint check).
+//!
+//! Files (in `<state_dir>/pki/`, every key 0600, checked at start by [`check_key_modes`]):
+//! `ca.pem` (every member), `ca.key` (the founder and every voter or witness: any of them may
+//! lead and sign a join), `node.pem` and `node.key` (this node's identity). See
+//! docs/SECURITY.md for the threat model.
+//!
+//! Everything that may change while the agent runs (the CA a joiner learns, the certificate
+//! it is issued) sits behind one lock in [`Pki`], read on every handshake: the server and
+//! the peer client are built once and pick up the new identity without a restart. A peer
+//! certificate is accepted when it chains to the cluster CA and its serial is not revoked
+//! in the replicated state (the check the agent installs with [`Pki::set_revocation_check`]).
+//! Server names are not checked: a peer is identified by its certificate (node name and id),
+//! not by the address it was reached at.
+//!
+//! A join needs one more rule, for the moments before the joiner has its certificate: the
+//! leader adds it as a learner (and sends it Raft traffic) before it answers the join. So the
+//! joiner serves, meanwhile, a self-signed certificate over the key of its signing request,
+//! and the leader accepts a server whose key is that of a join it is serving
+//! ([`Pki::expect_joiner`]); the joiner, for its part, trusts peers whose chain carries the CA
+//! with the fingerprint it pins ([`Pki::set_pending`]).
+//!
+//! It decides nothing about who may do what; the peer routes do, from [`PeerCert`].
+
+use std::fmt;
+use std::net::IpAddr;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
+use std::time::Duration;
+
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::{ResolvesClientCert, verify_server_cert_signed_by_trust_anchor};
+use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::server::{ClientHello, ParsedCertificate, ResolvesServerCert, WebPkiClientVerifier};
+use rustls::sign::CertifiedKey;
+use rustls::{DigitallySignedStruct, DistinguishedName, RootCertStore, SignatureScheme};
+
+/// How long the CA certificate is valid. Rotation is not implemented (docs/SECURITY.md).
+const CA_VALIDITY_DAYS: i64 = 20 * 365;
+/// How long a node certificate is valid.
+const NODE_VALIDITY_DAYS: i64 = 10 * 365;
+/// The SAN URI that carries a node's id: `urn:haven:node-id:<id>`.
+const NODE_ID_URI: &str = "urn:haven:node-id:";
+
+/// The ring provider: every rustls configuration of the agent uses it (aws-lc-rs needs
+/// cmake and builds slowly), and reqwest's own clients find it as the process default.
+pub fn provider() -> Arc<CryptoProvider> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// Why a PKI operation failed; the message names the file or value and the fix.
+#[derive(Debug, thiserror::Error)]
+pub enum PkiError {
+    #[error(
+        "key file {path} has mode {mode:04o}: it is readable by group or others; run `chmod 600 {path}` (and check \
+         who could read it meanwhile)"
+    )]
+    KeyMode { path: String, mode: u32 },
+    #[error("cannot read {path}: {source}; check the agent's state_dir")]
+    Read { path: String, source: std::io::Error },
+    #[error("cannot write {path}: {source}; check that the agent may write its state_dir")]
+    Write { path: String, source: std::io::Error },
+    #[error("{path} is not a valid {what}: {detail}; restore it from a backup or rejoin the node")]
+    Invalid { path: String, what: &'static str, detail: String },
+    #[error("cannot make a certificate: {0}")]
+    Generate(String),
+    #[error("{0}")]
+    Refused(String),
+}
+
+/// A verified peer certificate: who is on the other end of a connection.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PeerCert {
+    /// The node name (the certificate's common name).
+    pub name: String,
+    /// The node id (its `urn:haven:node-id:` SAN).
+    pub id: u64,
+    /// The serial number, lower-case hex without leading zeros.
+    pub serial: String,
+}
+
+impl fmt::Display for PeerCert {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "node {:?} (id {}, certificate serial {})", self.name, self.id, self.serial)
+    }
+}
+
+/// The lower-case hex of `bytes`.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// SHA-256 of `bytes`, hex.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex(ring::digest::digest(&ring::digest::SHA256, bytes).as_ref())
+}
+
+/// `n` random bytes from the system's generator.
+pub fn random_bytes(n: usize) -> Result<Vec<u8>, PkiError> {
+    use ring::rand::SecureRandom;
+    let mut out = vec![0u8; n];
+    ring::rand::SystemRandom::new()
+        .fill(&mut out)
+        .map_err(|_| PkiError::Generate("the system's random number generator failed".into()))?;
+    Ok(out)
+}
+
+/// A fingerprint as the operator may write it (`AB:CD:…`, upper or lower case) in the one
+/// form this module compares: 64 lower-case hex digits. The error does not quote it.
+pub fn normalize_fingerprint(given: &str) -> Result<String, String> {
+    let f: String = given.chars().filter(|c| *c != ':' && !c.is_whitespace()).collect::<String>().to_lowercase();
+    if f.len() == 64 && f.bytes().all(|b| b.is_ascii_hexdigit()) {
+        Ok(f)
+    } else {
+        Err(format!(
+            "ca_fingerprint must be the 64 hex digits of a SHA-256 (got {} characters); copy it from the output \
+             of `haven cluster token create`",
+            given.len()
+        ))
+    }
+}
+
+/// Reads a certificate's identity. `None` for a certificate that is not a Haven node's.
+pub fn peer_cert(der: &[u8]) -> Option<PeerCert> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+    let name = cert.subject().iter_common_name().next()?.as_str().ok()?.to_string();
+    let san = cert.subject_alternative_name().ok()??;
+    let id = san.value.general_names.iter().find_map(|g| match g {
+        x509_parser::extensions::GeneralName::URI(u) => u.strip_prefix(NODE_ID_URI)?.parse::<u64>().ok(),
+        _ => None,
+    })?;
+    Some(PeerCert { name, id, serial: serial_hex(cert.raw_serial()) })
+}
+
+fn serial_hex(raw: &[u8]) -> String {
+    let start = raw.iter().position(|b| *b != 0).unwrap_or(raw.len().saturating_sub(1));
+    hex(&raw[start..])
+}
+
+fn gen_err(e: rcgen::Error) -> PkiError {
+    PkiError::Generate(e.to_string())
+}
+
+fn validity(params: &mut rcgen::CertificateParams, days: i64) {
+    let now = time::OffsetDateTime::now_utc();
+    // A day of slack for clocks that are a little behind.
+    params.not_before = now - time::Duration::days(1);
+    params.not_after = now + time::Duration::days(days);
+}
+
+/// A fresh serial: 16 random bytes, the first in 0x01..=0x7f (a positive integer whose DER
+/// form is exactly these bytes).
+fn new_serial() -> Result<Vec<u8>, PkiError> {
+    let mut s = random_bytes(16)?;
+    s[0] = (s[0] & 0x7f).max(1);
+    Ok(s)
+}
+
+/// The cluster CA as this node holds it: its certificate, and its key where this node may
+/// sign joins.
+pub struct Ca {
+    cert_pem: String,
+    der: Vec<u8>,
+    key: Option<rcgen::KeyPair>,
+}
+
+impl Ca {
+    /// A new CA for cluster `cluster`: ECDSA P-256, valid 20 years.
+    pub fn generate(cluster: &str) -> Result<Ca, PkiError> {
+        let key = rcgen::KeyPair::generate().map_err(gen_err)?;
+        let mut params = rcgen::CertificateParams::default();
+        params.distinguished_name.push(rcgen::DnType::CommonName, format!("Haven cluster {cluster} CA"));
+        params.distinguished_name.push(rcgen::DnType::OrganizationName, "Haven");
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Constrained(0));
+        params.key_usages = vec![rcgen::KeyUsagePurpose::KeyCertSign, rcgen::KeyUsagePurpose::CrlSign];
+        params.serial_number = Some(rcgen::SerialNumber::from_slice(&new_serial()?));
+        validity(&mut params, CA_VALIDITY_DAYS);
+        let cert = params.self_signed(&key).map_err(gen_err)?;
+        Ok(Ca { cert_pem: cert.pem(), der: cert.der().to_vec(), key: Some(key) })
+    }
+
+    /// SHA-256 of the CA certificate's DER, hex: what a joiner pins.
+    pub fn fingerprint(&self) -> String {
+        sha256_hex(&self.der)
+    }
+
+    pub fn cert_pem(&self) -> &str {
+        &self.cert_pem
+    }
+
+    /// The key as PEM, if this node holds it.
+    pub fn key_pem(&self) -> Option<String> {
+        self.key.as_ref().map(|k| k.serialize_pem())
+    }
+
+    /// Signs a certificate for node `name` (id `id`, reached at `address`) over the public
+    /// key of `csr_pem`, whose signature proves the requester holds the key. Returns the
+    /// certificate PEM and its serial (hex).
+    pub fn issue(&self, csr_pem: &str, name: &str, id: u64, address: &str) -> Result<(String, String), PkiError> {
+        let Some(key) = &self.key else {
+            return Err(PkiError::Refused(
+                "this node does not hold the cluster CA key (it joined as a learner), so it cannot sign a join; \
+                 send the join to a voter"
+                    .into(),
+            ));
+        };
+        let csr = rcgen::CertificateSigningRequestParams::from_pem(csr_pem).map_err(|e| {
+            PkiError::Refused(format!(
+                "the certificate signing request is not valid ({e}); the joining agent makes it, so check its version"
+            ))
+        })?;
+        let issuer_params = rcgen::CertificateParams::from_ca_cert_pem(&self.cert_pem).map_err(gen_err)?;
+        let issuer = issuer_params.self_signed(key).map_err(gen_err)?;
+        let serial = new_serial()?;
+        let mut params = rcgen::CertificateParams::default();
+        params.distinguished_name.push(rcgen::DnType::CommonName, name);
+        params.distinguished_name.push(rcgen::DnType::OrganizationName, "Haven");
+        let mut sans = vec![
+            rcgen::SanType::DnsName(name.try_into().map_err(gen_err)?),
+            rcgen::SanType::URI(format!("{NODE_ID_URI}{id}").try_into().map_err(gen_err)?),
+        ];
+        if let Some(ip) = address.rsplit_once(':').and_then(|(h, _)| h.trim_matches(['[', ']']).parse::<IpAddr>().ok())
+        {
+            sans.push(rcgen::SanType::IpAddress(ip));
+        }
+        params.subject_alt_names = sans;
+        params.is_ca = rcgen::IsCa::ExplicitNoCa;
+        params.key_usages = vec![rcgen::KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages =
+            vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth, rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+        params.use_authority_key_identifier_extension = true;
+        params.serial_number = Some(rcgen::SerialNumber::from_slice(&serial));
+        validity(&mut params, NODE_VALIDITY_DAYS);
+        let cert = params.signed_by(&csr.public_key, &issuer, key).map_err(gen_err)?;
+        Ok((cert.pem(), hex(&serial)))
+    }
+}
+
+/// A certificate signing request for `name` over `key`.
+pub fn csr(key: &rcgen::KeyPair, name: &str) -> Result<String, PkiError> {
+    let mut params = rcgen::CertificateParams::default();
+    params.distinguished_name.push(rcgen::DnType::CommonName, name);
+    params.serialize_request(key).and_then(|r| r.pem()).map_err(gen_err)
+}
+
+/// Refuses to start when a key file in `dir` (`*.key`) is readable by group or others.
+pub fn check_key_modes(dir: &Path) -> Result<(), PkiError> {
+    let Ok(entries) = std::fs::read_dir(dir) else { return Ok(()) };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.extension().is_some_and(|e| e == "key") {
+            let meta = std::fs::metadata(&path)
+                .map_err(|source| PkiError::Read { path: path.display().to_string(), source })?;
+            let mode = meta.permissions().mode() & 0o7777;
+            if mode & 0o077 != 0 {
+                return Err(PkiError::KeyMode { path: path.display().to_string(), mode });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Writes `text` to `path` with mode 0600 (created so: never readable by others, not even
+/// for a moment), replacing it.
+fn write_secret(path: &Path, text: &str) -> Result<(), PkiError> {
+    use std::io::Write;
+    let err = |source| PkiError::Write { path: path.display().to_string(), source };
+    let tmp = path.with_extension("tmp");
+    let _ = std::fs::remove_file(&tmp);
+    let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp).map_err(err)?;
+    f.write_all(text.as_bytes()).and_then(|()| f.sync_all()).map_err(err)?;
+    std::fs::rename(&tmp, path).map_err(err)
+}
+
+fn write_public(path: &Path, text: &str) -> Result<(), PkiError> {
+    let err = |source| PkiError::Write { path: path.display().to_string(), source };
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text).and_then(|()| std::fs::rename(&tmp, path)).map_err(err)
+}
+
+fn read(path: &Path) -> Result<Option<String>, PkiError> {
+    match std::fs::read_to_string(path) {
+        Ok(s) => Ok(Some(s)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(source) => Err(PkiError::Read { path: path.display().to_string(), source }),
+    }
+}
+
+fn pem_der(path: &Path, pem: &str) -> Result<Vec<u8>, PkiError> {
+    let invalid =
+        |detail: String| PkiError::Invalid { path: path.display().to_string(), what: "PEM certificate", detail };
+    let (_, p) = x509_parser::pem::parse_x509_pem(pem.as_bytes()).map_err(|e| invalid(e.to_string()))?;
+    Ok(p.contents)
+}
+
+/// The cluster CA as the verifiers use it.
+struct Trust {
+    der: CertificateDer<'static>,
+    fingerprint: String,
+    roots: Arc<RootCertStore>,
+    clients: Arc<dyn ClientCertVerifier>,
+}
+
+/// This node's identity.
+struct Identity {
+    key: Arc<CertifiedKey>,
+    cert: PeerCert,
+}
+
+#[derive(Default)]
+struct Material {
+    ca: Option<Trust>,
+    /// The fingerprint a join in progress pins: until the join reply brings the CA, a peer
+    /// (the leader, adding this node as a learner) is trusted when its chain carries a CA
+    /// with this fingerprint.
+    pending: Option<String>,
+    node: Option<Identity>,
+    /// Served while this node's join is in progress: self-signed over its node key.
+    provisional: Option<Arc<CertifiedKey>>,
+    /// The public keys (raw bits) of the joins this node is serving as the leader.
+    joiners: Vec<Vec<u8>>,
+}
+
+type RevocationCheck = Box<dyn Fn(&str) -> bool + Send + Sync>;
+
+/// This node's PKI: files, the current trust and identity, and the rustls configurations.
+pub struct Pki {
+    dir: PathBuf,
+    provider: Arc<CryptoProvider>,
+    material: RwLock<Material>,
+    /// A certificate served before this node has one of its own (not yet initialized or
+    /// joined): self-signed; a joiner pins the CA fingerprint, never this one.
+    temporary: Arc<CertifiedKey>,
+    revoked: OnceLock<RevocationCheck>,
+}
+
+impl fmt::Debug for Pki {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Pki").field("dir", &self.dir).finish_non_exhaustive()
+    }
+}
+
+impl Pki {
+    /// Loads whatever `dir` holds (nothing, the CA, a node identity), after checking the
+    /// key files' modes.
+    pub fn open(dir: &Path) -> Result<Pki, PkiError> {
+        std::fs::create_dir_all(dir).map_err(|source| PkiError::Write { path: dir.display().to_string(), source })?;
+        let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700));
+        check_key_modes(dir)?;
+        let provider = provider();
+        let temporary = temporary_cert(&provider)?;
+        let pki = Pki {
+            dir: dir.to_path_buf(),
+            provider,
+            material: RwLock::new(Material::default()),
+            temporary,
+            revoked: OnceLock::new(),
+        };
+        if let Some(ca_pem) = read(&pki.path("ca.pem"))? {
+            let der = pem_der(&pki.path("ca.pem"), &ca_pem)?;
+            pki.trust(der)?;
+        }
+        if let (Some(cert), Some(key)) = (read(&pki.path("node.pem"))?, read(&pki.path("node.key"))?) {
+            pki.install_identity(&cert, &key)?;
+        }
+        Ok(pki)
+    }
+
+    fn path(&self, file: &str) -> PathBuf {
+        self.dir.join(file)
+    }
+
+    fn read_material(&self) -> std::sync::RwLockReadGuard<'_, Material> {
+        self.material.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn write_material(&self) -> std::sync::RwLockWriteGuard<'_, Material> {
+        self.material.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Installs the check of the replicated state: `is_revoked(serial)`. Set once.
+    pub fn set_revocation_check(&self, is_revoked: impl Fn(&str) -> bool + Send + Sync + 'static) {
+        let _ = self.revoked.set(Box::new(is_revoked));
+    }
+
+    fn is_revoked(&self, serial: &str) -> bool {
+        self.revoked.get().is_some_and(|f| f(serial))
+    }
+
+    /// The CA fingerprint, once this node knows its cluster's CA.
+    pub fn ca_fingerprint(&self) -> Option<String> {
+        self.read_material().ca.as_ref().map(|t| t.fingerprint.clone())
+    }
+
+    /// This node's certificate, once it has one.
+    pub fn identity(&self) -> Option<PeerCert> {
+        self.read_material().node.as_ref().map(|n| n.cert.clone())
+    }
+
+    fn trust(&self, der: Vec<u8>) -> Result<(), PkiError> {
+        let trust = trust_for(&self.provider, CertificateDer::from(der))?;
+        self.write_material().ca = Some(trust);
+        Ok(())
+    }
+
+    fn install_identity(&self, cert_pem: &str, key_pem: &str) -> Result<(), PkiError> {
+        let path = self.path("node.pem");
+        let der = pem_der(&path, cert_pem)?;
+        let cert = peer_cert(&der).ok_or_else(|| PkiError::Invalid {
+            path: path.display().to_string(),
+            what: "Haven node certificate",
+            detail: "no node name and id in it".into(),
+        })?;
+        let key = rcgen::KeyPair::from_pem(key_pem).map_err(|e| PkiError::Invalid {
+            path: self.path("node.key").display().to_string(),
+            what: "PEM private key",
+            detail: e.to_string(),
+        })?;
+        let mut m = self.write_material();
+        let mut chain = vec![CertificateDer::from(der)];
+        if let Some(ca) = &m.ca {
+            chain.push(ca.der.clone());
+        }
+        let key = certified(&self.provider, chain, &key)?;
+        m.node = Some(Identity { key, cert });
+        Ok(())
+    }
+
+    /// Founds the cluster's PKI on this node: a new CA (`ca.pem`, `ca.key`) and this
+    /// node's certificate (`node.pem`, `node.key`). Returns the CA fingerprint and this
+    /// node's certificate serial.
+    pub fn found(&self, cluster: &str, name: &str, id: u64, address: &str) -> Result<(String, String), PkiError> {
+        let ca = Ca::generate(cluster)?;
+        let key = rcgen::KeyPair::generate().map_err(gen_err)?;
+        let (cert_pem, serial) = ca.issue(&csr(&key, name)?, name, id, address)?;
+        if let Some(ca_key) = ca.key_pem() {
+            write_secret(&self.path("ca.key"), &ca_key)?;
+        }
+        write_public(&self.path("ca.pem"), ca.cert_pem())?;
+        write_secret(&self.path("node.key"), &key.serialize_pem())?;
+        write_public(&self.path("node.pem"), &cert_pem)?;
+        self.trust(ca.der.clone())?;
+        self.install_identity(&cert_pem, &key.serialize_pem())?;
+        Ok((ca.fingerprint(), serial))
+    }
+
+    /// Issues a certificate for node `name` (id `id`) with this node's CA key and writes a
+    /// member's files into `dir`: `ca.pem`, `node.pem`, `node.key` (what a joined node has).
+    /// For tools and tests that need a second identity of the cluster.
+    pub fn issue_identity(&self, dir: &Path, name: &str, id: u64, address: &str) -> Result<String, PkiError> {
+        let ca = self.ca()?;
+        let key = rcgen::KeyPair::generate().map_err(gen_err)?;
+        let (cert_pem, serial) = ca.issue(&csr(&key, name)?, name, id, address)?;
+        std::fs::create_dir_all(dir).map_err(|source| PkiError::Write { path: dir.display().to_string(), source })?;
+        write_public(&dir.join("ca.pem"), ca.cert_pem())?;
+        write_secret(&dir.join("node.key"), &key.serialize_pem())?;
+        write_public(&dir.join("node.pem"), &cert_pem)?;
+        Ok(serial)
+    }
+
+    /// The CA as this node holds it (certificate, and key if it has it), to sign a join.
+    pub fn ca(&self) -> Result<Ca, PkiError> {
+        let cert_path = self.path("ca.pem");
+        let cert_pem = read(&cert_path)?.ok_or_else(|| {
+            PkiError::Refused(format!("{} is missing: this node has no cluster CA", cert_path.display()))
+        })?;
+        let der = pem_der(&cert_path, &cert_pem)?;
+        let key = match read(&self.path("ca.key"))? {
+            Some(pem) => Some(rcgen::KeyPair::from_pem(&pem).map_err(|e| PkiError::Invalid {
+                path: self.path("ca.key").display().to_string(),
+                what: "PEM private key",
+                detail: e.to_string(),
+            })?),
+            None => None,
+        };
+        Ok(Ca { cert_pem, der, key })
+    }
+
+    /// This node's key pair for a join: the one kept from an earlier attempt, else a new
+    /// one (stored 0600 before anything is sent), and a signing request over it.
+    pub fn join_request(&self, name: &str) -> Result<String, PkiError> {
+        let path = self.path("node.key");
+        let key = match read(&path)? {
+            Some(pem) => rcgen::KeyPair::from_pem(&pem).map_err(|e| PkiError::Invalid {
+                path: path.display().to_string(),
+                what: "PEM private key",
+                detail: e.to_string(),
+            })?,
+            None => {
+                let key = rcgen::KeyPair::generate().map_err(gen_err)?;
+                write_secret(&path, &key.serialize_pem())?;
+                key
+            }
+        };
+        let mut params = rcgen::CertificateParams::default();
+        params.distinguished_name.push(rcgen::DnType::CommonName, name);
+        validity(&mut params, 1);
+        let cert = params.self_signed(&key).map_err(gen_err)?;
+        let provisional = certified(&self.provider, vec![cert.der().clone()], &key)?;
+        self.write_material().provisional = Some(provisional);
+        csr(&key, name)
+    }
+
+    /// While the returned guard lives, a peer server whose key is that of `csr_pem` is
+    /// trusted (the joiner this leader is adding; see the module header).
+    pub fn expect_joiner(self: &Arc<Self>, csr_pem: &str) -> Result<JoinerGuard, PkiError> {
+        let csr = rcgen::CertificateSigningRequestParams::from_pem(csr_pem)
+            .map_err(|e| PkiError::Refused(format!("the certificate signing request is not valid ({e})")))?;
+        let key = rcgen::PublicKeyData::der_bytes(&csr.public_key).to_vec();
+        self.write_material().joiners.push(key.clone());
+        Ok(JoinerGuard { pki: self.clone(), key })
+    }
+
+    /// Pins `fingerprint` while a join is in progress (`None` once it ended).
+    pub fn set_pending(&self, fingerprint: Option<String>) {
+        self.write_material().pending = fingerprint;
+    }
+
+    /// Takes the join reply: checks the CA against the pinned `fingerprint` and the
+    /// certificate against this node's key and name, then stores and installs both (and
+    /// the CA key, for a voter).
+    pub fn accept_join(
+        &self,
+        fingerprint: &str,
+        name: &str,
+        cert_pem: &str,
+        ca_pem: &str,
+        ca_key: Option<&str>,
+    ) -> Result<PeerCert, PkiError> {
+        let ca_der = pem_der(Path::new("the CA certificate of the join reply"), ca_pem)?;
+        let got = sha256_hex(&ca_der);
+        if got != fingerprint {
+            return Err(PkiError::Refused(format!(
+                "the cluster's CA certificate has fingerprint {got}, not the one given with --ca-fingerprint; \
+                 nothing was trusted or stored. Check the fingerprint (`haven cluster token create` prints it)"
+            )));
+        }
+        let der = pem_der(Path::new("the certificate of the join reply"), cert_pem)?;
+        let cert = peer_cert(&der)
+            .filter(|c| c.name == name)
+            .ok_or_else(|| PkiError::Refused(format!("the join reply's certificate is not for node {name:?}")))?;
+        let key_pem = read(&self.path("node.key"))?
+            .ok_or_else(|| PkiError::Refused("node.key vanished during the join; join again".into()))?;
+        let key = rcgen::KeyPair::from_pem(&key_pem).map_err(gen_err)?;
+        let (_, parsed) = x509_parser::parse_x509_certificate(&der)
+            .map_err(|e| PkiError::Refused(format!("the join reply's certificate does not parse: {e}")))?;
+        if parsed.tbs_certificate.subject_pki.raw != key.public_key_der().as_slice() {
+            return Err(PkiError::Refused("the join reply's certificate is not for this node's key".into()));
+        }
+        if let Some(k) = ca_key {
+            write_secret(&self.path("ca.key"), k)?;
+        }
+        write_public(&self.path("ca.pem"), ca_pem)?;
+        write_public(&self.path("node.pem"), cert_pem)?;
+        self.trust(ca_der)?;
+        self.install_identity(cert_pem, &key_pem)?;
+        self.set_pending(None);
+        Ok(cert)
+    }
+
+    /// The server side of the agent's port: this node's certificate (or the temporary one),
+    /// client certificates optional at the TLS layer and verified when given (the peer
+    /// routes require one).
+    pub fn server_config(self: &Arc<Self>) -> Result<Arc<rustls::ServerConfig>, PkiError> {
+        let mut config = rustls::ServerConfig::builder_with_provider(self.provider.clone())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| PkiError::Generate(e.to_string()))?
+            .with_client_cert_verifier(Arc::new(ClientCheck(self.clone())))
+            .with_cert_resolver(Arc::new(ServerIdentity(self.clone())));
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        Ok(Arc::new(config))
+    }
+
+    /// The client of all peer traffic: this node's certificate as its identity, servers
+    /// trusted when they chain to the cluster CA and are not revoked.
+    pub fn peer_client(self: &Arc<Self>) -> Result<reqwest::Client, PkiError> {
+        let config = rustls::ClientConfig::builder_with_provider(self.provider.clone())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| PkiError::Generate(e.to_string()))?
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(ServerCheck(self.clone())))
+            .with_client_cert_resolver(Arc::new(ClientIdentity(self.clone())));
+        http_client(config)
+    }
+
+    fn algorithms(&self) -> WebPkiSupportedAlgorithms {
+        self.provider.signature_verification_algorithms
+    }
+}
+
+/// See [`Pki::expect_joiner`].
+pub struct JoinerGuard {
+    pki: Arc<Pki>,
+    key: Vec<u8>,
+}
+
+impl Drop for JoinerGuard {
+    fn drop(&mut self) {
+        let mut m = self.pki.write_material();
+        if let Some(i) = m.joiners.iter().position(|k| *k == self.key) {
+            m.joiners.remove(i);
+        }
+    }
+}
+
+/// The raw public key bits of a certificate.
+fn public_key_bits(der: &[u8]) -> Option<Vec<u8>> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+    Some(cert.tbs_certificate.subject_pki.subject_public_key.data.to_vec())
+}
+
+/// Builds the reqwest client of `config`: no proxy (peer traffic goes straight to the
+/// peer), the agent's timeouts.
+fn http_client(config: rustls::ClientConfig) -> Result<reqwest::Client, PkiError> {
+    reqwest::Client::builder()
+        .no_proxy()
+        .connect_timeout(Duration::from_millis(500))
+        .timeout(Duration::from_secs(130))
+        .tls_backend_preconfigured(config)
+        .build()
+        .map_err(|e| PkiError::Generate(format!("cannot build the peer HTTP client: {e}")))
+}
+
+/// What a join's TLS check found when it refused the member: the message for the operator.
+pub type JoinMismatch = Arc<Mutex<Option<String>>>;
+
+/// The client a joining node asks a member with: no client certificate, and the member
+/// trusted only if its chain carries a CA certificate with `fingerprint` that signed its
+/// certificate. A refusal is also written to the returned slot, to be told as it is.
+pub fn join_client(fingerprint: &str) -> Result<(reqwest::Client, JoinMismatch), PkiError> {
+    let provider = provider();
+    let mismatch: JoinMismatch = Arc::default();
+    let check =
+        PinnedCa { fingerprint: fingerprint.to_string(), provider: provider.clone(), mismatch: mismatch.clone() };
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| PkiError::Generate(e.to_string()))?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(check))
+        .with_no_client_auth();
+    Ok((http_client(config)?, mismatch))
+}
+
+fn trust_for(provider: &Arc<CryptoProvider>, der: CertificateDer<'static>) -> Result<Trust, PkiError> {
+    let mut roots = RootCertStore::empty();
+    roots.add(der.clone()).map_err(|e| PkiError::Invalid {
+        path: "ca.pem".into(),
+        what: "CA certificate",
+        detail: e.to_string(),
+    })?;
+    let roots = Arc::new(roots);
+    let clients = WebPkiClientVerifier::builder_with_provider(roots.clone(), provider.clone())
+        .allow_unauthenticated()
+        .build()
+        .map_err(|e| PkiError::Generate(e.to_string()))?;
+    Ok(Trust { fingerprint: sha256_hex(&der), der, roots, clients })
+}
+
+fn certified(
+    provider: &Arc<CryptoProvider>,
+    chain: Vec<CertificateDer<'static>>,
+    key: &rcgen::KeyPair,
+) -> Result<Arc<CertifiedKey>, PkiError> {
+    let der = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
+    let signing = provider.key_provider.load_private_key(der).map_err(|e| PkiError::Generate(e.to_string()))?;
+    Ok(Arc::new(CertifiedKey::new(chain, signing)))
+}
+
+fn temporary_cert(provider: &Arc<CryptoProvider>) -> Result<Arc<CertifiedKey>, PkiError> {
+    let key = rcgen::KeyPair::generate().map_err(gen_err)?;
+    let mut params = rcgen::CertificateParams::default();
+    params.distinguished_name.push(rcgen::DnType::CommonName, "haven agent (not yet in a cluster)");
+    validity(&mut params, 30);
+    let cert = params.self_signed(&key).map_err(gen_err)?;
+    certified(provider, vec![cert.der().clone()], &key)
+}
+
+/// Finds in `chain` a certificate whose SHA-256 is `fingerprint`.
+fn pinned_in<'a>(chain: &'a [CertificateDer<'a>], fingerprint: &str) -> Option<&'a CertificateDer<'a>> {
+    chain.iter().find(|c| sha256_hex(c.as_ref()) == fingerprint)
+}
+
+fn tls_err(message: String) -> rustls::Error {
+    rustls::Error::General(message)
+}
+
+/// The server's certificate: this node's, or the temporary one.
+struct ServerIdentity(Arc<Pki>);
+
+impl fmt::Debug for ServerIdentity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ServerIdentity")
+    }
+}
+
+impl ResolvesServerCert for ServerIdentity {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        let m = self.0.read_material();
+        let own = m.node.as_ref().map(|n| n.key.clone()).or_else(|| m.provisional.clone());
+        Some(own.unwrap_or_else(|| self.0.temporary.clone()))
+    }
+}
+
+/// The peer client's certificate: this node's (none before it has one).
+struct ClientIdentity(Arc<Pki>);
+
+impl fmt::Debug for ClientIdentity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ClientIdentity")
+    }
+}
+
+impl ResolvesClientCert for ClientIdentity {
+    fn resolve(&self, _hints: &[&[u8]], _schemes: &[SignatureScheme]) -> Option<Arc<CertifiedKey>> {
+        self.0.read_material().node.as_ref().map(|n| n.key.clone())
+    }
+
+    fn has_certs(&self) -> bool {
+        self.0.read_material().node.is_some()
+    }
+}
+
+/// Server side: a client certificate is optional; one that is given must chain to the
+/// cluster CA (or, during a join, to the pinned one) and not be revoked.
+struct ClientCheck(Arc<Pki>);
+
+impl fmt::Debug for ClientCheck {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ClientCheck")
+    }
+}
+
+impl ClientCertVerifier for ClientCheck {
+    fn offer_client_auth(&self) -> bool {
+        true
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        false
+    }
+
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        let verifier = {
+            let m = self.0.read_material();
+            match (&m.ca, &m.pending) {
+                (Some(t), _) => t.clients.clone(),
+                (None, Some(f)) => {
+                    let ca = pinned_in(intermediates, f).ok_or_else(|| {
+                        tls_err("the peer's chain carries no CA with the fingerprint this node's join pins".into())
+                    })?;
+                    trust_for(&self.0.provider, ca.clone().into_owned()).map_err(|e| tls_err(e.to_string()))?.clients
+                }
+                (None, None) => {
+                    return Err(tls_err("this node is not in a cluster yet, so it trusts no peer certificate".into()));
+                }
+            }
+        };
+        verifier.verify_client_cert(end_entity, intermediates, now)?;
+        let cert = peer_cert(end_entity.as_ref())
+            .ok_or_else(|| tls_err("the peer's certificate names no Haven node".into()))?;
+        if self.0.is_revoked(&cert.serial) {
+            return Err(tls_err(format!("the certificate of {cert} is revoked (the node was removed)")));
+        }
+        Ok(ClientCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.algorithms())
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.algorithms())
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.algorithms().supported_schemes()
+    }
+}
+
+/// Client side: the server must chain to the cluster CA and not be revoked (its name is
+/// not checked; see the module header).
+struct ServerCheck(Arc<Pki>);
+
+impl fmt::Debug for ServerCheck {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ServerCheck")
+    }
+}
+
+impl ServerCertVerifier for ServerCheck {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let (roots, joining) = {
+            let m = self.0.read_material();
+            let joining =
+                !m.joiners.is_empty() && public_key_bits(end_entity.as_ref()).is_some_and(|k| m.joiners.contains(&k));
+            (m.ca.as_ref().map(|t| t.roots.clone()), joining)
+        };
+        if joining {
+            // A joiner this leader is adding, before it has its certificate (module header).
+            return Ok(ServerCertVerified::assertion());
+        }
+        let roots = roots.ok_or_else(|| tls_err("this node is not in a cluster yet, so it trusts no peer".into()))?;
+        let parsed = ParsedCertificate::try_from(end_entity)?;
+        verify_server_cert_signed_by_trust_anchor(&parsed, &roots, intermediates, now, self.0.algorithms().all)?;
+        let cert = peer_cert(end_entity.as_ref())
+            .ok_or_else(|| tls_err("the peer's certificate names no Haven node".into()))?;
+        if self.0.is_revoked(&cert.serial) {
+            return Err(tls_err(format!("the certificate of {cert} is revoked (the node was removed)")));
+        }
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.algorithms())
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.algorithms())
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.algorithms().supported_schemes()
+    }
+}
+
+/// A joiner's check of the member: its chain must carry the CA with the pinned
+/// fingerprint, and that CA must have signed its certificate.
+struct PinnedCa {
+    fingerprint: String,
+    provider: Arc<CryptoProvider>,
+    mismatch: JoinMismatch,
+}
+
+impl fmt::Debug for PinnedCa {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("PinnedCa")
+    }
+}
+
+impl PinnedCa {
+    fn refuse(&self, message: String) -> rustls::Error {
+        *self.mismatch.lock().unwrap_or_else(|e| e.into_inner()) = Some(message.clone());
+        tls_err(message)
+    }
+}
+
+impl ServerCertVerifier for PinnedCa {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let Some(ca) = pinned_in(intermediates, &self.fingerprint) else {
+            let presented: Vec<String> = intermediates.iter().map(|c| sha256_hex(c.as_ref())).collect();
+            return Err(self.refuse(match presented.first() {
+                Some(f) => format!(
+                    "the member's cluster CA has fingerprint {f}, not the one given with --ca-fingerprint; nothing \
+                     was sent or trusted. Check the fingerprint (`haven cluster token create` on a member prints it) \
+                     and the address"
+                ),
+                None => "the agent at that address has no cluster CA (it is not initialized or joined, or not a \
+                         Haven agent); give the address of a member of the cluster"
+                    .to_string(),
+            }));
+        };
+        let trust = trust_for(&self.provider, ca.clone().into_owned()).map_err(|e| self.refuse(e.to_string()))?;
+        let parsed = ParsedCertificate::try_from(end_entity)?;
+        verify_server_cert_signed_by_trust_anchor(
+            &parsed,
+            &trust.roots,
+            &[],
+            now,
+            self.provider.signature_verification_algorithms.all,
+        )
+        .map_err(|e| self.refuse(format!("the member's certificate is not signed by the pinned CA: {e}")))?;
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_node_certificate_names_the_node_and_chains_to_its_ca() {
+        let ca = Ca::generate("lab").expect("a CA");
+        let key = rcgen::KeyPair::generate().expect("a key");
+        let (pem, serial) =
+            ca.issue(&csr(&key, "node2").expect("a CSR"), "node2", 2, "127.0.0.1:7400").expect("issued");
+        let der = pem_der(Path::new("test"), &pem).expect("PEM");
+        let cert = peer_cert(&der).expect("a node certificate");
+        assert_eq!(cert, PeerCert { name: "node2".into(), id: 2, serial: serial.clone() });
+        let (_, parsed) = x509_parser::parse_x509_certificate(&der).expect("parses");
+        let (_, ca_cert) = x509_parser::parse_x509_certificate(&ca.der).expect("parses");
+        assert!(parsed.verify_signature(Some(ca_cert.public_key())).is_ok(), "signed by the CA");
+        assert_eq!(parsed.tbs_certificate.subject_pki.raw, key.public_key_der().as_slice(), "over the CSR's key");
+        let other = Ca::generate("other").expect("a CA");
+        let (_, other_cert) = x509_parser::parse_x509_certificate(&other.der).expect("parses");
+        assert!(parsed.verify_signature(Some(other_cert.public_key())).is_err(), "not by another CA");
+        assert_ne!(ca.fingerprint(), other.fingerprint());
+        assert_eq!(ca.fingerprint().len(), 64);
+    }
+
+    #[test]
+    fn serials_differ_and_a_bad_csr_is_refused_without_a_panic() {
+        let ca = Ca::generate("lab").expect("a CA");
+        let key = rcgen::KeyPair::generate().expect("a key");
+        let request = csr(&key, "n").expect("a CSR");
+        let (_, a) = ca.issue(&request, "n", 1, "h:1").expect("issued");
+        let (_, b) = ca.issue(&request, "n", 1, "h:1").expect("issued");
+        assert_ne!(a, b);
+        let e =
+            ca.issue("-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n-----END CERTIFICATE REQUEST-----\n", "n", 1, "h:1");
+        assert!(matches!(e, Err(PkiError::Refused(_))), "{:?}", e.map(|_| ()));
+        let learner = Ca { key: None, ..Ca::generate("lab").expect("a CA") };
+        assert!(learner.issue(&request, "n", 1, "h:1").is_err_and(|e| e.to_string().contains("CA key")));
+    }
+
+    #[test]
+    fn a_key_file_readable_by_others_stops_the_agent_with_the_fix() {
+        let dir = tempfile::tempdir().expect("a directory");
+        let pki = Pki::open(dir.path()).expect("an empty PKI");
+        let (fingerprint, _) = pki.found("lab", "node1", 1, "127.0.0.1:7400").expect("founded");
+        assert_eq!(pki.ca_fingerprint().as_deref(), Some(fingerprint.as_str()));
+        for file in ["ca.key", "node.key"] {
+            let mode = std::fs::metadata(dir.path().join(file)).expect("written").permissions().mode() & 0o777;
+            assert_eq!(mode, 0o600, "{file}");
+        }
+        let reopened = Pki::open(dir.path()).expect("reopened");
+        assert_eq!(reopened.identity().map(|c| c.name), Some("node1".to_string()));
+        let key = dir.path().join("node.key");
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+        let e = Pki::open(dir.path()).expect_err("a world-readable key");
+        let text = e.to_string();
+        assert!(
+            text.contains(&key.display().to_string()) && text.contains("0644") && text.contains("chmod 600"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn fingerprints_are_read_in_the_forms_an_operator_copies() {
+        let f = "ab".repeat(32);
+        assert_eq!(normalize_fingerprint(&f.to_uppercase()), Ok(f.clone()));
+        let colons: Vec<&str> = (0..32).map(|_| "AB").collect();
+        assert_eq!(normalize_fingerprint(&colons.join(":")), Ok(f));
+        let e = normalize_fingerprint("secret-token").unwrap_err();
+        assert!(!e.contains("secret") && e.contains("64 hex digits"), "{e}");
+    }
+
+    #[test]
+    fn a_join_reply_with_another_ca_is_refused_and_stores_nothing() {
+        let dir = tempfile::tempdir().expect("a directory");
+        let pki = Pki::open(dir.path()).expect("an empty PKI");
+        let request = pki.join_request("node2").expect("a CSR");
+        let ca = Ca::generate("lab").expect("a CA");
+        let (cert, _) = ca.issue(&request, "node2", 2, "127.0.0.1:1").expect("issued");
+        let wrong = "00".repeat(32);
+        let e = pki.accept_join(&wrong, "node2", &cert, ca.cert_pem(), None).expect_err("another fingerprint");
+        assert!(e.to_string().contains("not the one given with --ca-fingerprint"), "{e}");
+        assert!(!dir.path().join("ca.pem").exists() && !dir.path().join("node.pem").exists());
+        let got = pki.accept_join(&ca.fingerprint(), "node2", &cert, ca.cert_pem(), None).expect("the right one");
+        assert_eq!((got.name.as_str(), got.id), ("node2", 2));
+        assert!(!dir.path().join("ca.key").exists(), "a learner keeps no CA key");
+    }
+}

@@ -1,0 +1,309 @@
+//! Peer identity in the replicated state: join tokens (only their SHA-256 hashes, with
+//! their expiry and uses), the certificate serial each node was issued, and the serials
+//! revoked when a node was removed.
+//!
+//! No key, certificate or token is kept here: the agents hold those in their state
+//! directories (see docs/SECURITY.md). The state keeps what every node must agree on: which
+//! token may still admit a node (so a single-use token admits one node, whichever member
+//! the joiner asked), and which certificates are revoked (so every agent refuses them).
+//! Like the rest of `apply`, nothing here reads a clock: `at` is the proposer's time.
+
+use haven_model::{Millis, Node};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use crate::{Reply, Response, State, StateError};
+
+/// A join token lives 1 hour unless `--ttl` says otherwise.
+pub const JOIN_TOKEN_TTL_DEFAULT_MS: Millis = 60 * 60 * 1000;
+/// Shortest `--ttl`: 1 second.
+pub const JOIN_TOKEN_TTL_MIN_MS: Millis = 1000;
+/// Longest `--ttl`: 7 days.
+pub const JOIN_TOKEN_TTL_MAX_MS: Millis = 7 * 24 * 60 * 60 * 1000;
+/// Most joins one token allows (`--uses`); 1 unless told.
+pub const JOIN_TOKEN_USES_MAX: u32 = 100;
+/// Most join tokens the state keeps at once (used-up and expired ones count until they are
+/// dropped, a day after they expired).
+pub const JOIN_TOKEN_LIMIT: usize = 100;
+/// How long an expired token is kept, so that a join with it is told "expired" rather than
+/// "not valid".
+const EXPIRED_KEPT_MS: Millis = 24 * 60 * 60 * 1000;
+
+/// One join token, by the hex SHA-256 of its text (the key of [`State::join_tokens`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct JoinTokenRecord {
+    pub created_at: Millis,
+    pub created_by: String,
+    pub expires_at: Millis,
+    /// How many joins it allows in all.
+    pub uses: u32,
+    /// How many it admitted so far.
+    pub used: u32,
+}
+
+/// The certificate a node was issued (`State::node_certs`, by node name).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct NodeCert {
+    /// The certificate's serial number, lower-case hex.
+    pub serial: String,
+    pub issued_at: Millis,
+}
+
+/// A revoked certificate (`State::revoked_certs`, by serial).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct RevokedCert {
+    /// The node it was issued to.
+    pub node: String,
+    pub revoked_at: Millis,
+}
+
+/// Whether `s` is a lower-case hex string of `min..=max` characters.
+fn is_hex(s: &str, min: usize, max: usize) -> bool {
+    (min..=max).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+fn invalid(field: &str, message: String) -> StateError {
+    StateError { code: crate::ErrorCode::Invalid, message, field: Some(field.to_string()) }
+}
+
+/// Checks `--ttl` (ms) and `--uses` against their bounds, with a message naming the value
+/// and the bounds.
+pub fn validate_token_limits(ttl_ms: Millis, uses: u32) -> Result<(), StateError> {
+    if !(JOIN_TOKEN_TTL_MIN_MS..=JOIN_TOKEN_TTL_MAX_MS).contains(&ttl_ms) {
+        return Err(invalid(
+            "ttl",
+            format!(
+                "ttl {} ms is out of bounds: a join token lives from 1s to 7d (e.g. --ttl 1h, the default)",
+                ttl_ms
+            ),
+        ));
+    }
+    if !(1..=JOIN_TOKEN_USES_MAX).contains(&uses) {
+        return Err(invalid(
+            "uses",
+            format!("uses {uses} is out of bounds: a join token admits 1 to {JOIN_TOKEN_USES_MAX} nodes (default 1)"),
+        ));
+    }
+    Ok(())
+}
+
+/// Whether the token hashed `hash` may admit a node at `at`; the refusal says why without
+/// quoting the token (the caller knows it; a log or history line must not).
+pub fn check_join_token(s: &State, hash: &str, at: Millis) -> Result<(), String> {
+    let Some(t) = s.join_tokens.get(hash) else {
+        return Err("the join token is not valid for this cluster (mistyped, from another cluster, or expired more \
+                    than a day ago); create one on a member with `haven cluster token create`"
+            .to_string());
+    };
+    if t.used >= t.uses {
+        return Err(format!(
+            "the join token is used up (it allowed {} join{}); create another with `haven cluster token create`",
+            t.uses,
+            if t.uses == 1 { "" } else { "s" }
+        ));
+    }
+    if at >= t.expires_at {
+        return Err(format!(
+            "the join token expired {} s ago; create another with `haven cluster token create [--ttl 1h]`",
+            (at - t.expires_at) / 1000
+        ));
+    }
+    Ok(())
+}
+
+/// Whether the certificate with `serial` (hex) was revoked.
+pub fn is_revoked(s: &State, serial: &str) -> bool {
+    s.revoked_certs.contains_key(serial)
+}
+
+/// `CreateJoinToken`.
+pub(crate) fn create_join_token(
+    s: &mut State,
+    at: Millis,
+    by: &str,
+    token_hash: &str,
+    expires_at: Millis,
+    uses: u32,
+) -> Response {
+    crate::apply::require_cluster(s)?;
+    if !is_hex(token_hash, 64, 64) {
+        return Err(invalid("token_hash", "token_hash must be the 64 hex digits of a SHA-256".into()));
+    }
+    validate_token_limits(expires_at.saturating_sub(at), uses)?;
+    if s.join_tokens.contains_key(token_hash) {
+        return Err(StateError::conflict("this join token exists already; create another one"));
+    }
+    let kept = |t: &JoinTokenRecord| t.expires_at.saturating_add(EXPIRED_KEPT_MS) > at;
+    let live = s.join_tokens.values().filter(|t| kept(t)).count();
+    if live >= JOIN_TOKEN_LIMIT {
+        return Err(StateError::conflict(format!(
+            "the cluster keeps at most {JOIN_TOKEN_LIMIT} join tokens and has that many; wait for some to expire \
+             (a day after their expiry they are dropped) or join nodes with the ones you have"
+        )));
+    }
+    let dropped: Vec<String> = s.join_tokens.iter().filter(|(_, t)| !kept(t)).map(|(k, _)| k.clone()).collect();
+    for k in dropped {
+        s.join_tokens.remove(&k);
+    }
+    s.join_tokens.insert(
+        token_hash.to_string(),
+        JoinTokenRecord { created_at: at, created_by: by.to_string(), expires_at, uses, used: 0 },
+    );
+    crate::apply::event(
+        s,
+        at,
+        by,
+        "join-token-created",
+        None,
+        None,
+        None,
+        format!(
+            "join token created: admits {uses} node{}, expires in {} s",
+            if uses == 1 { "" } else { "s" },
+            expires_at.saturating_sub(at) / 1000
+        ),
+    );
+    Ok(Reply::None)
+}
+
+/// `JoinNode`: the token's use, the node and its certificate, in one change.
+pub(crate) fn join_node(
+    s: &mut State,
+    req_at: Millis,
+    by: &str,
+    node: &Node,
+    token_hash: &str,
+    serial: &str,
+) -> Response {
+    check_join_token(s, token_hash, req_at).map_err(StateError::conflict)?;
+    validate_serial(serial)?;
+    if s.revoked_certs.contains_key(serial) {
+        return Err(invalid("cert_serial", format!("certificate serial {serial} is revoked; issue a new one")));
+    }
+    let reply = crate::apply::add_node(s, req_at, by, node)?;
+    if let Some(t) = s.join_tokens.get_mut(token_hash) {
+        t.used += 1;
+    }
+    s.node_certs.insert(node.name.clone(), NodeCert { serial: serial.to_string(), issued_at: req_at });
+    Ok(reply)
+}
+
+fn validate_serial(serial: &str) -> Result<(), StateError> {
+    if is_hex(serial, 2, 40) {
+        Ok(())
+    } else {
+        Err(invalid("cert_serial", format!("certificate serial {serial:?} is not 2 to 40 lower-case hex digits")))
+    }
+}
+
+/// `RecordNodeCert`: the founding node's own certificate (joined nodes get theirs with
+/// `JoinNode`).
+pub(crate) fn record_node_cert(s: &mut State, at: Millis, node: &str, serial: &str) -> Response {
+    if !s.nodes.contains_key(node) {
+        return Err(StateError::not_found("node", node));
+    }
+    validate_serial(serial)?;
+    if let Some(old) = s.node_certs.get(node)
+        && old.serial != serial
+    {
+        s.revoked_certs.insert(old.serial.clone(), RevokedCert { node: node.to_string(), revoked_at: at });
+    }
+    s.node_certs.insert(node.to_string(), NodeCert { serial: serial.to_string(), issued_at: at });
+    Ok(Reply::None)
+}
+
+/// Part of `RemoveNode`: the removed node's certificate is revoked everywhere.
+pub(crate) fn revoke_node_cert(s: &mut State, at: Millis, node: &str) {
+    if let Some(cert) = s.node_certs.remove(node) {
+        s.revoked_certs.insert(cert.serial, RevokedCert { node: node.to_string(), revoked_at: at });
+    }
+}
+
+/// The history line of a revocation, if `node` had a certificate.
+pub(crate) fn revoked_note(s: &State, node: &str) -> Option<String> {
+    s.node_certs.get(node).map(|c| format!("; its certificate (serial {}) is revoked", c.serial))
+}
+
+#[cfg(test)]
+mod tests {
+    use haven_model::{Capacity, NodeLiveness, NodeRole};
+
+    use super::*;
+    use crate::{Command, Request};
+
+    fn node(id: u64, name: &str) -> Node {
+        Node {
+            id,
+            name: name.into(),
+            address: format!("127.0.0.1:{}", 7400 + id),
+            role: NodeRole::Voter,
+            liveness: NodeLiveness::Up,
+            paused: false,
+            capacity: Capacity { cpus: 1, memory_mib: 1024 },
+            since: 0,
+        }
+    }
+
+    fn cluster() -> State {
+        let mut s = State::default();
+        let init = Command::InitCluster { name: "c".into(), node: node(1, "a") };
+        s.apply(&Request::new(0, "operator", init)).expect("init");
+        s
+    }
+
+    fn hash(c: char) -> String {
+        std::iter::repeat_n(c, 64).collect()
+    }
+
+    fn join(s: &mut State, at: Millis, id: u64, name: &str, token: &str, serial: &str) -> Response {
+        let cmd = Command::JoinNode { node: node(id, name), token_hash: token.into(), cert_serial: serial.into() };
+        s.apply(&Request::new(at, name, cmd))
+    }
+
+    #[test]
+    fn a_single_use_token_admits_one_node_and_then_says_it_is_used_up() {
+        let mut s = cluster();
+        let create = Command::CreateJoinToken { token_hash: hash('a'), expires_at: 3_600_000, uses: 1 };
+        s.apply(&Request::new(0, "operator", create)).expect("token created");
+        join(&mut s, 1000, 2, "b", &hash('a'), "0b").expect("the first join");
+        assert_eq!(s.node_certs.get("b").map(|c| c.serial.as_str()), Some("0b"));
+        let e = join(&mut s, 2000, 3, "c", &hash('a'), "0c").unwrap_err();
+        assert!(e.message.contains("used up"), "{e}");
+        assert!(!s.nodes.contains_key("c"), "a refused join adds nothing");
+        let e = join(&mut s, 2000, 3, "c", &hash('f'), "0c").unwrap_err();
+        assert!(e.message.contains("not valid"), "{e}");
+    }
+
+    #[test]
+    fn an_expired_token_is_refused_and_bounds_are_checked() {
+        let mut s = cluster();
+        let create = Command::CreateJoinToken { token_hash: hash('a'), expires_at: 1000, uses: 2 };
+        s.apply(&Request::new(0, "operator", create)).expect("token created");
+        let e = join(&mut s, 5000, 2, "b", &hash('a'), "0b").unwrap_err();
+        assert!(e.message.contains("expired 4 s ago"), "{e}");
+        let too_long =
+            Command::CreateJoinToken { token_hash: hash('b'), expires_at: JOIN_TOKEN_TTL_MAX_MS + 1, uses: 1 };
+        let e = s.apply(&Request::new(0, "operator", too_long)).unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("ttl"), "{e}");
+        let no_uses = Command::CreateJoinToken { token_hash: hash('b'), expires_at: 5000, uses: 0 };
+        let e = s.apply(&Request::new(0, "operator", no_uses)).unwrap_err();
+        assert!(e.message.contains("uses 0") && e.message.contains("1 to 100"), "{e}");
+        let bad_hash = Command::CreateJoinToken { token_hash: "secret".into(), expires_at: 5000, uses: 1 };
+        let e = s.apply(&Request::new(0, "operator", bad_hash)).unwrap_err();
+        assert!(!e.message.contains("secret"), "the refusal does not quote the value: {e}");
+    }
+
+    #[test]
+    fn removing_a_node_revokes_its_certificate() {
+        let mut s = cluster();
+        s.apply(&Request::new(0, "a", Command::RecordNodeCert { node: "a".into(), serial: "01".into() }))
+            .expect("the founder's certificate");
+        let create = Command::CreateJoinToken { token_hash: hash('a'), expires_at: 3_600_000, uses: 1 };
+        s.apply(&Request::new(0, "operator", create)).expect("token created");
+        join(&mut s, 1000, 2, "b", &hash('a'), "0b").expect("joined");
+        s.apply(&Request::new(2000, "operator", Command::RemoveNode { name: "b".into() })).expect("removed");
+        assert!(is_revoked(&s, "0b"));
+        assert!(!is_revoked(&s, "01"));
+        assert!(s.history.back().is_some_and(|e| e.message.contains("serial 0b")), "{:?}", s.history.back());
+    }
+}
