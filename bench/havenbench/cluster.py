@@ -90,6 +90,7 @@ class Cluster:
             self.wait(f"agent {node.name} to answer on {node.addr}", 30, lambda n=node: self._answers(n))
         first = self.nodes[0]
         init = first.api.post("/cluster/init", {"name": "bench"}, timeout=30)
+        Api.token = init["admin_token"]
         for node in self.nodes[1:]:
             node.api.post("/cluster/join", {"address": first.addr, "token": init["join_token"]}, timeout=30)
         self.wait("all nodes to be up", 60, self._all_up)

@@ -122,6 +122,12 @@ impl<'a> Forward<'a> {
         if let Some(id) = &request_id {
             req = req.header(crate::requests::IDEMPOTENCY_KEY, id);
         }
+        // A public route asks the other agent for the same caller's token.
+        if path.starts_with(haven_api::API_PREFIX)
+            && let Some(auth) = crate::api::auth::forwarded_authorization()
+        {
+            req = req.header(reqwest::header::AUTHORIZATION, auth);
+        }
         if let Some(b) = body {
             req = req.json(b);
         }

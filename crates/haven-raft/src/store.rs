@@ -58,7 +58,9 @@ const FENCE_STATUS: TableDefinition<&str, &[u8]> = TableDefinition::new("fence_s
 const HISTORY: TableDefinition<u64, &[u8]> = TableDefinition::new("history");
 const REQUESTS: TableDefinition<u64, &[u8]> = TableDefinition::new("requests");
 const SCALARS: TableDefinition<&str, &[u8]> = TableDefinition::new("scalars");
-const NAMED_TABLES: [TableDefinition<&str, &[u8]>; 6] = [NODES, GROUPS, RESOURCES, FENCING, FENCE_STATUS, SCALARS];
+const API_TOKENS: TableDefinition<&str, &[u8]> = TableDefinition::new("api_tokens");
+const NAMED_TABLES: [TableDefinition<&str, &[u8]>; 7] =
+    [NODES, GROUPS, RESOURCES, FENCING, FENCE_STATUS, SCALARS, API_TOKENS];
 
 const KEY_VOTE: &str = "vote";
 const KEY_COMMITTED: &str = "committed";
@@ -261,12 +263,14 @@ fn write_state(
         fence_status,
         generation_floor,
         requests,
+        api_tokens,
     } = state;
     write_map(txn, NODES, &before.nodes, nodes, written)?;
     write_map(txn, GROUPS, &before.groups, groups, written)?;
     write_map(txn, RESOURCES, &before.resources, resources, written)?;
     write_map(txn, FENCING, &before.fencing, fencing, written)?;
     write_map(txn, FENCE_STATUS, &before.fence_status, fence_status, written)?;
+    write_map(txn, API_TOKENS, &before.api_tokens, api_tokens, written)?;
 
     let scalars = Scalars {
         schema_version: *schema_version,
@@ -400,6 +404,7 @@ fn read_state(txn: &redb::ReadTransaction) -> Result<(State, RequestRows), OpErr
         resources: read_map(txn, RESOURCES)?,
         fencing: read_map(txn, FENCING)?,
         fence_status: read_map(txn, FENCE_STATUS)?,
+        api_tokens: read_map(txn, API_TOKENS)?,
         history,
         requests: RequestOutcomes::from_ordered(outcomes),
         ..State::default()

@@ -455,6 +455,9 @@ pub(crate) fn apply(s: &mut State, req: &Request) -> Response {
         Command::MoveResource { name, group: to } => move_resource(s, at, by, name, to),
         Command::HaWizard { report, commands } => ha_wizard(s, req, report, commands),
         Command::Batch { commands } => batch(s, req, commands),
+        Command::CreateToken { token } => crate::tokens::create(s, req, token),
+        Command::RevokeToken { name } => crate::tokens::revoke(s, req, name),
+        Command::RecordAudit { entries } => crate::tokens::record(s, entries),
         Command::ReportResource { node: reporter, resource: name, state, reason, failure } => {
             node(s, reporter)?;
             let r = resource(s, name)?;
@@ -864,7 +867,7 @@ fn reset_failures(s: &mut State, group: &str) {
 }
 
 #[allow(clippy::too_many_arguments)]
-fn event(
+pub(crate) fn event(
     s: &mut State,
     at: u64,
     by: &str,
@@ -885,6 +888,7 @@ fn event(
         message,
         by: by.to_string(),
         report: None,
+        audit: None,
     });
     while s.history.len() > HISTORY_LIMIT {
         s.history.pop_front();

@@ -11,6 +11,7 @@
 mod apply;
 mod error;
 mod requests;
+pub mod tokens;
 
 use std::collections::{BTreeMap, VecDeque};
 
@@ -26,6 +27,7 @@ pub use requests::{
     REQUEST_ID_MAX_LEN, REQUEST_OUTCOME_AGE_MS, REQUEST_OUTCOME_LIMIT, RequestOutcome, RequestOutcomes,
     validate_request_id,
 };
+pub use tokens::{ApiOrigin, ApiToken, AuditEntry, AuditRecord, Role};
 
 /// Version of the state's schema; a snapshot from another version is migrated on load.
 pub const SCHEMA_VERSION: u32 = 1;
@@ -58,6 +60,10 @@ pub struct Event {
     /// `ha-wizard` events: the wizard's whole report (every check, the plan, the fixes).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub report: Option<Box<haven_model::HaReport>>,
+    /// `api-request` events: the API request, where it came from and how it ended (see
+    /// [`tokens`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audit: Option<AuditRecord>,
 }
 
 /// The whole replicated state.
@@ -84,6 +90,9 @@ pub struct State {
     /// The outcome of each recent request that carried an id (see [`RequestOutcomes`]).
     #[serde(default)]
     pub requests: RequestOutcomes,
+    /// The API's bearer tokens by name, each only as the hash of its secret (see [`tokens`]).
+    #[serde(default)]
+    pub api_tokens: BTreeMap<String, ApiToken>,
 }
 
 /// Where fencing a node stands. Times are compared with the node's `since` (when it went
@@ -112,11 +121,15 @@ pub struct Request {
     /// before ids existed have none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request_id: Option<String>,
+    /// An API request's method, path and client: applying it records an `api-request`
+    /// event with its outcome (see [`tokens`]). The cluster's own writes have none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub origin: Option<ApiOrigin>,
 }
 
 impl Request {
     pub fn new(at: Millis, by: impl Into<String>, command: Command) -> Request {
-        Request { at, by: by.into(), command, request_id: None }
+        Request { at, by: by.into(), command, request_id: None, origin: None }
     }
     /// The same request carrying the client's id `id`.
     pub fn with_id(mut self, id: impl Into<String>) -> Request {
@@ -273,6 +286,21 @@ pub enum Command {
     Batch {
         commands: Vec<Command>,
     },
+    /// Admin: add an API token (only its hash; `created_at` and `created_by` are the
+    /// request's). Refused if the name is taken or reserved.
+    CreateToken {
+        token: ApiToken,
+    },
+    /// Admin: remove an API token; the last admin token that has not expired stays.
+    RevokeToken {
+        name: String,
+    },
+    /// The agent: API requests that did not reach the state machine (refused before, or
+    /// served without a write), at most [`tokens::AUDIT_BATCH_LIMIT`], as `api-request`
+    /// events.
+    RecordAudit {
+        entries: Vec<AuditEntry>,
+    },
 }
 
 /// Most commands one `Command::Batch` may carry.
@@ -338,15 +366,26 @@ impl State {
     /// Applies one committed request. On error nothing changed, except that a request with
     /// an id records its outcome (see [`RequestOutcomes`]); a request whose id is already
     /// recorded changes nothing and returns the recorded outcome.
+    ///
+    /// An API request (one with an [`ApiOrigin`]) also records its outcome in the history
+    /// (an `api-request` event), refused or not; a replayed one is not recorded again.
     pub fn apply(&mut self, req: &Request) -> Response {
-        let Some(id) = req.request_id.as_deref() else { return apply::apply(self, req) };
+        let Some(id) = req.request_id.as_deref() else { return self.apply_audited(req) };
         self.requests.prune(req.at);
         let fingerprint = requests::fingerprint(&req.command);
         if let Some(known) = self.requests.get(id) {
             return known.replay(id, fingerprint);
         }
-        let response = apply::apply(self, req);
+        let response = self.apply_audited(req);
         self.requests.record(id, req.at, &req.by, fingerprint, response.clone());
+        response
+    }
+
+    fn apply_audited(&mut self, req: &Request) -> Response {
+        let response = apply::apply(self, req);
+        if let Some(origin) = &req.origin {
+            tokens::audit_committed(self, req, origin, &response);
+        }
         response
     }
 

@@ -87,9 +87,19 @@ pub(super) async fn cluster_init(
         capacity: agent.config.capacity(),
         since: now_ms(),
     };
-    agent.submit("operator", Command::InitCluster { name: name.clone(), join_token: join_token.clone(), node }).await?;
-    Ok(Json(InitResponse { name, join_token }))
+    // The first admin token commits with the cluster, in one entry: there is no moment in
+    // which the cluster exists and nobody may change it.
+    let (admin_token, token) = super::tokens::mint(FIRST_TOKEN, haven_state::Role::Admin, None)?;
+    let init = Command::InitCluster { name: name.clone(), join_token: join_token.clone(), node };
+    let reply = agent.submit("operator", Command::Batch { commands: vec![init, Command::CreateToken { token }] }).await?;
+    if let haven_state::Reply::Batch(replies) = reply {
+        replies.into_iter().try_for_each(|r| r.map(drop)).map_err(SubmitError::Refused)?;
+    }
+    Ok(Json(InitResponse { name, join_token, admin_token }))
 }
+
+/// The name of the admin token `cluster init` creates.
+pub(super) const FIRST_TOKEN: &str = "admin";
 
 fn random_token() -> Result<String, ApiError> {
     let mut bytes = [0u8; 16];

@@ -24,6 +24,9 @@ pub struct Lab {
     /// The namespaces, veths and bridge, when the lab uses them; deleted on drop (after the
     /// processes are killed).
     pub(super) netns: Option<Netns>,
+    /// The admin API token `cluster init` made (every node's client sends it); empty
+    /// before the cluster is founded.
+    pub token: String,
 }
 
 impl Lab {
@@ -74,7 +77,15 @@ impl Lab {
             None => "on loopback".to_string(),
         };
         println!("[lab {net}] {n} nodes {how}, in {}", tmp.path().display());
-        Ok(Lab { tmp: Some(tmp), nodes: lab_nodes, sessions: Vec::new(), started: Instant::now(), net, netns: ns })
+        Ok(Lab {
+            tmp: Some(tmp),
+            nodes: lab_nodes,
+            sessions: Vec::new(),
+            started: Instant::now(),
+            net,
+            netns: ns,
+            token: String::new(),
+        })
     }
 
     /// [`Lab::start`] with every node in a network namespace of its own (`node1`..`noden`).
@@ -120,12 +131,16 @@ impl Lab {
             lab.wait_answering(i).await;
         }
         let init = lab.nodes[0].client.init_cluster("lab").await.expect("cluster init failed");
+        lab.token = init.admin_token.clone();
         for i in 1..n {
             lab.nodes[i]
                 .client
                 .join_cluster(&lab.nodes[0].addr, &init.join_token)
                 .await
                 .unwrap_or_else(|e| panic!("{} could not join: {e}", lab.nodes[i].name));
+        }
+        for node in &mut lab.nodes {
+            node.client = node.client.with_token(&init.admin_token);
         }
         lab.wait_until(&format!("all {n} nodes up, with a leader and a lease, on every node"), 30, async || {
             for i in 0..n {
