@@ -12,8 +12,7 @@ use haven_state::Event;
 use crate::{
     Client, ClientError, ClusterStatus, DefinitionEdit, DefinitionEdited, Deleted, GroupView, GuestControl,
     GuestControlSent, HistoryQuery, InitRequest, InitResponse, JoinRequest, JoinToken, MakeHaRequest, MoveRequest,
-    NodeView, Removed, RequestView, ResourceView, TokenCreate, TokenCreated, TokenRevoked, TokenView, VmCreate,
-    VmView,
+    NodeView, Removed, RequestView, ResourceView, TokenCreate, TokenCreated, TokenRevoked, TokenView, VmCreate, VmView,
 };
 
 /// The prefix of every route (see [`crate::API_PREFIX`]).

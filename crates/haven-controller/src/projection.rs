@@ -37,6 +37,7 @@ impl Projection {
             fence_status: state.fence_status.clone(),
             generation_floor: state.generation_floor,
             requests: Default::default(),
+            api_tokens: Default::default(),
         };
         Projection { state, now, decisions: Vec::new() }
     }

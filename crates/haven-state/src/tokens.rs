@@ -143,7 +143,11 @@ pub fn validate_token_name(name: &str) -> Result<(), InvalidInput> {
             "name",
             format!(
                 "{name:?} is reserved (the history uses it for {}); pick another token name",
-                if name == "anonymous" || name == "invalid-token" { "callers without a valid token" } else { "the cluster's own changes" }
+                if name == "anonymous" || name == "invalid-token" {
+                    "callers without a valid token"
+                } else {
+                    "the cluster's own changes"
+                }
             ),
         ));
     }
@@ -172,8 +176,12 @@ pub(crate) fn create(s: &mut State, req: &Request, token: &ApiToken) -> Response
     if let Some(t) = token.expires_at.filter(|t| *t <= req.at) {
         return Err(InvalidInput::new("ttl", format!("the token would expire at {t}, before it is created")).into());
     }
-    let stored =
-        ApiToken { created_at: req.at, created_by: req.by.clone(), hash: token.hash.to_ascii_lowercase(), ..token.clone() };
+    let stored = ApiToken {
+        created_at: req.at,
+        created_by: req.by.clone(),
+        hash: token.hash.to_ascii_lowercase(),
+        ..token.clone()
+    };
     let expiry = match stored.expires_at {
         Some(t) => format!(", expires at {t} (ms since the epoch)"),
         None => ", never expires".to_string(),
@@ -241,7 +249,8 @@ pub(crate) fn audit_committed(s: &mut State, req: &Request, origin: &ApiOrigin, 
 }
 
 fn push(s: &mut State, at: Millis, by: &str, record: AuditRecord) {
-    let folded = if record.suppressed > 0 { format!(" (and {} more like it)", record.suppressed) } else { String::new() };
+    let folded =
+        if record.suppressed > 0 { format!(" (and {} more like it)", record.suppressed) } else { String::new() };
     let message = format!(
         "{} {} from {}: {} {}{folded}",
         record.method, record.path, record.client, record.status, record.outcome

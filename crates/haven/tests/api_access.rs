@@ -45,7 +45,8 @@ async fn objects(admin: &Client) -> Value {
     let events: Vec<&Value> =
         history.as_array().expect("events").iter().filter(|e| e["kind"] != "api-request").collect();
     let groups: Value = admin.get("/api/v1/groups").await.expect("groups");
-    let groups: Vec<Value> = groups.as_array().expect("groups").iter().map(|g| json!([g["name"], g["online"]])).collect();
+    let groups: Vec<Value> =
+        groups.as_array().expect("groups").iter().map(|g| json!([g["name"], g["online"]])).collect();
     json!({
         "groups": groups,
         "resources": admin.get::<Value>("/api/v1/resources").await.expect("resources"),
@@ -72,7 +73,8 @@ async fn every_route_refuses_every_role_below_the_one_it_needs_and_changes_nothi
     let anonymous = Client::with_timeout(&addr, Duration::from_secs(10));
     let mut clients = Vec::new();
     for (role, name) in ROLES {
-        let secret = if role == Role::Admin { lab.token.clone() } else { token(&admin, &format!("t-{name}"), role).await };
+        let secret =
+            if role == Role::Admin { lab.token.clone() } else { token(&admin, &format!("t-{name}"), role).await };
         clients.push((role, name, anonymous.with_token(&secret)));
     }
     let doc: Value = anonymous.get("/api/v1/openapi.json").await.expect("the OpenAPI document is public");
@@ -119,8 +121,7 @@ async fn every_route_refuses_every_role_below_the_one_it_needs_and_changes_nothi
     let refused = lab
         .wait_for("the refused writes in the history", 10, async || {
             let h: Value = admin.get("/api/v1/history?limit=100000").await.ok()?;
-            let audit: Vec<Value> =
-                h.as_array()?.iter().filter(|e| e["kind"] == "api-request").cloned().collect();
+            let audit: Vec<Value> = h.as_array()?.iter().filter(|e| e["kind"] == "api-request").cloned().collect();
             let anon = audit.iter().any(|e| e["by"] == "anonymous" && e["audit"]["status"] == 401);
             let reader = audit.iter().any(|e| e["by"] == "t-reader" && e["audit"]["status"] == 403);
             (anon && reader).then_some(audit)
@@ -152,7 +153,11 @@ async fn the_history_names_every_caller_and_no_secret_is_ever_shown() {
     let _: Value = ops.post("/api/v1/groups/g/online", &json!({})).await.expect("online as ops");
     let _: Value = ops.post("/api/v1/groups/g/offline", &json!({})).await.expect("offline as ops");
     let created = admin
-        .create_token(&TokenCreate { name: "short".into(), role: Role::Reader, ttl: Some(haven_model::Dur::from_secs(3600)) })
+        .create_token(&TokenCreate {
+            name: "short".into(),
+            role: Role::Reader,
+            ttl: Some(haven_model::Dur::from_secs(3600)),
+        })
         .await
         .expect("a token with a ttl");
     secrets.push(created.token.clone());
@@ -187,7 +192,10 @@ async fn the_history_names_every_caller_and_no_secret_is_ever_shown() {
         events.iter().find(|e| e["audit"]["method"] == method && e["audit"]["path"] == path).cloned()
     };
     let online = audit("POST", "/api/v1/groups/g/online").expect("the move is audited");
-    assert_eq!((&online["by"], &online["audit"]["status"], &online["audit"]["outcome"]), (&json!("ops"), &json!(200), &json!("ok")));
+    assert_eq!(
+        (&online["by"], &online["audit"]["status"], &online["audit"]["outcome"]),
+        (&json!("ops"), &json!(200), &json!("ok"))
+    );
     assert!(online["audit"]["client"].as_str().is_some_and(|c| c.starts_with("127.")), "{online}");
     let refused = audit("DELETE", "/api/v1/tokens/admin").expect("the refused revoke is audited");
     assert_eq!(refused["audit"]["status"], 409, "{refused}");
@@ -254,7 +262,8 @@ fn raw_head(addr: &str, token: &str) -> String {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(addr).expect("connect");
     s.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
-    let req = format!("GET /api/v1/groups HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n");
+    let req =
+        format!("GET /api/v1/groups HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n");
     s.write_all(req.as_bytes()).expect("send");
     let mut out = Vec::new();
     let _ = s.read_to_end(&mut out);

@@ -262,8 +262,7 @@ fn demo_kill_restart_and_ctrl_c_report_what_really_happened() {
     assert!(killed["processes"].as_u64().is_some_and(|n| n >= 1), "{killed}");
     assert!(killed["message"].as_str().is_some_and(|m| m.contains("killed node1")), "{killed}");
     assert!(session_members(first[0]).is_empty(), "`demo kill` said so, yet node1's session has processes");
-    let nodes =
-        cli_until(&env, &["node", "list"], 30, |v| statuses(v).iter().filter(|s| *s == "down").count() == 1);
+    let nodes = cli_until(&env, &["node", "list"], 30, |v| statuses(v).iter().filter(|s| *s == "down").count() == 1);
     assert!(nodes.to_string().contains("node1"), "{nodes}");
 
     // A second kill: nothing runs, and it says so.

@@ -378,7 +378,8 @@ pub async fn layer(AxState(agent): AxState<Arc<Agent>>, req: Request, next: Next
     if write && caller.committed.load(Ordering::Relaxed) == 0 {
         let status = resp.status().as_u16();
         let outcome = if status < 400 { "ok".to_string() } else { format!("HTTP {status}") };
-        let entry = AuditEntry { at: now_ms(), by: caller.name.clone(), record: audit_record(&origin, status, &outcome) };
+        let entry =
+            AuditEntry { at: now_ms(), by: caller.name.clone(), record: audit_record(&origin, status, &outcome) };
         agent.guard.record(addr.map(|a| a.ip()), entry, status >= 400, now);
     }
     resp
@@ -437,12 +438,16 @@ fn authenticate(
     let Some(value) = headers.get(header::AUTHORIZATION) else {
         return Err(Refusal::unauthorized("anonymous", format!("this request needs an API token: {TOKEN_FIX}")));
     };
-    let secret = value.to_str().ok().and_then(|v| v.strip_prefix("Bearer ")).map(str::trim).filter(|s| !s.is_empty());
+    // The scheme is case-insensitive (RFC 9110).
+    let secret = value
+        .to_str()
+        .ok()
+        .and_then(|v| v.trim().split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, t)| t.trim())
+        .filter(|t| !t.is_empty());
     let Some(secret) = secret else {
-        return Err(fail(
-            format!("the Authorization header is not `Bearer <token>`; {TOKEN_FIX}"),
-            "invalid-token",
-        ));
+        return Err(fail(format!("the Authorization header is not `Bearer <token>`; {TOKEN_FIX}"), "invalid-token"));
     };
     let hash = hash_secret(secret);
     let state = agent.db.state();

@@ -91,7 +91,8 @@ pub(super) async fn cluster_init(
     // which the cluster exists and nobody may change it.
     let (admin_token, token) = super::tokens::mint(FIRST_TOKEN, haven_state::Role::Admin, None)?;
     let init = Command::InitCluster { name: name.clone(), join_token: join_token.clone(), node };
-    let reply = agent.submit("operator", Command::Batch { commands: vec![init, Command::CreateToken { token }] }).await?;
+    let reply =
+        agent.submit("operator", Command::Batch { commands: vec![init, Command::CreateToken { token }] }).await?;
     if let haven_state::Reply::Batch(replies) = reply {
         replies.into_iter().try_for_each(|r| r.map(drop)).map_err(SubmitError::Refused)?;
     }

@@ -38,7 +38,10 @@ impl<S: Send + Sync, T: serde::de::DeserializeOwned, const LIMIT: usize> FromReq
                 ApiError::new(
                     408,
                     "request_timeout",
-                    format!("the request body did not arrive within {} s; send it at once", BODY_READ_TIMEOUT.as_secs()),
+                    format!(
+                        "the request body did not arrive within {} s; send it at once",
+                        BODY_READ_TIMEOUT.as_secs()
+                    ),
                 )
             })?
             .map_err(|_| haven_api::body::too_large(LIMIT))?;

@@ -80,8 +80,8 @@ mod tests {
     async fn a_slow_client_is_cut_off_and_a_quick_one_is_answered() {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
-        let app = Router::new()
-            .route("/", get(|ConnectInfo(a): ConnectInfo<SocketAddr>| async move { a.ip().to_string() }));
+        let app =
+            Router::new().route("/", get(|ConnectInfo(a): ConnectInfo<SocketAddr>| async move { a.ip().to_string() }));
         let (stop_tx, stop) = tokio::sync::watch::channel(false);
         let server = tokio::spawn(serve(listener, app, stop));
 

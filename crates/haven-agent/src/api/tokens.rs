@@ -66,7 +66,8 @@ pub(super) async fn create_token(
     let expires_at = match req.ttl {
         None => None,
         Some(ttl) if ttl < TTL_MIN || ttl > TTL_MAX => {
-            let e = InvalidInput::new("ttl", format!("{ttl} is out of range; give {TTL_MIN} to {TTL_MAX}, e.g. \"30d\""));
+            let e =
+                InvalidInput::new("ttl", format!("{ttl} is out of range; give {TTL_MIN} to {TTL_MAX}, e.g. \"30d\""));
             return Err(SubmitError::Refused(e.into()).into());
         }
         Some(ttl) => Some(now_ms() + ttl.as_millis()),

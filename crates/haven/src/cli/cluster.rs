@@ -62,7 +62,11 @@ pub(super) async fn run(c: &Client, fmt: Format, cmd: ClusterCmd) -> Result<(), 
             let saved = if no_config {
                 None
             } else {
-                let file = CliConfig { server: Some(strip(c.base()).to_string()), token: Some(r.admin_token.clone()), ca_file: None };
+                let file = CliConfig {
+                    server: Some(strip(c.base()).to_string()),
+                    token: Some(r.admin_token.clone()),
+                    ca_file: None,
+                };
                 match super::config::save(&file) {
                     Ok(saved) => Some(saved),
                     Err(e) => {
@@ -79,7 +83,10 @@ pub(super) async fn run(c: &Client, fmt: Format, cmd: ClusterCmd) -> Result<(), 
                 println!("  {}", r.admin_token);
                 match &saved {
                     Some((path, old)) => {
-                        println!("saved with the server in {} (mode 0600): the CLI uses it from now on", path.display());
+                        println!(
+                            "saved with the server in {} (mode 0600): the CLI uses it from now on",
+                            path.display()
+                        );
                         if let Some(old) = old {
                             println!("the previous config file was kept as {}", old.display());
                         }

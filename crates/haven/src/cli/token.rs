@@ -39,7 +39,10 @@ pub(super) async fn run(c: &Client, fmt: Format, cmd: TokenCmd) -> Result<(), Fa
                 output::json(&t);
             } else {
                 let expiry = t.expires_at.map(|e| format!(", expires {}", output::time(e))).unwrap_or_default();
-                println!("API token {:?} (role {}{expiry}) created; its secret is shown only this once:", t.name, t.role);
+                println!(
+                    "API token {:?} (role {}{expiry}) created; its secret is shown only this once:",
+                    t.name, t.role
+                );
                 println!("{}", t.token);
                 println!("use it with --token, HAVEN_TOKEN, or `token = \"...\"` in ~/.config/haven/cli.toml");
             }
@@ -57,7 +60,13 @@ pub(super) async fn run(c: &Client, fmt: Format, cmd: TokenCmd) -> Result<(), Fa
                             Some(e) => output::time(e),
                             None => "never".into(),
                         };
-                        vec![t.name.clone(), t.role.to_string(), output::time(t.created_at), t.created_by.clone(), expires]
+                        vec![
+                            t.name.clone(),
+                            t.role.to_string(),
+                            output::time(t.created_at),
+                            t.created_by.clone(),
+                            expires,
+                        ]
                     })
                     .collect();
                 output::table(&["NAME", "ROLE", "CREATED", "BY", "EXPIRES"], rows);
