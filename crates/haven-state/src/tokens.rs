@@ -104,12 +104,8 @@ pub struct AuditRecord {
     pub outcome: String,
     /// Requests of the same kind from the same client folded into this entry by the agent's
     /// rate limit (0: this one alone).
-    #[serde(default, skip_serializing_if = "is_zero")]
+    #[serde(default)]
     pub suppressed: u64,
-}
-
-fn is_zero(n: &u64) -> bool {
-    *n == 0
 }
 
 /// An audit entry the agent records (`Command::RecordAudit`): a request that did not
