@@ -660,7 +660,9 @@ fn batch(s: &mut State, req: &Request, commands: &[Command]) -> Response {
     }
     let replies = commands
         .iter()
-        .map(|c| apply(s, &Request { at: req.at, by: req.by.clone(), command: c.clone(), request_id: None }))
+        .map(|c| {
+            apply(s, &Request { at: req.at, by: req.by.clone(), command: c.clone(), request_id: None, origin: None })
+        })
         .collect();
     Ok(Reply::Batch(replies))
 }
