@@ -24,7 +24,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use axum::extract::{ConnectInfo, MatchedPath, Request, State as AxState};
+use axum::extract::{ConnectInfo, MatchedPath, OriginalUri, Request, State as AxState};
 use axum::http::{HeaderMap, HeaderValue, Method, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -345,9 +345,11 @@ pub async fn layer(AxState(agent): AxState<Arc<Agent>>, req: Request, next: Next
     let method = req.method().clone();
     let route = req.extensions().get::<MatchedPath>().map(|m| m.as_str().to_string());
     let addr = req.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0);
+    // Inside `/api/v1` the URI has lost its prefix; the original has it.
+    let full_path = req.extensions().get::<OriginalUri>().map_or_else(|| req.uri().path(), |u| u.0.path());
     let origin = ApiOrigin {
         method: method.to_string(),
-        path: haven_api::body::shorten(req.uri().path(), 160),
+        path: haven_api::body::shorten(full_path, 160),
         client: addr.map_or_else(|| "unknown".to_string(), |a| a.to_string()),
     };
     let write = !matches!(method, Method::GET | Method::HEAD | Method::OPTIONS);
