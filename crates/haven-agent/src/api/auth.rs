@@ -182,7 +182,7 @@ pub(crate) fn forwarded_authorization() -> Option<HeaderValue> {
 /// Why a call was refused, and who the history says made it.
 struct Refusal {
     by: String,
-    error: ApiError,
+    error: Box<ApiError>,
     headers: Vec<(header::HeaderName, HeaderValue)>,
 }
 
@@ -190,13 +190,13 @@ impl Refusal {
     fn unauthorized(by: &str, message: String) -> Refusal {
         Refusal {
             by: by.to_string(),
-            error: ApiError::new(401, "unauthorized", message),
+            error: Box::new(ApiError::new(401, "unauthorized", message)),
             headers: vec![(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"haven\""))],
         }
     }
 
     fn into_response(self) -> Response {
-        let mut resp = self.error.into_response();
+        let mut resp = (*self.error).into_response();
         for (k, v) in self.headers {
             resp.headers_mut().insert(k, v);
         }
@@ -419,7 +419,7 @@ fn authenticate(
         let ip = ip.map(|i| i.to_string()).unwrap_or_default();
         return Err(Refusal {
             by: "invalid-token".into(),
-            error: ApiError::new(
+            error: Box::new(ApiError::new(
                 429,
                 "too_many_requests",
                 format!(
@@ -427,7 +427,7 @@ fn authenticate(
                      {wait} s with a valid token",
                     FAILED_AUTH_WINDOW.as_secs()
                 ),
-            ),
+            )),
             headers: vec![(header::RETRY_AFTER, HeaderValue::from(wait))],
         });
     }
@@ -466,7 +466,7 @@ fn authenticate(
     if token.role < needed {
         return Err(Refusal {
             by: token.name.clone(),
-            error: ApiError::new(
+            error: Box::new(ApiError::new(
                 403,
                 "forbidden",
                 format!(
@@ -474,7 +474,7 @@ fn authenticate(
                      {needed} (an admin creates one with `haven token create --name <name> --role {needed}`)",
                     token.name, token.role
                 ),
-            ),
+            )),
             headers: Vec::new(),
         });
     }

@@ -139,7 +139,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("cli.toml");
         std::fs::write(&path, "servr = \"x\"\n").expect("write");
-        let err = load_from(&path).err().expect("refused");
+        let err = load_from(&path).expect_err("refused");
         assert!(err.message.contains("cli.toml") && err.message.contains("servr"), "{}", err.message);
     }
 }
