@@ -273,6 +273,12 @@ async fn openapi_document_lists_the_routes() {
             if method != "get" {
                 need.extend(["409", "503"]);
             }
+            // Each operation names the role it needs; all but the public ones answer 401,
+            // 403 and 429 (see docs/SECURITY.md).
+            let role = op["x-required-role"].as_str().unwrap_or_else(|| panic!("{method} {path}: no role"));
+            if role != "public" {
+                need.extend(["401", "403", "429"]);
+            }
             for status in need {
                 let schema = &responses.get(status).unwrap_or_else(|| panic!("{method} {path} lacks {status}"))["content"]
                     ["application/json"]["schema"]["$ref"];
