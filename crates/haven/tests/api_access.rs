@@ -270,3 +270,61 @@ fn raw_head(addr: &str, token: &str) -> String {
     let text = String::from_utf8_lossy(&out).into_owned();
     text.split("\r\n\r\n").next().unwrap_or_default().to_string()
 }
+
+/// `haven` with `XDG_CONFIG_HOME=config` and neither HAVEN_SERVER nor HAVEN_TOKEN: what an
+/// operator's shell looks like after `cluster init`.
+fn haven_cli(config: &std::path::Path, args: &[&str]) -> std::process::Output {
+    let out = std::process::Command::new(common::HAVEN)
+        .env("XDG_CONFIG_HOME", config)
+        .env_remove("HAVEN_SERVER")
+        .env_remove("HAVEN_TOKEN")
+        .args(args)
+        .output()
+        .expect("run the haven CLI");
+    println!("`haven {}`: {}\n{}", args.join(" "), out.status, String::from_utf8_lossy(&out.stderr));
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_init_writes_the_cli_config_and_the_token_commands_use_it() {
+    let mut lab = Lab::new(1);
+    lab.spawn(0);
+    lab.wait_answering(0).await;
+    let addr = lab.node(0).addr.clone();
+    let config = lab.dir().join("operator-config");
+
+    let out = haven_cli(&config, &["--server", &addr, "cluster", "init", "--name", "c"]);
+    assert!(out.status.success());
+    let printed = String::from_utf8_lossy(&out.stdout).into_owned();
+    let file = config.join("haven").join("cli.toml");
+    let text = std::fs::read_to_string(&file).expect("cluster init writes the CLI config");
+    let admin = printed.split_whitespace().find(|w| w.starts_with("hvn_")).expect("init prints the admin token");
+    assert!(text.contains(admin) && text.contains(&addr), "{text}");
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(std::fs::metadata(&file).expect("file").permissions().mode() & 0o777, 0o600);
+
+    // From now on the file alone: server and token.
+    let out = haven_cli(&config, &["token", "create", "--name", "ci", "--role", "reader", "--ttl", "1h"]);
+    assert!(out.status.success());
+    let created = String::from_utf8_lossy(&out.stdout).into_owned();
+    let ci = created.split_whitespace().find(|w| w.starts_with("hvn_")).expect("the new secret is printed").to_string();
+    let out = haven_cli(&config, &["-o", "json", "token", "list"]);
+    assert!(out.status.success());
+    let listed = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(listed.contains("\"ci\"") && !listed.contains(&ci) && !listed.contains(admin), "{listed}");
+    // A flag wins over the file: the reader may read, not write (exit 1, the role named).
+    let out = haven_cli(&config, &["--token", &ci, "group", "list"]);
+    assert!(out.status.success());
+    let out = haven_cli(&config, &["--token", &ci, "group", "create", "x"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("needs the admin role"));
+    let out = haven_cli(&config, &["token", "revoke", "ci"]);
+    assert!(out.status.success());
+    let out = haven_cli(&config, &["--token", &ci, "group", "list"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not valid"), "a revoked token");
+    // Without any token: 401, saying how to pass one.
+    let out = haven_cli(&lab.dir().join("nobody"), &["--server", &addr, "node", "list"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("HAVEN_TOKEN"));
+}
