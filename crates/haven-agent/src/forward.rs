@@ -10,6 +10,9 @@
 //! at most once, and a forwarded write whose answer was lost is "outcome unknown" with that
 //! id, never a refusal.
 //!
+//! A forwarded `/api/v1` request carries the caller's `Authorization` header: the other
+//! agent checks the same token against its copy of the state.
+//!
 //! It decides nothing about retrying: each caller knows what its request may do twice.
 
 use std::time::Duration;
