@@ -336,6 +336,7 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Res
         tokio::spawn(lease::run(agent.clone(), stop_rx.clone())),
         tokio::spawn(control::run(agent.clone(), stop_rx.clone())),
         tokio::spawn(api::auth::audit_writer(agent.clone())),
+        tokio::spawn(api::auth::first_token_for_an_upgraded_cluster(agent.clone())),
     ];
     // A witness votes and renews its lease but never runs resources.
     // Probe KVM in the background so the first VM start does not pay for it.

@@ -338,6 +338,49 @@ pub async fn audit_writer(agent: Arc<Agent>) {
     }
 }
 
+/// Where the leader writes the admin token it makes for a cluster that has none.
+pub const UPGRADE_TOKEN_FILE: &str = "admin.token";
+
+/// A cluster founded before API tokens existed has none, and nobody could call its API:
+/// the leader (only it, once) makes an admin token called `admin` and writes its secret to
+/// `<state_dir>/admin.token` (mode 0600), for whoever is root on that host. Does nothing
+/// on a cluster with tokens (one founded now gets its first with the founding). Checks
+/// every 2 s for 10 minutes at most.
+pub async fn first_token_for_an_upgraded_cluster(agent: Arc<Agent>) {
+    for _ in 0..300 {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let state = agent.db.state();
+        if state.cluster.is_none() || !agent.is_leader() {
+            continue;
+        }
+        if !state.api_tokens.is_empty() {
+            return;
+        }
+        let path = agent.config.state_dir.join(UPGRADE_TOKEN_FILE);
+        let Ok((secret, token)) = super::tokens::mint(super::cluster::FIRST_TOKEN, Role::Admin, None) else { return };
+        match agent.submit(agent.name(), Command::CreateToken { token }).await {
+            Ok(_) => match write_private(&path, &format!("{secret}\n")) {
+                Ok(()) => tracing::warn!(
+                    file = %path.display(),
+                    "this cluster had no API token: made the admin token \"admin\"; its secret is in the file (use it \
+                     with --token or cli.toml, then delete the file)"
+                ),
+                Err(e) => tracing::error!(file = %path.display(), error = %e, "cannot write the new admin token"),
+            },
+            Err(e) => tracing::warn!(error = %e, "cannot make the first API token of this cluster; will try again"),
+        }
+    }
+}
+
+/// Writes `text` to a new file at `path` only its owner may read (mode 0600).
+fn write_private(path: &std::path::Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let _ = std::fs::remove_file(path);
+    let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path)?;
+    f.write_all(text.as_bytes())
+}
+
 /// Middleware of every public route: authenticates the caller, checks its role against
 /// [`RULES`], runs the handler as that caller (see [`current`]), and queues the audit entry
 /// of a write the state machine did not record.
