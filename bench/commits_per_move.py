@@ -15,9 +15,12 @@ once reports were batched and each controller tick became one commit (`bench/sca
 """
 import json, shutil, signal, subprocess, sys, tempfile, time, urllib.request, urllib.error
 H="http://127.0.0.1:7401"
+TOKEN=""  # the demo's admin API token, from its admin.token once it is written
 def req(method, path, body=None):
     data = json.dumps(body).encode() if body is not None else None
-    r = urllib.request.Request(H+path, data=data, method=method, headers={"content-type":"application/json"})
+    headers = {"content-type":"application/json"}
+    if TOKEN: headers["authorization"] = "Bearer " + TOKEN
+    r = urllib.request.Request(H+path, data=data, method=method, headers=headers)
     try:
         with urllib.request.urlopen(r, timeout=30) as f: return json.loads(f.read() or b"null")
     except urllib.error.HTTPError as e: return json.loads(e.read())
@@ -32,6 +35,12 @@ for _ in range(120):
     time.sleep(0.5)
 else:
     p.send_signal(signal.SIGINT); sys.exit("the demo cluster did not come up within 60 s")
+for _ in range(120):
+    try:
+        TOKEN=open(f"{d}/admin.token").read().strip()
+        if TOKEN: break
+    except OSError: pass
+    time.sleep(0.5)
 time.sleep(3)
 nodes=[n["name"] for n in req("GET","/api/v1/nodes")]
 G=10

@@ -92,7 +92,8 @@ class Cluster:
         for node in self.nodes:
             self.wait(f"agent {node.name} to answer on {node.addr}", 30, lambda n=node: self._answers(n))
         first = self.nodes[0]
-        first.api.post("/cluster/init", {"name": "bench"}, timeout=30)
+        init = first.api.post("/cluster/init", {"name": "bench"}, timeout=30)
+        Api.token = init["admin_token"]
         if len(self.nodes) > 1:
             # One join token for all the other nodes, and the CA fingerprint they check.
             token = first.api.post("/cluster/join-tokens", {"uses": len(self.nodes) - 1}, timeout=30)

@@ -26,7 +26,10 @@ class ApiError(Exception):
 
 
 class Api:
-    """A tiny client for one agent's /api/v1."""
+    """A tiny client for one agent's /api/v1. `Api.token` (the cluster's admin API token,
+    set once the cluster is founded) goes with every request."""
+
+    token = None
 
     def __init__(self, addr, timeout=1.0):
         self.addr = addr
@@ -37,6 +40,8 @@ class Api:
         req = urllib.request.Request(f"http://{self.addr}/api/v1{path}", data=data, method=method)
         if data is not None:
             req.add_header("Content-Type", "application/json")
+        if Api.token:
+            req.add_header("Authorization", f"Bearer {Api.token}")
         try:
             with _OPENER.open(req, timeout=timeout or self.timeout) as resp:
                 return json.loads(resp.read() or b"null")

@@ -43,6 +43,8 @@ impl FenceRuns {
                         Ok(out) => (true, out),
                         Err(e) => (false, e.to_string()),
                     };
+                    // A fence agent may print its password (e.g. in a login error).
+                    let message = config.scrub(&message);
                     let command = Command::RecordFence { node: name.clone(), ok, message };
                     if let Err(e) = agent.submit("fencer", command).await {
                         tracing::error!(node = %name, error = %e, "could not record the fence result");

@@ -10,6 +10,9 @@
 //! at most once, and a forwarded write whose answer was lost is "outcome unknown" with that
 //! id, never a refusal.
 //!
+//! A forwarded `/api/v1` request carries the caller's `Authorization` header: the other
+//! agent checks the same token against its copy of the state.
+//!
 //! It decides nothing about retrying: each caller knows what its request may do twice.
 //! Every request is HTTPS: the client carries this node's certificate and trusts only the
 //! cluster CA (see [`crate::pki`]).
@@ -124,6 +127,12 @@ impl<'a> Forward<'a> {
             .map(|c| c.key().to_string());
         if let Some(id) = &request_id {
             req = req.header(crate::requests::IDEMPOTENCY_KEY, id);
+        }
+        // A public route asks the other agent for the same caller's token.
+        if path.starts_with(haven_api::API_PREFIX)
+            && let Some(auth) = crate::api::auth::forwarded_authorization()
+        {
+            req = req.header(reqwest::header::AUTHORIZATION, auth);
         }
         if let Some(b) = body {
             req = req.json(b);

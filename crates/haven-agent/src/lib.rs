@@ -35,6 +35,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use haven_raft::{ClusterDb, RaftTuning, WriteError};
 use haven_state::{Command, Reply, Request, StateError};
 
+pub use api::limits;
 pub use config::{AgentConfig, Timing};
 
 /// Milliseconds since the Unix epoch (the time stamped on commands).
@@ -67,6 +68,8 @@ pub struct Agent {
     /// Set once the agent begins to stop: API writes are refused from then on, and those in
     /// flight are cut short (see [`Agent::submit`]).
     stopping: tokio::sync::watch::Sender<bool>,
+    /// The API's limits: failed authentication per address, the audit queue.
+    guard: api::auth::Guard,
 }
 
 /// Why a write through the cluster failed, ready to become an API error.
@@ -128,11 +131,16 @@ impl Agent {
     /// [`SubmitError::Unknown`].
     pub async fn submit(&self, by: &str, command: Command) -> Result<Reply, SubmitError> {
         let client = requests::current();
+        // An API request's write is its caller's: the token's name is its author, and the
+        // request's method, path and client address go into the history with its outcome.
+        let caller = api::auth::current();
+        let by = caller.as_ref().map_or(by, |c| c.name.as_str());
         // The agent's own writes (status reports, controller decisions) carry no id, as
         // before ids: they are frequent, and their outcomes would crowd the clients' out of
         // the bounded table. (A re-forwarded one can, rarely, be applied twice.)
         let mut req = Request::new(now_ms(), by, command);
         req.request_id = client.as_ref().map(|c| c.next_id());
+        req.origin = caller.as_ref().map(|c| c.origin.clone());
         // API writes stop with the agent; the agent's own (e.g. the last status reports of
         // the resources it stops) go on until their task ends.
         let cut_short = client.is_some();
@@ -157,7 +165,12 @@ impl Agent {
                 attempt.await
             };
             let reason = match outcome {
-                Attempt::Done(resp) => return (*resp).map_err(SubmitError::Refused),
+                Attempt::Done(resp) => {
+                    if let Some(c) = &caller {
+                        c.committed();
+                    }
+                    return (*resp).map_err(SubmitError::Refused);
+                }
                 Attempt::Failed(e) => return Err(e),
                 Attempt::Again { reason, maybe_sent: sent } => {
                     maybe_sent |= sent;
@@ -343,6 +356,7 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Res
         drivers: haven_drivers::Drivers::new(),
         reports,
         stopping: tokio::sync::watch::channel(false).0,
+        guard: api::auth::Guard::default(),
     });
     tracing::info!(node = %agent.config.name, id = agent.config.id, listen = %agent.config.listen, "agent starting");
 
@@ -353,6 +367,8 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Res
         tokio::spawn(report::run(agent.clone(), report_rx)),
         tokio::spawn(lease::run(agent.clone(), stop_rx.clone())),
         tokio::spawn(control::run(agent.clone(), stop_rx.clone())),
+        tokio::spawn(api::auth::audit_writer(agent.clone())),
+        tokio::spawn(api::auth::first_token_for_an_upgraded_cluster(agent.clone())),
     ];
     // A witness votes and renews its lease but never runs resources.
     // Probe KVM in the background so the first VM start does not pay for it.

@@ -113,7 +113,10 @@ where
         let mut router = router.clone();
         async move { tower_service::Service::call(&mut router, req.map(axum::body::Body::new)).await }
     });
-    let builder = auto::Builder::new(TokioExecutor::new());
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    // A client that does not send a whole request head in time (a slow one, or a kept-alive
+    // connection left idle) is closed: it holds no worker.
+    builder.http1().timer(hyper_util::rt::TokioTimer::new()).header_read_timeout(crate::limits::HEADER_READ_TIMEOUT);
     let serving = builder.serve_connection_with_upgrades(io, service);
     tokio::pin!(serving);
     tokio::select! {
@@ -190,4 +193,60 @@ pub async fn gate(AxState(agent): AxState<Arc<Agent>>, mut req: Request, next: N
         .into_response();
     }
     next.run(req).await
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Read, Write};
+
+    use axum::routing::get;
+
+    use super::*;
+
+    /// A client that sends half a request head is cut off after the header timeout
+    /// (`limits::HEADER_READ_TIMEOUT`); one that sends a whole request over plain HTTP gets
+    /// its answer and its address is known.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_slow_client_is_cut_off_and_a_quick_one_is_answered() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let app =
+            Router::new().route("/", get(|ConnectInfo(a): ConnectInfo<SocketAddr>| async move { a.ip().to_string() }));
+        let (stop_tx, stop) = tokio::sync::watch::channel(false);
+        let dir = tempfile::tempdir().expect("temp dir");
+        let pki = Arc::new(Pki::open(dir.path()).expect("pki"));
+        let server = tokio::spawn(serve(listener, app, pki, stop));
+
+        let quick = tokio::task::spawn_blocking(move || {
+            let mut s = std::net::TcpStream::connect(addr).expect("connect");
+            s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").expect("send");
+            let mut out = String::new();
+            let _ = s.read_to_string(&mut out);
+            out
+        });
+        let answer = quick.await.expect("quick client");
+        assert!(answer.starts_with("HTTP/1.1 200") && answer.ends_with("127.0.0.1"), "{answer}");
+
+        let slow = tokio::task::spawn_blocking(move || {
+            let mut s = std::net::TcpStream::connect(addr).expect("connect");
+            s.set_read_timeout(Some(crate::limits::HEADER_READ_TIMEOUT * 3)).expect("timeout");
+            s.write_all(b"GET / HTTP/1.1\r\nHost:").expect("send");
+            let began = std::time::Instant::now();
+            let mut buf = [0u8; 512];
+            // The server closes (0 bytes, or a 408 then close) well before our own timeout.
+            let mut total = 0;
+            while let Ok(n) = s.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                total += n;
+            }
+            (began.elapsed(), total)
+        });
+        let (waited, _) = slow.await.expect("slow client");
+        assert!(waited >= crate::limits::HEADER_READ_TIMEOUT - Duration::from_secs(1), "closed after {waited:?}");
+        assert!(waited < crate::limits::HEADER_READ_TIMEOUT * 2, "the slow client held its connection for {waited:?}");
+        let _ = stop_tx.send(true);
+        server.await.expect("the accept loop ends");
+    }
 }

@@ -13,6 +13,9 @@
 //! writes all carry one key of the caller's choosing (to retry a write whose outcome is
 //! unknown).
 //!
+//! A client made [`Client::with_token`] sends its API token on every request, as
+//! `Authorization: Bearer <token>`; the token is never part of an error message.
+//!
 //! This module is the transport: methods that take a path. The operations of the API, one
 //! method each with its wire types, are in [`crate::routes`]; call those. The path-taking
 //! methods stay public for the agent's forwarding and for tests that send raw or malformed
@@ -97,6 +100,8 @@ pub struct Client {
     writes: Arc<AtomicU32>,
     /// Set by [`Client::with_idempotency_key`]: every write carries this key instead.
     fixed_key: Option<Arc<str>>,
+    /// The API token sent with every request (see [`Client::with_token`]).
+    token: Option<Arc<str>>,
 }
 
 /// The request header that carries a write's id.
@@ -138,7 +143,20 @@ impl Client {
             key: random_key(),
             writes: Arc::new(AtomicU32::new(0)),
             fixed_key: None,
+            token: None,
         }
+    }
+
+    /// This client (same servers, sharing which answered last) sending `token` (an API
+    /// token's secret, `hvn_...`) with every request; an empty one sends none.
+    pub fn with_token(&self, token: &str) -> Client {
+        let token = token.trim();
+        Client { token: (!token.is_empty()).then(|| token.into()), ..self.clone() }
+    }
+
+    /// Whether this client sends an API token.
+    pub fn has_token(&self) -> bool {
+        self.token.is_some()
     }
 
     /// This client (same servers, sharing which answered last) with every write carrying
@@ -216,6 +234,9 @@ impl Client {
             let mut req = self.http.request(method.clone(), &url);
             if let Some(k) = key {
                 req = req.header(IDEMPOTENCY_KEY, k);
+            }
+            if let Some(t) = &self.token {
+                req = req.bearer_auth(t);
             }
             if let Some(b) = &body {
                 req = req.header("content-type", "application/json").body(b.clone());

@@ -12,7 +12,8 @@ use haven_state::Event;
 use crate::{
     Client, ClientError, ClusterStatus, DefinitionEdit, DefinitionEdited, Deleted, GroupView, GuestControl,
     GuestControlSent, HistoryQuery, InitRequest, InitResponse, JoinRequest, JoinTokenCreated, JoinTokenRequest,
-    MakeHaRequest, MoveRequest, NodeView, Removed, RequestView, ResourceView, VmCreate, VmView,
+    MakeHaRequest, MoveRequest, NodeView, Removed, RequestView, ResourceView, TokenCreate, TokenCreated, TokenRevoked,
+    TokenView, VmCreate, VmView,
 };
 
 /// The prefix of every route (see [`crate::API_PREFIX`]).
@@ -66,6 +67,23 @@ impl Client {
     /// fingerprint they check.
     pub async fn create_join_token(&self, request: &JoinTokenRequest) -> Result<JoinTokenCreated, ClientError> {
         self.post(&format!("{V1}/cluster/join-tokens"), request).await
+    }
+
+    // ---- API tokens ----
+
+    /// `GET /tokens`: every API token, without secrets.
+    pub async fn tokens(&self) -> Result<Vec<TokenView>, ClientError> {
+        self.get(&format!("{V1}/tokens")).await
+    }
+
+    /// `POST /tokens`: a new API token; the answer holds its secret, shown only this once.
+    pub async fn create_token(&self, body: &TokenCreate) -> Result<TokenCreated, ClientError> {
+        self.post(&format!("{V1}/tokens"), body).await
+    }
+
+    /// `DELETE /tokens/{name}`: revoke a token (it is refused from then on).
+    pub async fn revoke_token(&self, name: &str) -> Result<TokenRevoked, ClientError> {
+        self.delete(&format!("{V1}/tokens/{}", segment(name))).await
     }
 
     // ---- nodes ----

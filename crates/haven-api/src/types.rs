@@ -67,6 +67,9 @@ pub struct InitResponse {
     /// SHA-256 of the cluster CA certificate (DER), hex: a joining node checks it before it
     /// trusts the cluster (`haven cluster join --ca-fingerprint`).
     pub ca_fingerprint: String,
+    /// The secret of the cluster's first API token (named `admin`, role admin), shown only
+    /// here: `haven cluster init` writes it to the CLI's config file.
+    pub admin_token: String,
 }
 
 /// `POST /api/v1/cluster/join`: make *this* node join the cluster at `address`.
@@ -283,4 +286,47 @@ pub struct RequestView {
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<Object>)]
     pub reply: Option<haven_state::Reply>,
+}
+
+/// `POST /api/v1/tokens`: a new API token.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TokenCreate {
+    /// The token's name (what the history shows as the author of its changes).
+    pub name: String,
+    pub role: haven_state::Role,
+    /// How long it is accepted, e.g. `30d`, `12h` (1 minute to 3650 days). Default: it
+    /// never expires.
+    #[serde(default)]
+    pub ttl: Option<haven_model::Dur>,
+}
+
+/// The answer to `POST /api/v1/tokens`: the only time the secret is shown.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct TokenCreated {
+    pub name: String,
+    pub role: haven_state::Role,
+    /// The secret, `hvn_` and 43 characters (256 random bits): send it as
+    /// `Authorization: Bearer <token>`. The cluster keeps only its SHA-256 hash.
+    pub token: String,
+    /// ms since the epoch; none: never.
+    pub expires_at: Option<u64>,
+}
+
+/// `GET /api/v1/tokens`: one token, without its secret or hash.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct TokenView {
+    pub name: String,
+    pub role: haven_state::Role,
+    pub created_at: u64,
+    pub created_by: String,
+    pub expires_at: Option<u64>,
+    /// Whether it has expired (it is refused; revoke it to remove it).
+    pub expired: bool,
+}
+
+/// The answer to `DELETE /api/v1/tokens/{name}`.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct TokenRevoked {
+    pub revoked: String,
 }

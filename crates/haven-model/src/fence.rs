@@ -86,6 +86,36 @@ impl FenceConfig {
         Ok(())
     }
 
+    /// Whether the parameter `key` holds a secret (`password`, `passwd`, `snmp_priv_passwd`,
+    /// `secret`, `api_key`, ...): never shown, never logged, never recorded.
+    pub fn is_secret_param(key: &str) -> bool {
+        let k = key.to_ascii_lowercase();
+        ["pass", "secret", "key", "token"].iter().any(|s| k.contains(s))
+    }
+
+    /// This config as it may be shown: every secret parameter's value is `********`.
+    pub fn redacted(&self) -> FenceConfig {
+        let mut c = self.clone();
+        for (k, v) in c.params.iter_mut() {
+            if FenceConfig::is_secret_param(k) {
+                *v = "********".into();
+            }
+        }
+        c
+    }
+
+    /// `text` (e.g. what the fence agent printed) with the value of every secret parameter
+    /// replaced by `********`, so it can go into the history.
+    pub fn scrub(&self, text: &str) -> String {
+        let mut out = text.to_string();
+        for (k, v) in &self.params {
+            if FenceConfig::is_secret_param(k) && !v.is_empty() {
+                out = out.replace(v.as_str(), "********");
+            }
+        }
+        out
+    }
+
     /// The stdin text for `action`: `action=<action>` then the parameters, one per line.
     pub fn stdin_for(&self, action: &str) -> String {
         let mut text = format!("action={action}\n");
@@ -93,5 +123,30 @@ impl FenceConfig {
             text.push_str(&format!("{k}={v}\n"));
         }
         text
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secret_parameters_are_masked_when_shown_and_scrubbed_from_what_the_agent_said() {
+        let params = [("ip", "10.0.0.9"), ("password", "pw-1"), ("snmp_priv_passwd", "pw-2"), ("api_key", "k-3")];
+        let c = FenceConfig {
+            agent: "fence_ipmilan".into(),
+            params: params.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            action: FenceAction::Off,
+            timeout: Dur::from_secs(60),
+        };
+        let shown = c.redacted();
+        assert_eq!(shown.params["ip"], "10.0.0.9");
+        for k in ["password", "snmp_priv_passwd", "api_key"] {
+            assert_eq!(shown.params[k], "********", "{k}");
+        }
+        assert_eq!(
+            c.scrub("login as admin/pw-1 failed (pw-2, k-3) at 10.0.0.9"),
+            "login as admin/******** failed (********, ********) at 10.0.0.9"
+        );
     }
 }

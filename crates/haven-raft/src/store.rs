@@ -64,8 +64,9 @@ const SCALARS: TableDefinition<&str, &[u8]> = TableDefinition::new("scalars");
 const JOIN_TOKENS: TableDefinition<&str, &[u8]> = TableDefinition::new("join_tokens");
 const NODE_CERTS: TableDefinition<&str, &[u8]> = TableDefinition::new("node_certs");
 const REVOKED_CERTS: TableDefinition<&str, &[u8]> = TableDefinition::new("revoked_certs");
-const NAMED_TABLES: [TableDefinition<&str, &[u8]>; 9] =
-    [NODES, GROUPS, RESOURCES, FENCING, FENCE_STATUS, SCALARS, JOIN_TOKENS, NODE_CERTS, REVOKED_CERTS];
+const API_TOKENS: TableDefinition<&str, &[u8]> = TableDefinition::new("api_tokens");
+const NAMED_TABLES: [TableDefinition<&str, &[u8]>; 10] =
+    [NODES, GROUPS, RESOURCES, FENCING, FENCE_STATUS, SCALARS, JOIN_TOKENS, NODE_CERTS, REVOKED_CERTS, API_TOKENS];
 
 const KEY_VOTE: &str = "vote";
 const KEY_COMMITTED: &str = "committed";
@@ -318,6 +319,7 @@ fn write_state(
         join_tokens,
         node_certs,
         revoked_certs,
+        api_tokens,
     } = state;
     write_map(txn, NODES, &before.nodes, nodes, written)?;
     write_map(txn, GROUPS, &before.groups, groups, written)?;
@@ -327,6 +329,7 @@ fn write_state(
     write_map(txn, JOIN_TOKENS, &before.join_tokens, join_tokens, written)?;
     write_map(txn, NODE_CERTS, &before.node_certs, node_certs, written)?;
     write_map(txn, REVOKED_CERTS, &before.revoked_certs, revoked_certs, written)?;
+    write_map(txn, API_TOKENS, &before.api_tokens, api_tokens, written)?;
 
     let scalars = Scalars {
         schema_version: *schema_version,
@@ -450,6 +453,7 @@ fn read_state(txn: &redb::ReadTransaction) -> Result<(State, RequestRows), OpErr
         join_tokens: read_map(txn, JOIN_TOKENS)?,
         node_certs: read_map(txn, NODE_CERTS)?,
         revoked_certs: read_map(txn, REVOKED_CERTS)?,
+        api_tokens: read_map(txn, API_TOKENS)?,
         history,
         requests: RequestOutcomes::from_ordered(outcomes),
         ..State::default()

@@ -59,6 +59,7 @@ fn assert_same(read: &State, applied: &State, what: &str) {
         ("fencing", read.fencing == applied.fencing),
         ("fence_status", read.fence_status == applied.fence_status),
         ("requests", read.requests == applied.requests),
+        ("api_tokens", read.api_tokens == applied.api_tokens),
     ];
     for (part, same) in parts {
         assert!(same, "{what}: the {part} differ");
@@ -81,7 +82,7 @@ fn random_command(rng: &mut Rng) -> Command {
     let node = format!("node-{n}");
     let group = format!("g-{}", rng.below(30));
     let resource = format!("r-{}", rng.below(40));
-    match rng.below(12) {
+    match rng.below(14) {
         0 => Command::AddNode { node: haven_scenario::node(n, &node) },
         1 => Command::RemoveNode { name: node },
         2 => Command::SetNodePaused { name: node, paused: rng.below(2) == 0 },
@@ -102,7 +103,14 @@ fn random_command(rng: &mut Rng) -> Command {
         10 => {
             Command::SetFence { node, config: (rng.below(3) > 0).then(|| from_json(json!({ "agent": "fence_test" }))) }
         }
-        _ => Command::RequestFence { node, reason: "test".into() },
+        11 => Command::RequestFence { node, reason: "test".into() },
+        12 => Command::CreateToken {
+            token: from_json(json!({
+                "name": format!("t-{}", rng.below(5)), "role": "reader", "hash": format!("{:064x}", rng.below(99)),
+                "created_at": 0, "created_by": "", "expires_at": null,
+            })),
+        },
+        _ => Command::RevokeToken { name: format!("t-{}", rng.below(5)) },
     }
 }
 

@@ -441,6 +441,9 @@ pub(crate) fn apply(s: &mut State, req: &Request) -> Response {
         Command::MoveResource { name, group: to } => move_resource(s, at, by, name, to),
         Command::HaWizard { report, commands } => ha_wizard(s, req, report, commands),
         Command::Batch { commands } => batch(s, req, commands),
+        Command::CreateToken { token } => crate::tokens::create(s, req, token),
+        Command::RevokeToken { name } => crate::tokens::revoke(s, req, name),
+        Command::RecordAudit { entries } => crate::tokens::record(s, entries),
         Command::ReportResource { node: reporter, resource: name, state, reason, failure } => {
             node(s, reporter)?;
             let r = resource(s, name)?;
@@ -645,7 +648,9 @@ fn batch(s: &mut State, req: &Request, commands: &[Command]) -> Response {
     }
     let replies = commands
         .iter()
-        .map(|c| apply(s, &Request { at: req.at, by: req.by.clone(), command: c.clone(), request_id: None }))
+        .map(|c| {
+            apply(s, &Request { at: req.at, by: req.by.clone(), command: c.clone(), request_id: None, origin: None })
+        })
         .collect();
     Ok(Reply::Batch(replies))
 }
@@ -906,6 +911,7 @@ pub(crate) fn event(
         message,
         by: by.to_string(),
         report: None,
+        audit: None,
     });
     while s.history.len() > HISTORY_LIMIT {
         s.history.pop_front();

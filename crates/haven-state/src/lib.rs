@@ -13,6 +13,7 @@ mod error;
 pub mod pki;
 mod requests;
 mod resources;
+pub mod tokens;
 
 use std::collections::BTreeMap;
 
@@ -31,6 +32,7 @@ pub use requests::{
     validate_request_id,
 };
 pub use resources::Resources;
+pub use tokens::{ApiOrigin, ApiToken, AuditEntry, AuditRecord, Role};
 
 /// Version of the state's schema; a snapshot from another version is migrated on load.
 pub const SCHEMA_VERSION: u32 = 1;
@@ -61,6 +63,10 @@ pub struct Event {
     /// `ha-wizard` events: the wizard's whole report (every check, the plan, the fixes).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub report: Option<Box<haven_model::HaReport>>,
+    /// `api-request` events: the API request, where it came from and how it ended (see
+    /// [`tokens`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audit: Option<AuditRecord>,
 }
 
 /// A table of the state, by name: a persistent map, so that cloning the state (every apply
@@ -102,6 +108,9 @@ pub struct State {
     /// Revoked certificates by serial (hex): every agent refuses them.
     #[serde(default)]
     pub revoked_certs: Map<pki::RevokedCert>,
+    /// The API's bearer tokens by name, each only as the hash of its secret (see [`tokens`]).
+    #[serde(default)]
+    pub api_tokens: Map<ApiToken>,
 }
 
 /// Where fencing a node stands. Times are compared with the node's `since` (when it went
@@ -130,11 +139,15 @@ pub struct Request {
     /// before ids existed have none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request_id: Option<String>,
+    /// An API request's method, path and client: applying it records an `api-request`
+    /// event with its outcome (see [`tokens`]). The cluster's own writes have none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub origin: Option<ApiOrigin>,
 }
 
 impl Request {
     pub fn new(at: Millis, by: impl Into<String>, command: Command) -> Request {
-        Request { at, by: by.into(), command, request_id: None }
+        Request { at, by: by.into(), command, request_id: None, origin: None }
     }
     /// The same request carrying the client's id `id`.
     pub fn with_id(mut self, id: impl Into<String>) -> Request {
@@ -309,6 +322,21 @@ pub enum Command {
     Batch {
         commands: Vec<Command>,
     },
+    /// Admin: add an API token (only its hash; `created_at` and `created_by` are the
+    /// request's). Refused if the name is taken or reserved.
+    CreateToken {
+        token: ApiToken,
+    },
+    /// Admin: remove an API token; the last admin token that has not expired stays.
+    RevokeToken {
+        name: String,
+    },
+    /// The agent: API requests that did not reach the state machine (refused before, or
+    /// served without a write), at most [`tokens::AUDIT_BATCH_LIMIT`], as `api-request`
+    /// events.
+    RecordAudit {
+        entries: Vec<AuditEntry>,
+    },
 }
 
 /// Most commands one `Command::Batch` may carry.
@@ -374,15 +402,26 @@ impl State {
     /// Applies one committed request. On error nothing changed, except that a request with
     /// an id records its outcome (see [`RequestOutcomes`]); a request whose id is already
     /// recorded changes nothing and returns the recorded outcome.
+    ///
+    /// An API request (one with an [`ApiOrigin`]) also records its outcome in the history
+    /// (an `api-request` event), refused or not; a replayed one is not recorded again.
     pub fn apply(&mut self, req: &Request) -> Response {
-        let Some(id) = req.request_id.as_deref() else { return apply::apply(self, req) };
+        let Some(id) = req.request_id.as_deref() else { return self.apply_audited(req) };
         self.requests.prune(req.at);
         let fingerprint = requests::fingerprint(&req.command);
         if let Some(known) = self.requests.get(id) {
             return known.replay(id, fingerprint);
         }
-        let response = apply::apply(self, req);
+        let response = self.apply_audited(req);
         self.requests.record(id, req.at, &req.by, fingerprint, response.clone());
+        response
+    }
+
+    fn apply_audited(&mut self, req: &Request) -> Response {
+        let response = apply::apply(self, req);
+        if let Some(origin) = &req.origin {
+            tokens::audit_committed(self, req, origin, &response);
+        }
         response
     }
 

@@ -756,6 +756,13 @@ async fn start(args: &DemoArgs, cluster: &mut DemoCluster, fmt: Format) -> Resul
     for (_, _, c) in &clients[1..] {
         c.join_cluster(first_addr, &token.token, &token.ca_fingerprint).await?;
     }
+    // The demo uses the cluster's first admin token, and keeps it in its directory (for
+    // nobody but this user) beside printing it.
+    let token = init.admin_token.clone();
+    let token_file = cluster.dir.join("admin.token");
+    write_private(&token_file, &format!("{token}\n"))
+        .map_err(|e| fail(format!("cannot write {}: {e}", token_file.display())))?;
+    let first = &first.with_token(&token);
     create_samples(first).await?;
     let vm = if args.no_vm { Err("--no-vm was given".to_string()) } else { prepare_vm_volume(&cluster.dir).await };
     let with_vm = match vm {
@@ -787,6 +794,7 @@ async fn start(args: &DemoArgs, cluster: &mut DemoCluster, fmt: Format) -> Resul
             nodes: &nodes,
             server: first_addr,
             servers: &servers,
+            token: &token,
         });
         return Ok(());
     }
@@ -827,6 +835,7 @@ async fn start(args: &DemoArgs, cluster: &mut DemoCluster, fmt: Format) -> Resul
     }
     tries.extend([
         (format!("export HAVEN_SERVER={servers}"), "every node: each command uses the first that answers"),
+        (format!("export HAVEN_TOKEN={token}"), "the demo's admin API token (also in admin.token)"),
         ("haven node list".into(), ""),
         ("haven group list".into(), ""),
         ("haven group show web".into(), ""),
@@ -850,7 +859,8 @@ async fn start(args: &DemoArgs, cluster: &mut DemoCluster, fmt: Format) -> Resul
         }
     }
     println!(
-        "\nThe API is at http://{first_addr}/api/v1 (OpenAPI: /api/v1/openapi.json).\n\
+        "\nThe API is at http://{first_addr}/api/v1 (OpenAPI: /api/v1/openapi.json), plain HTTP on loopback: send \
+         the token as `Authorization: Bearer $HAVEN_TOKEN`.\n\
          Press Ctrl-C to stop the demo and clean up."
     );
     Ok(())
@@ -867,6 +877,17 @@ struct Started<'a> {
     server: &'a str,
     /// Every node's, separated by commas (for `HAVEN_SERVER`).
     servers: &'a str,
+    /// The admin API token the demo uses (for `HAVEN_TOKEN`).
+    token: &'a str,
+}
+
+/// Writes `text` to a new file at `path` that only this user may read (mode 0600).
+fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let _ = std::fs::remove_file(path);
+    let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path)?;
+    f.write_all(text.as_bytes())
 }
 
 /// The directory of this binary when `haven` in PATH is not this binary: the demo then

@@ -14,6 +14,22 @@ struct Agent {
     child: Child,
     _dir: tempfile::TempDir,
     addr: String,
+    /// The admin API token `cluster init` made.
+    token: String,
+}
+
+impl Agent {
+    /// A client of this agent with its admin token.
+    fn client(&self) -> Client {
+        Client::new(&self.addr).with_token(&self.token)
+    }
+
+    /// The CLI against this agent, with its admin token (and no user's config file).
+    fn cli(&self) -> Command {
+        let mut cmd = Command::new(HAVEN);
+        cmd.env("HAVEN_TOKEN", &self.token).env("XDG_CONFIG_HOME", self._dir.path()).arg("--server").arg(&self.addr);
+        cmd
+    }
 }
 
 impl Drop for Agent {
@@ -44,24 +60,27 @@ async fn start_agent() -> Agent {
         .stderr(log)
         .spawn()
         .expect("spawn agent");
-    let agent = Agent { child, _dir: dir, addr };
+    let mut agent = Agent { child, _dir: dir, addr, token: String::new() };
     let c = Client::new(&agent.addr);
     let deadline = Instant::now() + Duration::from_secs(30);
     while c.get::<Value>("/api/v1/cluster").await.is_err() {
         assert!(Instant::now() < deadline, "agent did not answer within 30s");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let _: Value = c.post("/api/v1/cluster/init", &json!({"name": "t"})).await.expect("init");
+    let init: Value = c.post("/api/v1/cluster/init", &json!({"name": "t"})).await.expect("init");
+    agent.token = init["admin_token"].as_str().expect("an admin token").to_string();
     agent
 }
 
-/// Everything an operator can see of the cluster's configuration and history.
+/// Everything an operator can see of the cluster's configuration and history, but the
+/// audit trail (`api-request` events: every write is recorded there, refused or not).
 async fn snapshot(c: &Client) -> Value {
     let groups: Value = c.get("/api/v1/groups").await.expect("groups");
     let resources: Value = c.get("/api/v1/resources").await.expect("resources");
     let nodes: Value = c.get("/api/v1/nodes").await.expect("nodes");
     let history: Value = c.get("/api/v1/history?limit=100000").await.expect("history");
-    json!({"groups": groups, "resources": resources, "nodes": nodes, "history": history.as_array().map(|h| h.len())})
+    let events = history.as_array().map(|h| h.iter().filter(|e| e["kind"] != "api-request").count());
+    json!({"groups": groups, "resources": resources, "nodes": nodes, "history": events})
 }
 
 fn refused(r: Result<Value, ClientError>) -> (u16, String) {
@@ -80,7 +99,7 @@ fn assert_refused(r: Result<Value, ClientError>, status: u16, needle: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_is_refused_with_a_named_value_and_changes_nothing() {
     let agent = start_agent().await;
-    let c = Client::new(&agent.addr);
+    let c = agent.client();
     // A group kept offline so nothing runs, two resources, one dependency.
     let _: Value = c.post("/api/v1/groups", &json!({"name": "g", "online": false})).await.expect("group");
     for (name, deps) in [("a", json!([])), ("b", json!(["a"]))] {
@@ -168,7 +187,7 @@ async fn bad_input_is_refused_with_a_named_value_and_changes_nothing() {
     assert!(saw_413, "never received the 413 answer to an oversized body");
     // The agent closes a connection whose body it did not read; a pooled connection may
     // be that one, closed under the next request. Go on with fresh connections.
-    let c = Client::new(&agent.addr);
+    let c = agent.client();
 
     // Conflicts: deleting what others depend on, a group that has resources.
     assert_refused(c.delete("/api/v1/resources/a").await, 409, "\"b\"");
@@ -178,7 +197,7 @@ async fn bad_input_is_refused_with_a_named_value_and_changes_nothing() {
 
     // The CLI prints the agent's message and exits 1; an unreachable agent exits 3.
     let cli = |args: &[&str]| {
-        let out = Command::new(HAVEN).arg("--server").arg(&agent.addr).args(args).output().expect("run cli");
+        let out = agent.cli().args(args).output().expect("run cli");
         (out.status.code(), String::from_utf8_lossy(&out.stderr).to_string())
     };
     let (code, err) = cli(&["group", "move", "g", "--to", "nosuch"]);
@@ -220,7 +239,7 @@ async fn bad_input_is_refused_with_a_named_value_and_changes_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn openapi_document_lists_the_routes() {
     let agent = start_agent().await;
-    let c = Client::new(&agent.addr);
+    let c = agent.client();
     let doc: Value = c.get("/api/v1/openapi.json").await.expect("openapi");
     let paths = doc["paths"].as_object().expect("paths");
     for p in ["/api/v1/groups", "/api/v1/groups/{name}/move", "/api/v1/resources", "/api/v1/nodes", "/api/v1/history"] {
@@ -253,6 +272,12 @@ async fn openapi_document_lists_the_routes() {
             }
             if method != "get" {
                 need.extend(["409", "503"]);
+            }
+            // Each operation names the role it needs; all but the public ones answer 401,
+            // 403 and 429 (see docs/SECURITY.md).
+            let role = op["x-required-role"].as_str().unwrap_or_else(|| panic!("{method} {path}: no role"));
+            if role != "public" {
+                need.extend(["401", "403", "429"]);
             }
             for status in need {
                 let schema = &responses.get(status).unwrap_or_else(|| panic!("{method} {path} lacks {status}"))["content"]
@@ -321,8 +346,9 @@ async fn every_error_is_the_json_body_and_no_body_is_echoed() {
     let agent = start_agent().await;
     let a = agent.addr.clone();
     let secret = "S3CRET-never-echoed";
+    let auth = format!("Authorization: Bearer {}\n", agent.token);
     let post = |path: &str, len: usize| {
-        format!("POST {path} HTTP/1.1\nHost: x\nContent-Type: application/json\nContent-Length: {len}\n")
+        format!("POST {path} HTTP/1.1\nHost: x\n{auth}Content-Type: application/json\nContent-Length: {len}\n")
     };
 
     // Over the route's limit: 413 at once from the declared length (nothing sent), and
@@ -352,8 +378,9 @@ async fn every_error_is_the_json_body_and_no_body_is_echoed() {
     }
 
     // Routing and extraction failures.
-    let get = |target: &str| format!("GET {target} HTTP/1.1\nHost: x\n");
-    let m = error_body(raw(&a, "DELETE /api/v1/cluster HTTP/1.1\nHost: x\n", b""), 405, "method_not_allowed", "405");
+    let get = |target: &str| format!("GET {target} HTTP/1.1\nHost: x\n{auth}");
+    let delete = format!("DELETE /api/v1/cluster HTTP/1.1\nHost: x\n{auth}");
+    let m = error_body(raw(&a, &delete, b""), 405, "method_not_allowed", "405");
     assert!(m.contains("it takes GET"), "{m}");
     error_body(raw(&a, "GET /internal/raft/append HTTP/1.1\nHost: x\n", b""), 403, "tls_required", "plain raft");
     error_body(raw(&a, &get("/api/v1/nosuch"), b""), 404, "not_found", "404 api");
@@ -366,12 +393,12 @@ async fn every_error_is_the_json_body_and_no_body_is_echoed() {
     let m = error_body(raw(&a, &get("/api/v1/history?limit=many"), b""), 400, "bad_request", "bad query");
     assert!(m.contains("limit"), "{m}");
     error_body(raw(&a, &get("/internal/raft/leader-contact?term=x"), b""), 403, "tls_required", "plain raft query");
-    let no_type = "POST /api/v1/groups HTTP/1.1\nHost: x\nContent-Length: 12\n";
-    error_body(raw(&a, no_type, b"{\"name\":\"x\"}"), 415, "bad_request", "no content type");
+    let no_type = format!("POST /api/v1/groups HTTP/1.1\nHost: x\n{auth}Content-Length: 12\n");
+    error_body(raw(&a, &no_type, b"{\"name\":\"x\"}"), 415, "bad_request", "no content type");
 
     // The HA wizard on files that are not definitions: it says so, naming the file and a
     // position, never quoting it.
-    let c = Client::new(&a);
+    let c = agent.client();
     let dir = tempfile::tempdir().expect("tempdir");
     let files = [
         ("shadow", format!("root:$6${secret}:19000:0:99999:7:::\n")),

@@ -62,8 +62,19 @@ fn stub_server(how: Stub) -> (String, Arc<AtomicUsize>) {
     (addr, seen)
 }
 
+/// The lab's admin API token, once a test started one (the CLI sends it as HAVEN_TOKEN).
+static TOKEN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// The CLI with the lab's token, if any, and never the config file of whoever runs the tests.
+fn cli() -> Command {
+    let mut cmd = Command::new(HAVEN);
+    cmd.env("HAVEN_TOKEN", TOKEN.get().map(String::as_str).unwrap_or(""))
+        .env("XDG_CONFIG_HOME", std::env::temp_dir().join("haven-tests-no-cli-config"));
+    cmd
+}
+
 fn haven(servers: &str, args: &[&str]) -> Output {
-    let out = Command::new(HAVEN).args(["--server", servers]).args(args).output().expect("run the haven CLI");
+    let out = cli().args(["--server", servers]).args(args).output().expect("run the haven CLI");
     println!(
         "`haven --server {servers} {}`: {}\n  stderr: {}",
         args.join(" "),
@@ -87,6 +98,7 @@ fn group_names(servers: &str) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cli_moves_on_to_the_next_server_only_when_that_is_safe() {
     let lab = Lab::start(1).await;
+    let _ = TOKEN.set(lab.token.clone());
     let agent = lab.node(0).addr.clone();
 
     // The first server is down (nothing listens): a read and a write reach the agent.
@@ -97,7 +109,7 @@ async fn cli_moves_on_to_the_next_server_only_when_that_is_safe() {
     assert!(group_names(&servers).contains(&"via-second".to_string()), "the read moved on too");
 
     // The same through HAVEN_SERVER, with spaces after the commas.
-    let out = Command::new(HAVEN)
+    let out = cli()
         .env("HAVEN_SERVER", format!("{down}, {agent}"))
         .args(["-o", "json", "node", "list"])
         .output()

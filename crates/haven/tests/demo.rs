@@ -172,13 +172,18 @@ fn left_in(sessions: &[i32]) -> Vec<i32> {
     }
 }
 
-/// `haven -o json <args>` with `HAVEN_SERVER=servers`, retried for up to `limit_s` until it
-/// succeeds and `ok` accepts its output.
-fn cli_until(servers: &str, args: &[&str], limit_s: u64, ok: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+/// `haven -o json <args>` with `env` (`HAVEN_SERVER`, `HAVEN_TOKEN` as the demo printed
+/// them), retried for up to `limit_s` until it succeeds and `ok` accepts its output.
+fn cli_until(
+    env: &[(&str, &str)],
+    args: &[&str],
+    limit_s: u64,
+    ok: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
     let deadline = Instant::now() + Duration::from_secs(limit_s);
     loop {
         let out = Command::new(HAVEN)
-            .env("HAVEN_SERVER", servers)
+            .envs(env.iter().copied())
             .args(["-o", "json"])
             .args(args)
             .output()
@@ -216,10 +221,24 @@ fn demo_kill_restart_and_ctrl_c_report_what_really_happened() {
     let servers =
         export.split_whitespace().nth(1).expect("export line").trim_start_matches("HAVEN_SERVER=").to_string();
     assert_eq!(servers.split(',').count(), 3, "the demo exports every node: {export}");
+    let export = demo.wait_for_line("export HAVEN_TOKEN=", 1);
+    let token = export.split_whitespace().nth(1).expect("export line").trim_start_matches("HAVEN_TOKEN=").to_string();
+    assert!(token.starts_with("hvn_"), "the demo prints the admin token it uses: {export}");
+    let env = [("HAVEN_SERVER", servers.as_str()), ("HAVEN_TOKEN", token.as_str())];
+    // Without the token the CLI is refused, and says how to pass one.
+    let out = Command::new(HAVEN)
+        .env("HAVEN_SERVER", &servers)
+        .env_remove("HAVEN_TOKEN")
+        .env("XDG_CONFIG_HOME", &dir)
+        .args(["node", "list"])
+        .output();
+    let out = out.expect("run the CLI");
+    assert_eq!(out.status.code(), Some(1), "without a token: {}", stderr(&out));
+    assert!(stderr(&out).contains("HAVEN_TOKEN"), "{}", stderr(&out));
     assert!(demo.printed.iter().any(|l| l.contains("haven node list")), "the demo prints the commands to try");
     let first: Vec<i32> = ["node1", "node2", "node3"].iter().map(|n| demo.recorded(n)).collect();
 
-    let nodes = cli_until(&servers, &["node", "list"], 10, |_| true);
+    let nodes = cli_until(&env, &["node", "list"], 10, |_| true);
     assert_eq!(statuses(&nodes), ["up", "up", "up"], "{nodes}");
 
     // Restarting a node that runs is refused, says why and what to do, and changes nothing.
@@ -243,8 +262,7 @@ fn demo_kill_restart_and_ctrl_c_report_what_really_happened() {
     assert!(killed["processes"].as_u64().is_some_and(|n| n >= 1), "{killed}");
     assert!(killed["message"].as_str().is_some_and(|m| m.contains("killed node1")), "{killed}");
     assert!(session_members(first[0]).is_empty(), "`demo kill` said so, yet node1's session has processes");
-    let nodes =
-        cli_until(&servers, &["node", "list"], 30, |v| statuses(v).iter().filter(|s| *s == "down").count() == 1);
+    let nodes = cli_until(&env, &["node", "list"], 30, |v| statuses(v).iter().filter(|s| *s == "down").count() == 1);
     assert!(nodes.to_string().contains("node1"), "{nodes}");
 
     // A second kill: nothing runs, and it says so.
@@ -274,7 +292,7 @@ fn demo_kill_restart_and_ctrl_c_report_what_really_happened() {
     assert!(said.contains("restarted node1") && said.contains("rejoined the cluster"), "{said}");
     let restarted = demo.recorded("node1");
     assert!(restarted != first[0] && alive(restarted), "the restarted agent runs under a new pid");
-    let nodes = cli_until(&servers, &["node", "list"], 30, |v| statuses(v) == ["up", "up", "up"]);
+    let nodes = cli_until(&env, &["node", "list"], 30, |v| statuses(v) == ["up", "up", "up"]);
     assert_eq!(statuses(&nodes), ["up", "up", "up"]);
 
     // Ctrl-C stops every agent, the restarted one (not the demo's child) too, and their

@@ -257,13 +257,13 @@ async fn a_graceful_stop_under_write_load_is_quick_and_refuses_what_it_does_not_
 /// A raw HTTP/1.1 POST of `body` to `path` (no `Idempotency-Key`, as a caller that sends
 /// none, which the typed client never is): the status, the reply's `idempotency-key`
 /// header, and the JSON body.
-fn post_without_key(addr: &str, path: &str, body: &impl serde::Serialize) -> (u16, Option<String>, Value) {
+fn post_without_key(addr: &str, token: &str, path: &str, body: &impl serde::Serialize) -> (u16, Option<String>, Value) {
     use std::io::{Read, Write};
     let body = serde_json::to_string(body).expect("a JSON body");
     let mut conn = std::net::TcpStream::connect(addr).expect("connect");
     conn.set_read_timeout(Some(Duration::from_secs(15))).expect("timeout");
     let req = format!(
-        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     );
     conn.write_all(req.as_bytes()).expect("send");
@@ -291,7 +291,7 @@ async fn a_write_that_times_out_is_unknown_then_resolved_by_its_id() {
     // The leader proposes it and cannot commit it: not "refused", unknown, with its id.
     let addr = lab.node(l).addr.clone();
     let (status, header, body) =
-        tokio::task::block_in_place(|| post_without_key(&addr, "/api/v1/groups", &GroupSpec::new("late")));
+        tokio::task::block_in_place(|| post_without_key(&addr, &lab.token, "/api/v1/groups", &GroupSpec::new("late")));
     assert_eq!(status, 504, "{body}");
     assert_eq!(body["error"]["code"], "outcome_unknown", "{body}");
     let id = body["error"]["request_id"].as_str().expect("the error names the request id").to_string();

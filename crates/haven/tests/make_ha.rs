@@ -13,7 +13,7 @@ mod common;
 
 use std::process::Command;
 
-use common::{HAVEN, Lab, group_preferring, installed, test_guest};
+use common::{Lab, group_preferring, installed, test_guest};
 use haven_api::{HistoryQuery, VmView, specs};
 use haven_model::{CheckResult, Dur, HaReport, ResourceState, ResourceUpdate, VmParams};
 use serde_json::json;
@@ -22,8 +22,7 @@ use serde_json::json;
 const BOOT_LIMIT_S: u64 = 90;
 
 fn cli(lab: &Lab, args: &[&str]) -> (Option<i32>, String, String) {
-    let out =
-        Command::new(HAVEN).arg("--server").arg(&lab.node(0).addr).args(args).output().expect("run the haven CLI");
+    let out = lab.cli(0).args(args).output().expect("run the haven CLI");
     (
         out.status.code(),
         String::from_utf8_lossy(&out.stdout).into_owned(),

@@ -13,7 +13,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::{HAVEN, Lab};
+use common::Lab;
 use haven_api::{HistoryQuery, specs};
 use haven_drivers::procfs;
 use haven_model::{
@@ -85,11 +85,7 @@ impl Fixture {
 
     /// `haven -o json vm make-ha <args>`: exit status and report.
     fn wizard(&self, args: &[&str]) -> (Option<i32>, HaReport, String) {
-        let out = Command::new(HAVEN)
-            .args(["--server", &self.lab.node(0).addr, "-o", "json", "vm", "make-ha"])
-            .args(args)
-            .output()
-            .expect("run haven");
+        let out = self.lab.cli(0).args(["-o", "json", "vm", "make-ha"]).args(args).output().expect("run haven");
         let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
         let report = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
             panic!("no report ({e}): {}{stderr}", String::from_utf8_lossy(&out.stdout));

@@ -9,7 +9,7 @@ mod common;
 use std::path::Path;
 use std::time::Instant;
 
-use common::{HAVEN, Lab, alive, pid_in, processes_in};
+use common::{Lab, alive, pid_in, processes_in};
 use haven_api::specs;
 use haven_model::ResourceSpec;
 
@@ -59,11 +59,8 @@ async fn survivor_without_quorum_stops_its_resources_refuses_writes_and_recovers
     assert!(!st.lease_valid, "node3 claims a lease without a majority");
 
     // Writes are refused, clearly; reads still answer from node3's copy of the state.
-    let out = tokio::process::Command::new(HAVEN)
-        .args(["--server", &lab.node(s).addr, "group", "create", "x"])
-        .output()
-        .await
-        .expect("cannot run the haven CLI");
+    let mut cli = tokio::process::Command::from(lab.cli(s));
+    let out = cli.args(["group", "create", "x"]).output().await.expect("cannot run the haven CLI");
     let stderr = String::from_utf8_lossy(&out.stderr);
     // A follower has no leader to send it to: refused (3). Had node3 been the leader, it
     // would have proposed the write and could not commit it: its outcome is unknown (4).

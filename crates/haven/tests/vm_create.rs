@@ -6,18 +6,13 @@
 
 mod common;
 
-use common::{HAVEN, Lab};
+use common::Lab;
 use haven_api::specs;
 use haven_model::GroupSpec;
 use serde_json::json;
 
 fn cli(lab: &Lab, args: &[&str]) -> (Option<i32>, String, String) {
-    let out = std::process::Command::new(HAVEN)
-        .arg("--server")
-        .arg(&lab.node(0).addr)
-        .args(args)
-        .output()
-        .expect("run the haven CLI");
+    let out = lab.cli(0).args(args).output().expect("run the haven CLI");
     (
         out.status.code(),
         String::from_utf8_lossy(&out.stdout).into_owned(),

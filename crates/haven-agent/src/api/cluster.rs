@@ -97,10 +97,21 @@ pub(super) async fn cluster_init(
         capacity: agent.config.capacity(),
         since: now_ms(),
     };
-    agent.submit("operator", Command::InitCluster { name: name.clone(), node }).await?;
+    // The first admin token commits with the cluster, in one entry: there is no moment in
+    // which the cluster exists and nobody may change it.
+    let (admin_token, token) = super::tokens::mint(FIRST_TOKEN, haven_state::Role::Admin, None)?;
+    let init = Command::InitCluster { name: name.clone(), node };
+    let reply =
+        agent.submit("operator", Command::Batch { commands: vec![init, Command::CreateToken { token }] }).await?;
+    if let haven_state::Reply::Batch(replies) = reply {
+        replies.into_iter().try_for_each(|r| r.map(drop)).map_err(SubmitError::Refused)?;
+    }
     agent.submit(&agent.config.name, Command::RecordNodeCert { node: agent.config.name.clone(), serial }).await?;
-    Ok(Json(InitResponse { name, ca_fingerprint }))
+    Ok(Json(InitResponse { name, ca_fingerprint, admin_token }))
 }
+
+/// The name of the admin token `cluster init` creates.
+pub(super) const FIRST_TOKEN: &str = "admin";
 
 #[utoipa::path(post, path = "/api/v1/cluster/join-tokens", tag = "cluster", request_body = JoinTokenRequest,
     responses((status = 200, body = JoinTokenCreated), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody)))]

@@ -7,7 +7,6 @@ use axum::extract::Request;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use haven_api::{ErrorBody, ErrorDetail};
-use haven_state::ErrorCode;
 
 use crate::SubmitError;
 
@@ -30,13 +29,7 @@ impl From<SubmitError> for ApiError {
     fn from(e: SubmitError) -> Self {
         match e {
             SubmitError::Refused(s) => {
-                let (status, code) = match s.code {
-                    ErrorCode::NotFound => (404, "not_found"),
-                    ErrorCode::AlreadyExists => (409, "already_exists"),
-                    ErrorCode::Invalid => (400, "invalid"),
-                    ErrorCode::Conflict => (409, "conflict"),
-                    ErrorCode::RequestIdReused => (422, "request_id_reused"),
-                };
+                let (status, code) = haven_state::tokens::api_status(s.code);
                 ApiError { status, code: code.into(), message: s.message, field: s.field }
             }
             SubmitError::NoQuorum(m) => ApiError::new(503, "no_quorum", m),

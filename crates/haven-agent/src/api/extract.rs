@@ -9,10 +9,14 @@ use axum::http::{HeaderValue, header};
 
 use super::{ApiError, root_cause};
 
+/// How long a request body may take to arrive.
+pub const BODY_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// A JSON request body of at most `LIMIT` bytes (the route's limit). Every refusal is our
 /// error body and none echoes the body: 413 when it is larger than the limit (known from
 /// `Content-Length` before anything is read), 415 without a JSON content type, 400 when it
-/// does not parse or fit (`haven_api::body::parse_json`).
+/// does not parse or fit (`haven_api::body::parse_json`), 408 when it has not all arrived
+/// within [`BODY_READ_TIMEOUT`] (a slow client holds no request open).
 pub struct Body<T, const LIMIT: usize = { haven_api::MAX_BODY_BYTES }>(pub T);
 
 impl<S: Send + Sync, T: serde::de::DeserializeOwned, const LIMIT: usize> FromRequest<S> for Body<T, LIMIT> {
@@ -27,8 +31,20 @@ impl<S: Send + Sync, T: serde::de::DeserializeOwned, const LIMIT: usize> FromReq
                 return Err(haven_api::body::not_json().into());
             }
         }
-        let bytes =
-            axum::body::to_bytes(req.into_body(), LIMIT).await.map_err(|_| haven_api::body::too_large(LIMIT))?;
+        let read = axum::body::to_bytes(req.into_body(), LIMIT);
+        let bytes = tokio::time::timeout(BODY_READ_TIMEOUT, read)
+            .await
+            .map_err(|_| {
+                ApiError::new(
+                    408,
+                    "request_timeout",
+                    format!(
+                        "the request body did not arrive within {} s; send it at once",
+                        BODY_READ_TIMEOUT.as_secs()
+                    ),
+                )
+            })?
+            .map_err(|_| haven_api::body::too_large(LIMIT))?;
         Ok(Body(haven_api::body::parse_json(&bytes)?))
     }
 }

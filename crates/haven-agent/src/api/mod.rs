@@ -4,19 +4,23 @@
 //! the leader. Every error is `{"error": {code, message, field}}`.
 //!
 //! One module per resource family (`cluster`, `nodes`, `groups`, `resources`, `history`,
-//! `vms`, `wizard`, `metrics`), beside the error answer (`errors`), the extractors
-//! (`extract`) and the OpenAPI document (`openapi`). A request for another node (the
+//! `vms`, `wizard`, `metrics`, `tokens`), beside the error answer (`errors`), the extractors
+//! (`extract`), the OpenAPI document (`openapi`) and who may call what (`auth`: every
+//! route's role in one table, the middleware, the audit of refused calls, the limits). A request for another node (the
 //! leader, a VM's owner) goes through [`crate::forward`].
 
+pub(crate) mod auth;
 mod cluster;
 mod errors;
 mod extract;
 mod groups;
 mod history;
+pub mod limits;
 mod metrics;
 mod nodes;
 mod openapi;
 mod resources;
+mod tokens;
 mod vms;
 mod wizard;
 
@@ -29,7 +33,7 @@ use axum::{Json, Router};
 pub use errors::ApiError;
 pub(crate) use errors::root_cause;
 pub use extract::{Body, Name, Params};
-use openapi::openapi_document;
+pub use openapi::openapi_document;
 
 use crate::Agent;
 
@@ -61,8 +65,10 @@ pub fn app(agent: Arc<Agent>) -> Router {
 /// What a handler answers: its JSON body, or the error body.
 type ApiResult<T> = Result<Json<T>, ApiError>;
 
-/// The public routes: `/api/v1` behind the request-id middleware, and `/metrics`.
+/// The public routes: `/api/v1` behind the request-id middleware, and `/metrics`; every
+/// route behind [`auth::layer`] (its role in [`auth::RULES`]).
 pub fn router(agent: Arc<Agent>) -> Router {
+    let auth = || axum::middleware::from_fn_with_state(agent.clone(), auth::layer);
     let v1 = Router::new()
         .route("/openapi.json", get(|| async { Json(openapi_document()) }))
         .route("/cluster", get(cluster::cluster_status))
@@ -93,10 +99,18 @@ pub fn router(agent: Arc<Agent>) -> Router {
         .route("/vms/{name}/guest-control", post(vms::guest_control))
         .route("/vms/{name}/console", get(vms::console))
         .route("/vms/{name}/definition", put(vms::edit_definition))
+        .route("/tokens", get(tokens::list_tokens).post(tokens::create_token))
+        .route("/tokens/{name}", axum::routing::delete(tokens::revoke_token))
+        // Only on matched routes, which gives it the route's pattern; an unmatched path is
+        // a 404 that reveals nothing the OpenAPI document does not.
+        .route_layer(auth())
         .fallback(|method: Method, uri: Uri| async move {
             let path = haven_api::body::shorten(uri.path(), 120);
             ApiError::new(404, "not_found", format!("no API route {method} {path}; see /api/v1/openapi.json"))
         })
         .layer(axum::middleware::from_fn_with_state(agent.clone(), crate::requests::layer));
-    Router::new().nest(haven_api::API_PREFIX, v1).route("/metrics", get(metrics::metrics)).with_state(agent)
+    Router::new()
+        .nest(haven_api::API_PREFIX, v1)
+        .route("/metrics", get(metrics::metrics).route_layer(auth()))
+        .with_state(agent)
 }

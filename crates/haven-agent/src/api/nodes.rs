@@ -26,20 +26,9 @@ pub(super) fn node_view(agent: &Agent, state: &State, n: &Node) -> NodeView {
             .map(|g| g.spec.name.clone())
             .collect(),
         leader: agent.db.leader().map(|(id, _)| id) == Some(n.id),
-        fence: state.fencing.get(&n.name).map(redact),
+        fence: state.fencing.get(&n.name).map(FenceConfig::redacted),
         fence_status: state.fence_status.get(&n.name).cloned(),
     }
-}
-
-/// A fence config fit to show: parameters that look like secrets are masked.
-fn redact(c: &FenceConfig) -> FenceConfig {
-    let mut c = c.clone();
-    for (k, v) in c.params.iter_mut() {
-        if k.contains("pass") || k.contains("secret") || k.contains("key") {
-            *v = "********".into();
-        }
-    }
-    c
 }
 
 #[utoipa::path(put, path = "/api/v1/nodes/{name}/fence", tag = "nodes", request_body = FenceConfig,

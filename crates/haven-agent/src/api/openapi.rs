@@ -9,7 +9,8 @@ use haven_model::{GroupSpec, GroupUpdate, Resource, ResourceSpec, ResourceUpdate
 use haven_state::Event;
 use utoipa::OpenApi;
 
-use super::{cluster, groups, history, nodes, resources, vms, wizard};
+use super::auth::{Access, required_access};
+use super::{cluster, groups, history, nodes, resources, tokens, vms, wizard};
 use crate::requests::WriteDocs;
 
 #[derive(OpenApi)]
@@ -49,7 +50,10 @@ use crate::requests::WriteDocs;
         vms::console,
         vms::create_vm,
         wizard::make_ha,
-        crate::requests::get_request
+        crate::requests::get_request,
+        tokens::list_tokens,
+        tokens::create_token,
+        tokens::revoke_token
     ),
     modifiers(&WriteDocs),
     components(schemas(
@@ -88,7 +92,13 @@ use crate::requests::WriteDocs;
         ResourceSpec,
         ResourceUpdate,
         Resource,
-        Event
+        Event,
+        haven_api::TokenCreate,
+        haven_api::TokenCreated,
+        haven_api::TokenView,
+        haven_api::TokenRevoked,
+        haven_state::Role,
+        haven_state::AuditRecord
     ))
 )]
 pub struct ApiDoc;
@@ -103,11 +113,23 @@ const EVERY_ROUTE_ERRORS: &[(u16, &str)] = &[
     (500, "the agent failed to answer; see its log"),
 ];
 
+/// Routes that need an API token (see `api::auth::RULES`).
+const AUTH_ERRORS: &[(u16, &str)] = &[
+    (401, "`unauthorized`: no API token, or an unknown, revoked or expired one (the message says how to pass one)"),
+    (403, "`forbidden`: the token's role is too low (the message names the role needed)"),
+    (
+        429,
+        "`too_many_requests`: too many requests with an invalid token came from this address; wait `Retry-After` \
+         seconds",
+    ),
+];
+
 /// Routes with a request body.
 const BODY_ERRORS: &[(u16, &str)] = &[
     (400, "the body is not valid JSON, or does not fit the schema (the message names the field)"),
     (413, "the body is larger than this route's limit"),
     (415, "the body is not sent as `Content-Type: application/json`"),
+    (408, "the body did not arrive within 30 s"),
 ];
 
 /// Routes that change the cluster (every POST, PUT, PATCH and DELETE): the state
@@ -127,7 +149,9 @@ const WRITE_ERRORS: &[(u16, &str)] = &[
 /// Reads of the cluster state.
 const READ_ERRORS: &[(u16, &str)] = &[(409, "this node is not part of a cluster yet")];
 
-/// The OpenAPI document as served: utoipa's, with three fixes utoipa cannot express.
+/// The OpenAPI document as served: utoipa's, with the fixes utoipa cannot express.
+/// Every operation needs a bearer token (`security`) unless `api::auth::RULES` makes it
+/// public (or public until the node belongs to a cluster), and lists 401, 403 and 429.
 /// Every operation lists the error statuses above. `#[serde(flatten)]` parts are merged
 /// into one object (`GroupView` is `Group` and its state, `Group` is `GroupSpec` and its
 /// owner and handoff, `Resource` is `ResourceSpec` and its `status`), since utoipa's
@@ -141,6 +165,10 @@ pub fn openapi_document() -> serde_json::Value {
             *schema = merged(schema, &schemas, 0);
         }
     }
+    doc["components"]["securitySchemes"] = serde_json::json!({
+        "bearer": {"type": "http", "scheme": "bearer", "description": "an API token (`haven token create`)"}
+    });
+    doc["security"] = serde_json::json!([{"bearer": []}]);
     let error_ref = serde_json::json!({"$ref": "#/components/schemas/ErrorBody"});
     let Some(paths) = doc["paths"].as_object_mut() else { return doc };
     for (path, item) in paths.iter_mut() {
@@ -169,6 +197,29 @@ pub fn openapi_document() -> serde_json::Value {
                 }
             }
             let mut errors: Vec<(u16, &str)> = EVERY_ROUTE_ERRORS.to_vec();
+            let access = method.to_uppercase().parse().ok().and_then(|m| required_access(&m, path));
+            // `x-required-role`: what `api::auth::RULES` asks (the lab test checks the agent
+            // enforces exactly this).
+            let role = match access {
+                Some(Access::Public) => {
+                    op["security"] = serde_json::json!([]);
+                    "public".to_string()
+                }
+                Some(Access::Bootstrap) => {
+                    op["security"] = serde_json::json!([{}, {"bearer": []}]);
+                    errors.extend_from_slice(AUTH_ERRORS);
+                    "bootstrap".to_string()
+                }
+                Some(Access::Role(r)) => {
+                    errors.extend_from_slice(AUTH_ERRORS);
+                    r.to_string()
+                }
+                None => {
+                    errors.extend_from_slice(AUTH_ERRORS);
+                    "admin".to_string()
+                }
+            };
+            op["x-required-role"] = role.into();
             if op.get("requestBody").is_some() {
                 errors.extend_from_slice(BODY_ERRORS);
             }

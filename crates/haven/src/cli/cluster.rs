@@ -1,20 +1,28 @@
 //! `haven cluster`: found a cluster, join one, show its status, create join tokens.
-//! `init` and `join` act on one particular agent, so they refuse a list of servers.
+//! `init` and `join` act on one particular agent, so they refuse a list of servers. `init`
+//! prints the cluster's first admin API token once and writes it, with the server, to the
+//! CLI's config file (see [`super::config`]).
 
 use clap::Subcommand;
 use haven_api::Client;
 
+use super::config::CliConfig;
 use super::{Failure, strip, usage};
 use crate::output::{self, Format};
 
 #[derive(Subcommand, Debug)]
 pub enum ClusterCmd {
     /// Found a new cluster with the agent at --server as its first node (it makes the
-    /// cluster CA); prints the CA fingerprint.
+    /// cluster CA); prints the CA fingerprint and the first admin API token, and writes the
+    /// server and that token to ~/.config/haven/cli.toml (mode 0600; an existing file is
+    /// kept as cli.toml.<time>.bak).
     Init {
         /// Cluster name.
         #[arg(long, default_value = "haven")]
         name: String,
+        /// Do not write the config file (print the token only).
+        #[arg(long)]
+        no_config: bool,
     },
     /// Make the agent at --server join the cluster that ADDRESS (any member) belongs to.
     Join {
@@ -66,14 +74,46 @@ fn one_server(c: &Client, what: &str) -> Result<(), Failure> {
 
 pub(super) async fn run(c: &Client, fmt: Format, cmd: ClusterCmd) -> Result<(), Failure> {
     match cmd {
-        ClusterCmd::Init { name } => {
+        ClusterCmd::Init { name, no_config } => {
             one_server(c, "init")?;
             let r = c.init_cluster(&name).await?;
+            // The cluster exists now: a config that cannot be written is a warning, the token
+            // is printed either way.
+            let saved = if no_config {
+                None
+            } else {
+                let file = CliConfig {
+                    server: Some(strip(c.base()).to_string()),
+                    token: Some(r.admin_token.clone()),
+                    ca_file: None,
+                };
+                match super::config::save(&file) {
+                    Ok(saved) => Some(saved),
+                    Err(e) => {
+                        eprintln!("warning: the admin token was not saved: {e}; keep the token printed here");
+                        None
+                    }
+                }
+            };
             if fmt == Format::Json {
                 output::json(&r);
             } else {
                 println!("cluster {:?} created on {}", r.name, c.base());
                 println!("CA fingerprint: {}", r.ca_fingerprint);
+                println!("admin API token (shown only now; the cluster keeps only its hash):");
+                println!("  {}", r.admin_token);
+                match &saved {
+                    Some((path, old)) => {
+                        println!(
+                            "saved with the server in {} (mode 0600): the CLI uses it from now on",
+                            path.display()
+                        );
+                        if let Some(old) = old {
+                            println!("the previous config file was kept as {}", old.display());
+                        }
+                    }
+                    None => println!("pass it with --token or HAVEN_TOKEN"),
+                }
                 println!("create a join token for other nodes with:");
                 println!("  haven --server {} cluster token create", strip(c.base()));
             }

@@ -5,11 +5,13 @@
 
 mod agent;
 mod cluster;
+mod config;
 mod group;
 mod history;
 mod make_ha;
 mod node;
 mod resource;
+mod token;
 mod vm;
 
 use std::process::ExitCode;
@@ -27,6 +29,7 @@ pub use group::GroupCmd;
 pub use history::HistoryArgs;
 pub use node::NodeCmd;
 pub use resource::ResourceCmd;
+pub use token::TokenCmd;
 pub use vm::VmCmd;
 
 /// Exit status: the agent refused the request (bad input, unknown name, conflict).
@@ -49,7 +52,14 @@ EXIT STATUS:
      request id and how to look it up
 
 ENVIRONMENT:
-  HAVEN_SERVER  the agents to talk to (same as --server), e.g. 127.0.0.1:7401,127.0.0.1:7402";
+  HAVEN_SERVER  the agents to talk to (same as --server), e.g. 127.0.0.1:7401,127.0.0.1:7402
+  HAVEN_TOKEN   the API token to send (same as --token)
+
+CONFIG FILE:
+  $XDG_CONFIG_HOME/haven/cli.toml (default ~/.config/haven/cli.toml), mode 0600, with
+  `server = \"...\"` and `token = \"hvn_...\"` (and `ca_file`, for TLS); `haven cluster init`
+  writes it. A flag wins over the environment, the environment over the file; without any,
+  the server is 127.0.0.1:7400 and no token is sent.";
 
 /// Haven: a failover cluster manager for virtual machines and the services beside them.
 ///
@@ -61,8 +71,13 @@ pub struct Cli {
     /// Agents to talk to, as host:port or http://host:port, separated by commas. Each
     /// request goes to the first that can be reached (a write moves on only when the
     /// connection was refused or never made, so it is never sent twice).
-    #[arg(long, global = true, env = "HAVEN_SERVER", default_value = "127.0.0.1:7400")]
-    pub server: String,
+    /// [default: 127.0.0.1:7400, or `server` in cli.toml]
+    #[arg(long, global = true, env = "HAVEN_SERVER")]
+    pub server: Option<String>,
+    /// The API token (`hvn_...`) to send with every request, from `haven cluster init` or
+    /// `haven token create`. [default: `token` in cli.toml]
+    #[arg(long, global = true, env = "HAVEN_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
     /// Output format of read commands.
     #[arg(short = 'o', long = "output", global = true, value_enum, default_value = "table")]
     pub output: Format,
@@ -92,8 +107,11 @@ pub enum Cmd {
     /// Virtual machines: list them with owner, accelerator and guest heartbeat.
     #[command(subcommand)]
     Vm(VmCmd),
-    /// Show the cluster's event history: what happened and why.
+    /// Show the cluster's event history: what happened and why, and who asked.
     History(HistoryArgs),
+    /// Manage API tokens: create one with a role (reader, operator, admin), list, revoke.
+    #[command(subcommand)]
+    Token(TokenCmd),
     /// Start a local 3-node cluster with sample groups, and print commands to try.
     Demo(crate::demo::DemoArgs),
 }
@@ -141,8 +159,8 @@ pub async fn run(cli: Cli) -> ExitCode {
         Cmd::Agent(a) => agent::run(a, false).await,
         Cmd::Witness(a) => agent::run(a, true).await,
         Cmd::Demo(d) => crate::demo::run(d, cli.output).await,
-        other => match servers(&cli.server) {
-            Ok(list) => client_command(&Client::with_servers(&list, REQUEST_TIMEOUT), cli.output, other).await,
+        other => match client(cli.server, cli.token) {
+            Ok(c) => client_command(&c, cli.output, other).await,
             Err(f) => Err(f),
         },
     };
@@ -157,6 +175,18 @@ pub async fn run(cli: Cli) -> ExitCode {
 
 /// How long one request to one agent may take.
 const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// The client the flags, the environment or the config file describe, in that order (clap
+/// reads the first two into `server` and `token`).
+fn client(server: Option<String>, token: Option<String>) -> Result<Client, Failure> {
+    let file = if server.is_none() || token.is_none() { config::load()? } else { config::CliConfig::default() };
+    let server = server.or(file.server).unwrap_or_else(|| "127.0.0.1:7400".to_string());
+    let client = Client::with_servers(&servers(&server)?, REQUEST_TIMEOUT);
+    Ok(match token.or(file.token) {
+        Some(t) => client.with_token(&t),
+        None => client,
+    })
+}
 
 /// The agents named by `--server` / `HAVEN_SERVER`: a comma-separated list.
 fn servers(list: &str) -> Result<Vec<String>, Failure> {
@@ -179,6 +209,7 @@ async fn client_command(c: &Client, fmt: Format, cmd: Cmd) -> Result<(), Failure
         Cmd::Resource(rc) => resource::run(c, fmt, rc).await,
         Cmd::History(h) => history::run(c, fmt, h).await,
         Cmd::Vm(v) => vm::run(c, fmt, v).await,
+        Cmd::Token(t) => token::run(c, fmt, t).await,
         Cmd::Agent(_) | Cmd::Witness(_) | Cmd::Demo(_) => Ok(()),
     }
 }

@@ -24,6 +24,9 @@ pub struct Lab {
     /// The namespaces, veths and bridge, when the lab uses them; deleted on drop (after the
     /// processes are killed).
     pub(super) netns: Option<Netns>,
+    /// The admin API token `cluster init` made (every node's client sends it); empty
+    /// before the cluster is founded.
+    pub token: String,
 }
 
 impl Lab {
@@ -77,7 +80,15 @@ impl Lab {
             None => "on loopback".to_string(),
         };
         println!("[lab {net}] {n} nodes {how}, in {}", tmp.path().display());
-        Ok(Lab { tmp: Some(tmp), nodes: lab_nodes, sessions: Vec::new(), started: Instant::now(), net, netns: ns })
+        Ok(Lab {
+            tmp: Some(tmp),
+            nodes: lab_nodes,
+            sessions: Vec::new(),
+            started: Instant::now(),
+            net,
+            netns: ns,
+            token: String::new(),
+        })
     }
 
     /// [`Lab::start`] with every node in a network namespace of its own (`node1`..`noden`).
@@ -133,7 +144,9 @@ impl Lab {
         for i in 0..lab.nodes.len() {
             lab.wait_answering(i).await;
         }
-        lab.nodes[0].client.init_cluster("lab").await.expect("cluster init failed");
+        let init = lab.nodes[0].client.init_cluster("lab").await.expect("cluster init failed");
+        lab.token = init.admin_token.clone();
+        lab.nodes[0].client = lab.nodes[0].client.with_token(&init.admin_token);
         if n > 1 {
             let uses = u32::try_from(n - 1).unwrap_or(1);
             let request = haven_api::JoinTokenRequest { ttl: None, uses: Some(uses) };
@@ -145,6 +158,9 @@ impl Lab {
                     .await
                     .unwrap_or_else(|e| panic!("{} could not join: {e}", lab.nodes[i].name));
             }
+        }
+        for node in &mut lab.nodes {
+            node.client = node.client.with_token(&init.admin_token);
         }
         lab.wait_until(&format!("all {n} nodes up, with a leader and a lease, on every node"), 30, async || {
             for i in 0..n {
