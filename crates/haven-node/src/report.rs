@@ -66,7 +66,7 @@ impl ReportQueue {
     ///   only its own resource; a release, which reads its group's statuses, or any other
     ///   command in between keeps the older report where it is). Applied, the batch ends in
     ///   the same state; only the history misses the intermediate status.
-    /// - [`Pushed::Queued`]: appended.
+    /// - [`Pushed::Queued`]: appended at the end.
     ///
     /// Without the first rule, a node handing off several groups could queue releases faster
     /// than they commit: every commit woke the resource manager, which sent each pending
