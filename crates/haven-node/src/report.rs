@@ -183,8 +183,9 @@ impl ReportQueue {
 /// paced, but a leader this slow is the one whose renewals are at risk).
 pub const REPORT_SLOW_COMMIT_MS: u64 = 200;
 
-/// The longest wait between two batches (ms). Bounded so that the API is never more than
-/// about this much (plus one commit) behind what the node did, however slow commits are.
+/// The longest interval from one batch's send to the next (ms). Bounded so that the API is
+/// never more than about this much (plus one commit) behind what the node did, however
+/// slow commits are.
 pub const REPORT_DELAY_MAX_MS: u64 = 1_000;
 
 /// The first wait after a batch that did not commit (ms): no leader, no quorum, a timeout.
@@ -193,27 +194,30 @@ pub const REPORT_RETRY_MS: u64 = 250;
 /// Below this (ms), a shrinking wait ends: the sender is back to sending at once.
 const REPORT_DELAY_FLOOR_MS: u64 = 10;
 
-/// How long the status-report sender waits before its next batch: backpressure from the
-/// commit path. The sender tells it how each batch ended ([`ReportPacing::committed`] with
-/// the commit's latency, or [`ReportPacing::failed`]) and sends the next batch no earlier
-/// than [`ReportPacing::ready_at`].
+/// When the status-report sender may send its next batch: backpressure from the commit
+/// path. The sender tells it how each batch ended ([`ReportPacing::committed`] with the
+/// commit's latency, or [`ReportPacing::failed`]) and sends the next batch no earlier than
+/// [`ReportPacing::ready_at`].
 ///
-/// The rule (times in ms on the node's own monotonic clock):
-/// - a commit slower than [`REPORT_SLOW_COMMIT_MS`]: the wait becomes the larger of twice
-///   the last wait and the commit's own latency (a commit that took 600 ms waits at least
-///   600 ms: reports then use at most about half the leader's commit time), at most
-///   [`REPORT_DELAY_MAX_MS`];
-/// - a batch that did not commit: twice the last wait, at least [`REPORT_RETRY_MS`], at most
-///   [`REPORT_DELAY_MAX_MS`] (250, 500, 1000 ms for failures in a row);
-/// - a fast commit: half the last wait (0 below 10 ms), so a node catches up within a few
-///   batches once commits are fast again.
+/// It keeps an *interval*, the least time from one batch's send to the next (times in ms
+/// on the node's own monotonic clock):
+/// - a commit slower than [`REPORT_SLOW_COMMIT_MS`]: the interval becomes the larger of
+///   twice the last one and the commit's own latency, at most [`REPORT_DELAY_MAX_MS`];
+/// - a fast commit: half the last interval (0 below 10 ms), so a node catches up within a
+///   few batches once commits are fast again;
+/// - a batch that did not commit: the interval doubles, at least [`REPORT_RETRY_MS`], at
+///   most [`REPORT_DELAY_MAX_MS`], and is counted from the failure (250, 500, 1000 ms for
+///   failures in a row).
 ///
-/// While the sender waits, reports pile up in the [`ReportQueue`], where moot ones are
-/// replaced ([`ReportQueue::push`]); the next batch carries them all (up to its bounds) as
-/// one commit. Nothing is dropped for being late: every report still goes, in order.
+/// Counted from the send, not from the answer: one slow commit adds no wait of its own (the
+/// commit took the interval already), so a node that reports now and then (a failover's
+/// `starting`, then `online`) is not held back; only a node sending batch after batch into
+/// slow commits is slowed, to at most one batch per second, and the reports that pile up
+/// meanwhile in the [`ReportQueue`] (where moot ones are replaced: [`ReportQueue::push`])
+/// go as one commit. Nothing is dropped for being late: every report still goes, in order.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ReportPacing {
-    delay_ms: u64,
+    interval_ms: u64,
     ready_at_ms: u64,
 }
 
@@ -223,25 +227,25 @@ impl ReportPacing {
     }
 
     /// A batch committed (or was refused: an answer all the same) at `now_ms`, `latency_ms`
-    /// after it was sent. Returns the wait before the next batch.
+    /// after it was sent. Returns the wait from now before the next batch.
     pub fn committed(&mut self, now_ms: u64, latency_ms: u64) -> u64 {
-        self.delay_ms = if latency_ms > REPORT_SLOW_COMMIT_MS {
-            self.delay_ms.saturating_mul(2).max(latency_ms).min(REPORT_DELAY_MAX_MS)
-        } else if self.delay_ms / 2 < REPORT_DELAY_FLOOR_MS {
+        self.interval_ms = if latency_ms > REPORT_SLOW_COMMIT_MS {
+            self.interval_ms.saturating_mul(2).max(latency_ms).min(REPORT_DELAY_MAX_MS)
+        } else if self.interval_ms / 2 < REPORT_DELAY_FLOOR_MS {
             0
         } else {
-            self.delay_ms / 2
+            self.interval_ms / 2
         };
-        self.ready_at_ms = now_ms.saturating_add(self.delay_ms);
-        self.delay_ms
+        self.ready_at_ms = now_ms.saturating_sub(latency_ms).saturating_add(self.interval_ms);
+        self.ready_at_ms.saturating_sub(now_ms)
     }
 
     /// A batch did not commit (no leader, no quorum, lost, timed out), as seen at `now_ms`.
     /// Returns the wait before it (or what replaced it) is sent again.
     pub fn failed(&mut self, now_ms: u64) -> u64 {
-        self.delay_ms = self.delay_ms.saturating_mul(2).clamp(REPORT_RETRY_MS, REPORT_DELAY_MAX_MS);
-        self.ready_at_ms = now_ms.saturating_add(self.delay_ms);
-        self.delay_ms
+        self.interval_ms = self.interval_ms.saturating_mul(2).clamp(REPORT_RETRY_MS, REPORT_DELAY_MAX_MS);
+        self.ready_at_ms = now_ms.saturating_add(self.interval_ms);
+        self.interval_ms
     }
 
     /// The earliest time (ms) the next batch may be sent.
@@ -249,9 +253,9 @@ impl ReportPacing {
         self.ready_at_ms
     }
 
-    /// The wait the last outcome set (ms).
-    pub fn delay(&self) -> u64 {
-        self.delay_ms
+    /// The interval the last outcome set (ms).
+    pub fn interval(&self) -> u64 {
+        self.interval_ms
     }
 }
 
@@ -526,14 +530,17 @@ mod tests {
         let mut p = ReportPacing::new();
         assert_eq!(p.committed(0, 30), 0, "fast commits: no wait");
         assert_eq!(p.committed(0, REPORT_SLOW_COMMIT_MS), 0, "the threshold itself is not slow");
-        assert_eq!(p.committed(1_000, 300), 300, "slow: at least the commit's own latency");
-        assert_eq!(p.ready_at(), 1_300);
-        assert_eq!(p.committed(2_000, 250), 600, "slow again: twice the last wait");
-        assert_eq!(p.committed(3_000, 5_000), REPORT_DELAY_MAX_MS, "bounded");
+        assert_eq!(p.committed(1_000, 300), 0, "one slow commit: no wait of its own");
+        assert_eq!((p.interval(), p.ready_at()), (300, 1_000), "the interval is its latency, from its send");
+        assert_eq!(p.committed(2_000, 250), 350, "slow again: twice the interval, from the send");
+        assert_eq!((p.interval(), p.ready_at()), (600, 2_350));
+        assert_eq!(p.committed(3_000, 5_000), 0, "the commit took longer than the bound");
+        assert_eq!(p.interval(), REPORT_DELAY_MAX_MS, "bounded");
         assert_eq!(p.failed(4_000), REPORT_DELAY_MAX_MS);
+        assert_eq!(p.ready_at(), 5_000, "a failure counts from the failure");
         let waits: Vec<u64> = (0..8).map(|k| p.committed(5_000 + k, 20)).collect();
-        assert_eq!(waits, [500, 250, 125, 62, 31, 15, 0, 0], "halved back to nothing");
-        assert_eq!(p.ready_at(), 5_007);
+        assert_eq!(waits, [480, 230, 105, 42, 11, 0, 0, 0], "halved back to nothing");
+        assert_eq!(p.interval(), 0);
         let retries: Vec<u64> = (0..4).map(|k| p.failed(k)).collect();
         assert_eq!(retries, [REPORT_RETRY_MS, 500, 1_000, 1_000], "failures in a row");
     }
@@ -591,7 +598,7 @@ mod tests {
                 if flight.is_none() && (!paced || now >= pacing.ready_at()) {
                     let batch = q.next_batch(REPORT_BATCH_MAX, usize::MAX);
                     if !batch.is_empty() {
-                        let latency = if SLOW.contains(&now) { 600 } else { 20 };
+                        let latency = if SLOW.contains(&now) { 400 } else { 20 };
                         let ok = !FAILING.contains(&(now + latency));
                         flight = Some((now + latency, now, ok));
                         if SLOW.contains(&now) {
@@ -600,7 +607,7 @@ mod tests {
                     }
                 }
             }
-            (commits, reports, slow_batches, committed, last, q.is_idle(), pacing.delay())
+            (commits, reports, slow_batches, committed, last, q.is_idle(), pacing.interval())
         }
         type Statuses = BTreeMap<String, ResourceState>;
         let (commits, reports, slow, committed, last, idle, delay) = run(true);
@@ -610,9 +617,9 @@ mod tests {
         assert_eq!(committed, committed0, "the same final statuses either way");
         assert_eq!(committed.len(), 40);
         assert_eq!(delay, 0, "back to sending at once");
-        // 4 s of 600 ms commits: back to back 6-7 batches; paced about half as many.
-        assert!(slow0 >= 6, "unpaced: {slow0} batches while slow");
-        assert!(slow <= slow0 / 2 + 1, "paced: {slow} batches while slow, unpaced {slow0}");
+        // 4 s of 400 ms commits: back to back 10 batches; paced, one a second once backed off.
+        assert!(slow0 >= 9, "unpaced: {slow0} batches while slow");
+        assert!(slow <= 6, "paced: {slow} batches while slow, unpaced {slow0}");
         assert!(commits < commits0, "paced {commits} commits, unpaced {commits0}");
         assert!(reports <= reports0, "paced {reports} reports committed, unpaced {reports0}");
     }
