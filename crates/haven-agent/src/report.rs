@@ -5,7 +5,7 @@
 //! retried unless a newer one about the same thing replaced it) are
 //! `haven_node::ReportQueue`, which the simulator drives too; this task only sends.
 //!
-//! Backpressure: how long to wait between batches is `haven_node::ReportPacing`'s call
+//! Backpressure: when the next batch may go is `haven_node::ReportPacing`'s call
 //! (the simulator's too), from each batch commit's latency and failures; while it waits,
 //! reports pile up and coalesce into the next batch. Only this task waits: lease renewals
 //! (`lease.rs`) have their own task and connection and are never paced.

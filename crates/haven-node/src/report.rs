@@ -205,6 +205,8 @@ const REPORT_DELAY_FLOOR_MS: u64 = 10;
 ///   twice the last one and the commit's own latency, at most [`REPORT_DELAY_MAX_MS`];
 /// - a fast commit: half the last interval (0 below 10 ms), so a node catches up within a
 ///   few batches once commits are fast again;
+/// - time the sender sat idle past [`ReportPacing::ready_at`] (nothing to send) is taken
+///   off the interval first: a node quiet since a slow phase starts the next one afresh;
 /// - a batch that did not commit: the interval doubles, at least [`REPORT_RETRY_MS`], at
 ///   most [`REPORT_DELAY_MAX_MS`], and is counted from the failure (250, 500, 1000 ms for
 ///   failures in a row).
@@ -229,14 +231,19 @@ impl ReportPacing {
     /// A batch committed (or was refused: an answer all the same) at `now_ms`, `latency_ms`
     /// after it was sent. Returns the wait from now before the next batch.
     pub fn committed(&mut self, now_ms: u64, latency_ms: u64) -> u64 {
+        let sent = now_ms.saturating_sub(latency_ms);
+        // Time the sender sat with nothing to send after it was allowed to: that much of the
+        // interval is stale (a node quiet since a slow phase must not start the next one
+        // backed off).
+        let base = self.interval_ms.saturating_sub(sent.saturating_sub(self.ready_at_ms));
         self.interval_ms = if latency_ms > REPORT_SLOW_COMMIT_MS {
-            self.interval_ms.saturating_mul(2).max(latency_ms).min(REPORT_DELAY_MAX_MS)
-        } else if self.interval_ms / 2 < REPORT_DELAY_FLOOR_MS {
+            base.saturating_mul(2).max(latency_ms).min(REPORT_DELAY_MAX_MS)
+        } else if base / 2 < REPORT_DELAY_FLOOR_MS {
             0
         } else {
-            self.interval_ms / 2
+            base / 2
         };
-        self.ready_at_ms = now_ms.saturating_sub(latency_ms).saturating_add(self.interval_ms);
+        self.ready_at_ms = sent.saturating_add(self.interval_ms);
         self.ready_at_ms.saturating_sub(now_ms)
     }
 
@@ -532,17 +539,42 @@ mod tests {
         assert_eq!(p.committed(0, REPORT_SLOW_COMMIT_MS), 0, "the threshold itself is not slow");
         assert_eq!(p.committed(1_000, 300), 0, "one slow commit: no wait of its own");
         assert_eq!((p.interval(), p.ready_at()), (300, 1_000), "the interval is its latency, from its send");
-        assert_eq!(p.committed(2_000, 250), 350, "slow again: twice the interval, from the send");
-        assert_eq!((p.interval(), p.ready_at()), (600, 2_350));
-        assert_eq!(p.committed(3_000, 5_000), 0, "the commit took longer than the bound");
+        // The next batch sent as soon as allowed (back to back), slow again.
+        assert_eq!(p.committed(1_250, 250), 350, "twice the interval, from the send");
+        assert_eq!((p.interval(), p.ready_at()), (600, 1_600));
+        assert_eq!(p.committed(6_600, 5_000), 0, "the commit took longer than the bound");
         assert_eq!(p.interval(), REPORT_DELAY_MAX_MS, "bounded");
-        assert_eq!(p.failed(4_000), REPORT_DELAY_MAX_MS);
-        assert_eq!(p.ready_at(), 5_000, "a failure counts from the failure");
-        let waits: Vec<u64> = (0..8).map(|k| p.committed(5_000 + k, 20)).collect();
+        assert_eq!(p.failed(7_000), REPORT_DELAY_MAX_MS);
+        assert_eq!(p.ready_at(), 8_000, "a failure counts from the failure");
+        let waits: Vec<u64> = (0..8)
+            .map(|_| {
+                let sent = p.ready_at();
+                p.committed(sent + 20, 20)
+            })
+            .collect();
         assert_eq!(waits, [480, 230, 105, 42, 11, 0, 0, 0], "halved back to nothing");
         assert_eq!(p.interval(), 0);
         let retries: Vec<u64> = (0..4).map(|k| p.failed(k)).collect();
         assert_eq!(retries, [REPORT_RETRY_MS, 500, 1_000, 1_000], "failures in a row");
+    }
+
+    #[test]
+    fn a_quiet_node_starts_afresh_after_a_slow_phase() {
+        let mut p = ReportPacing::new();
+        p.committed(1_000, 600);
+        let sent = p.ready_at();
+        p.committed(sent + 600, 600);
+        assert_eq!(p.interval(), 1_000, "backed off");
+        // Nothing to send for 20 s, then one report into a slow commit: only its own latency.
+        assert_eq!(p.committed(p.ready_at() + 20_400, 400), 0);
+        assert_eq!(p.interval(), 400);
+        // Idle for less than the interval: what is left of it counts.
+        let mut q = ReportPacing::new();
+        q.committed(1_000, 600);
+        let sent = q.ready_at();
+        q.committed(sent + 600, 600);
+        let sent = q.ready_at() + 300;
+        assert_eq!(q.committed(sent + 250, 250), 1_000 - 250, "(1000 - 300) doubled, bounded");
     }
 
     /// One node's reports against a leader whose commits slow down for a while: the node
