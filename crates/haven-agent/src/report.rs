@@ -47,8 +47,9 @@ pub(crate) async fn run(agent: Arc<Agent>, mut rx: mpsc::UnboundedReceiver<Comma
                 None => return,
             }
         }
-        // Backpressure: after a slow or failed commit, wait (reports keep arriving and
-        // coalescing meanwhile); the channel closing ends the task.
+        // Backpressure: after slow or failed commits, wait (reports keep arriving and
+        // coalescing meanwhile). The channel closing (the agent stopping) ends the wait, not
+        // the task: the last reports of the resources it stopped still go.
         let wait = pacing.ready_at().saturating_sub(ms());
         if wait > 0 {
             let until = tokio::time::Instant::now() + Duration::from_millis(wait);
@@ -57,8 +58,7 @@ pub(crate) async fn run(agent: Arc<Agent>, mut rx: mpsc::UnboundedReceiver<Comma
                     Ok(Some(c)) => {
                         queue.push(c);
                     }
-                    Ok(None) => return,
-                    Err(_) => break,
+                    Ok(None) | Err(_) => break,
                 }
             }
         }
