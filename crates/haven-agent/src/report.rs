@@ -53,13 +53,8 @@ pub(crate) async fn run(agent: Arc<Agent>, mut rx: mpsc::UnboundedReceiver<Comma
         let wait = pacing.ready_at().saturating_sub(ms());
         if wait > 0 {
             let until = tokio::time::Instant::now() + Duration::from_millis(wait);
-            loop {
-                match tokio::time::timeout_at(until, rx.recv()).await {
-                    Ok(Some(c)) => {
-                        queue.push(c);
-                    }
-                    Ok(None) | Err(_) => break,
-                }
+            while let Ok(Some(c)) = tokio::time::timeout_at(until, rx.recv()).await {
+                queue.push(c);
             }
         }
         while let Ok(c) = rx.try_recv() {
