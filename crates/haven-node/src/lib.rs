@@ -17,7 +17,8 @@
 //! - [`contact`]: each node's notes of when it last vouched for a leader, and how a new
 //!   leader combines a majority's notes into the bound on earlier grants (invariant 4).
 //! - [`report`]: the queue of status reports to the cluster — order, duplicates dropped,
-//!   retries unless a newer report about the same thing replaced them.
+//!   moot statuses replaced, retries unless a newer report about the same thing replaced
+//!   them — and the sender's backpressure (`ReportPacing`: slower batches when commits slow).
 //! - [`timing`]: the timing profiles (default, aggressive), one table from which the
 //!   agent's, the controller's, Raft's and the simulator's timing are derived.
 
@@ -34,7 +35,7 @@ pub use grant::{GrantAnswer, GrantRule, GrantTable};
 pub use leadership::Leadership;
 pub use lease::{Lease, LeaseRule, PROVISIONAL, Renewal};
 pub use lrm::{GroupLrm, LrmRule};
-pub use report::ReportQueue;
+pub use report::{Pushed, ReportPacing, ReportQueue};
 pub use timing::TimingProfile;
 
 /// Microseconds on the node's own monotonic clock (see the crate documentation).

@@ -25,7 +25,7 @@ use haven_model::{
     RestartAction,
 };
 use haven_node::lrm::{Depth, GroupLrm, Health, Interrupt, LrmRule, Op, Outcome, Step, View};
-use haven_node::{Lease, LeaseRule, Micros, ReportQueue, TimingProfile};
+use haven_node::{Lease, LeaseRule, Micros, Pushed, ReportQueue, TimingProfile};
 use haven_scenario::{Checked, Error, Line};
 use haven_state::{Command, Request, State};
 
@@ -783,13 +783,15 @@ impl Run {
             "push" => {
                 let cmds = commands(&self.state, &ev.shifted(2))?;
                 for c in cmds {
-                    let before = self.queue.queued().count();
                     let text = command_text(&c, &self.me);
-                    self.queue.push(c);
-                    if self.queue.queued().count() == before {
-                        self.say(format!("dropped {text}: the same as the last queued report about it"));
-                    } else {
-                        self.say(format!("queued {text}"));
+                    match self.queue.push(c) {
+                        Pushed::Duplicate => {
+                            self.say(format!("dropped {text}: the same as the last queued report about it"))
+                        }
+                        Pushed::Replaced => {
+                            self.say(format!("queued {text} in place of the last queued report about it (moot now)"))
+                        }
+                        Pushed::Queued => self.say(format!("queued {text}")),
                     }
                 }
             }

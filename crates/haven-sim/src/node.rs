@@ -11,7 +11,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use haven_node::lrm::View;
-use haven_node::{ContactLog, GrantTable, GroupLrm, Leadership, Lease, LrmRule, ReportQueue};
+use haven_node::{ContactLog, GrantTable, GroupLrm, Leadership, Lease, LrmRule, ReportPacing, ReportQueue};
 use haven_state::{Request, State};
 
 use crate::clock::{Clock, Micros};
@@ -36,6 +36,10 @@ pub struct Node {
     pub leadership: Leadership,
     /// Status reports not yet committed: the agent's `haven_node::ReportQueue`.
     pub reports: ReportQueue,
+    /// The reporter's backpressure (`haven_node::ReportPacing`, in local ms) and when (local
+    /// ms) the batch in flight was sent.
+    pub pacing: ReportPacing,
+    pub report_sent_ms: u64,
     /// Per group: the agent's local resource manager core.
     pub workers: BTreeMap<String, GroupLrm>,
     /// Per group: the id of the driver call in progress (its `OpDone` event carries it; an
@@ -72,6 +76,8 @@ impl Node {
             grants: GrantTable::new(),
             leadership: Leadership::new(),
             reports: ReportQueue::new(),
+            pacing: ReportPacing::new(),
+            report_sent_ms: 0,
             workers: groups.iter().map(|g| (g.clone(), GroupLrm::new(g))).collect(),
             busy: BTreeMap::new(),
             broken: BTreeSet::new(),
@@ -127,6 +133,7 @@ impl Node {
         self.grants = GrantTable::new();
         self.leadership = Leadership::new();
         self.reports.clear();
+        self.pacing = ReportPacing::new();
         self.workers.values_mut().for_each(|w| *w = GroupLrm::new(w.group()));
         self.busy.clear();
         self.broken.clear();

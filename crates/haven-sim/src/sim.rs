@@ -1016,10 +1016,19 @@ impl Sim {
         for r in reports {
             n.reports.push(r);
         }
-        if !n.reports.in_flight() {
+        // While the reporter waits after a slow or failed commit (`ReportPacing`), its
+        // `ReportSend` is scheduled already, at the end of the wait.
+        if !n.reports.in_flight() && n.clock.local_ms(self.now) >= n.pacing.ready_at() {
             let inc = n.incarnation;
             self.after(0, Ev::ReportSend { node, inc });
         }
+    }
+
+    /// The reporter's wait before its next try after a batch did not commit.
+    fn report_failed(&mut self, node: usize) -> Micros {
+        let n = &mut self.nodes[node];
+        let wait = n.pacing.failed(n.clock.local_ms(self.now));
+        n.clock.after(self.now, wait * MS) - self.now
     }
 
     fn report_send(&mut self, node: usize, inc: u64) {
@@ -1042,9 +1051,13 @@ impl Sim {
         match sent {
             Some((leader, d)) => {
                 let d = d + self.write_latency();
+                self.nodes[node].report_sent_ms = self.nodes[node].clock.local_ms(self.now);
                 self.after(d, Ev::ReportArrive { node, inc, leader, cmd: Box::new(cmd) });
             }
-            None => self.after(500 * MS, Ev::ReportRetry { node, inc }),
+            None => {
+                let wait = self.report_failed(node);
+                self.after(wait, Ev::ReportRetry { node, inc });
+            }
         }
     }
 
@@ -1052,7 +1065,8 @@ impl Sim {
         let ok = self.nodes[leader].alive && self.db.leader == Some(leader) && self.has_quorum(leader);
         if !ok {
             if self.live(node, inc) {
-                self.after(250 * MS, Ev::ReportRetry { node, inc });
+                let wait = self.report_failed(node);
+                self.after(wait, Ev::ReportRetry { node, inc });
             }
             return;
         }
@@ -1066,8 +1080,17 @@ impl Sim {
         }
         self.replicate();
         if self.live(node, inc) {
-            self.nodes[node].reports.sent();
-            self.report_send(node, inc);
+            let n = &mut self.nodes[node];
+            n.reports.sent();
+            // Backpressure, as the agent's reporter: a slow commit means a wait first.
+            let now_ms = n.clock.local_ms(self.now);
+            let wait = n.pacing.committed(now_ms, now_ms.saturating_sub(n.report_sent_ms));
+            if wait == 0 {
+                self.report_send(node, inc);
+            } else {
+                let at = n.clock.after(self.now, wait * MS);
+                self.at(at, Ev::ReportSend { node, inc });
+            }
         }
     }
 
