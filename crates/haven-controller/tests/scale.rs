@@ -2,7 +2,8 @@
 //! largest cluster the design targets, on fewer nodes): a steady state decides nothing, and
 //! the tick's time is printed as `scale_decide_ms groups=<G> resources=<R> value=<ms>` (run
 //! with `cargo test -p haven-controller --release --test scale -- --nocapture`; a debug
-//! build is slower). Before group membership was indexed the tick was O(groups × resources).
+//! build is slower; `HAVEN_DECIDE_RUNS=100` times more ticks, e.g. under `perf record`).
+//! Before group membership was indexed the tick was O(groups × resources).
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -78,7 +79,8 @@ fn a_steady_state_of_8000_groups_decides_nothing() {
     let obs = Observations { now, leader_since: 1, last_heartbeat: &heartbeats };
     let timing = Timing::new(3_000, 1_000);
     let mut times = Vec::new();
-    for _ in 0..5 {
+    let runs: usize = std::env::var("HAVEN_DECIDE_RUNS").ok().and_then(|v| v.parse().ok()).unwrap_or(5);
+    for _ in 0..runs.clamp(1, 1000) {
         let started = Instant::now();
         let decisions = decide(&state, &obs, &timing);
         times.push(started.elapsed());
