@@ -744,25 +744,26 @@ async fn start(args: &DemoArgs, cluster: &mut DemoCluster, fmt: Format) -> Resul
     }
     let (_, first_addr, first) = &clients[0];
     let init = first.init_cluster("demo").await?;
-    // One token for all the other nodes; the demo prints it (an operator's would be shown
-    // once, to them, by `haven cluster token create`).
-    let uses = u32::try_from(clients.len().saturating_sub(1)).unwrap_or(1).max(1);
-    let request = haven_api::JoinTokenRequest { ttl: None, uses: Some(uses) };
-    let token = first.create_join_token(&request).await?;
-    println!(
-        "cluster CA fingerprint {}; the nodes join with token {} (admits {uses}, for an hour)",
-        init.ca_fingerprint, token.token
-    );
-    for (_, _, c) in &clients[1..] {
-        c.join_cluster(first_addr, &token.token, &token.ca_fingerprint).await?;
-    }
     // The demo uses the cluster's first admin token, and keeps it in its directory (for
     // nobody but this user) beside printing it.
-    let token = init.admin_token.clone();
+    let admin_token = init.admin_token.clone();
     let token_file = cluster.dir.join("admin.token");
-    write_private(&token_file, &format!("{token}\n"))
+    write_private(&token_file, &format!("{admin_token}\n"))
         .map_err(|e| fail(format!("cannot write {}: {e}", token_file.display())))?;
-    let first = &first.with_token(&token);
+    let first = &first.with_token(&admin_token);
+    // One join token for all the other nodes; the demo prints it (an operator's would be
+    // shown once, to them, by `haven cluster token create`).
+    let uses = u32::try_from(clients.len().saturating_sub(1)).unwrap_or(1).max(1);
+    let request = haven_api::JoinTokenRequest { ttl: None, uses: Some(uses) };
+    let join = first.create_join_token(&request).await?;
+    println!(
+        "cluster CA fingerprint {}; the nodes join with token {} (admits {uses}, for an hour)",
+        init.ca_fingerprint, join.token
+    );
+    for (_, _, c) in &clients[1..] {
+        c.join_cluster(first_addr, &join.token, &join.ca_fingerprint).await?;
+    }
+    let token = admin_token;
     create_samples(first).await?;
     let vm = if args.no_vm { Err("--no-vm was given".to_string()) } else { prepare_vm_volume(&cluster.dir).await };
     let with_vm = match vm {
