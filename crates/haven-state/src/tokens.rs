@@ -108,6 +108,21 @@ pub struct AuditRecord {
     pub suppressed: u64,
 }
 
+impl AuditRecord {
+    /// The record of a request from `origin` answered with `status` (`outcome`: `ok` or the
+    /// refusal's code), alone (nothing folded into it).
+    pub fn new(origin: &ApiOrigin, status: u16, outcome: &str) -> AuditRecord {
+        AuditRecord {
+            method: origin.method.clone(),
+            path: origin.path.clone(),
+            client: origin.client.clone(),
+            status,
+            outcome: outcome.to_string(),
+            suppressed: 0,
+        }
+    }
+}
+
 /// An audit entry the agent records (`Command::RecordAudit`): a request that did not
 /// reach the state machine.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -233,15 +248,7 @@ pub(crate) fn audit_committed(s: &mut State, req: &Request, origin: &ApiOrigin, 
         Some(code) => api_status(code),
         None => (200, "ok"),
     };
-    let record = AuditRecord {
-        method: origin.method.clone(),
-        path: origin.path.clone(),
-        client: origin.client.clone(),
-        status,
-        outcome: outcome.to_string(),
-        suppressed: 0,
-    };
-    push(s, req.at, &req.by, record);
+    push(s, req.at, &req.by, AuditRecord::new(origin, status, outcome));
 }
 
 fn push(s: &mut State, at: Millis, by: &str, record: AuditRecord) {

@@ -59,7 +59,7 @@ pub const RULES: &[(&str, &str, Access)] = &[
     ("GET", "/api/v1/cluster", Public),
     ("POST", "/api/v1/cluster/init", Bootstrap),
     ("POST", "/api/v1/cluster/join", Bootstrap),
-    ("GET", "/api/v1/cluster/token", ADMIN),
+    ("POST", "/api/v1/cluster/join-tokens", ADMIN),
     ("GET", "/api/v1/nodes", READER),
     ("GET", "/api/v1/nodes/{name}", READER),
     ("DELETE", "/api/v1/nodes/{name}", ADMIN),
@@ -412,7 +412,7 @@ pub async fn layer(AxState(agent): AxState<Arc<Agent>>, req: Request, next: Next
         }),
         Err(refusal) => {
             if write {
-                let record = audit_record(&origin, refusal.error.status, &refusal.error.code);
+                let record = AuditRecord::new(&origin, refusal.error.status, &refusal.error.code);
                 let entry = AuditEntry { at: now_ms(), by: refusal.by.clone(), record };
                 agent.guard.record(addr.map(|a| a.ip()), entry, true, now);
             }
@@ -424,21 +424,10 @@ pub async fn layer(AxState(agent): AxState<Arc<Agent>>, req: Request, next: Next
         let status = resp.status().as_u16();
         let outcome = if status < 400 { "ok".to_string() } else { format!("HTTP {status}") };
         let entry =
-            AuditEntry { at: now_ms(), by: caller.name.clone(), record: audit_record(&origin, status, &outcome) };
+            AuditEntry { at: now_ms(), by: caller.name.clone(), record: AuditRecord::new(&origin, status, &outcome) };
         agent.guard.record(addr.map(|a| a.ip()), entry, status >= 400, now);
     }
     resp
-}
-
-fn audit_record(origin: &ApiOrigin, status: u16, outcome: &str) -> AuditRecord {
-    AuditRecord {
-        method: origin.method.clone(),
-        path: origin.path.clone(),
-        client: origin.client.clone(),
-        status,
-        outcome: outcome.to_string(),
-        suppressed: 0,
-    }
 }
 
 /// Who calls, if `access` lets them: the token's name (`anonymous` on a public route,
@@ -561,7 +550,7 @@ mod tests {
     #[test]
     fn writes_that_change_commands_fencing_tokens_or_membership_are_admin_only() {
         for (m, r, a) in RULES {
-            if *m == "GET" && !r.ends_with("/cluster/token") && !r.starts_with("/api/v1/tokens") {
+            if *m == "GET" && !r.starts_with("/api/v1/tokens") {
                 assert!(matches!(a, Public | Access::Role(Role::Reader)), "{m} {r}: a read, but {a:?}");
             }
         }
@@ -572,6 +561,7 @@ mod tests {
             ("PUT", "/api/v1/nodes/{name}/fence"),
             ("DELETE", "/api/v1/nodes/{name}"),
             ("POST", "/api/v1/tokens"),
+            ("POST", "/api/v1/cluster/join-tokens"),
             ("PUT", "/api/v1/vms/{name}/definition"),
             ("POST", "/api/v1/vms"),
             ("POST", "/api/v1/vms/make-ha"),
