@@ -393,6 +393,17 @@ impl Pki {
         self.revoked.get().is_some_and(|f| f(serial))
     }
 
+    /// A verified peer certificate (either side of a handshake) must name a Haven node and
+    /// not be revoked.
+    fn known_peer(&self, end_entity: &CertificateDer<'_>) -> Result<PeerCert, rustls::Error> {
+        let cert = peer_cert(end_entity.as_ref())
+            .ok_or_else(|| tls_err("the peer's certificate names no Haven node".into()))?;
+        if self.is_revoked(&cert.serial) {
+            return Err(tls_err(format!("the certificate of {cert} is revoked (the node was removed)")));
+        }
+        Ok(cert)
+    }
+
     /// The CA fingerprint, once this node knows its cluster's CA.
     pub fn ca_fingerprint(&self) -> Option<String> {
         self.read_material().ca.as_ref().map(|t| t.fingerprint.clone())
@@ -802,11 +813,7 @@ impl ClientCertVerifier for ClientCheck {
             }
         };
         verifier.verify_client_cert(end_entity, intermediates, now)?;
-        let cert = peer_cert(end_entity.as_ref())
-            .ok_or_else(|| tls_err("the peer's certificate names no Haven node".into()))?;
-        if self.0.is_revoked(&cert.serial) {
-            return Err(tls_err(format!("the certificate of {cert} is revoked (the node was removed)")));
-        }
+        self.0.known_peer(end_entity)?;
         Ok(ClientCertVerified::assertion())
     }
 
@@ -845,11 +852,7 @@ impl ServerCertVerifier for ServerCheck {
         let roots = roots.ok_or_else(|| tls_err("this node is not in a cluster yet, so it trusts no peer".into()))?;
         let parsed = ParsedCertificate::try_from(end_entity)?;
         verify_server_cert_signed_by_trust_anchor(&parsed, &roots, intermediates, now, self.0.algorithms().all)?;
-        let cert = peer_cert(end_entity.as_ref())
-            .ok_or_else(|| tls_err("the peer's certificate names no Haven node".into()))?;
-        if self.0.is_revoked(&cert.serial) {
-            return Err(tls_err(format!("the certificate of {cert} is revoked (the node was removed)")));
-        }
+        self.0.known_peer(end_entity)?;
         Ok(ServerCertVerified::assertion())
     }
 

@@ -52,20 +52,6 @@ impl From<Resources> for Map<Resource> {
     }
 }
 
-impl FromIterator<(String, Resource)> for Resources {
-    fn from_iter<I: IntoIterator<Item = (String, Resource)>>(iter: I) -> Resources {
-        Resources::from(iter.into_iter().collect::<Map<Resource>>())
-    }
-}
-
-impl<'a> IntoIterator for &'a Resources {
-    type Item = (&'a String, &'a Resource);
-    type IntoIter = imbl::ordmap::Iter<'a, String, Resource, imbl::shared_ptr::DefaultSharedPtr>;
-    fn into_iter(self) -> Self::IntoIter {
-        self.by_name.iter()
-    }
-}
-
 impl Resources {
     /// The map by name (what the store writes and diffs).
     pub fn as_map(&self) -> &Map<Resource> {
@@ -92,10 +78,6 @@ impl Resources {
         self.by_name.iter()
     }
 
-    pub fn keys(&self) -> impl Iterator<Item = &String> + '_ {
-        self.by_name.keys()
-    }
-
     pub fn values(&self) -> impl Iterator<Item = &Resource> + '_ {
         self.by_name.values()
     }
@@ -107,13 +89,11 @@ impl Resources {
 
     /// Adds or replaces `resource` under `name`; returns the one it replaced.
     pub fn insert(&mut self, name: String, resource: Resource) -> Option<Resource> {
-        self.by_group.entry(resource.spec.group.clone()).or_default().insert(name.clone());
+        let group = resource.spec.group.clone();
+        self.by_group.entry(group.clone()).or_default().insert(name.clone());
         let old = self.by_name.insert(name.clone(), resource);
-        if let Some(old) = &old {
-            let group = &self.by_name[&name].spec.group;
-            if old.spec.group != *group {
-                self.unindex(&old.spec.group, &name);
-            }
+        if let Some(old) = old.as_ref().filter(|old| old.spec.group != group) {
+            self.unindex(&old.spec.group, &name);
         }
         old
     }
