@@ -7,7 +7,12 @@
 //! (`axum::extract::ConnectInfo`), for [`gate`]: the peer routes (`/internal/*`, Raft's
 //! included) take only TLS with a valid, unrevoked peer certificate (the join route takes TLS
 //! without one: the join token authenticates it); plain HTTP reaches the public routes only
-//! on a loopback address (or with `plain_http_api = true`), with a warning at start.
+//! when the agent listens on a loopback address (or has `plain_http_api = true`, with a
+//! warning at start), or from this host itself: a client on loopback, or one whose source
+//! address is the address it connected to (Linux drops packets from outside that claim one
+//! of the host's own addresses as their source, unless `accept_local` is set). That is how
+//! an agent on a public address is founded or joined from its own host before it has a
+//! certificate the CLI could check.
 //!
 //! It decides nothing about what a peer may do once identified; the routes do.
 
@@ -35,11 +40,10 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How a request reached the agent.
 #[derive(Clone, Debug)]
 pub enum Connection {
-    Plain,
+    /// Plain HTTP; `local`: from this host itself (see the module header).
+    Plain { local: bool },
     /// TLS; `peer`: the client's verified certificate, if it gave one.
-    Tls {
-        peer: Option<PeerCert>,
-    },
+    Tls { peer: Option<PeerCert> },
 }
 
 /// Serves `router` on `listener` until `stop` turns true; open connections are then asked
@@ -99,7 +103,8 @@ async fn connection(
             stream.get_ref().1.peer_certificates().and_then(|c| c.first()).and_then(|c| crate::pki::peer_cert(c));
         http(TokioIo::new(stream), remote, Connection::Tls { peer }, router, stop).await;
     } else {
-        http(TokioIo::new(tcp), remote, Connection::Plain, router, stop).await;
+        let local = from_this_host(remote, tcp.local_addr().ok());
+        http(TokioIo::new(tcp), remote, Connection::Plain { local }, router, stop).await;
     }
 }
 
@@ -134,14 +139,20 @@ pub fn plain_api_allowed(listen: &str, configured: bool) -> bool {
     configured || listen.parse::<SocketAddr>().is_ok_and(|a| a.ip().is_loopback())
 }
 
+/// Whether a plain connection from `remote` to `local` comes from this host itself (see
+/// the module header).
+fn from_this_host(remote: SocketAddr, local: Option<SocketAddr>) -> bool {
+    remote.ip().is_loopback() || local.is_some_and(|l| l.ip() == remote.ip())
+}
+
 /// The rule of the port (see the module header), in front of every route.
 pub async fn gate(AxState(agent): AxState<Arc<Agent>>, mut req: Request, next: Next) -> Response {
-    let conn = req.extensions().get::<Connection>().cloned().unwrap_or(Connection::Plain);
+    let conn = req.extensions().get::<Connection>().cloned().unwrap_or(Connection::Plain { local: false });
     let path = req.uri().path();
     if path.starts_with("/internal/") {
         let join = path == "/internal/join";
         match conn {
-            Connection::Plain => {
+            Connection::Plain { .. } => {
                 return ApiError::new(
                     403,
                     "tls_required",
@@ -179,15 +190,16 @@ pub async fn gate(AxState(agent): AxState<Arc<Agent>>, mut req: Request, next: N
                 req.extensions_mut().insert(p);
             }
         }
-    } else if matches!(conn, Connection::Plain) && !agent.plain_api {
+    } else if matches!(conn, Connection::Plain { local: false }) && !agent.plain_api {
         return ApiError::new(
             403,
             "tls_required",
             format!(
-                "this agent listens on {}, not a loopback address, so it takes the API over HTTPS only; use \
-                 https://{} (or set plain_http_api = true in its config, for a trusted network only)",
+                "this agent listens on {}, not a loopback address, so from other hosts it takes the API over \
+                 HTTPS only: give the CLI the cluster's CA fingerprint (--ca-fingerprint, printed by `haven \
+                 cluster init` and `haven cluster token create`); to found or join it, run the CLI on its own \
+                 host (or set plain_http_api = true in its config, for a trusted network only)",
                 agent.config.listen,
-                agent.config.advertise()
             ),
         )
         .into_response();
@@ -202,6 +214,18 @@ mod tests {
     use axum::routing::get;
 
     use super::*;
+
+    #[test]
+    fn plain_http_is_local_only_from_loopback_or_the_hosts_own_address() {
+        let at = |s: &str| s.parse::<SocketAddr>().expect("an address");
+        assert!(from_this_host(at("127.0.0.1:5000"), Some(at("127.0.0.1:7400"))));
+        assert!(from_this_host(at("[::1]:5000"), Some(at("[::1]:7400"))));
+        assert!(from_this_host(at("10.1.2.3:5000"), Some(at("10.1.2.3:7400"))), "the host's own address");
+        assert!(!from_this_host(at("10.1.2.4:5000"), Some(at("10.1.2.3:7400"))), "another host");
+        assert!(!from_this_host(at("10.1.2.4:5000"), None));
+        assert!(plain_api_allowed("127.0.0.1:7400", false) && plain_api_allowed("10.0.0.1:7400", true));
+        assert!(!plain_api_allowed("10.0.0.1:7400", false) && !plain_api_allowed("0.0.0.0:7400", false));
+    }
 
     /// A client that sends half a request head is cut off after the header timeout
     /// (`limits::HEADER_READ_TIMEOUT`); one that sends a whole request over plain HTTP gets

@@ -597,7 +597,7 @@ impl Pki {
             .dangerous()
             .with_custom_certificate_verifier(Arc::new(ServerCheck(self.clone())))
             .with_client_cert_resolver(Arc::new(ClientIdentity(self.clone())));
-        http_client(config)
+        http_client(config, PEER_TIMEOUTS)
     }
 
     fn algorithms(&self) -> WebPkiSupportedAlgorithms {
@@ -626,16 +626,19 @@ fn public_key_bits(der: &[u8]) -> Option<Vec<u8>> {
     Some(cert.tbs_certificate.subject_pki.subject_public_key.data.to_vec())
 }
 
+/// How long a peer connection may take to open, and a whole peer request.
+const PEER_TIMEOUTS: (Duration, Duration) = (Duration::from_millis(500), Duration::from_secs(130));
+
 /// Builds the reqwest client of `config`: no proxy (peer traffic goes straight to the
-/// peer), the agent's timeouts.
-fn http_client(config: rustls::ClientConfig) -> Result<reqwest::Client, PkiError> {
+/// peer), `(connect, request)` timeouts.
+fn http_client(config: rustls::ClientConfig, timeouts: (Duration, Duration)) -> Result<reqwest::Client, PkiError> {
     reqwest::Client::builder()
         .no_proxy()
-        .connect_timeout(Duration::from_millis(500))
-        .timeout(Duration::from_secs(130))
+        .connect_timeout(timeouts.0)
+        .timeout(timeouts.1)
         .tls_backend_preconfigured(config)
         .build()
-        .map_err(|e| PkiError::Generate(format!("cannot build the peer HTTP client: {e}")))
+        .map_err(|e| PkiError::Generate(format!("cannot build the HTTPS client: {e}")))
 }
 
 /// What a join's TLS check found when it refused the member: the message for the operator.
@@ -645,6 +648,16 @@ pub type JoinMismatch = Arc<Mutex<Option<String>>>;
 /// trusted only if its chain carries a CA certificate with `fingerprint` that signed its
 /// certificate. A refusal is also written to the returned slot, to be told as it is.
 pub fn join_client(fingerprint: &str) -> Result<(reqwest::Client, JoinMismatch), PkiError> {
+    pinned_client(fingerprint, PEER_TIMEOUTS)
+}
+
+/// A client that trusts a server only as [`join_client`] does (its chain carries the CA
+/// with `fingerprint`, which signed its certificate: any member of that cluster), with
+/// `(connect, request)` timeouts: the CLI's, when it knows the cluster's CA fingerprint.
+pub fn pinned_client(
+    fingerprint: &str,
+    timeouts: (Duration, Duration),
+) -> Result<(reqwest::Client, JoinMismatch), PkiError> {
     let provider = provider();
     let mismatch: JoinMismatch = Arc::default();
     let check =
@@ -655,7 +668,7 @@ pub fn join_client(fingerprint: &str) -> Result<(reqwest::Client, JoinMismatch),
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(check))
         .with_no_client_auth();
-    Ok((http_client(config)?, mismatch))
+    Ok((http_client(config, timeouts)?, mismatch))
 }
 
 fn trust_for(provider: &Arc<CryptoProvider>, der: CertificateDer<'static>) -> Result<Trust, PkiError> {

@@ -48,7 +48,7 @@ pub enum ClientError {
 /// A server that did not answer a request, and why.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Unanswered {
-    /// `http://host:port`.
+    /// `http://host:port` (or `https://`).
     pub server: String,
     pub reason: String,
 }
@@ -90,7 +90,7 @@ impl ClientError {
 /// share which server answered last and the request keys' counter.
 #[derive(Clone, Debug)]
 pub struct Client {
-    /// `http://host:port` of each server, in the order given; never empty (see `servers`).
+    /// `http://host:port` (or `https://`) of each server, in the order given.
     servers: Arc<[String]>,
     /// Index in `servers` of the one that answered last: the next request starts there.
     current: Arc<AtomicUsize>,
@@ -103,6 +103,9 @@ pub struct Client {
     /// The API token sent with every request (see [`Client::with_token`]).
     token: Option<Arc<str>>,
 }
+
+/// How long opening a connection to one server may take before the next is tried.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// The request header that carries a write's id.
 pub const IDEMPOTENCY_KEY: &str = "Idempotency-Key";
@@ -122,20 +125,27 @@ impl Client {
     /// module header for when a request moves on). With no servers every request fails
     /// with [`ClientError::Unreachable`] saying how to name one.
     pub fn with_servers<S: AsRef<str>>(servers: &[S], timeout: Duration) -> Client {
-        let servers: Vec<String> = servers
-            .iter()
-            .map(|s| {
-                let s = s.as_ref().trim().trim_end_matches('/');
-                if s.contains("://") { s.to_string() } else { format!("http://{s}") }
-            })
-            .collect();
         // reqwest's TLS needs a process-wide rustls provider (ring; see the workspace's Cargo.toml).
         let _ = rustls::crypto::ring::default_provider().install_default();
         let http = reqwest::Client::builder()
             .timeout(timeout)
-            .connect_timeout(Duration::from_secs(3))
+            .connect_timeout(CONNECT_TIMEOUT)
             .build()
             .unwrap_or_else(|_| reqwest::Client::new());
+        Client::with_http(servers, http, "http")
+    }
+
+    /// Several servers reached through `http`, a client the caller set up (the CLI's
+    /// pins the cluster CA for HTTPS); a server given as a bare `host:port` gets
+    /// `scheme://`, one with a scheme keeps it.
+    pub fn with_http<S: AsRef<str>>(servers: &[S], http: reqwest::Client, scheme: &str) -> Client {
+        let servers: Vec<String> = servers
+            .iter()
+            .map(|s| {
+                let s = s.as_ref().trim().trim_end_matches('/');
+                if s.contains("://") { s.to_string() } else { format!("{scheme}://{s}") }
+            })
+            .collect();
         Client {
             servers: servers.into(),
             current: Arc::new(AtomicUsize::new(0)),
@@ -181,7 +191,7 @@ impl Client {
         self.servers.get(i).or(self.servers.first()).map(String::as_str).unwrap_or("")
     }
 
-    /// Every server, as `http://host:port`, in the order given.
+    /// Every server, as `http://host:port` (or `https://`), in the order given.
     pub fn servers(&self) -> &[String] {
         &self.servers
     }

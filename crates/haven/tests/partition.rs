@@ -3,7 +3,8 @@
 //! running). It must stop its resource (self-fence, at the end of its lease) before the
 //! majority starts the group elsewhere, and the resource's own evidence must show no
 //! overlap. Healed, it rejoins without starting a second copy. Run with the owner a follower
-//! and with the owner the Raft leader (the majority must then elect a new one first).
+//! and with the owner the Raft leader (the majority must then elect a new one first). The
+//! test talks to the agents as a remote operator must: over HTTPS, pinned to the cluster CA.
 
 mod common;
 
@@ -24,6 +25,11 @@ async fn isolated_leader_owner_stops_before_the_majority_starts_its_group() {
 async fn isolated_owner_stops_before_the_majority_starts_its_group(owner_is_leader: bool) {
     let Some(lab) = Lab::start_netns(3).await else { return };
     let evidence = lab.dir().join("evidence");
+    // On these addresses (not loopback) the agents take the API from other hosts over HTTPS
+    // only: the lab's clients pin the cluster CA; plain HTTP is refused, naming the fix.
+    let plain = haven_api::Client::new(&lab.node(0).addr).with_token(&lab.token);
+    let e = plain.groups().await.expect_err("plain HTTP from another host");
+    assert!(e.status() == Some(403) && e.to_string().contains("--ca-fingerprint"), "{e}");
 
     let leader = lab.leader_seen_by(0).await.expect("a leader");
     let a = (0..3).find(|i| (lab.node(*i).id == leader) == owner_is_leader).expect("a node of that kind");

@@ -3,7 +3,8 @@
 //! or joins; a member cannot renew another member's lease, and a forwarded write's author is
 //! the one its certificate vouches for; a join with a wrong, expired or used-up token, or
 //! against a wrong CA fingerprint, is refused with a message that says so (and never quotes
-//! the token); a removed node's certificate is refused everywhere, so it cannot come back.
+//! the token); the CLI speaks HTTPS pinned to the cluster CA and refuses an agent of
+//! another one; a removed node's certificate is refused everywhere, so it cannot come back.
 
 mod common;
 
@@ -169,6 +170,33 @@ async fn strangers_wrong_tokens_and_wrong_fingerprints_are_refused() {
         ) & 0o777;
         assert_eq!(mode, 0o600, "{f}");
     }
+
+    // The CLI over HTTPS, pinned to the cluster CA (the fingerprint init printed): an
+    // https:// server proves it is not plain HTTP. A wrong fingerprint is refused before
+    // anything is sent; https:// without one is a usage error.
+    let https = format!("https://{leader_addr}");
+    let run = |fp: &str| {
+        let mut cmd = std::process::Command::new(common::HAVEN);
+        cmd.env("HAVEN_TOKEN", &lab.token).env("XDG_CONFIG_HOME", lab.dir()).args(["--server", &https]);
+        if !fp.is_empty() {
+            cmd.args(["--ca-fingerprint", fp]);
+        }
+        cmd.args(["-o", "json", "node", "list"]).output().expect("the CLI runs")
+    };
+    let ok = run(&lab.ca_fingerprint);
+    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    assert_eq!(
+        serde_json::from_slice::<serde_json::Value>(&ok.stdout).ok().and_then(|v| v.as_array().map(Vec::len)),
+        Some(4)
+    );
+    let wrong = run(&wrong_fp);
+    let stderr = String::from_utf8_lossy(&wrong.stderr);
+    assert_eq!(wrong.status.code(), Some(3), "{stderr}");
+    assert!(stderr.contains("not the one given with --ca-fingerprint") && !stderr.contains(&lab.token), "{stderr}");
+    let none = run("");
+    let stderr = String::from_utf8_lossy(&none.stderr);
+    assert_eq!(none.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("needs the cluster's CA fingerprint"), "{stderr}");
 
     // The used-up token, presented straight to the leader's join route by a fifth node.
     let fifth = Arc::new(Pki::open(&scratch.join("node5")).expect("a PKI"));

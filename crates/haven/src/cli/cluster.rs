@@ -85,7 +85,7 @@ pub(super) async fn run(c: &Client, fmt: Format, cmd: ClusterCmd) -> Result<(), 
                 let file = CliConfig {
                     server: Some(strip(c.base()).to_string()),
                     token: Some(r.admin_token.clone()),
-                    ca_file: None,
+                    ca_fingerprint: Some(r.ca_fingerprint.clone()),
                 };
                 match super::config::save(&file) {
                     Ok(saved) => Some(saved),
@@ -105,7 +105,8 @@ pub(super) async fn run(c: &Client, fmt: Format, cmd: ClusterCmd) -> Result<(), 
                 match &saved {
                     Some((path, old)) => {
                         println!(
-                            "saved with the server in {} (mode 0600): the CLI uses it from now on",
+                            "saved with the server and the CA fingerprint in {} (mode 0600): the CLI uses \
+                             them from now on, over HTTPS",
                             path.display()
                         );
                         if let Some(old) = old {

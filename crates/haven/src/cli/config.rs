@@ -6,7 +6,7 @@
 //! ```toml
 //! server = "10.0.0.1:7400,10.0.0.2:7400"
 //! token = "hvn_..."
-//! # ca_file = "/etc/haven/ca.pem"   (the cluster CA, for TLS)
+//! ca_fingerprint = "5f3a..."   # the cluster CA's SHA-256: the CLI then speaks HTTPS
 //! ```
 
 use std::io::Write;
@@ -27,9 +27,9 @@ pub struct CliConfig {
     /// An API token's secret, as for `--token`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token: Option<String>,
-    /// The cluster CA's certificate (PEM), for TLS to the agents.
+    /// The cluster CA's fingerprint, as for `--ca-fingerprint`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ca_file: Option<PathBuf>,
+    pub ca_fingerprint: Option<String>,
 }
 
 /// Where the file is: `$XDG_CONFIG_HOME/haven/cli.toml`, else `$HOME/.config/haven/cli.toml`;
@@ -58,7 +58,7 @@ fn load_from(path: &Path) -> Result<CliConfig, Failure> {
     let config: CliConfig = toml::from_str(&text).map_err(|e| Failure {
         code: EXIT_USAGE,
         message: format!(
-            "{} does not fit: {}; it may set server, token and ca_file (see `haven --help`)",
+            "{} does not fit: {}; it may set server, token and ca_fingerprint (see `haven --help`)",
             path.display(),
             e.message()
         ),
@@ -124,7 +124,11 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("haven").join("cli.toml");
         assert_eq!(load_from(&path).ok(), Some(CliConfig::default()));
-        let c = CliConfig { server: Some("127.0.0.1:7400".into()), token: Some("hvn_x".into()), ca_file: None };
+        let c = CliConfig {
+            server: Some("127.0.0.1:7400".into()),
+            token: Some("hvn_x".into()),
+            ca_fingerprint: Some("ab".repeat(32)),
+        };
         assert_eq!(save_to(&path, &c), Ok(None));
         assert_eq!(std::fs::metadata(&path).expect("file").permissions().mode() & 0o777, 0o600);
         assert_eq!(load_from(&path).ok(), Some(c.clone()));

@@ -52,14 +52,15 @@ EXIT STATUS:
      request id and how to look it up
 
 ENVIRONMENT:
-  HAVEN_SERVER  the agents to talk to (same as --server), e.g. 127.0.0.1:7401,127.0.0.1:7402
-  HAVEN_TOKEN   the API token to send (same as --token)
+  HAVEN_SERVER          the agents to talk to (same as --server), e.g. 127.0.0.1:7401,127.0.0.1:7402
+  HAVEN_TOKEN           the API token to send (same as --token)
+  HAVEN_CA_FINGERPRINT  the cluster CA to pin, for HTTPS (same as --ca-fingerprint)
 
 CONFIG FILE:
   $XDG_CONFIG_HOME/haven/cli.toml (default ~/.config/haven/cli.toml), mode 0600, with
-  `server = \"...\"` and `token = \"hvn_...\"` (and `ca_file`, for TLS); `haven cluster init`
-  writes it. A flag wins over the environment, the environment over the file; without any,
-  the server is 127.0.0.1:7400 and no token is sent.";
+  `server = \"...\"`, `token = \"hvn_...\"` and `ca_fingerprint = \"...\"`; `haven cluster init`
+  writes all three. A flag wins over the environment, the environment over the file; without
+  any, the server is 127.0.0.1:7400, no token is sent, and the CLI speaks plain HTTP.";
 
 /// Haven: a failover cluster manager for virtual machines and the services beside them.
 ///
@@ -78,6 +79,14 @@ pub struct Cli {
     /// `haven token create`. [default: `token` in cli.toml]
     #[arg(long, global = true, env = "HAVEN_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    /// The cluster CA's SHA-256 fingerprint (64 hex digits, as `haven cluster init` and
+    /// `haven cluster token create` print it): the CLI then talks HTTPS to the agents and
+    /// trusts an agent only if its certificate is signed by that CA (any member of the
+    /// cluster; its name is not checked). `init` and `join` talk to an agent that is not in
+    /// the cluster yet and ignore it (`join` has its own). [default: `ca_fingerprint` in
+    /// cli.toml; without one, plain HTTP, which agents take only on loopback]
+    #[arg(long, global = true, env = "HAVEN_CA_FINGERPRINT", value_name = "SHA256")]
+    pub ca_fingerprint: Option<String>,
     /// Output format of read commands.
     #[arg(short = 'o', long = "output", global = true, value_enum, default_value = "table")]
     pub output: Format,
@@ -159,7 +168,7 @@ pub async fn run(cli: Cli) -> ExitCode {
         Cmd::Agent(a) => agent::run(a, false).await,
         Cmd::Witness(a) => agent::run(a, true).await,
         Cmd::Demo(d) => crate::demo::run(d, cli.output).await,
-        other => match client(cli.server, cli.token) {
+        other => match client(cli.server, cli.token, cli.ca_fingerprint, pins_the_ca(&other)) {
             Ok(c) => client_command(&c, cli.output, other).await,
             Err(f) => Err(f),
         },
@@ -176,12 +185,45 @@ pub async fn run(cli: Cli) -> ExitCode {
 /// How long one request to one agent may take.
 const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
+/// Whether `cmd` talks to members of the cluster, so that a configured CA fingerprint
+/// applies: `cluster init` and `cluster join` talk to an agent that is not in it yet (it has
+/// only a temporary certificate), over plain HTTP unless the server is given as https://.
+fn pins_the_ca(cmd: &Cmd) -> bool {
+    !matches!(cmd, Cmd::Cluster(ClusterCmd::Init { .. } | ClusterCmd::Join { .. }))
+}
+
 /// The client the flags, the environment or the config file describe, in that order (clap
-/// reads the first two into `server` and `token`).
-fn client(server: Option<String>, token: Option<String>) -> Result<Client, Failure> {
-    let file = if server.is_none() || token.is_none() { config::load()? } else { config::CliConfig::default() };
+/// reads the first two into `server`, `token` and `ca`). With a CA fingerprint (and `pin`)
+/// a bare `host:port` is reached over HTTPS, trusting only that CA.
+fn client(server: Option<String>, token: Option<String>, ca: Option<String>, pin: bool) -> Result<Client, Failure> {
+    let file = if server.is_none() || token.is_none() || ca.is_none() {
+        config::load()?
+    } else {
+        config::CliConfig::default()
+    };
     let server = server.or(file.server).unwrap_or_else(|| "127.0.0.1:7400".to_string());
-    let client = Client::with_servers(&servers(&server)?, REQUEST_TIMEOUT);
+    let servers = servers(&server)?;
+    let ca = ca.filter(|c| !c.trim().is_empty()).or(file.ca_fingerprint);
+    let client = match ca.filter(|_| pin) {
+        Some(given) => {
+            let fingerprint = haven_agent::pki::normalize_fingerprint(&given)
+                .map_err(|e| usage(format!("{e} (it came from --ca-fingerprint, HAVEN_CA_FINGERPRINT or cli.toml)")))?;
+            let timeouts = (haven_api::client::CONNECT_TIMEOUT, REQUEST_TIMEOUT);
+            let (http, _) = haven_agent::pki::pinned_client(&fingerprint, timeouts)
+                .map_err(|e| Failure { code: EXIT_UNAVAILABLE, message: e.to_string() })?;
+            Client::with_http(&servers, http, "https")
+        }
+        None if servers.iter().any(|s| s.starts_with("https://")) => {
+            return Err(usage(if pin {
+                "an https:// server needs the cluster's CA fingerprint to check the agent against: give \
+                 --ca-fingerprint (printed by `haven cluster init` and `haven cluster token create`)"
+            } else {
+                "`cluster init` and `cluster join` talk to an agent that is not in a cluster yet, which has no \
+                 certificate the CLI could check: run them on the agent's own host, over plain HTTP (host:port)"
+            }));
+        }
+        None => Client::with_servers(&servers, REQUEST_TIMEOUT),
+    };
     Ok(match token.or(file.token) {
         Some(t) => client.with_token(&t),
         None => client,

@@ -27,6 +27,9 @@ pub struct Lab {
     /// The admin API token `cluster init` made (every node's client sends it); empty
     /// before the cluster is founded.
     pub token: String,
+    /// The cluster CA's fingerprint (the CLI pins it, [`Lab::cli`]); empty before the
+    /// cluster is founded.
+    pub ca_fingerprint: String,
 }
 
 impl Lab {
@@ -55,11 +58,10 @@ impl Lab {
             let addr = format!("{net}.{i}:{LAB_PORT}");
             let dir = tmp.path().join(name);
             std::fs::create_dir_all(&dir).expect("cannot create a node directory");
-            // The harness reaches the API over plain HTTP; on the namespaces' addresses (not
-            // loopback) the agent must be told it may (peer traffic is mutual TLS either way).
-            let plain = if netns { "plain_http_api = true\n" } else { "" };
+            // On the namespaces' addresses (not loopback) the agents take the API over HTTPS
+            // only, as in production: see `found_with`.
             let config = format!(
-                "id = {i}\nname = \"{name}\"\nlisten = \"{addr}\"\nstate_dir = \"{}\"\n{plain}\n[timing]\nprofile = \"aggressive\"\n",
+                "id = {i}\nname = \"{name}\"\nlisten = \"{addr}\"\nstate_dir = \"{}\"\n\n[timing]\nprofile = \"aggressive\"\n",
                 dir.join("state").display()
             );
             std::fs::write(dir.join("agent.toml"), config).expect("cannot write an agent config");
@@ -88,6 +90,7 @@ impl Lab {
             net,
             netns: ns,
             token: String::new(),
+            ca_fingerprint: String::new(),
         })
     }
 
@@ -144,23 +147,26 @@ impl Lab {
         for i in 0..lab.nodes.len() {
             lab.wait_answering(i).await;
         }
-        let init = lab.nodes[0].client.init_cluster("lab").await.expect("cluster init failed");
-        lab.token = init.admin_token.clone();
-        lab.nodes[0].client = lab.nodes[0].client.with_token(&init.admin_token);
-        if n > 1 {
-            let uses = u32::try_from(n - 1).unwrap_or(1);
-            let request = haven_api::JoinTokenRequest { ttl: None, uses: Some(uses) };
-            let token = lab.nodes[0].client.create_join_token(&request).await.expect("a join token");
-            for i in 1..n {
-                lab.nodes[i]
-                    .client
-                    .join_cluster(&lab.nodes[0].addr, &token.token, &token.ca_fingerprint)
-                    .await
-                    .unwrap_or_else(|e| panic!("{} could not join: {e}", lab.nodes[i].name));
+        if lab.netns.is_some() {
+            lab.found_from_the_hosts(n).await;
+        } else {
+            let init = lab.nodes[0].client.init_cluster("lab").await.expect("cluster init failed");
+            lab.token = init.admin_token.clone();
+            lab.ca_fingerprint = init.ca_fingerprint.clone();
+            lab.nodes[0].client = lab.nodes[0].client.with_token(&init.admin_token);
+            if n > 1 {
+                let token = lab.join_token(n).await;
+                for i in 1..n {
+                    lab.nodes[i]
+                        .client
+                        .join_cluster(&lab.nodes[0].addr, &token.token, &token.ca_fingerprint)
+                        .await
+                        .unwrap_or_else(|e| panic!("{} could not join: {e}", lab.nodes[i].name));
+                }
             }
-        }
-        for node in &mut lab.nodes {
-            node.client = node.client.with_token(&init.admin_token);
+            for node in &mut lab.nodes {
+                node.client = node.client.with_token(&init.admin_token);
+            }
         }
         lab.wait_until(&format!("all {n} nodes up, with a leader and a lease, on every node"), 30, async || {
             for i in 0..n {
@@ -172,6 +178,39 @@ impl Lab {
         })
         .await;
         lab
+    }
+
+    /// A join token for the other `n - 1` founding nodes, from node 1.
+    async fn join_token(&self, n: usize) -> haven_api::JoinTokenCreated {
+        let uses = u32::try_from(n - 1).unwrap_or(1);
+        let request = haven_api::JoinTokenRequest { ttl: None, uses: Some(uses) };
+        self.nodes[0].client.create_join_token(&request).await.expect("a join token")
+    }
+
+    /// Founds the cluster of the first `n` nodes of a lab in network namespaces as an
+    /// operator must when the agents listen on addresses that are not loopback: `cluster
+    /// init` and `cluster join` with the CLI run on each node's own host (its namespace),
+    /// where the agent takes plain HTTP; from outside, every node's client then speaks
+    /// HTTPS and trusts only the cluster CA.
+    async fn found_from_the_hosts(&mut self, n: usize) {
+        let init = self.cli_on_host(0, &["cluster", "init", "--name", "lab", "--no-config"]);
+        let init: haven_api::InitResponse = serde_json::from_value(init).expect("the init's JSON");
+        self.token = init.admin_token.clone();
+        self.ca_fingerprint = init.ca_fingerprint.clone();
+        let timeouts = (haven_api::client::CONNECT_TIMEOUT, Duration::from_secs(10));
+        let (https, _) = haven_agent::pki::pinned_client(&init.ca_fingerprint, timeouts).expect("an HTTPS client");
+        for node in &mut self.nodes {
+            node.client = Client::with_http(&[&node.addr], https.clone(), "https").with_token(&init.admin_token);
+        }
+        if n > 1 {
+            let token = self.join_token(n).await;
+            for i in 1..n {
+                let member = self.nodes[0].addr.clone();
+                let args =
+                    ["cluster", "join", &member, "--token", &token.token, "--ca-fingerprint", &token.ca_fingerprint];
+                self.cli_on_host(i, &args);
+            }
+        }
     }
 
     pub fn dir(&self) -> &Path {

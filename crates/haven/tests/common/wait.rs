@@ -13,11 +13,12 @@ const POLL: Duration = Duration::from_millis(100);
 const LOG_TAIL_LINES: usize = 25;
 
 impl Lab {
-    /// Waits until node `i`'s API answers.
+    /// Waits until node `i`'s API answers (a refusal is an answer: an agent in a network
+    /// namespace refuses plain HTTP from the test process).
     pub async fn wait_answering(&self, i: usize) {
         let c = &self.nodes[i].client;
         self.wait_until(&format!("{} to answer on {}", self.nodes[i].name, self.nodes[i].addr), 20, async || {
-            c.cluster_status().await.is_ok()
+            !matches!(c.cluster_status().await, Err(haven_api::ClientError::Unreachable { .. }))
         })
         .await;
     }
