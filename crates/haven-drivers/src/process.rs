@@ -216,7 +216,9 @@ impl ProcessDriver {
         let resource = &ctx.spec.name;
         let mut env = BTreeMap::new();
         let mut ids = None;
-        if let Some(user) = &params.user {
+        let agent_is_root = sys::effective_uid() == 0;
+        let user = params.user.clone().or_else(|| agent_is_root.then(|| DEFAULT_USER.to_string()));
+        if let Some(user) = &user {
             let account = sys::lookup_user(user)
                 .map_err(|source| DriverError::UserLookup { resource: resource.clone(), user: user.clone(), source })?
                 .ok_or_else(|| DriverError::UnknownUser {
@@ -237,6 +239,16 @@ impl ProcessDriver {
         }
         env.extend(params.env.iter().map(|(k, v)| (k.clone(), v.clone())));
         let cwd = params.cwd.as_ref().map_or_else(|| ctx.run_dir.clone(), PathBuf::from);
+        if let Some((uid, gid)) = ids
+            && params.cwd.is_none()
+        {
+            // The run directory is the process's working directory: its user may write there.
+            std::os::unix::fs::chown(&ctx.run_dir, Some(uid), Some(gid)).map_err(|source| DriverError::RunDir {
+                resource: resource.clone(),
+                path: ctx.run_dir.clone(),
+                source,
+            })?;
+        }
         if !cwd.is_dir() {
             return Err(DriverError::Spawn {
                 resource: resource.clone(),
@@ -637,22 +649,27 @@ fn signal_name(sig: i32) -> Option<&'static str> {
     })
 }
 
+/// The account a `process` resource runs as when the agent runs as root and the resource
+/// names no `params.user` (see `ProcessParams::user`).
+pub const DEFAULT_USER: &str = "nobody";
+
 fn spawn_hint(error: &io::Error, params: &ProcessParams, launch: &Launch, node: &str) -> String {
     let program = params.argv.first().map(String::as_str).unwrap_or("");
+    let path = launch.env.get("PATH").cloned().or_else(|| std::env::var("PATH").ok()).unwrap_or_default();
+    // A PATH search by another user reports "permission denied" when it met a directory that
+    // user may not enter, though the program is in none of them.
+    let nowhere_in_path = !program.contains('/') && !std::env::split_paths(&path).any(|dir| dir.join(program).exists());
     match error.kind() {
         io::ErrorKind::NotFound if program.contains('/') => {
             format!("{program:?} does not exist on node {node:?}; check params.argv[0]")
         }
-        io::ErrorKind::NotFound => {
-            let path = launch.env.get("PATH").cloned().or_else(|| std::env::var("PATH").ok()).unwrap_or_default();
-            format!(
-                "program {program:?} is not in PATH ({path}) on node {node:?}; install it there or \
-                 give its full path in params.argv[0]"
-            )
-        }
+        io::ErrorKind::NotFound | io::ErrorKind::PermissionDenied if nowhere_in_path => format!(
+            "program {program:?} is not in PATH ({path}) on node {node:?}; install it there or \
+             give its full path in params.argv[0]"
+        ),
         io::ErrorKind::PermissionDenied => format!(
             "check that {program:?} is executable{} and that its working directory {} is accessible",
-            if params.user.is_some() { " by params.user" } else { "" },
+            if launch.ids.is_some() { " by the resource's user (params.user, default nobody)" } else { "" },
             launch.cwd.display()
         ),
         _ => "check params.argv and the node's resources (memory, process limits)".into(),

@@ -394,16 +394,38 @@ async fn users_are_resolved() {
         p.lines().find(|l| l.starts_with("nobody:")).and_then(|l| l.split(':').nth(2).map(str::to_string))
     });
     let (true, Some(uid)) = (is_root, nobody_uid) else { return };
-    let ctx = ctx(&dir, spec("as-nobody", json!({"argv": ["sleep", "1000"], "user": "nobody", "cwd": "/"})));
-    d.start(&ctx).await.expect("start as nobody");
-    let pid = recorded_pid(&ctx);
+    let named = ctx(&dir, spec("as-nobody", json!({"argv": ["sleep", "1000"], "user": "nobody", "cwd": "/"})));
+    d.start(&named).await.expect("start as nobody");
+    let pid = recorded_pid(&named);
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
     let uid_line = status.lines().find(|l| l.starts_with("Uid:")).expect("Uid line");
     assert_eq!(uid_line.split_whitespace().nth(1), Some(uid.as_str()), "{uid_line}");
     let groups_line = status.lines().find(|l| l.starts_with("Groups:")).expect("Groups line");
     assert!(!groups_line.split_whitespace().any(|g| g == "0"), "root's groups are dropped: {groups_line}");
-    d.stop(&ctx).await.expect("stop");
+    d.stop(&named).await.expect("stop");
     assert!(!alive(pid));
+
+    // No user given: an agent running as root runs the command as `nobody`, in a run
+    // directory handed to it; root is an explicit choice.
+    let uid_of = |pid: i32| {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+        status.lines().find(|l| l.starts_with("Uid:")).and_then(|l| l.split_whitespace().nth(1)).map(str::to_string)
+    };
+    let by_default = ctx(&dir, spec("by-default", json!({"argv": ["sh", "-c", "echo mine > own; exec sleep 1000"]})));
+    d.start(&by_default).await.expect("start with the default user");
+    let pid = recorded_pid(&by_default);
+    assert_eq!(uid_of(pid), Some(uid.clone()), "the default is nobody");
+    let owner = std::os::unix::fs::MetadataExt::uid(&std::fs::metadata(&by_default.run_dir).expect("run dir"));
+    assert_eq!(owner.to_string(), uid, "the run directory is nobody's");
+    eventually("the command to write in its run directory", || async {
+        std::fs::read_to_string(by_default.run_dir.join("own")).ok().filter(|t| t == "mine\n")
+    })
+    .await;
+    d.stop(&by_default).await.expect("stop");
+    let as_root = ctx(&dir, spec("as-root", json!({"argv": ["sleep", "1000"], "user": "root"})));
+    d.start(&as_root).await.expect("start as root");
+    assert_eq!(uid_of(recorded_pid(&as_root)).as_deref(), Some("0"), "root when asked for");
+    d.stop(&as_root).await.expect("stop");
 }
 
 #[test]

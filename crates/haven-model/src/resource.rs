@@ -162,7 +162,10 @@ pub struct ProcessParams {
     /// Working directory. Default: the resource's run directory under the agent's state dir.
     #[serde(default)]
     pub cwd: Option<String>,
-    /// Run as this user (needs the agent to run as root). Default: the agent's user.
+    /// Run as this user (another user than the agent's needs the agent to run as root).
+    /// Default: when the agent runs as root, the unprivileged account `nobody` (the node
+    /// must have it), and the run directory is handed to it; running as `root` is a choice
+    /// to write down here. When the agent does not run as root, the agent's own user.
     #[serde(default)]
     pub user: Option<String>,
     /// The thorough check, run every `is_alive_interval`. Default: none (only the cheap

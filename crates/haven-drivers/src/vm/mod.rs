@@ -253,7 +253,13 @@ impl VmDriver {
             name: ctx.spec.name.clone(),
             group: ctx.spec.group.clone(),
             kind: ResourceKind::Process,
-            params: serde_json::json!({ "argv": argv }),
+            // QEMU runs as the agent's user: as root when the agent is (it opens /dev/kvm,
+            // the volumes and the sockets the agent made), not as the default `nobody`.
+            params: if crate::sys::effective_uid() == 0 {
+                serde_json::json!({ "argv": argv, "user": "root" })
+            } else {
+                serde_json::json!({ "argv": argv })
+            },
             props: ctx.spec.props.clone(),
             depends_on: vec![],
         };

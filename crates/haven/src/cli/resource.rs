@@ -42,7 +42,8 @@ pub enum ResourceCmd {
         /// Working directory of the process.
         #[arg(long)]
         cwd: Option<String>,
-        /// Run the process as this user.
+        /// Run the process as this user. [default: `nobody` when the agent runs as root (its
+        /// run directory is handed to it); give `root` to run as root]
         #[arg(long)]
         user: Option<String>,
         /// Thorough health check: connect to host:port.
