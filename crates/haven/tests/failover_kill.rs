@@ -37,6 +37,7 @@ async fn killed_leader_owner_fails_over_and_does_not_start_again_when_back() {
 async fn killed_owner_fails_over_and_does_not_start_again_when_back(owner_is_leader: bool) {
     let mut lab = Lab::start(3).await;
     let evidence = lab.dir().join("evidence.log");
+    common::writable_by_anyone(&evidence); // the resource runs as nobody
 
     let leader = lab.leader_seen_by(0).await.expect("a leader");
     let a = (0..3).find(|i| (lab.node(*i).id == leader) == owner_is_leader).expect("a node of that kind");

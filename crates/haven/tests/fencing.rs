@@ -30,6 +30,7 @@ async fn group_waits_while_fencing_fails_and_fails_over_once_fenced() {
     }
     let mut lab = Lab::start(3).await;
     let evidence = lab.dir().join("evidence");
+    common::writable_by_anyone(&evidence); // the resource runs as nobody
     let status_file = lab.dir().join("fence_dummy.status");
 
     // The owner is a follower, so the leader (which runs fence agents) survives.

@@ -26,6 +26,7 @@ fn slow_stop_script(file: &Path) -> String {
 async fn moves_and_drains_wait_for_the_old_owner_to_stop() {
     let lab = Lab::start(3).await;
     let evidence = lab.dir().join("evidence.log");
+    common::writable_by_anyone(&evidence); // the resource runs as nobody
     let c = lab.client(0).clone();
     c.create_group(&group_preferring("g", &["node1"])).await.expect("create group g");
     let r = ResourceSpec {

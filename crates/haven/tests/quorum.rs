@@ -22,6 +22,7 @@ fn starts(evidence: &Path) -> Vec<String> {
 async fn survivor_without_quorum_stops_its_resources_refuses_writes_and_recovers_alone() {
     let mut lab = Lab::start(3).await;
     let evidence = lab.dir().join("evidence");
+    common::writable_by_anyone(&evidence); // the resource runs as nobody
     let c = lab.client(0).clone();
     // One group per node: g1 on node1, g2 on node2, g3 on node3.
     for i in 0..3 {

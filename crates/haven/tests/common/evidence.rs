@@ -93,6 +93,9 @@ impl Lab {
     /// Creates, through node `via`, group `g` preferring `owner` with one `process`
     /// resource `r` that appends evidence lines to `evidence` (see [`evidence_script`]).
     pub async fn create_evidence_group(&self, via: usize, owner: &str, evidence: &Path) {
+        // The resource runs as the default user (`nobody`, the agents running as root): the
+        // file it appends to is made writable for it, as an operator would.
+        writable_by_anyone(evidence);
         let c = self.client(via);
         c.create_group(&GroupSpec { preferred_owners: vec![owner.to_string()], ..GroupSpec::new("g") })
             .await
@@ -103,4 +106,11 @@ impl Lab {
         };
         c.create_resource(&r).await.expect("create resource r");
     }
+}
+
+/// Creates `file` (empty, if missing) with mode 0666, for a resource running as `nobody`.
+pub fn writable_by_anyone(file: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::OpenOptions::new().create(true).append(true).open(file).expect("create the evidence file");
+    std::fs::set_permissions(file, std::fs::Permissions::from_mode(0o666)).expect("chmod the evidence file");
 }

@@ -40,7 +40,7 @@ mod wait;
 #[allow(unused_imports)]
 pub use api::{group_preferring, looks_alive};
 #[allow(unused_imports)]
-pub use evidence::{Stint, assert_no_overlap, evidence_script, lines_from, stints};
+pub use evidence::{Stint, assert_no_overlap, evidence_script, lines_from, stints, writable_by_anyone};
 #[allow(unused_imports)]
 pub use guest::{installed, test_guest};
 #[allow(unused_imports)]
