@@ -23,6 +23,7 @@ use haven_drivers::{Depth, Health, ResourceCtx};
 use haven_model::ResourceSpec;
 use haven_node::lrm::{self, GroupLrm, LrmRule, Op, Outcome, Step, View};
 use haven_node::{Lease, Micros};
+use haven_state::imbl::ordmap::DiffItem;
 use haven_state::{Command, State};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -74,29 +75,52 @@ impl Seen {
 pub async fn run(agent: Arc<Agent>, stop: watch::Receiver<bool>) {
     let mut idle: BTreeMap<String, Group> = probe(&agent, &stop).await;
     let mut workers: BTreeMap<String, JoinHandle<Group>> = BTreeMap::new();
+    // The idle cores that something could make active without their group changing in the
+    // state (`GroupLrm::concerns`: placed here, moving to or from here, holding something):
+    // looked at on every wake. Every other core is looked at only when the state changes
+    // its group, found by diffing the groups table with the one seen last (which skips
+    // the subtrees the two share), so a commit costs what it changed, not the state's size.
+    let mut concerned: BTreeSet<String> = idle.keys().cloned().collect();
+    let mut last_groups: Option<haven_state::Map<haven_model::Group>> = None;
     let mut state_rx = agent.db.subscribe();
     let mut stop_rx = stop.clone();
     loop {
+        let mut look = std::mem::take(&mut concerned);
         let finished: Vec<String> = workers.iter().filter(|(_, h)| h.is_finished()).map(|(g, _)| g.clone()).collect();
         for name in finished {
             if let Some(h) = workers.remove(&name)
                 && let Ok(group) = h.await
             {
-                idle.insert(name, group);
+                idle.insert(name.clone(), group);
             }
+            look.insert(name);
         }
         let seen = Seen::now(&agent, &stop);
         let view = seen.view(&agent);
-        // Cores of groups the state no longer has, with nothing left here, are dropped.
-        idle.retain(|name, g| seen.state.groups.contains_key(name) || g.core.active(&view));
-        let names: BTreeSet<String> =
-            seen.state.groups.keys().chain(idle.keys()).filter(|g| !workers.contains_key(*g)).cloned().collect();
-        for name in names {
+        let groups = &seen.state.groups;
+        match &last_groups {
+            Some(before) if before.ptr_eq(groups) => {}
+            Some(before) => look.extend(before.diff(groups).map(|change| match change {
+                DiffItem::Add(name, _) | DiffItem::Update { new: (name, _), .. } | DiffItem::Remove(name, _) => {
+                    name.clone()
+                }
+            })),
+            None => look.extend(groups.keys().chain(idle.keys()).cloned()),
+        }
+        last_groups = Some(groups.clone());
+        for name in look {
+            if workers.contains_key(&name) {
+                continue;
+            }
             let group =
                 idle.remove(&name).unwrap_or_else(|| Group { core: GroupLrm::new(&name), ctxs: BTreeMap::new() });
             if group.core.active(&view) {
                 workers.insert(name, tokio::spawn(work(agent.clone(), group, stop.clone())));
-            } else if seen.state.groups.contains_key(&name) {
+            } else if groups.contains_key(&name) {
+                // (A core of a group the state no longer has, with nothing left here, is dropped.)
+                if group.core.concerns(&seen.state, agent.name()) {
+                    concerned.insert(name.clone());
+                }
                 idle.insert(name, group);
             }
         }

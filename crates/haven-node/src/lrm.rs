@@ -296,6 +296,21 @@ impl GroupLrm {
             || self.release_due(v).is_some()
     }
 
+    /// Whether anything could make this core [`active`](Self::active) here, whatever the
+    /// lease, the clock or the agent's stop flag: it holds a call, a resource or a failure,
+    /// or the group is placed here or moving to or from here. A core that is not concerned
+    /// stays inactive until its group changes in the state, so a supervisor need look at
+    /// it again only then (the agent's does: the cost of a commit then follows the groups
+    /// it changed, not how many the state holds).
+    pub fn concerns(&self, state: &State, me: &str) -> bool {
+        self.busy.is_some()
+            || !self.running.is_empty()
+            || self.failing.is_some()
+            || state.groups.get(&self.group).is_some_and(|g| {
+                g.owner.as_deref() == Some(me) || g.handoff.as_ref().is_some_and(|h| h.from == me || h.to == me)
+            })
+    }
+
     /// Whether the group should run here now (starting needs more: [`View::may_start`]).
     fn desired(&self, v: &View) -> bool {
         self.why_not_here(v).is_none() && v.lease_valid()

@@ -354,7 +354,9 @@ fn write_state(
 }
 
 /// Request outcomes keep the order they were applied in: a new one gets the next sequence
-/// number, one that is still there keeps its row.
+/// number, one that is still there keeps its row. When `requests` was made from `before`
+/// by applying (the usual case), only what changed is touched
+/// ([`RequestOutcomes::changes_since`]); otherwise the two are compared whole.
 fn write_requests(
     txn: &WriteTransaction,
     before: &RequestOutcomes,
@@ -363,6 +365,30 @@ fn write_requests(
     written: &mut Written,
 ) -> Result<(), OpError> {
     let mut table = txn.open_table(REQUESTS)?;
+    if let Some(changes) = requests.changes_since(before)
+        && changes.updated.iter().all(|(id, _)| rows.seq_of.contains_key(*id))
+    {
+        for id in changes.dropped {
+            if let Some(seq) = rows.seq_of.remove(id) {
+                table.remove(seq)?;
+            }
+        }
+        for (id, outcome) in changes.updated {
+            if let Some(seq) = rows.seq_of.get(id).copied() {
+                written.put_numbered(&mut table, seq, &(id, outcome))?;
+            }
+        }
+        for (id, outcome) in changes.recorded {
+            if let Some(old) = rows.seq_of.remove(id) {
+                table.remove(old)?;
+            }
+            let seq = rows.next_seq;
+            rows.next_seq += 1;
+            written.put_numbered(&mut table, seq, &(id, outcome))?;
+            rows.seq_of.insert(id.to_string(), seq);
+        }
+        return Ok(());
+    }
     let mut gone = Vec::new();
     for (id, seq) in &rows.seq_of {
         if requests.get(id).is_none() {

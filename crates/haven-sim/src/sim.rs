@@ -798,8 +798,12 @@ impl Sim {
             let Some(mut core) = n.workers.remove(&gname) else { continue };
             let mut out = Vec::new();
             let (mut begin, mut wake, mut abandoned) = (None, None, None);
+            let unconcerned_but_active;
             {
                 let view = n.view(local, rule);
+                // The agent's supervisor looks at a core it is not concerned with only when
+                // its group changes: such a core must never be active.
+                unconcerned_but_active = !core.concerns(view.state, view.me) && core.active(&view);
                 if let Some(op) = core.busy().cloned() {
                     // `raced` in the agent: a start or check in progress may be abandoned.
                     match core.interrupt(&view) {
@@ -823,7 +827,12 @@ impl Sim {
             if abandoned.is_some() {
                 n.busy.remove(&gname); // its completion, if it comes, is ignored
             }
-            n.workers.insert(gname, core);
+            n.workers.insert(gname.clone(), core);
+            if unconcerned_but_active {
+                let message =
+                    format!("{}: the core of {gname} is active though it concerns the node not", self.names[node]);
+                self.violate("lrm-concerns", message);
+            }
             if let Some((op, why)) = abandoned {
                 self.note(|s| format!("{}: {} abandoned ({why:?})", s.names[node], describe_op(&op)));
             }

@@ -28,7 +28,7 @@ pub use error::{ErrorCode, StateError};
 /// The persistent collections of [`State`] (so that users name the same version).
 pub use imbl;
 pub use requests::{
-    REQUEST_ID_MAX_LEN, REQUEST_OUTCOME_AGE_MS, REQUEST_OUTCOME_LIMIT, RequestOutcome, RequestOutcomes,
+    OutcomeChanges, REQUEST_ID_MAX_LEN, REQUEST_OUTCOME_AGE_MS, REQUEST_OUTCOME_LIMIT, RequestOutcome, RequestOutcomes,
     validate_request_id,
 };
 pub use resources::Resources;
