@@ -100,6 +100,9 @@ class ProcessWorkload:
         return {
             "argv": [*self.service_argv, str(self.port), self.evidence_path, bind],
             "check": check,
+            # The service appends to the bench's evidence file in its own (private) work
+            # directory: it runs as root, which a process resource must ask for.
+            "user": "root",
         }
 
     def create(self, api):

@@ -242,12 +242,30 @@ impl ProcessDriver {
         if let Some((uid, gid)) = ids
             && params.cwd.is_none()
         {
-            // The run directory is the process's working directory: its user may write there.
+            // The run directory is the process's working directory: its user may write there,
+            // and must be able to reach it.
             std::os::unix::fs::chown(&ctx.run_dir, Some(uid), Some(gid)).map_err(|source| DriverError::RunDir {
                 resource: resource.clone(),
                 path: ctx.run_dir.clone(),
                 source,
             })?;
+            if let Some((dir, mode)) = closed_ancestor(&ctx.run_dir, uid, gid) {
+                let user = user.as_deref().unwrap_or(DEFAULT_USER);
+                return Err(DriverError::Spawn {
+                    resource: resource.clone(),
+                    command: show_command(&params.argv),
+                    hint: format!(
+                        "user {user:?} cannot reach its run directory {} on node {:?}: {} (mode {mode:o}) lets only \
+                         its owner in; run `chmod o+x {}` (the agent's state_dir and the directories above it must \
+                         be searchable), or set params.user",
+                        ctx.run_dir.display(),
+                        ctx.node,
+                        dir.display(),
+                        dir.display()
+                    ),
+                    source: io::Error::from(io::ErrorKind::PermissionDenied),
+                });
+            }
         }
         if !cwd.is_dir() {
             return Err(DriverError::Spawn {
@@ -646,6 +664,24 @@ fn signal_name(sig: i32) -> Option<&'static str> {
         libc::SIGALRM => "SIGALRM",
         libc::SIGTERM => "SIGTERM",
         _ => return None,
+    })
+}
+
+/// The first directory above `dir` that user `uid` (group `gid`) may not search, with its
+/// mode: the reason a process of that user could not make `dir` its working directory.
+fn closed_ancestor(dir: &Path, uid: u32, gid: u32) -> Option<(PathBuf, u32)> {
+    use std::os::unix::fs::MetadataExt;
+    dir.ancestors().skip(1).find_map(|a| {
+        let meta = fs::metadata(a).ok()?;
+        let mode = meta.mode() & 0o7777;
+        let bit = if meta.uid() == uid {
+            0o100
+        } else if meta.gid() == gid {
+            0o010
+        } else {
+            0o001
+        };
+        (mode & bit == 0).then(|| (a.to_path_buf(), mode))
     })
 }
 

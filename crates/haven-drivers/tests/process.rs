@@ -422,6 +422,17 @@ async fn users_are_resolved() {
     })
     .await;
     d.stop(&by_default).await.expect("stop");
+    // A state directory the default user cannot reach: refused, naming the directory and
+    // the fix.
+    let closed = dir.path().join("closed");
+    std::fs::create_dir(&closed).expect("mkdir");
+    std::fs::set_permissions(&closed, std::os::unix::fs::PermissionsExt::from_mode(0o700)).expect("chmod");
+    let shut_out = ResourceCtx::new("node-1", spec("shut-out", json!({"argv": ["sleep", "1000"]})), &closed);
+    let err = d.start(&shut_out).await.expect_err("its run directory is out of reach").to_string();
+    assert!(
+        err.contains("cannot reach its run directory") && err.contains(&format!("chmod o+x {}", closed.display())),
+        "{err}"
+    );
     let as_root = ctx(&dir, spec("as-root", json!({"argv": ["sleep", "1000"], "user": "root"})));
     d.start(&as_root).await.expect("start as root");
     assert_eq!(uid_of(recorded_pid(&as_root)).as_deref(), Some("0"), "root when asked for");
