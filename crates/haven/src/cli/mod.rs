@@ -84,7 +84,8 @@ pub struct Cli {
     /// trusts an agent only if its certificate is signed by that CA (any member of the
     /// cluster; its name is not checked). `init` and `join` talk to an agent that is not in
     /// the cluster yet and ignore it (`join` has its own). [default: `ca_fingerprint` in
-    /// cli.toml; without one, plain HTTP, which agents take only on loopback]
+    /// cli.toml; without one, plain HTTP, which an agent takes only from its own host unless
+    /// it listens on loopback]
     #[arg(long, global = true, env = "HAVEN_CA_FINGERPRINT", value_name = "SHA256")]
     pub ca_fingerprint: Option<String>,
     /// Output format of read commands.
