@@ -187,6 +187,8 @@ pub async fn gate(AxState(agent): AxState<Arc<Agent>>, mut req: Request, next: N
                     )
                     .into_response();
                 }
+                // Raft's routes bind each message to the node it speaks for (`SenderId`).
+                req.extensions_mut().insert(haven_raft::network::SenderId(p.id));
                 req.extensions_mut().insert(p);
             }
         }

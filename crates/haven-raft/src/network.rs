@@ -19,7 +19,7 @@ use axum::extract::{FromRequest, FromRequestParts, Query, Request, State as Axum
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use openraft::error::{
     Fatal, InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, ReplicationClosed, StreamingError,
     Timeout, Unreachable,
@@ -376,14 +376,47 @@ struct Peer {
     snapshots: std::sync::Arc<tokio::sync::Semaphore>,
 }
 
+/// The node id the sender's certificate vouches for, put in a request's extensions by the
+/// server in front of these routes (the agent's listener). A vote, an append or a snapshot
+/// that speaks for another node is refused: a member cannot campaign or lead in another's
+/// name. Without it (a server that authenticates no one, as in this crate's tests) nothing
+/// is checked.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SenderId(pub u64);
+
+/// `Err` (403) when the sender's certificate is for another node than the one `vote`
+/// speaks for.
+fn check_sender(sender: Option<Extension<SenderId>>, vote: &Vote<u64>, what: &str) -> Result<(), Response> {
+    match sender {
+        Some(Extension(SenderId(id))) if id != vote.leader_id().node_id => {
+            Err(RpcRejection(haven_api::body::BodyError {
+                status: 403,
+                code: "wrong_node",
+                message: format!(
+                    "this {what} speaks for node {}, but the sender's certificate is node {id}'s: a node sends Raft \
+                 messages in its own name only",
+                    vote.leader_id().node_id
+                ),
+                field: None,
+            })
+            .into_response())
+        }
+        _ => Ok(()),
+    }
+}
+
 async fn append(
     AxumState(peer): AxumState<Peer>,
+    sender: Option<Extension<SenderId>>,
     RpcBody(rpc): RpcBody<AppendEntriesRequest<TypeConfig>, APPEND_LIMIT>,
-) -> Json<Result<AppendEntriesResponse<u64>, RaftError<u64>>> {
+) -> Response {
+    if let Err(refused) = check_sender(sender, &rpc.vote, "append") {
+        return refused;
+    }
     // Noted before Raft sees it, so that it is noted before any reply can vouch for the
     // sender (see `contact`).
     peer.contact.note(rpc.vote.leader_id().term);
-    Json(peer.raft.append_entries(rpc).await)
+    Json(peer.raft.append_entries(rpc).await).into_response()
 }
 
 /// Query of `GET /internal/raft/leader-contact`.
@@ -402,12 +435,16 @@ async fn contact(AxumState(peer): AxumState<Peer>, RpcQuery(q): RpcQuery<Contact
 
 async fn vote(
     AxumState(peer): AxumState<Peer>,
+    sender: Option<Extension<SenderId>>,
     RpcBody(rpc): RpcBody<VoteRequest<u64>, VOTE_LIMIT>,
-) -> Json<Result<VoteResponse<u64>, RaftError<u64>>> {
-    Json(peer.raft.vote(rpc).await)
+) -> Response {
+    if let Err(refused) = check_sender(sender, &rpc.vote, "vote request") {
+        return refused;
+    }
+    Json(peer.raft.vote(rpc).await).into_response()
 }
 
-async fn snapshot(AxumState(peer): AxumState<Peer>, req: Request) -> Response {
+async fn snapshot(AxumState(peer): AxumState<Peer>, sender: Option<Extension<SenderId>>, req: Request) -> Response {
     // The permit is taken before the body is read: a second sender waits, its body unread.
     let Ok(_permit) = peer.snapshots.clone().acquire_owned().await else {
         return RpcRejection(haven_api::body::BodyError {
@@ -437,6 +474,9 @@ async fn snapshot(AxumState(peer): AxumState<Peer>, req: Request) -> Response {
             .into_response();
         }
     };
+    if let Err(refused) = check_sender(sender, &transfer.vote, "snapshot") {
+        return refused;
+    }
     let raft = peer.raft;
     let snapshot = Snapshot { meta: transfer.meta, snapshot: Box::new(Cursor::new(transfer.data.into_bytes())) };
     let reply: Result<SnapshotResponse<u64>, Fatal<u64>> = raft.install_full_snapshot(transfer.vote, snapshot).await;

@@ -1,6 +1,7 @@
 //! Peer identity, end to end (real agents, real TLS, loopback): a process without a
 //! certificate of the cluster CA cannot send Raft messages, lease renewals, forwarded writes
-//! or joins; a member cannot renew another member's lease, and a forwarded write's author is
+//! or joins; a member cannot renew another member's lease or send Raft messages in another
+//! node's name, and a forwarded write's author is
 //! the one its certificate vouches for; a join with a wrong, expired or used-up token, or
 //! against a wrong CA fingerprint, is refused with a message that says so (and never quotes
 //! the token); the CLI speaks HTTPS pinned to the cluster CA and refuses an agent of
@@ -107,6 +108,14 @@ async fn strangers_wrong_tokens_and_wrong_fingerprints_are_refused() {
     let groups = lab.client(0).groups().await.expect("groups");
     assert_eq!(groups.len(), state_before, "no forged write was applied: {groups:?}");
     assert!(groups.iter().all(|g| g.group.spec.name != "forged"));
+
+    // A member cannot send Raft messages in another node's name.
+    for (path, body) in peer_routes().into_iter().filter(|(p, _)| p.starts_with("/internal/raft/")) {
+        let r = node2.post(format!("https://{leader_addr}{path}")).json(&body).send().await.expect("an answer");
+        assert_eq!(r.status().as_u16(), 403, "{path} in node 9's name");
+        let text = r.text().await.unwrap_or_default();
+        assert!(text.contains("wrong_node") && text.contains("in its own name only"), "{path}: {text}");
+    }
 
     // A member cannot renew another member's lease.
     let r = node2.post(format!("https://{leader_addr}/internal/heartbeat")).json(&serde_json::json!({"node": "node3"}));
