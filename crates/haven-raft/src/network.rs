@@ -384,12 +384,12 @@ struct Peer {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SenderId(pub u64);
 
-/// `Err` (403) when the sender's certificate is for another node than the one `vote`
+/// The refusal (403) when the sender's certificate is for another node than the one `vote`
 /// speaks for.
-fn check_sender(sender: Option<Extension<SenderId>>, vote: &Vote<u64>, what: &str) -> Result<(), Response> {
+fn wrong_sender(sender: Option<Extension<SenderId>>, vote: &Vote<u64>, what: &str) -> Option<Response> {
     match sender {
-        Some(Extension(SenderId(id))) if id != vote.leader_id().node_id => {
-            Err(RpcRejection(haven_api::body::BodyError {
+        Some(Extension(SenderId(id))) if id != vote.leader_id().node_id => Some(
+            RpcRejection(haven_api::body::BodyError {
                 status: 403,
                 code: "wrong_node",
                 message: format!(
@@ -399,9 +399,9 @@ fn check_sender(sender: Option<Extension<SenderId>>, vote: &Vote<u64>, what: &st
                 ),
                 field: None,
             })
-            .into_response())
-        }
-        _ => Ok(()),
+            .into_response(),
+        ),
+        _ => None,
     }
 }
 
@@ -410,7 +410,7 @@ async fn append(
     sender: Option<Extension<SenderId>>,
     RpcBody(rpc): RpcBody<AppendEntriesRequest<TypeConfig>, APPEND_LIMIT>,
 ) -> Response {
-    if let Err(refused) = check_sender(sender, &rpc.vote, "append") {
+    if let Some(refused) = wrong_sender(sender, &rpc.vote, "append") {
         return refused;
     }
     // Noted before Raft sees it, so that it is noted before any reply can vouch for the
@@ -438,7 +438,7 @@ async fn vote(
     sender: Option<Extension<SenderId>>,
     RpcBody(rpc): RpcBody<VoteRequest<u64>, VOTE_LIMIT>,
 ) -> Response {
-    if let Err(refused) = check_sender(sender, &rpc.vote, "vote request") {
+    if let Some(refused) = wrong_sender(sender, &rpc.vote, "vote request") {
         return refused;
     }
     Json(peer.raft.vote(rpc).await).into_response()
@@ -474,7 +474,7 @@ async fn snapshot(AxumState(peer): AxumState<Peer>, sender: Option<Extension<Sen
             .into_response();
         }
     };
-    if let Err(refused) = check_sender(sender, &transfer.vote, "snapshot") {
+    if let Some(refused) = wrong_sender(sender, &transfer.vote, "snapshot") {
         return refused;
     }
     let raft = peer.raft;
