@@ -80,7 +80,8 @@ pub async fn run(agent: Arc<Agent>, stop: watch::Receiver<bool>) {
     // looked at on every wake. Every other core is looked at only when the state changes
     // its group, found by diffing the groups table with the one seen last (which skips
     // the subtrees the two share), so a commit costs what it changed, not the state's size.
-    let mut concerned: BTreeSet<String> = idle.keys().cloned().collect();
+    // (The first wake looks at every group of the state and every core the probe made.)
+    let mut concerned: BTreeSet<String> = BTreeSet::new();
     let mut last_groups: Option<haven_state::Map<haven_model::Group>> = None;
     let mut state_rx = agent.db.subscribe();
     let mut stop_rx = stop.clone();

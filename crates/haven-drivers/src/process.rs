@@ -216,8 +216,8 @@ impl ProcessDriver {
         let resource = &ctx.spec.name;
         let mut env = BTreeMap::new();
         let mut ids = None;
-        let agent_is_root = sys::effective_uid() == 0;
-        let user = params.user.clone().or_else(|| agent_is_root.then(|| DEFAULT_USER.to_string()));
+        let agent_uid = sys::effective_uid();
+        let user = params.user.clone().or_else(|| (agent_uid == 0).then(|| DEFAULT_USER.to_string()));
         if let Some(user) = &user {
             let account = sys::lookup_user(user)
                 .map_err(|source| DriverError::UserLookup { resource: resource.clone(), user: user.clone(), source })?
@@ -226,7 +226,6 @@ impl ProcessDriver {
                     node: ctx.node.clone(),
                     user: user.clone(),
                 })?;
-            let agent_uid = sys::effective_uid();
             if agent_uid != account.uid {
                 if agent_uid != 0 {
                     return Err(DriverError::NotRoot { resource: resource.clone(), user: user.clone(), agent_uid });
