@@ -213,22 +213,29 @@ fn guest_records(lab: &Lab, image: &Path) -> (Vec<Boot>, Vec<Alive>) {
     let boots = boots_text
         .lines()
         .filter_map(|l| {
-            let f: Vec<&str> = l.split_whitespace().collect();
+            let f: Vec<&str> = l.trim_matches('\0').split_whitespace().collect();
             (f.len() == 4 && f[0] == "boot").then(|| {
                 assert_eq!(f[3], VM, "a boot line of another guest: {l:?}");
                 Boot { id: f[1].to_string(), epoch: f[2].parse().expect("an epoch") }
             })
         })
         .collect();
-    let alive = alive_text
+    // A guest killed mid-append can leave the tail of alive.log as NUL bytes: ext4 grew
+    // the file, the data never reached the disk. That is a lost line, not a second
+    // writer, and the next boot's append can follow it on the same "line"; so NULs are
+    // dropped and lines left empty skipped (counted below).
+    let torn = alive_text.bytes().filter(|&b| b == 0).count();
+    let alive: Vec<Alive> = alive_text
         .lines()
+        .map(|l| l.trim_matches('\0'))
+        .filter(|l| !l.is_empty())
         .map(|l| {
             let f: Vec<&str> = l.split_whitespace().collect();
             assert!(f.len() == 4 && f[0] == "alive", "unexpected line in alive.log: {l:?}");
             Alive { id: f[1].to_string(), seq: f[2].parse().expect("a seq"), epoch: f[3].parse().expect("an epoch") }
         })
         .collect();
-    println!("boots.log:\n{boots_text}alive.log: {} lines", alive_text.lines().count());
+    println!("boots.log:\n{boots_text}alive.log: {} lines, {torn} NUL bytes of torn appends", alive.len());
     (boots, alive)
 }
 
