@@ -60,10 +60,15 @@ pub(crate) fn apply(s: &mut State, req: &Request) -> Response {
         Command::CreateJoinToken { token_hash, expires_at, uses } => {
             crate::pki::create_join_token(s, at, by, token_hash, *expires_at, *uses)
         }
-        Command::JoinNode { node, token_hash, cert_serial } => {
-            crate::pki::join_node(s, at, by, node, token_hash, cert_serial)
+        Command::JoinNode { node, token_hash, cert_serial, cert_ca } => {
+            crate::pki::join_node(s, at, by, node, token_hash, cert_serial, cert_ca.as_deref())
         }
-        Command::RecordNodeCert { node, serial } => crate::pki::record_node_cert(s, at, node, serial),
+        Command::RecordNodeCert { node, serial, ca } => {
+            crate::pki::record_node_cert(s, at, by, node, serial, ca.as_deref())
+        }
+        Command::RenewNodeCert { node } => crate::pki::renew_node_cert(s, at, by, node),
+        Command::RotateCa { ca, previous } => crate::pki::rotate_ca(s, at, by, ca, previous.as_ref()),
+        Command::RetireCa { fingerprint } => crate::pki::retire_ca(s, at, by, fingerprint),
         Command::SetNodePaused { name, paused } => {
             let n = node_mut(s, name)?;
             if n.paused == *paused {
@@ -656,7 +661,7 @@ fn batch(s: &mut State, req: &Request, commands: &[Command]) -> Response {
 }
 
 /// `"a", "b"`: names as the operator typed them.
-fn quoted(names: &[String]) -> String {
+pub(crate) fn quoted(names: &[String]) -> String {
     names.iter().map(|n| format!("{n:?}")).collect::<Vec<_>>().join(", ")
 }
 

@@ -108,6 +108,10 @@ pub struct State {
     /// Revoked certificates by serial (hex): every agent refuses them.
     #[serde(default)]
     pub revoked_certs: Map<pki::RevokedCert>,
+    /// The CAs the cluster trusts, the one that signs first; empty until the first CA
+    /// rotation (until then each agent trusts the CA in its `pki/ca.pem`). See [`pki`].
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cas: Vec<pki::ClusterCa>,
     /// The API's bearer tokens by name, each only as the hash of its secret (see [`tokens`]).
     #[serde(default)]
     pub api_tokens: Map<ApiToken>,
@@ -181,12 +185,37 @@ pub enum Command {
         node: Node,
         token_hash: String,
         cert_serial: String,
+        /// The fingerprint of the CA that signed it (absent in entries written before CA
+        /// rotation existed).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        cert_ca: Option<String>,
     },
-    /// The founding node's own certificate (a joined node's comes with `JoinNode`); a
-    /// different serial for the same node revokes the old one.
+    /// A node's current certificate: the founder's own, or one a node renewed; a different
+    /// serial for the same node revokes the old one, and the renewal it was asked for is
+    /// done.
     RecordNodeCert {
         node: String,
         serial: String,
+        /// The fingerprint of the CA that signed it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        ca: Option<String>,
+    },
+    /// An admin asked for `node`'s certificate to be replaced: its agent renews it (a new
+    /// key, signed by the cluster's signing CA) and the old one is revoked.
+    RenewNodeCert {
+        node: String,
+    },
+    /// A new cluster CA: it signs from now on, and the one before stays trusted until it is
+    /// retired. `previous` is the CA the cluster had before CAs were kept in the state (the
+    /// first rotation only).
+    RotateCa {
+        ca: pki::ClusterCa,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        previous: Option<pki::ClusterCa>,
+    },
+    /// The CA with `fingerprint` is trusted no more (once no node's certificate is from it).
+    RetireCa {
+        fingerprint: String,
     },
     AddNode {
         node: Node,

@@ -47,6 +47,47 @@ pub struct NodeCert {
     /// The certificate's serial number, lower-case hex.
     pub serial: String,
     pub issued_at: Millis,
+    /// The fingerprint of the CA that signed it; empty for a certificate recorded before
+    /// CA rotation existed.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub ca: String,
+    /// An admin asked for it to be replaced (`haven node renew-cert`); cleared by the
+    /// renewal.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub renew: bool,
+}
+
+/// A CA the cluster trusts (`State::cas`, the signing one first).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ClusterCa {
+    /// SHA-256 of the certificate's DER, lower-case hex: what a joiner or the CLI pins.
+    pub fingerprint: String,
+    /// The self-signed CA certificate, PEM.
+    pub certificate: String,
+    /// The same CA (subject and key) certified by the CA before it, PEM: served in every
+    /// chain while both are trusted, so that a client pinning the old fingerprint can
+    /// still verify a certificate the new CA signed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cross_certificate: Option<String>,
+    pub added_at: Millis,
+    /// The node that made it: the other voters fetch its key from it (or from any voter
+    /// that has it by then).
+    pub holder: String,
+}
+
+/// Longest CA certificate PEM the state takes.
+pub const CA_PEM_MAX: usize = 8 * 1024;
+
+/// The CA that signs new certificates, once CAs are kept in the state.
+pub fn signing_ca(s: &State) -> Option<&ClusterCa> {
+    s.cas.first()
+}
+
+/// Whether `node`'s agent should replace its certificate: an admin asked, or the cluster
+/// signs with a CA that did not sign it.
+pub fn wants_new_cert(s: &State, node: &str) -> bool {
+    let Some(cert) = s.node_certs.get(node) else { return false };
+    cert.renew || signing_ca(s).is_some_and(|ca| ca.fingerprint != cert.ca)
 }
 
 /// A revoked certificate (`State::revoked_certs`, by serial).
@@ -174,9 +215,11 @@ pub(crate) fn join_node(
     node: &Node,
     token_hash: &str,
     serial: &str,
+    ca: Option<&str>,
 ) -> Response {
     check_join_token(s, token_hash, req_at).map_err(StateError::conflict)?;
     validate_serial(serial)?;
+    let ca = validate_ca_ref(s, ca)?;
     if s.revoked_certs.contains_key(serial) {
         return Err(invalid("cert_serial", format!("certificate serial {serial} is revoked; issue a new one")));
     }
@@ -184,8 +227,25 @@ pub(crate) fn join_node(
     if let Some(t) = s.join_tokens.get_mut(token_hash) {
         t.used += 1;
     }
-    s.node_certs.insert(node.name.clone(), NodeCert { serial: serial.to_string(), issued_at: req_at });
+    s.node_certs
+        .insert(node.name.clone(), NodeCert { serial: serial.to_string(), issued_at: req_at, ca, renew: false });
     Ok(reply)
+}
+
+/// The fingerprint a certificate record names: 64 hex digits, of a CA the cluster trusts
+/// once the state keeps them.
+fn validate_ca_ref(s: &State, ca: Option<&str>) -> Result<String, StateError> {
+    let Some(ca) = ca else { return Ok(String::new()) };
+    if !is_hex(ca, 64, 64) {
+        return Err(invalid("ca", "ca must be the 64 lower-case hex digits of a CA certificate's SHA-256".into()));
+    }
+    if !s.cas.is_empty() && !s.cas.iter().any(|c| c.fingerprint == ca) {
+        return Err(invalid(
+            "ca",
+            format!("the CA {ca} is not one the cluster trusts (`haven cluster ca` lists them)"),
+        ));
+    }
+    Ok(ca.to_string())
 }
 
 fn validate_serial(serial: &str) -> Result<(), StateError> {
@@ -198,17 +258,154 @@ fn validate_serial(serial: &str) -> Result<(), StateError> {
 
 /// `RecordNodeCert`: the founding node's own certificate (joined nodes get theirs with
 /// `JoinNode`).
-pub(crate) fn record_node_cert(s: &mut State, at: Millis, node: &str, serial: &str) -> Response {
+pub(crate) fn record_node_cert(
+    s: &mut State,
+    at: Millis,
+    by: &str,
+    node: &str,
+    serial: &str,
+    ca: Option<&str>,
+) -> Response {
     if !s.nodes.contains_key(node) {
         return Err(StateError::not_found("node", node));
     }
     validate_serial(serial)?;
+    if s.revoked_certs.contains_key(serial) {
+        return Err(invalid("serial", format!("certificate serial {serial} is revoked; renew again")));
+    }
+    let ca = validate_ca_ref(s, ca)?;
+    let mut message = None;
     if let Some(old) = s.node_certs.get(node)
         && old.serial != serial
     {
         s.revoked_certs.insert(old.serial.clone(), RevokedCert { node: node.to_string(), revoked_at: at });
+        message = Some(format!(
+            "node {node:?} has a new certificate (serial {serial}{}); the old one (serial {}) is revoked",
+            if ca.is_empty() { String::new() } else { format!(", CA {}", short(&ca)) },
+            old.serial
+        ));
     }
-    s.node_certs.insert(node.to_string(), NodeCert { serial: serial.to_string(), issued_at: at });
+    s.node_certs.insert(node.to_string(), NodeCert { serial: serial.to_string(), issued_at: at, ca, renew: false });
+    if let Some(message) = message {
+        crate::apply::event(s, at, by, "node-cert-renewed", Some(node), None, None, message);
+    }
+    Ok(Reply::None)
+}
+
+/// The first 16 hex digits of a fingerprint, for history lines.
+fn short(fingerprint: &str) -> &str {
+    &fingerprint[..fingerprint.len().min(16)]
+}
+
+/// `RenewNodeCert`.
+pub(crate) fn renew_node_cert(s: &mut State, at: Millis, by: &str, node: &str) -> Response {
+    if !s.nodes.contains_key(node) {
+        return Err(StateError::not_found("node", node));
+    }
+    let Some(cert) = s.node_certs.get_mut(node) else {
+        return Err(StateError::conflict(format!(
+            "node {node:?} has no certificate on record (it joined before certificates existed); remove it and \
+             join it again"
+        )));
+    };
+    cert.renew = true;
+    let message = format!("a new certificate was asked for node {node:?}: its agent renews it, the old one is revoked");
+    crate::apply::event(s, at, by, "node-cert-renewal-requested", Some(node), None, None, message);
+    Ok(Reply::None)
+}
+
+fn validate_ca(field: &str, ca: &ClusterCa) -> Result<(), StateError> {
+    if !is_hex(&ca.fingerprint, 64, 64) {
+        return Err(invalid(field, format!("{field}.fingerprint must be 64 lower-case hex digits")));
+    }
+    for (what, pem) in [("certificate", Some(&ca.certificate)), ("cross_certificate", ca.cross_certificate.as_ref())] {
+        if let Some(pem) = pem
+            && (pem.len() > CA_PEM_MAX || !pem.starts_with("-----BEGIN CERTIFICATE-----"))
+        {
+            return Err(invalid(
+                field,
+                format!("{field}.{what} must be one PEM certificate of at most {CA_PEM_MAX} bytes"),
+            ));
+        }
+    }
+    haven_model::validate_name(&format!("{field}.holder"), &ca.holder).map_err(|e| invalid(field, e.to_string()))
+}
+
+/// `RotateCa`: the new CA signs from now on; the one before stays trusted until retired.
+pub(crate) fn rotate_ca(s: &mut State, at: Millis, by: &str, ca: &ClusterCa, previous: Option<&ClusterCa>) -> Response {
+    crate::apply::require_cluster(s)?;
+    validate_ca("ca", ca)?;
+    if let Some(p) = previous {
+        validate_ca("previous", p)?;
+    }
+    if s.cas.len() > 1 {
+        return Err(StateError::conflict(format!(
+            "a CA rotation is in progress: the cluster trusts CA {} and CA {}; retire the old one first \
+             (`haven cluster ca retire {}`, once `haven cluster ca` shows every node renewed)",
+            short(&s.cas[0].fingerprint),
+            short(&s.cas[1].fingerprint),
+            s.cas[1].fingerprint
+        )));
+    }
+    if ca.cross_certificate.is_none() {
+        return Err(invalid("ca", "ca.cross_certificate is required: the new CA certified by the current one".into()));
+    }
+    let old = match (s.cas.first(), previous) {
+        (Some(cur), None) => cur.clone(),
+        (Some(cur), Some(p)) if cur.fingerprint == p.fingerprint => cur.clone(),
+        (Some(cur), Some(_)) => {
+            return Err(StateError::conflict(format!(
+                "the cluster's signing CA is {}, not the previous CA given; retry (the rotation raced another)",
+                short(&cur.fingerprint)
+            )));
+        }
+        (None, Some(p)) => p.clone(),
+        (None, None) => {
+            return Err(invalid("previous", "previous is required: the cluster's CAs are not in the state yet".into()));
+        }
+    };
+    if old.fingerprint == ca.fingerprint {
+        return Err(invalid("ca", "the new CA is the current one".into()));
+    }
+    let message = format!(
+        "CA rotation: CA {} signs from now on, CA {} stays trusted until it is retired; every node renews its \
+         certificate",
+        short(&ca.fingerprint),
+        short(&old.fingerprint)
+    );
+    s.cas = vec![ca.clone(), old];
+    crate::apply::event(s, at, by, "ca-rotated", None, None, None, message);
+    Ok(Reply::None)
+}
+
+/// `RetireCa`.
+pub(crate) fn retire_ca(s: &mut State, at: Millis, by: &str, fingerprint: &str) -> Response {
+    let Some(i) = s.cas.iter().position(|c| c.fingerprint == fingerprint) else {
+        return Err(StateError::not_found("CA", fingerprint));
+    };
+    if i == 0 {
+        return Err(StateError::conflict(format!(
+            "CA {} is the one that signs; only an older CA can be retired (`haven cluster ca rotate` makes a new one)",
+            short(fingerprint)
+        )));
+    }
+    let signing = s.cas[0].fingerprint.clone();
+    let behind: Vec<String> = s
+        .node_certs
+        .iter()
+        .filter(|(name, c)| s.nodes.contains_key(*name) && c.ca != signing)
+        .map(|(name, _)| name.clone())
+        .collect();
+    if !behind.is_empty() {
+        return Err(StateError::conflict(format!(
+            "nodes {} still have certificates the new CA did not sign; wait until they renewed (`haven cluster ca` \
+             shows progress; a node that is down renews when it is back) or remove them",
+            crate::apply::quoted(&behind)
+        )));
+    }
+    s.cas.remove(i);
+    let message = format!("CA {} retired: certificates it signed are refused from now on", short(fingerprint));
+    crate::apply::event(s, at, by, "ca-retired", None, None, None, message);
     Ok(Reply::None)
 }
 
@@ -256,7 +453,12 @@ mod tests {
     }
 
     fn join(s: &mut State, at: Millis, id: u64, name: &str, token: &str, serial: &str) -> Response {
-        let cmd = Command::JoinNode { node: node(id, name), token_hash: token.into(), cert_serial: serial.into() };
+        let cmd = Command::JoinNode {
+            node: node(id, name),
+            token_hash: token.into(),
+            cert_serial: serial.into(),
+            cert_ca: None,
+        };
         s.apply(&Request::new(at, name, cmd))
     }
 
@@ -296,7 +498,7 @@ mod tests {
     #[test]
     fn removing_a_node_revokes_its_certificate() {
         let mut s = cluster();
-        s.apply(&Request::new(0, "a", Command::RecordNodeCert { node: "a".into(), serial: "01".into() }))
+        s.apply(&Request::new(0, "a", Command::RecordNodeCert { node: "a".into(), serial: "01".into(), ca: None }))
             .expect("the founder's certificate");
         let create = Command::CreateJoinToken { token_hash: hash('a'), expires_at: 3_600_000, uses: 1 };
         s.apply(&Request::new(0, "operator", create)).expect("token created");
@@ -305,5 +507,75 @@ mod tests {
         assert!(is_revoked(&s, "0b"));
         assert!(!is_revoked(&s, "01"));
         assert!(s.history.back().is_some_and(|e| e.message.contains("serial 0b")), "{:?}", s.history.back());
+    }
+    fn ca(c: char, holder: &str, cross: bool) -> ClusterCa {
+        ClusterCa {
+            fingerprint: hash(c),
+            certificate: format!("-----BEGIN CERTIFICATE-----\n{c}\n-----END CERTIFICATE-----\n"),
+            cross_certificate: cross.then(|| "-----BEGIN CERTIFICATE-----\nx\n-----END CERTIFICATE-----\n".into()),
+            added_at: 0,
+            holder: holder.into(),
+        }
+    }
+
+    fn record(s: &mut State, node: &str, serial: &str, ca: Option<char>) -> Response {
+        let cmd = Command::RecordNodeCert { node: node.into(), serial: serial.into(), ca: ca.map(hash) };
+        s.apply(&Request::new(0, node, cmd))
+    }
+
+    #[test]
+    fn a_ca_rotation_makes_every_node_renew_and_the_old_ca_retires_only_after_the_last_renewal() {
+        let mut s = cluster();
+        record(&mut s, "a", "01", Some('1')).expect("the founder's certificate");
+        let create = Command::CreateJoinToken { token_hash: hash('a'), expires_at: 3_600_000, uses: 1 };
+        s.apply(&Request::new(0, "operator", create)).expect("token created");
+        join(&mut s, 1000, 2, "b", &hash('a'), "0b").expect("joined (a certificate from before rotation)");
+        assert!(!wants_new_cert(&s, "a") && !wants_new_cert(&s, "b"), "no rotation, no renewal");
+
+        // The first rotation must bring the CA the cluster had, and a cross certificate.
+        let rotate = |ca, previous| Command::RotateCa { ca, previous };
+        let e = s.apply(&Request::new(0, "admin", rotate(ca('2', "a", true), None))).unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("previous"), "{e}");
+        let e = s.apply(&Request::new(0, "admin", rotate(ca('2', "a", false), Some(ca('1', "a", false))))).unwrap_err();
+        assert!(e.message.contains("cross_certificate"), "{e}");
+        s.apply(&Request::new(0, "admin", rotate(ca('2', "a", true), Some(ca('1', "a", false))))).expect("rotated");
+        assert_eq!(signing_ca(&s).map(|c| c.fingerprint.clone()), Some(hash('2')));
+        assert_eq!(s.cas.len(), 2);
+        assert!(wants_new_cert(&s, "a") && wants_new_cert(&s, "b"), "every node renews");
+        let e = s.apply(&Request::new(0, "admin", rotate(ca('3', "a", true), None))).unwrap_err();
+        assert!(e.message.contains("in progress"), "one rotation at a time: {e}");
+
+        // Retiring waits for the last node; a certificate of an unknown CA is refused.
+        let retire = |c| Command::RetireCa { fingerprint: hash(c) };
+        let e = s.apply(&Request::new(0, "admin", retire('2'))).unwrap_err();
+        assert!(e.message.contains("signs"), "the signing CA is not retired: {e}");
+        let e = record(&mut s, "a", "02", Some('9')).unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("ca"), "{e}");
+        record(&mut s, "a", "02", Some('2')).expect("a renewed");
+        assert!(is_revoked(&s, "01"), "the renewed node's old certificate is revoked");
+        assert!(!wants_new_cert(&s, "a") && wants_new_cert(&s, "b"));
+        let e = s.apply(&Request::new(0, "admin", retire('1'))).unwrap_err();
+        assert!(e.message.contains("\"b\""), "names the node still behind: {e}");
+        record(&mut s, "b", "0c", Some('2')).expect("b renewed");
+        let e = record(&mut s, "b", "0b", Some('2')).unwrap_err();
+        assert!(e.message.contains("revoked"), "a revoked serial does not come back: {e}");
+        s.apply(&Request::new(0, "admin", retire('1'))).expect("retired");
+        assert_eq!(s.cas.iter().map(|c| c.fingerprint.clone()).collect::<Vec<_>>(), vec![hash('2')]);
+        assert!(s.history.back().is_some_and(|e| e.kind == "ca-retired"));
+    }
+
+    #[test]
+    fn an_admin_asked_renewal_is_pending_until_the_node_records_a_new_certificate() {
+        let mut s = cluster();
+        let renew = Command::RenewNodeCert { node: "a".into() };
+        let e = s.apply(&Request::new(0, "admin", renew.clone())).unwrap_err();
+        assert!(e.message.contains("no certificate on record"), "{e}");
+        record(&mut s, "a", "01", None).expect("the founder's certificate");
+        s.apply(&Request::new(0, "admin", renew)).expect("asked");
+        assert!(wants_new_cert(&s, "a"));
+        record(&mut s, "a", "02", None).expect("renewed");
+        assert!(!wants_new_cert(&s, "a") && is_revoked(&s, "01"));
+        let e = s.apply(&Request::new(0, "admin", Command::RenewNodeCert { node: "zz".into() })).unwrap_err();
+        assert!(e.message.contains("zz"), "{e}");
     }
 }
