@@ -85,7 +85,8 @@ impl Failure {
 
 /// A request for one other agent.
 pub(crate) struct Forward<'a> {
-    http: &'a reqwest::Client,
+    /// (A handle on the pool: the agent's peer client may be replaced meanwhile.)
+    http: reqwest::Client,
     /// The other node as messages name it ("the leader (node 2)", "node \"b\"").
     to: String,
     /// Its `host:port`.
@@ -94,8 +95,8 @@ pub(crate) struct Forward<'a> {
 }
 
 impl<'a> Forward<'a> {
-    pub(crate) fn new(http: &'a reqwest::Client, to: impl Into<String>, addr: &'a str, wait: Wait) -> Forward<'a> {
-        Forward { http, to: to.into(), addr, wait }
+    pub(crate) fn new(http: &reqwest::Client, to: impl Into<String>, addr: &'a str, wait: Wait) -> Forward<'a> {
+        Forward { http: http.clone(), to: to.into(), addr, wait }
     }
 
     pub(crate) async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, Failure> {

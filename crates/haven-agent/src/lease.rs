@@ -142,8 +142,9 @@ async fn renew_once(agent: &Agent) -> Option<HeartbeatReply> {
     } else {
         // Give up on this leader as soon as another one is known (see `run`).
         let mut metrics = agent.db.raft().metrics();
+        let http = agent.peers.get();
         tokio::select! {
-            reply = peer::send_heartbeat(&agent.peers, &addr, &hb, timeout) => reply,
+            reply = peer::send_heartbeat(&http, &addr, &hb, timeout) => reply,
             Ok(_) = metrics.wait_for(|m| m.current_leader != Some(leader_id)) => None,
         }
     }

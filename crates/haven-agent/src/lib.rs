@@ -15,6 +15,7 @@
 //! This crate decides nothing about placement or failover itself; it executes.
 
 mod api;
+mod certs;
 pub mod config;
 pub mod control;
 pub mod fence;
@@ -50,7 +51,8 @@ pub struct Agent {
     pub db: ClusterDb,
     /// Client for all peer traffic (`forward`: writes to the leader, heartbeats, joins, VM
     /// calls to the owner; Raft's RPCs): mutual TLS with this node's certificate.
-    pub peers: reqwest::Client,
+    /// The client of peer traffic (mutual TLS); replaced when this node's certificate is.
+    pub peers: haven_raft::network::PeerHttp,
     /// The cluster CA and this node's certificate, hot-swapped at init and join.
     pub pki: Arc<pki::Pki>,
     /// Whether plain HTTP may reach the public API (a loopback address, or `plain_http_api`).
@@ -217,7 +219,7 @@ impl Agent {
             let reason = "this node has no certificate yet (its join is in progress)".to_string();
             return Attempt::Again { reason, maybe_sent: false };
         }
-        match peer::forward_write(&self.peers, &addr, req).await {
+        match peer::forward_write(&self.peers.get(), &addr, req).await {
             Ok(resp) => Attempt::Done(Box::new(resp)),
             Err(peer::ForwardError::NotSent(m)) => Attempt::Again { reason: m, maybe_sent: false },
             Err(peer::ForwardError::MaybeSent(m)) => Attempt::Again { reason: m, maybe_sent: true },
@@ -319,7 +321,7 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Res
     let pki = Arc::new(pki::Pki::open(&config.state_dir.join("pki"))?);
     // Peer traffic goes straight to the peer (never through an `HTTP_PROXY` the node may
     // have set for other programs), over mutual TLS.
-    let peers = pki.peer_client()?;
+    let peers = haven_raft::network::PeerHttp::new(pki.peer_client()?);
     let network = haven_raft::network::HttpNetworkFactory::with_client(config.id, peers.clone(), "https");
     let db = ClusterDb::open_with_network(&config.state_dir.join("raft"), config.id, tuning, network)
         .await
@@ -369,6 +371,7 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Res
         tokio::spawn(control::run(agent.clone(), stop_rx.clone())),
         tokio::spawn(api::auth::audit_writer(agent.clone())),
         tokio::spawn(api::auth::first_token_for_an_upgraded_cluster(agent.clone())),
+        tokio::spawn(certs::run(agent.clone(), stop_rx.clone())),
     ];
     // A witness votes and renews its lease but never runs resources.
     // Probe KVM in the background so the first VM start does not pay for it.

@@ -42,8 +42,10 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 pub enum Connection {
     /// Plain HTTP; `local`: from this host itself (see the module header).
     Plain { local: bool },
-    /// TLS; `peer`: the client's verified certificate, if it gave one.
-    Tls { peer: Option<PeerCert> },
+    /// TLS; `peer`: the client's verified certificate, if it gave one, and the
+    /// fingerprint of the trusted CA that signed it (checked again per request: a retired
+    /// CA's connections end with it).
+    Tls { peer: Option<(PeerCert, String, Arc<Vec<Vec<u8>>>)> },
 }
 
 /// Serves `router` on `listener` until `stop` turns true; open connections are then asked
@@ -71,8 +73,8 @@ pub async fn serve(listener: TcpListener, router: Router, pki: Arc<Pki>, mut sto
             _ = async { let _ = stop.wait_for(|s| *s).await; } => break,
         };
         while connections.try_join_next().is_some() {}
-        let (router, tls, stop) = (router.clone(), tls.clone(), stop.clone());
-        connections.spawn(async move { connection(tcp, remote, router, tls, stop).await });
+        let (router, tls, stop, pki) = (router.clone(), tls.clone(), stop.clone(), pki.clone());
+        connections.spawn(async move { connection(tcp, remote, router, tls, &pki, stop).await });
     }
     while connections.join_next().await.is_some() {}
 }
@@ -82,6 +84,7 @@ async fn connection(
     remote: SocketAddr,
     router: Router,
     tls: tokio_rustls::TlsAcceptor,
+    pki: &Pki,
     stop: watch::Receiver<bool>,
 ) {
     let _ = tcp.set_nodelay(true);
@@ -99,8 +102,12 @@ async fn connection(
             }
             Err(_) => return,
         };
-        let peer =
-            stream.get_ref().1.peer_certificates().and_then(|c| c.first()).and_then(|c| crate::pki::peer_cert(c));
+        let peer = stream.get_ref().1.peer_certificates().and_then(|chain| {
+            let chain: Vec<Vec<u8>> = chain.iter().map(|c| c.to_vec()).collect();
+            let cert = crate::pki::peer_cert(chain.first()?)?;
+            let issuer = pki.issuer_of(&chain)?;
+            Some((cert, issuer, Arc::new(chain)))
+        });
         http(TokioIo::new(stream), remote, Connection::Tls { peer }, router, stop).await;
     } else {
         let local = from_this_host(remote, tcp.local_addr().ok());
@@ -145,6 +152,14 @@ fn from_this_host(remote: SocketAddr, local: Option<SocketAddr>) -> bool {
     remote.ip().is_loopback() || local.is_some_and(|l| l.ip() == remote.ip())
 }
 
+/// A refusal of a peer connection that the client should not use again (over HTTP/1.1
+/// `Connection: close`; a client then reconnects with what it has now).
+fn closing(e: ApiError) -> Response {
+    let mut refusal = e.into_response();
+    refusal.headers_mut().insert(axum::http::header::CONNECTION, axum::http::HeaderValue::from_static("close"));
+    refusal
+}
+
 /// The rule of the port (see the module header), in front of every route.
 pub async fn gate(AxState(agent): AxState<Arc<Agent>>, mut req: Request, next: Next) -> Response {
     let conn = req.extensions().get::<Connection>().cloned().unwrap_or(Connection::Plain { local: false });
@@ -162,30 +177,32 @@ pub async fn gate(AxState(agent): AxState<Arc<Agent>>, mut req: Request, next: N
             }
             Connection::Tls { peer: None } if join => {}
             Connection::Tls { peer: None } => {
-                let mut refusal = ApiError::new(
+                // A client's pooled connection without a certificate must not be reused once
+                // it has one (a joiner that just got its certificate): it is closed.
+                return closing(ApiError::new(
                     401,
                     "no_certificate",
                     "the peer routes (/internal/*) need a node certificate of this cluster; join the node with \
                      `haven cluster join` to get one",
-                )
-                .into_response();
-                // A client's pooled connection without a certificate must not be reused once
-                // it has one (a joiner that just got its certificate): close it.
-                refusal
-                    .headers_mut()
-                    .insert(axum::http::header::CONNECTION, axum::http::HeaderValue::from_static("close"));
-                return refusal;
+                ));
             }
-            Connection::Tls { peer: Some(p) } => {
+            Connection::Tls { peer: Some((p, issuer, chain)) } => {
                 // The replicated state, read per request: a removal revokes connections
-                // that are already open too.
+                // that are already open too, and a retired CA ends its certificates'. (A
+                // connection made while a rotation was reaching this node may have been
+                // vouched for by the old CA through the new one's cross certificate: it is
+                // looked at again under what this node trusts now.)
+                if !agent.pki.trusts(&issuer) && agent.pki.issuer_of(&chain).is_none_or(|i| !agent.pki.trusts(&i)) {
+                    let message =
+                        format!("the certificate of {p} is from a CA this cluster no longer trusts (it was retired)");
+                    return closing(ApiError::new(403, "untrusted", message));
+                }
                 if haven_state::pki::is_revoked(&agent.db.state(), &p.serial) {
-                    return ApiError::new(
-                        403,
-                        "revoked",
-                        format!("the certificate of {p} is revoked: the node was removed from the cluster"),
-                    )
-                    .into_response();
+                    let message = format!(
+                        "the certificate of {p} is revoked: the node was removed from the cluster, or its certificate \
+                         was replaced (renewed)"
+                    );
+                    return closing(ApiError::new(403, "revoked", message));
                 }
                 // Raft's routes bind each message to the node it speaks for (`SenderId`).
                 req.extensions_mut().insert(haven_raft::network::SenderId(p.id));

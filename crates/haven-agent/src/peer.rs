@@ -145,7 +145,7 @@ async fn join(AxState(agent): AxState<Arc<Agent>>, Body(j): Body<PeerJoin>) -> R
         let Some((_, addr)) = agent.db.leader() else {
             return Err(ApiError::new(503, "unavailable", "no leader is elected right now; retry in a moment"));
         };
-        return forward_join(&agent.peers, "the leader", &addr, &j).await.map(Json);
+        return forward_join(&agent.peers.get(), "the leader", &addr, &j).await.map(Json);
     }
     // One join at a time on this leader: the token check below and its use in `JoinNode`
     // see the same state (the state machine checks it again at commit).
@@ -208,10 +208,12 @@ async fn join(AxState(agent): AxState<Arc<Agent>>, Body(j): Body<PeerJoin>) -> R
         capacity: j.capacity,
         since: crate::now_ms(),
     };
-    let command = Command::JoinNode { node: node.clone(), token_hash, cert_serial: serial };
+    let cert_ca = Some(ca.fingerprint());
+    let command = Command::JoinNode { node: node.clone(), token_hash, cert_serial: serial, cert_ca };
     agent.submit(&j.name, command).await?;
     let ca_key = if role == NodeRole::Learner { None } else { ca.key_pem() };
-    Ok(Json(PeerJoined { node, certificate, ca_certificate: ca.cert_pem().to_string(), ca_key }))
+    let trusted_cas = agent.pki.trusted_pems().into_iter().skip(1).collect();
+    Ok(Json(PeerJoined { node, certificate, ca_certificate: ca.cert_pem().to_string(), ca_key, trusted_cas }))
 }
 
 /// Asks the member at `addr` (named `to` in errors) to admit `j` with `http` (a member's

@@ -185,6 +185,39 @@ impl Ca {
         Ok(Ca { cert_pem: cert.pem(), der: cert.der().to_vec(), key: Some(key) })
     }
 
+    /// The CA that follows this one (a rotation): a new key and a new name, and the same CA
+    /// certified by this one (the cross certificate, PEM), so that a path from a
+    /// certificate the new CA signs leads to this one too. Needs this CA's key.
+    pub fn successor(&self, cluster: &str) -> Result<(Ca, String), PkiError> {
+        let Some(old_key) = &self.key else {
+            return Err(PkiError::Refused(
+                "this node does not hold the cluster CA key (it is a learner); start the rotation on a voter".into(),
+            ));
+        };
+        let key = rcgen::KeyPair::generate().map_err(gen_err)?;
+        let serial = new_serial()?;
+        let params = || -> rcgen::CertificateParams {
+            let mut params = rcgen::CertificateParams::default();
+            params
+                .distinguished_name
+                .push(rcgen::DnType::CommonName, format!("Haven cluster {cluster} CA {}", &hex(&serial)[..8]));
+            params.distinguished_name.push(rcgen::DnType::OrganizationName, "Haven");
+            params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Constrained(0));
+            params.key_usages = vec![rcgen::KeyUsagePurpose::KeyCertSign, rcgen::KeyUsagePurpose::CrlSign];
+            params.serial_number = Some(rcgen::SerialNumber::from_slice(&serial));
+            validity(&mut params, CA_VALIDITY_DAYS);
+            params
+        };
+        let cert = params().self_signed(&key).map_err(gen_err)?;
+        let issuer = rcgen::CertificateParams::from_ca_cert_pem(&self.cert_pem)
+            .and_then(|p| p.self_signed(old_key))
+            .map_err(gen_err)?;
+        // (rcgen gives a cross certificate the same serial: a CA certificate's serial is
+        // unique per issuer, and the two have different issuers.)
+        let cross = params().signed_by(&key, &issuer, old_key).map_err(gen_err)?;
+        Ok((Ca { cert_pem: cert.pem(), der: cert.der().to_vec(), key: Some(key) }, cross.pem()))
+    }
+
     /// SHA-256 of the CA certificate's DER, hex: what a joiner pins.
     pub fn fingerprint(&self) -> String {
         sha256_hex(&self.der)
@@ -292,6 +325,20 @@ fn read(path: &Path) -> Result<Option<String>, PkiError> {
     }
 }
 
+/// Every certificate of a PEM bundle, in order (at least one).
+fn pem_ders(path: &Path, pem: &str) -> Result<Vec<Vec<u8>>, PkiError> {
+    let invalid =
+        |detail: String| PkiError::Invalid { path: path.display().to_string(), what: "PEM certificate", detail };
+    let mut out = Vec::new();
+    for p in x509_parser::pem::Pem::iter_from_buffer(pem.as_bytes()) {
+        out.push(p.map_err(|e| invalid(e.to_string()))?.contents);
+    }
+    if out.is_empty() {
+        return Err(invalid("no certificate in it".into()));
+    }
+    Ok(out)
+}
+
 fn pem_der(path: &Path, pem: &str) -> Result<Vec<u8>, PkiError> {
     let invalid =
         |detail: String| PkiError::Invalid { path: path.display().to_string(), what: "PEM certificate", detail };
@@ -299,18 +346,33 @@ fn pem_der(path: &Path, pem: &str) -> Result<Vec<u8>, PkiError> {
     Ok(p.contents)
 }
 
-/// The cluster CA as the verifiers use it.
+/// The CAs this node trusts, as the verifiers use them: the signing one first, and while
+/// a rotation is in progress the one before it (with the new CA's cross certificate).
 struct Trust {
-    der: CertificateDer<'static>,
-    fingerprint: String,
+    /// The self-signed CA certificates, the signing one first.
+    ders: Vec<CertificateDer<'static>>,
+    /// Their fingerprints, in the same order.
+    fingerprints: Vec<String>,
+    /// Cross certificates (a newer CA certified by an older one), served in every chain.
+    crosses: Vec<CertificateDer<'static>>,
     roots: Arc<RootCertStore>,
     clients: Arc<dyn ClientCertVerifier>,
+}
+
+impl Trust {
+    /// What this node serves after its own certificate: every trusted CA and cross
+    /// certificate, so that a client pinning any trusted CA finds a path.
+    fn chain_after(&self) -> impl Iterator<Item = CertificateDer<'static>> + '_ {
+        self.ders.iter().chain(&self.crosses).cloned()
+    }
 }
 
 /// This node's identity.
 struct Identity {
     key: Arc<CertifiedKey>,
     cert: PeerCert,
+    der: CertificateDer<'static>,
+    key_pem: String,
 }
 
 #[derive(Default)]
@@ -363,9 +425,14 @@ impl Pki {
             revoked: OnceLock::new(),
         };
         if let Some(ca_pem) = read(&pki.path("ca.pem"))? {
-            let der = pem_der(&pki.path("ca.pem"), &ca_pem)?;
-            pki.trust(der)?;
+            let ders = pem_ders(&pki.path("ca.pem"), &ca_pem)?;
+            let crosses = match read(&pki.path("cross.pem"))? {
+                Some(pem) => pem_ders(&pki.path("cross.pem"), &pem)?,
+                None => Vec::new(),
+            };
+            pki.trust(ders, crosses)?;
         }
+        pki.finish_renewal()?;
         if let (Some(cert), Some(key)) = (read(&pki.path("node.pem"))?, read(&pki.path("node.key"))?) {
             pki.install_identity(&cert, &key)?;
         }
@@ -399,14 +466,22 @@ impl Pki {
         let cert = peer_cert(end_entity.as_ref())
             .ok_or_else(|| tls_err("the peer's certificate names no Haven node".into()))?;
         if self.is_revoked(&cert.serial) {
-            return Err(tls_err(format!("the certificate of {cert} is revoked (the node was removed)")));
+            return Err(tls_err(format!(
+                "the certificate of {cert} is revoked (the node was removed, or its certificate replaced)"
+            )));
         }
         Ok(cert)
     }
 
-    /// The CA fingerprint, once this node knows its cluster's CA.
+    /// The fingerprint of the CA that signs (what a joiner or the CLI pins), once this node
+    /// knows its cluster's CA.
     pub fn ca_fingerprint(&self) -> Option<String> {
-        self.read_material().ca.as_ref().map(|t| t.fingerprint.clone())
+        self.read_material().ca.as_ref().map(|t| t.fingerprints[0].clone())
+    }
+
+    /// The fingerprints of every CA this node trusts, the signing one first.
+    pub fn trusted_fingerprints(&self) -> Vec<String> {
+        self.read_material().ca.as_ref().map(|t| t.fingerprints.clone()).unwrap_or_default()
     }
 
     /// This node's certificate, once it has one.
@@ -414,10 +489,170 @@ impl Pki {
         self.read_material().node.as_ref().map(|n| n.cert.clone())
     }
 
-    fn trust(&self, der: Vec<u8>) -> Result<(), PkiError> {
-        let trust = trust_for(&self.provider, CertificateDer::from(der))?;
-        self.write_material().ca = Some(trust);
+    /// Trusts the CAs `ders` (self-signed, the signing one first) with cross certificates
+    /// `crosses`, and serves this node's certificate with the new chain.
+    fn trust(&self, ders: Vec<Vec<u8>>, crosses: Vec<Vec<u8>>) -> Result<(), PkiError> {
+        let trust = trust_for(
+            &self.provider,
+            ders.into_iter().map(CertificateDer::from).collect(),
+            crosses.into_iter().map(CertificateDer::from).collect(),
+        )?;
+        let mut m = self.write_material();
+        if let Some(node) = &m.node {
+            let key = rcgen::KeyPair::from_pem(&node.key_pem).map_err(gen_err)?;
+            let chain = std::iter::once(node.der.clone()).chain(trust.chain_after()).collect();
+            let certified = certified(&self.provider, chain, &key)?;
+            if let Some(node) = m.node.as_mut() {
+                node.key = certified;
+            }
+        }
+        m.ca = Some(trust);
         Ok(())
+    }
+
+    /// Trusts exactly the cluster's CAs as the replicated state lists them (`cas`, the
+    /// signing one first), if that is not what this node trusts already: `ca.pem` and
+    /// `cross.pem` are rewritten, the chain this node serves follows, and the keys of CAs
+    /// no longer trusted are deleted. Returns whether anything changed.
+    pub fn set_trusted(&self, cas: &[haven_state::pki::ClusterCa]) -> Result<bool, PkiError> {
+        let wanted: Vec<String> = cas.iter().map(|c| c.fingerprint.clone()).collect();
+        // A cross certificate matters only while the CA that signed it is trusted: the
+        // newest one's, during a rotation.
+        let mut crosses = Vec::new();
+        if cas.len() > 1
+            && let Some(pem) = &cas[0].cross_certificate
+        {
+            crosses.push(pem_der(Path::new("a cross certificate of the cluster state"), pem)?);
+        }
+        let same = {
+            let m = self.read_material();
+            m.ca.as_ref().is_some_and(|t| {
+                t.fingerprints == wanted && t.crosses.iter().map(|c| c.as_ref()).eq(crosses.iter().map(Vec::as_slice))
+            })
+        };
+        if wanted.is_empty() || same {
+            return Ok(false);
+        }
+        let mut ders = Vec::new();
+        for ca in cas {
+            let der = pem_der(Path::new("a CA certificate of the cluster state"), &ca.certificate)?;
+            if sha256_hex(&der) != ca.fingerprint {
+                return Err(PkiError::Refused(format!(
+                    "the cluster state's CA {} does not match its certificate; refusing to trust it",
+                    ca.fingerprint
+                )));
+            }
+            ders.push(der);
+        }
+        let bundle: String = cas.iter().map(|c| c.certificate.as_str()).collect();
+        let cross: String =
+            if crosses.is_empty() { String::new() } else { cas[0].cross_certificate.clone().unwrap_or_default() };
+        write_public(&self.path("ca.pem"), &bundle)?;
+        if cross.is_empty() {
+            let _ = std::fs::remove_file(self.path("cross.pem"));
+        } else {
+            write_public(&self.path("cross.pem"), &cross)?;
+        }
+        let retired: Vec<(String, Vec<u8>)> = {
+            let m = self.read_material();
+            m.ca.as_ref()
+                .map(|t| {
+                    t.fingerprints
+                        .iter()
+                        .zip(&t.ders)
+                        .filter(|(f, _)| !wanted.contains(f))
+                        .map(|(f, d)| (f.clone(), d.to_vec()))
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        self.trust(ders, crosses)?;
+        // The keys of retired CAs are of no use any more, and should not lie around.
+        for (fp, der) in retired {
+            let _ = std::fs::remove_file(self.path(&format!("ca-{fp}.key")));
+            if let Ok(Some(pem)) = read(&self.path("ca.key"))
+                && key_matches(&pem, &der)
+            {
+                let _ = std::fs::remove_file(self.path("ca.key"));
+            }
+        }
+        Ok(true)
+    }
+
+    /// Keeps the key of a CA this node just made (before the cluster trusts it).
+    pub fn keep_new_ca_key(&self, fp: &str, pem: &str) -> Result<(), PkiError> {
+        write_secret(&self.path(&format!("ca-{fp}.key")), pem)
+    }
+
+    /// The fingerprint of the trusted CA that signed this node's certificate.
+    pub fn issuer_of_own(&self) -> Option<String> {
+        let der = self.read_material().node.as_ref()?.der.clone();
+        self.issuer_of(&[der.to_vec()])
+    }
+
+    /// The fingerprint of the trusted CA that vouches for `chain` (its first certificate
+    /// the end entity): the one that signed it, or that signed the intermediate of the
+    /// chain that signed it (a newer CA's cross certificate, while a rotation reaches this
+    /// node). During this node's join, before it trusts any CA: the pinned one, which the
+    /// handshake checked.
+    pub fn issuer_of(&self, chain: &[Vec<u8>]) -> Option<String> {
+        let m = self.read_material();
+        let Some(t) = m.ca.as_ref() else { return m.pending.clone() };
+        let parsed: Vec<_> = chain.iter().filter_map(|d| x509_parser::parse_x509_certificate(d).ok()).collect();
+        let (_, cert) = parsed.first()?;
+        let cas: Vec<_> = t.ders.iter().filter_map(|d| x509_parser::parse_x509_certificate(d).ok()).collect();
+        let signed_by_trusted = |c: &x509_parser::certificate::X509Certificate<'_>| {
+            cas.iter()
+                .zip(&t.fingerprints)
+                .find(|((_, ca), _)| c.verify_signature(Some(ca.public_key())).is_ok())
+                .map(|(_, fp)| fp.clone())
+        };
+        signed_by_trusted(cert).or_else(|| {
+            parsed[1..]
+                .iter()
+                .filter(|(_, i)| cert.verify_signature(Some(i.public_key())).is_ok())
+                .find_map(|(_, i)| signed_by_trusted(i))
+        })
+    }
+
+    /// Whether the CA with fingerprint `fp` is trusted (now; during a join, the pinned one).
+    pub fn trusts(&self, fp: &str) -> bool {
+        let m = self.read_material();
+        match &m.ca {
+            Some(t) => t.fingerprints.iter().any(|f| f == fp),
+            None => m.pending.as_deref() == Some(fp),
+        }
+    }
+
+    /// The DER of the trusted CA with fingerprint `fp`.
+    fn cert_of(&self, fp: &str) -> Option<Vec<u8>> {
+        let m = self.read_material();
+        let t = m.ca.as_ref()?;
+        t.fingerprints.iter().position(|f| f == fp).map(|i| t.ders[i].to_vec())
+    }
+
+    /// The key (PEM) of the trusted CA with fingerprint `fp`, if this node holds it: in
+    /// `ca-<fp>.key`, or `ca.key` (the founding CA's) when that is its key.
+    pub fn ca_key_pem(&self, fp: &str) -> Result<Option<String>, PkiError> {
+        let Some(der) = self.cert_of(fp) else { return Ok(None) };
+        for file in [format!("ca-{fp}.key"), "ca.key".to_string()] {
+            if let Some(pem) = read(&self.path(&file))?
+                && key_matches(&pem, &der)
+            {
+                return Ok(Some(pem));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Stores the key of the trusted CA `fp` (fetched from a peer), after checking that it
+    /// is that CA's key.
+    pub fn store_ca_key(&self, fp: &str, pem: &str) -> Result<(), PkiError> {
+        let der = self.cert_of(fp).ok_or_else(|| PkiError::Refused(format!("CA {fp} is not trusted here")))?;
+        if !key_matches(pem, &der) {
+            return Err(PkiError::Refused(format!("the key offered for CA {fp} is not that CA's key")));
+        }
+        write_secret(&self.path(&format!("ca-{fp}.key")), pem)
     }
 
     fn install_identity(&self, cert_pem: &str, key_pem: &str) -> Result<(), PkiError> {
@@ -434,13 +669,70 @@ impl Pki {
             detail: e.to_string(),
         })?;
         let mut m = self.write_material();
-        let mut chain = vec![CertificateDer::from(der)];
+        let der = CertificateDer::from(der);
+        let mut chain = vec![der.clone()];
         if let Some(ca) = &m.ca {
-            chain.push(ca.der.clone());
+            chain.extend(ca.chain_after());
         }
         let key = certified(&self.provider, chain, &key)?;
-        m.node = Some(Identity { key, cert });
+        m.node = Some(Identity { key, cert, der, key_pem: key_pem.to_string() });
         Ok(())
+    }
+
+    /// Completes a renewal a crash interrupted (see [`Pki::accept_renewal`]): `node.next.pem`
+    /// is written only once the new certificate was checked against `node.next.key`, so
+    /// its presence means the pair is complete; a lone `node.next.key` is an attempt that
+    /// got no certificate, and is dropped.
+    fn finish_renewal(&self) -> Result<(), PkiError> {
+        let (next_key, next_pem) = (self.path("node.next.key"), self.path("node.next.pem"));
+        let mv = |from: &Path, to: &Path| {
+            std::fs::rename(from, to).map_err(|source| PkiError::Write { path: to.display().to_string(), source })
+        };
+        if next_pem.exists() {
+            if next_key.exists() {
+                mv(&next_key, &self.path("node.key"))?;
+            }
+            mv(&next_pem, &self.path("node.pem"))?;
+        } else if next_key.exists() {
+            let _ = std::fs::remove_file(&next_key);
+        }
+        Ok(())
+    }
+
+    /// Starts a renewal of this node's certificate: a new key in `node.next.key` (0600,
+    /// before anything is sent) and a signing request over it.
+    pub fn renewal_request(&self, name: &str) -> Result<String, PkiError> {
+        let key = rcgen::KeyPair::generate().map_err(gen_err)?;
+        write_secret(&self.path("node.next.key"), &key.serialize_pem())?;
+        csr(&key, name)
+    }
+
+    /// Takes a renewed certificate: it must be for `name`, over the key of
+    /// [`Pki::renewal_request`], and signed by the trusted CA `ca_fp`. Then
+    /// `node.next.pem` is written and both files replace `node.key` and `node.pem` (a crash
+    /// in between is finished at the next start), and the new identity is served.
+    pub fn accept_renewal(&self, name: &str, cert_pem: &str, ca_fp: &str) -> Result<PeerCert, PkiError> {
+        let key_pem = read(&self.path("node.next.key"))?
+            .ok_or_else(|| PkiError::Refused("node.next.key vanished during the renewal; renew again".into()))?;
+        let der = pem_der(Path::new("the renewed certificate"), cert_pem)?;
+        let cert = peer_cert(&der)
+            .filter(|c| c.name == name)
+            .ok_or_else(|| PkiError::Refused(format!("the renewed certificate is not for node {name:?}")))?;
+        if !key_matches(&key_pem, &der) {
+            return Err(PkiError::Refused("the renewed certificate is not for the key this node asked with".into()));
+        }
+        let ca = self.cert_of(ca_fp).ok_or_else(|| PkiError::Refused(format!("CA {ca_fp} is not trusted here")))?;
+        let signed = x509_parser::parse_x509_certificate(&der)
+            .ok()
+            .zip(x509_parser::parse_x509_certificate(&ca).ok())
+            .is_some_and(|((_, c), (_, ca))| c.verify_signature(Some(ca.public_key())).is_ok());
+        if !signed {
+            return Err(PkiError::Refused(format!("the renewed certificate is not signed by CA {ca_fp}")));
+        }
+        write_public(&self.path("node.next.pem"), cert_pem)?;
+        self.finish_renewal()?;
+        self.install_identity(cert_pem, &key_pem)?;
+        Ok(cert)
     }
 
     /// Founds the cluster's PKI on this node: a new CA (`ca.pem`, `ca.key`) and this
@@ -456,7 +748,7 @@ impl Pki {
         write_public(&self.path("ca.pem"), ca.cert_pem())?;
         write_secret(&self.path("node.key"), &key.serialize_pem())?;
         write_public(&self.path("node.pem"), &cert_pem)?;
-        self.trust(ca.der.clone())?;
+        self.trust(vec![ca.der.clone()], Vec::new())?;
         self.install_identity(&cert_pem, &key.serialize_pem())?;
         Ok((ca.fingerprint(), serial))
     }
@@ -475,14 +767,18 @@ impl Pki {
         Ok(serial)
     }
 
-    /// The CA as this node holds it (certificate, and key if it has it), to sign a join.
+    /// The signing CA as this node holds it (certificate, and key if it has it), to sign a
+    /// join or a renewal.
     pub fn ca(&self) -> Result<Ca, PkiError> {
-        let cert_path = self.path("ca.pem");
-        let cert_pem = read(&cert_path)?.ok_or_else(|| {
-            PkiError::Refused(format!("{} is missing: this node has no cluster CA", cert_path.display()))
-        })?;
-        let der = pem_der(&cert_path, &cert_pem)?;
-        let key = match read(&self.path("ca.key"))? {
+        let Some(fp) = self.ca_fingerprint() else {
+            return Err(PkiError::Refused(format!(
+                "{} is missing: this node has no cluster CA",
+                self.path("ca.pem").display()
+            )));
+        };
+        let der = self.cert_of(&fp).unwrap_or_default();
+        let cert_pem = pem_encode(&der);
+        let key = match self.ca_key_pem(&fp)? {
             Some(pem) => Some(rcgen::KeyPair::from_pem(&pem).map_err(|e| PkiError::Invalid {
                 path: self.path("ca.key").display().to_string(),
                 what: "PEM private key",
@@ -491,6 +787,12 @@ impl Pki {
             None => None,
         };
         Ok(Ca { cert_pem, der, key })
+    }
+
+    /// The PEMs of every CA this node trusts (the signing one first), for a joiner.
+    pub fn trusted_pems(&self) -> Vec<String> {
+        let m = self.read_material();
+        m.ca.as_ref().map(|t| t.ders.iter().map(|d| pem_encode(d)).collect()).unwrap_or_default()
     }
 
     /// This node's key pair for a join: the one kept from an earlier attempt, else a new
@@ -543,6 +845,7 @@ impl Pki {
         cert_pem: &str,
         ca_pem: &str,
         ca_key: Option<&str>,
+        also_trusted: &[String],
     ) -> Result<PeerCert, PkiError> {
         let ca_der = pem_der(Path::new("the CA certificate of the join reply"), ca_pem)?;
         let got = sha256_hex(&ca_der);
@@ -564,12 +867,26 @@ impl Pki {
         if parsed.tbs_certificate.subject_pki.raw != key.public_key_der().as_slice() {
             return Err(PkiError::Refused("the join reply's certificate is not for this node's key".into()));
         }
-        if let Some(k) = ca_key {
-            write_secret(&self.path("ca.key"), k)?;
+        // The other CAs the cluster trusts (during a rotation), as the member the pinned CA
+        // vouches for lists them.
+        let mut ders = vec![ca_der];
+        let mut bundle = ca_pem.to_string();
+        for pem in also_trusted {
+            let der = pem_der(Path::new("a CA certificate of the join reply"), pem)?;
+            if !ders.contains(&der) {
+                ders.push(der);
+                bundle.push_str(pem);
+            }
         }
-        write_public(&self.path("ca.pem"), ca_pem)?;
+        if let Some(k) = ca_key {
+            if !key_matches(k, &ders[0]) {
+                return Err(PkiError::Refused("the join reply's CA key is not the CA's; nothing was stored".into()));
+            }
+            write_secret(&self.path(&format!("ca-{fingerprint}.key")), k)?;
+        }
+        write_public(&self.path("ca.pem"), &bundle)?;
         write_public(&self.path("node.pem"), cert_pem)?;
-        self.trust(ca_der)?;
+        self.trust(ders, Vec::new())?;
         self.install_identity(cert_pem, &key_pem)?;
         self.set_pending(None);
         Ok(cert)
@@ -671,19 +988,48 @@ pub fn pinned_client(
     Ok((http_client(config, timeouts)?, mismatch))
 }
 
-fn trust_for(provider: &Arc<CryptoProvider>, der: CertificateDer<'static>) -> Result<Trust, PkiError> {
+fn trust_for(
+    provider: &Arc<CryptoProvider>,
+    ders: Vec<CertificateDer<'static>>,
+    crosses: Vec<CertificateDer<'static>>,
+) -> Result<Trust, PkiError> {
+    if ders.is_empty() {
+        return Err(PkiError::Invalid {
+            path: "ca.pem".into(),
+            what: "CA certificate",
+            detail: "no certificate".into(),
+        });
+    }
     let mut roots = RootCertStore::empty();
-    roots.add(der.clone()).map_err(|e| PkiError::Invalid {
-        path: "ca.pem".into(),
-        what: "CA certificate",
-        detail: e.to_string(),
-    })?;
+    for der in &ders {
+        roots.add(der.clone()).map_err(|e| PkiError::Invalid {
+            path: "ca.pem".into(),
+            what: "CA certificate",
+            detail: e.to_string(),
+        })?;
+    }
     let roots = Arc::new(roots);
     let clients = WebPkiClientVerifier::builder_with_provider(roots.clone(), provider.clone())
         .allow_unauthenticated()
         .build()
         .map_err(|e| PkiError::Generate(e.to_string()))?;
-    Ok(Trust { fingerprint: sha256_hex(&der), der, roots, clients })
+    let fingerprints = ders.iter().map(|d| sha256_hex(d)).collect();
+    Ok(Trust { fingerprints, ders, crosses, roots, clients })
+}
+
+/// Whether the private key `key_pem` is the key of certificate `der`.
+fn key_matches(key_pem: &str, der: &[u8]) -> bool {
+    let Ok(key) = rcgen::KeyPair::from_pem(key_pem) else { return false };
+    x509_parser::parse_x509_certificate(der)
+        .is_ok_and(|(_, c)| c.tbs_certificate.subject_pki.raw == key.public_key_der().as_slice())
+}
+
+/// `der` as a PEM certificate.
+fn pem_encode(der: &[u8]) -> String {
+    pem::encode_config(
+        &pem::Pem::new("CERTIFICATE", der),
+        pem::EncodeConfig::new().set_line_ending(pem::LineEnding::LF),
+    )
 }
 
 fn certified(
@@ -818,7 +1164,9 @@ impl ClientCertVerifier for ClientCheck {
                     let ca = pinned_in(intermediates, f).ok_or_else(|| {
                         tls_err("the peer's chain carries no CA with the fingerprint this node's join pins".into())
                     })?;
-                    trust_for(&self.0.provider, ca.clone().into_owned()).map_err(|e| tls_err(e.to_string()))?.clients
+                    trust_for(&self.0.provider, vec![ca.clone().into_owned()], Vec::new())
+                        .map_err(|e| tls_err(e.to_string()))?
+                        .clients
                 }
                 (None, None) => {
                     return Err(tls_err("this node is not in a cluster yet, so it trusts no peer certificate".into()));
@@ -915,12 +1263,15 @@ impl ServerCertVerifier for PinnedCa {
                     .to_string(),
             }));
         };
-        let trust = trust_for(&self.provider, ca.clone().into_owned()).map_err(|e| self.refuse(e.to_string()))?;
+        let trust = trust_for(&self.provider, vec![ca.clone().into_owned()], Vec::new())
+            .map_err(|e| self.refuse(e.to_string()))?;
         let parsed = ParsedCertificate::try_from(end_entity)?;
+        // The rest of the chain may carry a path to the pinned CA: a newer CA's cross
+        // certificate, during a rotation.
         verify_server_cert_signed_by_trust_anchor(
             &parsed,
             &trust.roots,
-            &[],
+            intermediates,
             now,
             self.provider.signature_verification_algorithms.all,
         )

@@ -172,7 +172,8 @@ pub async fn get_request(
             return Ok(Json(v));
         }
     } else if let Some((_, addr)) = agent.db.leader() {
-        let leader = crate::forward::Forward::new(&agent.peers, "the leader", &addr, crate::forward::Wait::Short);
+        let http = agent.peers.get();
+        let leader = crate::forward::Forward::new(&http, "the leader", &addr, crate::forward::Wait::Short);
         if let Ok(v) = leader.get::<RequestView>(&format!("/api/v1/requests/{}", percent_encode(&id))).await {
             return Ok(Json(v));
         }

@@ -69,6 +69,25 @@ impl Client {
         self.post(&format!("{V1}/cluster/join-tokens"), request).await
     }
 
+    // ---- CA and node certificates ----
+
+    pub async fn ca_status(&self) -> Result<crate::CaStatus, ClientError> {
+        self.get(&format!("{V1}/cluster/ca")).await
+    }
+
+    pub async fn rotate_ca(&self) -> Result<crate::CaRotated, ClientError> {
+        self.post(&format!("{V1}/cluster/ca/rotate"), &NoBody {}).await
+    }
+
+    pub async fn retire_ca(&self, fingerprint: &str) -> Result<crate::CaStatus, ClientError> {
+        let body = crate::RetireCaRequest { fingerprint: fingerprint.to_string() };
+        self.post(&format!("{V1}/cluster/ca/retire"), &body).await
+    }
+
+    pub async fn renew_node_certificate(&self, node: &str) -> Result<crate::NodeCertView, ClientError> {
+        self.post(&format!("{}/renew-certificate", node_path(node)), &NoBody {}).await
+    }
+
     // ---- API tokens ----
 
     /// `GET /tokens`: every API token, without secrets.

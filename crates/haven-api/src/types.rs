@@ -138,6 +138,93 @@ pub struct PeerJoined {
     /// sign the next join (see docs/SECURITY.md).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ca_key: Option<String>,
+    /// The other CAs the cluster trusts (PEM), while a CA rotation is in progress.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub trusted_cas: Vec<String>,
+}
+
+/// `POST /internal/renew`: a member asks the leader to sign a new certificate for it (for
+/// the node its current certificate names).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PeerRenew {
+    /// PEM certificate signing request over the node's new key.
+    pub csr: String,
+}
+
+/// The leader's answer to `POST /internal/renew`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PeerRenewed {
+    /// The new certificate (PEM).
+    pub certificate: String,
+    pub serial: String,
+    /// The CA that signed it.
+    pub ca_fingerprint: String,
+}
+
+/// `POST /internal/ca-key`: a voter or witness fetches the key of a CA the cluster
+/// trusts (a new one, after a rotation) from a member that holds it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PeerCaKey {
+    pub fingerprint: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PeerCaKeyReply {
+    /// The CA's private key (PEM).
+    pub key: String,
+}
+
+/// One CA the cluster trusts (`GET /api/v1/cluster/ca`).
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct CaView {
+    /// SHA-256 of the CA certificate (DER), hex: what `--ca-fingerprint` pins.
+    pub fingerprint: String,
+    /// Whether it signs new certificates (the newest CA); the others are trusted until
+    /// retired.
+    pub signing: bool,
+    /// When it was added (ms since the Unix epoch); absent for the CA the cluster was
+    /// founded with, before its first rotation.
+    pub added_at: Option<u64>,
+}
+
+/// One node's certificate (`GET /api/v1/cluster/ca`).
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct NodeCertView {
+    pub node: String,
+    pub serial: String,
+    /// The CA that signed it (empty: recorded before CA rotation existed).
+    pub ca: String,
+    pub issued_at: u64,
+    /// Whether the node's agent will replace it: an admin asked, or the signing CA did not
+    /// sign it.
+    pub renewal_pending: bool,
+}
+
+/// `GET /api/v1/cluster/ca`: the CAs the cluster trusts and where every node's certificate
+/// stands (a CA rotation is done when no renewal is pending).
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct CaStatus {
+    pub cas: Vec<CaView>,
+    pub nodes: Vec<NodeCertView>,
+}
+
+/// `POST /api/v1/cluster/ca/retire`.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RetireCaRequest {
+    /// The fingerprint of the CA to retire (64 hex digits; colons and upper case are
+    /// accepted).
+    pub fingerprint: String,
+}
+
+/// The answer to `POST /api/v1/cluster/ca/rotate`.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct CaRotated {
+    /// The new CA's fingerprint: put it in every CLI's `ca_fingerprint` before the old CA
+    /// is retired.
+    pub fingerprint: String,
+    /// The CA it replaces (trusted until `haven cluster ca retire`).
+    pub previous: String,
 }
 
 /// `POST /internal/heartbeat`: a node renews its lease with the leader.

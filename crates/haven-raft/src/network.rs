@@ -13,6 +13,7 @@
 //! serve these routes: openraft backs off), `Timeout`, or `Network` (retry soon).
 
 use std::io::Cursor;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::{FromRequest, FromRequestParts, Query, Request, State as AxumState};
@@ -77,11 +78,40 @@ pub struct SnapshotTransfer {
     pub data: String,
 }
 
-/// Opens connections to peers. Clones share the HTTP connection pool.
+/// The HTTP client of peer traffic, replaceable while it is in use: when a node's
+/// certificate is renewed, the connections made with the old one (which the peers refuse
+/// once it is revoked) must go, and a new client is a new connection pool. Every request
+/// takes the current client ([`PeerHttp::get`]); clones share the slot.
+#[derive(Clone)]
+pub struct PeerHttp(Arc<std::sync::RwLock<reqwest::Client>>);
+
+impl PeerHttp {
+    pub fn new(client: reqwest::Client) -> PeerHttp {
+        PeerHttp(Arc::new(std::sync::RwLock::new(client)))
+    }
+
+    /// The current client (a cheap handle on its pool).
+    pub fn get(&self) -> reqwest::Client {
+        self.0.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// From now on requests use `client`; the old pool closes once its last request ends.
+    pub fn replace(&self, client: reqwest::Client) {
+        *self.0.write().unwrap_or_else(|e| e.into_inner()) = client;
+    }
+}
+
+impl std::fmt::Debug for PeerHttp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PeerHttp")
+    }
+}
+
+/// Opens connections to peers. Clones share the HTTP client.
 #[derive(Clone)]
 pub struct HttpNetworkFactory {
     node_id: u64,
-    client: reqwest::Client,
+    client: PeerHttp,
     scheme: &'static str,
 }
 
@@ -93,12 +123,12 @@ impl HttpNetworkFactory {
         // reqwest's TLS needs a process-wide rustls provider (ring; see the workspace's Cargo.toml).
         let _ = rustls::crypto::ring::default_provider().install_default();
         let client = reqwest::Client::builder().no_proxy().build()?;
-        Ok(HttpNetworkFactory::with_client(node_id, client, "http"))
+        Ok(HttpNetworkFactory::with_client(node_id, PeerHttp::new(client), "http"))
     }
 
     /// Peers reached with `client` at `{scheme}://{addr}`, e.g. a client configured for mTLS
     /// with scheme `"https"`.
-    pub fn with_client(node_id: u64, client: reqwest::Client, scheme: &'static str) -> HttpNetworkFactory {
+    pub fn with_client(node_id: u64, client: PeerHttp, scheme: &'static str) -> HttpNetworkFactory {
         HttpNetworkFactory { node_id, client, scheme }
     }
 }
@@ -127,7 +157,7 @@ impl HttpNetworkFactory {
     /// Asks the peer at `addr` for its last contact with a leader of a term below `term`.
     pub async fn leader_contact(&self, addr: &str, term: u64, timeout: Duration) -> Result<ContactReply, ContactError> {
         let url = format!("{}://{addr}{CONTACT_PATH}?term={term}", self.scheme);
-        let response = match self.client.get(&url).timeout(timeout).send().await {
+        let response = match self.client.get().get(&url).timeout(timeout).send().await {
             Ok(r) => r,
             Err(source) => return Err(ContactError::Request { url, source: source.without_url() }),
         };
@@ -157,7 +187,7 @@ pub struct HttpConnection {
     target: u64,
     /// `http://host:port` of the peer.
     base_url: String,
-    client: reqwest::Client,
+    client: PeerHttp,
 }
 
 /// A transport failure, before it is shaped into the error type of the calling RPC.
@@ -224,7 +254,7 @@ impl HttpConnection {
                 TransportError::Network(NetworkError::new(&e))
             }
         };
-        let response = self.client.post(&url).timeout(timeout).json(body).send().await.map_err(classify)?;
+        let response = self.client.get().post(&url).timeout(timeout).json(body).send().await.map_err(classify)?;
         let status = response.status();
         if !status.is_success() {
             // A peer that answers but not as a raft peer will not fix itself soon: back off.

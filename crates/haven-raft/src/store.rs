@@ -196,6 +196,9 @@ struct Scalars {
     cluster: Option<ClusterInfo>,
     next_event_id: u64,
     generation_floor: u64,
+    /// The trusted CAs (a handful of certificates, changed by a CA rotation only).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    cas: Vec<haven_state::pki::ClusterCa>,
 }
 
 /// Which row of `requests` holds each request id's outcome, mirroring the table.
@@ -320,6 +323,7 @@ fn write_state(
         node_certs,
         revoked_certs,
         api_tokens,
+        cas,
     } = state;
     write_map(txn, NODES, &before.nodes, nodes, written)?;
     write_map(txn, GROUPS, &before.groups, groups, written)?;
@@ -331,19 +335,19 @@ fn write_state(
     write_map(txn, REVOKED_CERTS, &before.revoked_certs, revoked_certs, written)?;
     write_map(txn, API_TOKENS, &before.api_tokens, api_tokens, written)?;
 
-    let scalars = Scalars {
-        schema_version: *schema_version,
-        cluster: cluster.clone(),
-        next_event_id: *next_event_id,
-        generation_floor: *generation_floor,
-    };
-    let scalars_before = Scalars {
-        schema_version: before.schema_version,
-        cluster: before.cluster.clone(),
-        next_event_id: before.next_event_id,
-        generation_floor: before.generation_floor,
-    };
-    if scalars != scalars_before {
+    let changed = *schema_version != before.schema_version
+        || *cluster != before.cluster
+        || *next_event_id != before.next_event_id
+        || *generation_floor != before.generation_floor
+        || *cas != before.cas;
+    if changed {
+        let scalars = Scalars {
+            schema_version: *schema_version,
+            cluster: cluster.clone(),
+            next_event_id: *next_event_id,
+            generation_floor: *generation_floor,
+            cas: cas.clone(),
+        };
         let mut table = txn.open_table(SCALARS)?;
         written.put_named(&mut table, KEY_SCALARS, &scalars)?;
     }
@@ -490,6 +494,7 @@ fn read_state(txn: &redb::ReadTransaction) -> Result<(State, RequestRows), OpErr
             cluster: s.cluster,
             next_event_id: s.next_event_id,
             generation_floor: s.generation_floor,
+            cas: s.cas,
             ..state
         },
         None => state,

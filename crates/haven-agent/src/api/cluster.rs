@@ -9,8 +9,8 @@ use std::sync::Arc;
 use axum::Json;
 use axum::extract::State as AxState;
 use haven_api::{
-    ClusterStatus, ErrorBody, InitRequest, InitResponse, JoinRequest, JoinTokenCreated, JoinTokenRequest, NodeIdentity,
-    NodeView, PeerJoin,
+    CaRotated, CaStatus, CaView, ClusterStatus, ErrorBody, InitRequest, InitResponse, JoinRequest, JoinTokenCreated,
+    JoinTokenRequest, NodeCertView, NodeIdentity, NodeView, PeerJoin, RetireCaRequest,
 };
 use haven_model::{Node, NodeLiveness, NodeRole};
 use haven_state::{Command, State};
@@ -106,7 +106,8 @@ pub(super) async fn cluster_init(
     if let haven_state::Reply::Batch(replies) = reply {
         replies.into_iter().try_for_each(|r| r.map(drop)).map_err(SubmitError::Refused)?;
     }
-    agent.submit(&agent.config.name, Command::RecordNodeCert { node: agent.config.name.clone(), serial }).await?;
+    let record = Command::RecordNodeCert { node: agent.config.name.clone(), serial, ca: Some(ca_fingerprint.clone()) };
+    agent.submit(&agent.config.name, record).await?;
     Ok(Json(InitResponse { name, ca_fingerprint, admin_token }))
 }
 
@@ -192,6 +193,7 @@ pub(super) async fn cluster_join(
             &joined.certificate,
             &joined.ca_certificate,
             joined.ca_key.as_deref(),
+            &joined.trusted_cas,
         )
         .map_err(|e| ApiError::new(502, "unavailable", e.to_string()))?;
     tracing::info!(%identity, "joined: this node's certificate is installed");
@@ -205,4 +207,73 @@ pub(super) async fn cluster_join(
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
     Ok(Json(node_view(&agent, &agent.db.state(), &node)))
+}
+
+/// The CAs and node certificates as the state has them.
+pub(super) fn ca_status_of(agent: &Agent, state: &State) -> CaStatus {
+    let cas = if state.cas.is_empty() {
+        // Before the first rotation the state keeps no CA: the one this node trusts is it.
+        agent
+            .pki
+            .ca_fingerprint()
+            .into_iter()
+            .map(|fingerprint| CaView { fingerprint, signing: true, added_at: None })
+            .collect()
+    } else {
+        state
+            .cas
+            .iter()
+            .enumerate()
+            .map(|(i, c)| CaView { fingerprint: c.fingerprint.clone(), signing: i == 0, added_at: Some(c.added_at) })
+            .collect()
+    };
+    let nodes = state
+        .node_certs
+        .iter()
+        .filter(|(name, _)| state.nodes.contains_key(*name))
+        .map(|(name, c)| NodeCertView {
+            node: name.clone(),
+            serial: c.serial.clone(),
+            ca: c.ca.clone(),
+            issued_at: c.issued_at,
+            renewal_pending: haven_state::pki::wants_new_cert(state, name),
+        })
+        .collect();
+    CaStatus { cas, nodes }
+}
+
+#[utoipa::path(get, path = "/api/v1/cluster/ca", tag = "cluster",
+    responses((status = 200, body = CaStatus), (status = 409, body = ErrorBody)))]
+pub(super) async fn ca_status(AxState(agent): AxState<Arc<Agent>>) -> ApiResult<CaStatus> {
+    let state = agent.db.state();
+    require_cluster(&state)?;
+    Ok(Json(ca_status_of(&agent, &state)))
+}
+
+/// Starts a CA rotation: see `crate::certs`.
+#[utoipa::path(post, path = "/api/v1/cluster/ca/rotate", tag = "cluster",
+    responses((status = 200, body = CaRotated), (status = 409, body = ErrorBody), (status = 503, body = ErrorBody)))]
+pub(super) async fn ca_rotate(AxState(agent): AxState<Arc<Agent>>) -> ApiResult<CaRotated> {
+    require_cluster(&agent.db.state())?;
+    let (fingerprint, previous) = crate::certs::rotate(&agent).await?;
+    Ok(Json(CaRotated { fingerprint, previous }))
+}
+
+#[utoipa::path(post, path = "/api/v1/cluster/ca/retire", tag = "cluster", request_body = RetireCaRequest,
+    responses((status = 200, body = CaStatus), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody)))]
+pub(super) async fn ca_retire(
+    AxState(agent): AxState<Arc<Agent>>,
+    Body(req): Body<RetireCaRequest>,
+) -> ApiResult<CaStatus> {
+    require_cluster(&agent.db.state())?;
+    let fingerprint = crate::pki::normalize_fingerprint(&req.fingerprint).map_err(|message| {
+        SubmitError::Refused(haven_state::StateError {
+            code: haven_state::ErrorCode::Invalid,
+            message,
+            field: Some("fingerprint".into()),
+        })
+    })?;
+    agent.submit("operator", Command::RetireCa { fingerprint }).await?;
+    Ok(Json(ca_status_of(&agent, &agent.db.state())))
 }

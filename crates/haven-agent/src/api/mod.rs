@@ -43,6 +43,7 @@ use crate::Agent;
 pub fn app(agent: Arc<Agent>) -> Router {
     let routes = router(agent.clone())
         .merge(crate::peer::router(agent.clone()))
+        .merge(crate::certs::router(agent.clone()))
         .merge(haven_raft::router(&agent.db))
         .fallback(|method: Method, uri: Uri| async move {
             let path = haven_api::body::shorten(uri.path(), 120);
@@ -75,10 +76,14 @@ pub fn router(agent: Arc<Agent>) -> Router {
         .route("/cluster/init", post(cluster::cluster_init))
         .route("/cluster/join", post(cluster::cluster_join))
         .route("/cluster/join-tokens", post(cluster::create_join_token))
+        .route("/cluster/ca", get(cluster::ca_status))
+        .route("/cluster/ca/rotate", post(cluster::ca_rotate))
+        .route("/cluster/ca/retire", post(cluster::ca_retire))
         .route("/nodes", get(nodes::list_nodes))
         .route("/nodes/{name}", get(nodes::get_node).delete(nodes::remove_node))
         .route("/nodes/{name}/pause", post(nodes::pause_node))
         .route("/nodes/{name}/resume", post(nodes::resume_node))
+        .route("/nodes/{name}/renew-certificate", post(nodes::renew_certificate))
         .route("/nodes/{name}/fence", put(nodes::set_fence).delete(nodes::remove_fence))
         .route("/groups", get(groups::list_groups).post(groups::create_group))
         .route("/groups/{name}", get(groups::get_group).patch(groups::update_group).delete(groups::delete_group))

@@ -67,6 +67,24 @@ pub(super) async fn get_node(AxState(agent): AxState<Arc<Agent>>, Name(name): Na
     Ok(Json(node_view(&agent, &state, n)))
 }
 
+/// Asks for a node's certificate to be replaced: its agent renews it with a new key, and
+/// the old certificate is revoked (see `crate::certs`).
+#[utoipa::path(post, path = "/api/v1/nodes/{name}/renew-certificate", tag = "nodes",
+    responses((status = 200, body = haven_api::NodeCertView), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub(super) async fn renew_certificate(
+    AxState(agent): AxState<Arc<Agent>>,
+    Name(name): Name,
+) -> ApiResult<haven_api::NodeCertView> {
+    agent.submit("operator", Command::RenewNodeCert { node: name.clone() }).await?;
+    let status = super::cluster::ca_status_of(&agent, &agent.db.state());
+    status
+        .nodes
+        .into_iter()
+        .find(|n| n.node == name)
+        .map(Json)
+        .ok_or_else(|| SubmitError::Refused(haven_state::StateError::not_found("node", &name)).into())
+}
+
 pub(super) async fn node_reply(agent: &Agent, cmd: Command) -> ApiResult<NodeView> {
     let reply = agent.submit("operator", cmd).await?;
     let state = agent.db.state();
@@ -111,7 +129,8 @@ pub(super) async fn remove_node(
             return Err(ApiError::new(503, "unavailable", "no leader is elected right now; retry in a moment"));
         };
         let path = format!("/api/v1/nodes/{}", crate::requests::percent_encode(&name));
-        let leader = Forward::new(&agent.peers, "the leader", &addr, Wait::Long);
+        let http = agent.peers.get();
+        let leader = Forward::new(&http, "the leader", &addr, Wait::Long);
         return leader.delete(&path).await.map(Json).map_err(Failure::into_api_error);
     }
     agent.submit("operator", Command::RemoveNode { name: name.clone() }).await?;

@@ -40,7 +40,7 @@ fn elsewhere(agent: &Agent, r: &Resource) -> Option<(String, String)> {
 
 /// A request for the VM's owner node.
 fn to_owner<'a>(agent: &'a Agent, (owner, addr): &'a (String, String)) -> Forward<'a> {
-    Forward::new(&agent.peers, format!("node {owner:?}, which runs the VM,"), addr, Wait::Short)
+    Forward::new(&agent.peers.get(), format!("node {owner:?}, which runs the VM,"), addr, Wait::Short)
 }
 
 async fn view(agent: &Agent, r: Resource) -> VmView {

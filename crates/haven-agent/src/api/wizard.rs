@@ -165,12 +165,9 @@ pub(super) async fn make_ha(
     };
     if node != agent.name() {
         let fwd = MakeHaRequest { node: Some(node.clone()), ..req };
-        let holder = Forward::new(
-            &agent.peers,
-            format!("node {node:?}, which holds the definition,"),
-            &target.address,
-            Wait::Long,
-        );
+        let http = agent.peers.get();
+        let holder =
+            Forward::new(&http, format!("node {node:?}, which holds the definition,"), &target.address, Wait::Long);
         return holder.post("/api/v1/vms/make-ha", &fwd).await.map(Json).map_err(Failure::into_api_error);
     }
     if req.path.trim().is_empty() {

@@ -41,6 +41,32 @@ pub enum ClusterCmd {
     /// Join tokens for new nodes.
     #[command(subcommand)]
     Token(TokenCmd),
+    /// The cluster CA: show the CAs and every node's certificate, rotate to a new CA,
+    /// retire the old one. A rotation keeps the cluster running throughout: the new CA
+    /// signs at once, every node renews its certificate by itself, and both CAs stay
+    /// trusted (clients pinning either fingerprint keep working) until `retire`.
+    #[command(subcommand)]
+    Ca(CaCmd),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum CaCmd {
+    /// Show the trusted CAs (which one signs) and each node's certificate and CA; a
+    /// rotation is complete when no renewal is pending.
+    Status,
+    /// Make a new cluster CA (on the agent at --server, which must be a voter), certified
+    /// by the current one; every node then renews its certificate. Prints the new
+    /// fingerprint: put it in every CLI config (`ca_fingerprint`) and every script before
+    /// you retire the old CA. Updates this CLI's own config file unless --no-config.
+    Rotate {
+        /// Do not update ~/.config/haven/cli.toml.
+        #[arg(long)]
+        no_config: bool,
+    },
+    /// Stop trusting the CA with FINGERPRINT (the old one, after a rotation): refused while
+    /// any node still has a certificate it signed. Certificates it signed are refused from
+    /// then on, and so is a CLI that still pins it.
+    Retire { fingerprint: String },
 }
 
 #[derive(Subcommand, Debug)]
@@ -153,6 +179,7 @@ pub(super) async fn run(c: &Client, fmt: Format, cmd: ClusterCmd) -> Result<(), 
                 println!("applied:      {}", s.applied_index);
             }
         }
+        ClusterCmd::Ca(cmd) => ca(c, fmt, cmd).await?,
         ClusterCmd::Token(TokenCmd::Create { ttl, uses }) => {
             let ttl = haven_model::Dur::parse(&ttl).map_err(|e| usage(format!("--ttl: {e}")))?;
             let t = c.create_join_token(&haven_api::JoinTokenRequest { ttl: Some(ttl), uses: Some(uses) }).await?;
@@ -174,6 +201,86 @@ pub(super) async fn run(c: &Client, fmt: Format, cmd: ClusterCmd) -> Result<(), 
                     t.token,
                     t.ca_fingerprint
                 );
+            }
+        }
+    }
+    Ok(())
+}
+
+fn ca_rows(s: &haven_api::CaStatus) -> Vec<Vec<String>> {
+    s.nodes
+        .iter()
+        .map(|n| {
+            vec![
+                n.node.clone(),
+                n.serial.clone(),
+                if n.ca.is_empty() { "(before rotation existed)".into() } else { short(&n.ca).to_string() },
+                output::time(n.issued_at),
+                if n.renewal_pending { "renewal pending".into() } else { "current".into() },
+            ]
+        })
+        .collect()
+}
+
+fn short(fingerprint: &str) -> &str {
+    &fingerprint[..fingerprint.len().min(16)]
+}
+
+fn print_ca_status(s: &haven_api::CaStatus) {
+    for ca in &s.cas {
+        let role = if ca.signing { "signs new certificates" } else { "trusted until retired" };
+        println!("CA {} ({role})", ca.fingerprint);
+    }
+    println!();
+    output::table(&["NODE", "SERIAL", "CA", "ISSUED", "CERTIFICATE"], ca_rows(s));
+    let pending = s.nodes.iter().filter(|n| n.renewal_pending).count();
+    if s.cas.len() > 1 && pending == 0 {
+        let old: Vec<&str> = s.cas.iter().filter(|c| !c.signing).map(|c| c.fingerprint.as_str()).collect();
+        println!("\nevery node has renewed; retire the old CA with: haven cluster ca retire {}", old.join(" "));
+    } else if pending > 0 {
+        println!(
+            "\n{pending} node{} still to renew (a node that is down renews when it is back)",
+            if pending == 1 { "" } else { "s" }
+        );
+    }
+}
+
+async fn ca(c: &Client, fmt: Format, cmd: CaCmd) -> Result<(), Failure> {
+    match cmd {
+        CaCmd::Status => {
+            let s = c.ca_status().await?;
+            if fmt == Format::Json {
+                output::json(&s);
+            } else {
+                print_ca_status(&s);
+            }
+        }
+        CaCmd::Rotate { no_config } => {
+            one_server(c, "ca rotate")?;
+            let r = c.rotate_ca().await?;
+            let saved = if no_config { None } else { super::config::set_ca_fingerprint(&r.fingerprint) };
+            if fmt == Format::Json {
+                output::json(&r);
+            } else {
+                println!("new CA fingerprint: {}", r.fingerprint);
+                println!("previous CA:        {} (trusted until you retire it)", r.previous);
+                if let Some(path) = saved {
+                    println!("{} now pins the new CA", path.display());
+                }
+                println!("every node renews its certificate now; follow it with: haven cluster ca status");
+                println!(
+                    "put the new fingerprint in every CLI config and script, then: haven cluster ca retire {}",
+                    r.previous
+                );
+            }
+        }
+        CaCmd::Retire { fingerprint } => {
+            let s = c.retire_ca(&fingerprint).await?;
+            if fmt == Format::Json {
+                output::json(&s);
+            } else {
+                println!("CA {fingerprint} retired: certificates it signed are refused from now on");
+                print_ca_status(&s);
             }
         }
     }

@@ -85,6 +85,26 @@ pub fn save(config: &CliConfig) -> Result<(PathBuf, Option<PathBuf>), String> {
     save_to(&path, config).map(|old| (path, old))
 }
 
+/// After a CA rotation: the file, if it pins a CA, pins `fingerprint` instead (the old one
+/// stays trusted until it is retired). Returns the file's path when it was changed; a
+/// failure is a warning, the rotation is done either way.
+pub fn set_ca_fingerprint(fingerprint: &str) -> Option<PathBuf> {
+    let path = path()?;
+    let mut config = load_from(&path).ok()?;
+    config.ca_fingerprint.as_ref()?;
+    config.ca_fingerprint = Some(fingerprint.to_string());
+    match save_to(&path, &config) {
+        Ok(_) => Some(path),
+        Err(e) => {
+            eprintln!(
+                "warning: {} still pins the old CA: {e}; set ca_fingerprint = {fingerprint:?} there",
+                path.display()
+            );
+            None
+        }
+    }
+}
+
 fn save_to(path: &Path, config: &CliConfig) -> Result<Option<PathBuf>, String> {
     let dir = path.parent().ok_or("the config path has no directory")?;
     std::fs::DirBuilder::new()

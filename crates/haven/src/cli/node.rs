@@ -22,6 +22,11 @@ pub enum NodeCmd {
     Resume { name: String },
     /// Remove a node that is down from the cluster.
     Remove { name: String },
+    /// Replace NAME's certificate (a key that may have leaked, or a routine change): its
+    /// agent makes a new key, the leader signs it, and the old certificate is revoked
+    /// everywhere. A node that is down renews when it is back. `haven cluster ca status`
+    /// shows when it is done.
+    RenewCert { name: String },
     /// Set how the cluster fences NAME (through a standard fence agent such as fence_ipmilan)
     /// before it recovers NAME's groups elsewhere. With a fence agent set, a lost node's
     /// groups wait until the agent reports success; failures are retried, never ignored.
@@ -123,6 +128,18 @@ pub(super) async fn run(c: &Client, fmt: Format, cmd: NodeCmd) -> Result<(), Fai
                         println!("last fence failure ({} in a row): {e}", st.failures);
                     }
                 }
+            }
+        }
+        NodeCmd::RenewCert { name } => {
+            let n = c.renew_node_certificate(&name).await?;
+            if fmt == Format::Json {
+                output::json(&n);
+            } else {
+                println!(
+                    "node {:?} renews its certificate (serial {} now; it is revoked once the new one is in place); \
+                     follow it with: haven cluster ca status",
+                    n.node, n.serial
+                );
             }
         }
         NodeCmd::Pause { name } => one(c.set_node_paused(&name, true).await?),
