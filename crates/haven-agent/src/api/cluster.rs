@@ -274,6 +274,9 @@ pub(super) async fn ca_retire(
             field: Some("fingerprint".into()),
         })
     })?;
-    agent.submit("operator", Command::RetireCa { fingerprint }).await?;
-    Ok(Json(ca_status_of(&agent, &agent.db.state())))
+    agent.submit("operator", Command::RetireCa { fingerprint: fingerprint.clone() }).await?;
+    // (This node may not have applied the commit yet: the answer says what it did.)
+    let mut status = ca_status_of(&agent, &agent.db.state());
+    status.cas.retain(|c| c.fingerprint != fingerprint);
+    Ok(Json(status))
 }

@@ -81,7 +81,8 @@ pub(super) async fn renew_certificate(
         .nodes
         .into_iter()
         .find(|n| n.node == name)
-        .map(Json)
+        // (This node may not have applied the commit yet: the answer says what it did.)
+        .map(|n| Json(haven_api::NodeCertView { renewal_pending: true, ..n }))
         .ok_or_else(|| SubmitError::Refused(haven_state::StateError::not_found("node", &name)).into())
 }
 
