@@ -45,7 +45,17 @@ pub enum Connection {
     /// TLS; `peer`: the client's verified certificate, if it gave one, and the
     /// fingerprint of the trusted CA that signed it (checked again per request: a retired
     /// CA's connections end with it).
-    Tls { peer: Option<(PeerCert, String, Arc<Vec<Vec<u8>>>)> },
+    Tls { peer: Option<VerifiedPeer> },
+}
+
+/// A client certificate the handshake verified.
+#[derive(Clone, Debug)]
+pub struct VerifiedPeer {
+    cert: PeerCert,
+    /// The fingerprint of the trusted CA that vouched for it (see [`Pki::issuer_of`]).
+    issuer: String,
+    /// The chain it presented (DER), to look at again under a later trust.
+    chain: Arc<Vec<Vec<u8>>>,
 }
 
 /// Serves `router` on `listener` until `stop` turns true; open connections are then asked
@@ -106,7 +116,7 @@ async fn connection(
             let chain: Vec<Vec<u8>> = chain.iter().map(|c| c.to_vec()).collect();
             let cert = crate::pki::peer_cert(chain.first()?)?;
             let issuer = pki.issuer_of(&chain)?;
-            Some((cert, issuer, Arc::new(chain)))
+            Some(VerifiedPeer { cert, issuer, chain: Arc::new(chain) })
         });
         http(TokioIo::new(stream), remote, Connection::Tls { peer }, router, stop).await;
     } else {
@@ -186,7 +196,7 @@ pub async fn gate(AxState(agent): AxState<Arc<Agent>>, mut req: Request, next: N
                      `haven cluster join` to get one",
                 ));
             }
-            Connection::Tls { peer: Some((p, issuer, chain)) } => {
+            Connection::Tls { peer: Some(VerifiedPeer { cert: p, issuer, chain }) } => {
                 // The replicated state, read per request: a removal revokes connections
                 // that are already open too, and a retired CA ends its certificates'. (A
                 // connection made while a rotation was reaching this node may have been

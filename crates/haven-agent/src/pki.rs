@@ -1361,10 +1361,10 @@ mod tests {
         let ca = Ca::generate("lab").expect("a CA");
         let (cert, _) = ca.issue(&request, "node2", 2, "127.0.0.1:1").expect("issued");
         let wrong = "00".repeat(32);
-        let e = pki.accept_join(&wrong, "node2", &cert, ca.cert_pem(), None).expect_err("another fingerprint");
+        let e = pki.accept_join(&wrong, "node2", &cert, ca.cert_pem(), None, &[]).expect_err("another fingerprint");
         assert!(e.to_string().contains("not the one given with --ca-fingerprint"), "{e}");
         assert!(!dir.path().join("ca.pem").exists() && !dir.path().join("node.pem").exists());
-        let got = pki.accept_join(&ca.fingerprint(), "node2", &cert, ca.cert_pem(), None).expect("the right one");
+        let got = pki.accept_join(&ca.fingerprint(), "node2", &cert, ca.cert_pem(), None, &[]).expect("the right one");
         assert_eq!((got.name.as_str(), got.id), ("node2", 2));
         assert!(!dir.path().join("ca.key").exists(), "a learner keeps no CA key");
     }
