@@ -3,9 +3,11 @@
 //! client's identity and server check, the joiner's pinned-fingerprint check).
 //!
 //! Files (in `<state_dir>/pki/`, every key 0600, checked at start by [`check_key_modes`]):
-//! `ca.pem` (every member), `ca.key` (the founder and every voter or witness: any of them may
-//! lead and sign a join), `node.pem` and `node.key` (this node's identity). See
-//! docs/SECURITY.md for the threat model.
+//! `ca.pem` (every member: the trusted CAs, the signing one first), `cross.pem` (during a
+//! CA rotation, the new CA certified by the old), `ca.key` and `ca-<fingerprint>.key` (the
+//! founder and every voter or witness: any of them may lead and sign a join or a renewal),
+//! `node.pem` and `node.key` (this node's identity; `node.next.*` while a renewal is in
+//! flight). See docs/SECURITY.md for the threat model, and `crate::certs` for rotation.
 //!
 //! Everything that may change while the agent runs (the CA a joiner learns, the certificate
 //! it is issued) sits behind one lock in [`Pki`], read on every handshake: the server and
@@ -40,7 +42,7 @@ use rustls::server::{ClientHello, ParsedCertificate, ResolvesServerCert, WebPkiC
 use rustls::sign::CertifiedKey;
 use rustls::{DigitallySignedStruct, DistinguishedName, RootCertStore, SignatureScheme};
 
-/// How long the CA certificate is valid. Rotation is not implemented (docs/SECURITY.md).
+/// How long a CA certificate is valid; `haven cluster ca rotate` replaces one (docs/SECURITY.md).
 const CA_VALIDITY_DAYS: i64 = 20 * 365;
 /// How long a node certificate is valid.
 const NODE_VALIDITY_DAYS: i64 = 10 * 365;
@@ -1367,5 +1369,91 @@ mod tests {
         let got = pki.accept_join(&ca.fingerprint(), "node2", &cert, ca.cert_pem(), None, &[]).expect("the right one");
         assert_eq!((got.name.as_str(), got.id), ("node2", 2));
         assert!(!dir.path().join("ca.key").exists(), "a learner keeps no CA key");
+    }
+    fn cluster_ca(fp: &str, pem: &str, cross: Option<String>) -> haven_state::pki::ClusterCa {
+        haven_state::pki::ClusterCa {
+            fingerprint: fp.to_string(),
+            certificate: pem.to_string(),
+            cross_certificate: cross,
+            added_at: 1,
+            holder: "node1".into(),
+        }
+    }
+
+    /// A path from a certificate of the new CA to the old CA exists only through the cross
+    /// certificate: what a client pinning the old fingerprint relies on mid-rotation.
+    #[test]
+    fn a_successor_ca_is_certified_by_the_old_one_so_old_pins_verify_new_certificates() {
+        let old = Ca::generate("lab").expect("a CA");
+        let (new, cross_pem) = old.successor("lab").expect("a successor");
+        assert_ne!(new.fingerprint(), old.fingerprint());
+        let key = rcgen::KeyPair::generate().expect("a key");
+        let (cert_pem, _) = new.issue(&csr(&key, "node2").expect("a CSR"), "node2", 2, "127.0.0.1:1").expect("issued");
+        let der = pem_der(Path::new("t"), &cert_pem).expect("PEM");
+        let cross = pem_der(Path::new("t"), &cross_pem).expect("PEM");
+        let provider = provider();
+        let old_trust = trust_for(&provider, vec![CertificateDer::from(old.der.clone())], Vec::new()).expect("trust");
+        let cert = CertificateDer::from(der);
+        let parsed = ParsedCertificate::try_from(&cert).expect("parses");
+        let verify = |intermediates: &[CertificateDer<'_>]| {
+            let now = UnixTime::now();
+            let algs = provider.signature_verification_algorithms.all;
+            verify_server_cert_signed_by_trust_anchor(&parsed, &old_trust.roots, intermediates, now, algs)
+        };
+        assert!(verify(&[]).is_err(), "the old CA did not sign it");
+        let new_der = CertificateDer::from(new.der.clone());
+        assert!(verify(&[new_der.clone(), CertificateDer::from(cross)]).is_ok(), "through the cross certificate");
+
+        // A PKI that trusts both finds the new CA as the issuer; with the old alone, the
+        // old one through the cross certificate; a learner has no key to make a successor.
+        let dir = tempfile::tempdir().expect("a directory");
+        let pki = Pki::open(dir.path()).expect("an empty PKI");
+        pki.trust(vec![old.der.clone()], Vec::new()).expect("trust");
+        let chain = vec![cert.to_vec(), new.der.clone(), pem_der(Path::new("t"), &cross_pem).expect("PEM")];
+        assert_eq!(pki.issuer_of(&chain), Some(old.fingerprint()));
+        let cas = [
+            cluster_ca(&new.fingerprint(), new.cert_pem(), Some(cross_pem)),
+            cluster_ca(&old.fingerprint(), old.cert_pem(), None),
+        ];
+        assert!(pki.set_trusted(&cas).expect("trusted"));
+        assert!(!pki.set_trusted(&cas).expect("trusted"), "nothing to change the second time");
+        assert_eq!(pki.issuer_of(&chain[..1]), Some(new.fingerprint()));
+        assert_eq!(pki.trusted_fingerprints(), [new.fingerprint(), old.fingerprint()]);
+        let reopened = Pki::open(dir.path()).expect("reopened");
+        assert_eq!(reopened.trusted_fingerprints(), [new.fingerprint(), old.fingerprint()], "ca.pem keeps both");
+        let learner = Ca { key: None, ..Ca::generate("lab").expect("a CA") };
+        assert!(matches!(learner.successor("lab"), Err(PkiError::Refused(_))));
+    }
+
+    #[test]
+    fn a_renewal_replaces_the_identity_and_one_cut_short_is_finished_or_dropped_at_start() {
+        let dir = tempfile::tempdir().expect("a directory");
+        let pki = Pki::open(dir.path()).expect("an empty PKI");
+        let (fp, first) = pki.found("lab", "node1", 1, "127.0.0.1:1").expect("founded");
+        let ca = pki.ca().expect("the CA");
+        let request = pki.renewal_request("node1").expect("a CSR");
+        let (cert, serial) = ca.issue(&request, "node1", 1, "127.0.0.1:1").expect("issued");
+        let other = Ca::generate("other").expect("another CA");
+        let (foreign, _) = other.issue(&request, "node1", 1, "127.0.0.1:1").expect("issued");
+        let e = pki.accept_renewal("node1", &foreign, &fp).expect_err("not signed by the cluster CA");
+        assert!(e.to_string().contains("not signed"), "{e}");
+        let got = pki.accept_renewal("node1", &cert, &fp).expect("renewed");
+        assert_eq!(got.serial, serial);
+        assert_ne!(serial, first);
+        assert_eq!(pki.identity().map(|c| c.serial), Some(serial.clone()));
+        assert!(!dir.path().join("node.next.key").exists() && !dir.path().join("node.next.pem").exists());
+        assert_eq!(Pki::open(dir.path()).expect("reopened").identity().map(|c| c.serial), Some(serial.clone()));
+
+        // Cut short after the key was renamed, before the certificate was: finished.
+        let request = pki.renewal_request("node1").expect("a CSR");
+        let (cert, third) = ca.issue(&request, "node1", 1, "127.0.0.1:1").expect("issued");
+        write_public(&dir.path().join("node.next.pem"), &cert).expect("written");
+        std::fs::rename(dir.path().join("node.next.key"), dir.path().join("node.key")).expect("renamed");
+        assert_eq!(Pki::open(dir.path()).expect("reopened").identity().map(|c| c.serial), Some(third.clone()));
+        // Cut short before any certificate came: dropped, the identity is unchanged.
+        pki.renewal_request("node1").expect("a CSR");
+        let reopened = Pki::open(dir.path()).expect("reopened");
+        assert_eq!(reopened.identity().map(|c| c.serial), Some(third));
+        assert!(!dir.path().join("node.next.key").exists());
     }
 }

@@ -39,16 +39,24 @@ async fn call(c: &Client, method: &str, path: &str) -> (u16, String) {
 }
 
 /// What a refused call must leave as it was: every object, token and fence agent, and the
-/// history but its audit trail (`api-request` events) and the join tokens the admin made
+/// history but its audit trail (`api-request` events), the join tokens the admin made
 /// (`POST /cluster/join-tokens` with `{}` is a whole request: its defaults make a token, so
-/// the admin's call of the walk succeeds; a join token made by anyone else still shows).
+/// the admin's call of the walk succeeds; a join token made by anyone else still shows),
+/// and the admin's CA rotation (`POST /cluster/ca/rotate` takes no body: the admin's call
+/// rotates, and the node then renews its certificate).
 async fn objects(admin: &Client) -> Value {
     let history: Value = admin.get("/api/v1/history?limit=100000").await.expect("history");
     let events: Vec<&Value> = history
         .as_array()
         .expect("events")
         .iter()
-        .filter(|e| e["kind"] != "api-request" && !(e["kind"] == "join-token-created" && e["by"] == "admin"))
+        .filter(|e| {
+            let by_admin = |kind: &str| e["kind"] == kind && e["by"] == "admin";
+            e["kind"] != "api-request"
+                && !by_admin("join-token-created")
+                && !by_admin("ca-rotated")
+                && !(e["kind"] == "node-cert-renewed" && e["by"] == "node1")
+        })
         .collect();
     let groups: Value = admin.get("/api/v1/groups").await.expect("groups");
     let groups: Vec<Value> =

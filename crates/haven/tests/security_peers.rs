@@ -173,9 +173,10 @@ async fn strangers_wrong_tokens_and_wrong_fingerprints_are_refused() {
     let joined = lab.cli_json(3, &args).await;
     assert_eq!(joined["name"], "node4", "{joined}");
     lab.wait_until("node4 up, with a lease", 30, async || lab.sees_all_up(3, 4).await).await;
-    for f in ["node.key", "ca.key"] {
+    // (A voter keeps the CA key it was given under the CA's fingerprint.)
+    for f in ["node.key".to_string(), format!("ca-{}.key", good.ca_fingerprint)] {
         let mode = std::os::unix::fs::PermissionsExt::mode(
-            &std::fs::metadata(lab.node(3).state_dir().join("pki").join(f)).expect("written").permissions(),
+            &std::fs::metadata(lab.node(3).state_dir().join("pki").join(&f)).expect("written").permissions(),
         ) & 0o777;
         assert_eq!(mode, 0o600, "{f}");
     }
