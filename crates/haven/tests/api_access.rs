@@ -52,10 +52,8 @@ async fn objects(admin: &Client) -> Value {
         .iter()
         .filter(|e| {
             let by_admin = |kind: &str| e["kind"] == kind && e["by"] == "admin";
-            e["kind"] != "api-request"
-                && !by_admin("join-token-created")
-                && !by_admin("ca-rotated")
-                && !(e["kind"] == "node-cert-renewed" && e["by"] == "node1")
+            let renewal = e["kind"] == "node-cert-renewed" && e["by"] == "node1";
+            !(e["kind"] == "api-request" || by_admin("join-token-created") || by_admin("ca-rotated") || renewal)
         })
         .collect();
     let groups: Value = admin.get("/api/v1/groups").await.expect("groups");
