@@ -72,6 +72,8 @@ pub enum FenceError {
         #[source]
         source: std::io::Error,
     },
+    #[error("cannot run fence agent {agent:?} as user {user:?}: {why}; set the fence config's user (e.g. --user root)")]
+    User { agent: String, user: String, why: String },
     #[error("cannot write to {agent}: {source}")]
     Stdin {
         agent: String,
@@ -91,10 +93,40 @@ pub enum FenceError {
     Failed { agent: String, action: String, status: String, said: String },
 }
 
-/// Runs `config.agent` with `action`; `Ok` carries its output, `Err` why it failed.
+/// Runs `config.agent` with `action`, as `config.user` (default `nobody` when this agent
+/// runs as root); `Ok` carries its output, `Err` why it failed.
 pub async fn run_agent(config: &FenceConfig, action: &str) -> Result<String, FenceError> {
     let agent = &config.agent;
-    let mut child = tokio::process::Command::new(agent)
+    let mut cmd = tokio::process::Command::new(agent);
+    match haven_drivers::run_as(config.user.as_deref()) {
+        Ok(None) => {}
+        Ok(Some(r)) => {
+            cmd.envs(r.env());
+            if let Some((uid, gid)) = r.ids {
+                // std drops the supplementary groups when it switches uid as root.
+                cmd.uid(uid).gid(gid);
+            }
+        }
+        Err(haven_drivers::RunAsError::Unknown { user: u }) => {
+            return Err(FenceError::User {
+                agent: agent.clone(),
+                user: u,
+                why: "this node has no such account".into(),
+            });
+        }
+        Err(haven_drivers::RunAsError::Lookup { user: u, source }) => {
+            return Err(FenceError::User {
+                agent: agent.clone(),
+                user: u,
+                why: format!("looking it up failed: {source}"),
+            });
+        }
+        Err(haven_drivers::RunAsError::NotRoot { user: u, agent_uid }) => {
+            let why = format!("the Haven agent runs as uid {agent_uid}, not root, so it cannot switch user");
+            return Err(FenceError::User { agent: agent.clone(), user: u, why });
+        }
+    }
+    let mut child = cmd
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -121,5 +153,52 @@ pub async fn run_agent(config: &FenceConfig, action: &str) -> Result<String, Fen
     } else {
         let status = out.status.code().map(|c| format!("status {c}")).unwrap_or_else(|| "a signal".into());
         Err(FenceError::Failed { agent: agent.clone(), action: action.to_string(), status, said })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::os::unix::fs::PermissionsExt;
+
+    use haven_model::{Dur, FenceAction};
+
+    use super::*;
+
+    /// A fence agent that prints the account it runs as.
+    fn whoami_agent() -> (tempfile::TempDir, String) {
+        let dir = tempfile::tempdir().expect("a directory");
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        let path = dir.path().join("fence_whoami");
+        std::fs::write(&path, "#!/bin/sh\ncat >/dev/null\nid -un\n").expect("the script");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        (dir, path.display().to_string())
+    }
+
+    fn config(agent: &str, user: Option<&str>) -> FenceConfig {
+        FenceConfig {
+            agent: agent.to_string(),
+            params: BTreeMap::new(),
+            action: FenceAction::Off,
+            timeout: Dur::from_secs(10),
+            user: user.map(str::to_string),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_fence_agent_runs_as_nobody_unless_its_config_names_a_user() {
+        // (/proc/self belongs to the process's effective user.)
+        let euid = std::os::unix::fs::MetadataExt::uid(&std::fs::metadata("/proc/self").expect("/proc/self"));
+        if euid != 0 {
+            println!("skipped: the default user applies when the agent runs as root, and this test does not");
+            return;
+        }
+        let (_dir, agent) = whoami_agent();
+        let said = run_agent(&config(&agent, None), "off").await.expect("it ran");
+        assert!(said.ends_with(": nobody"), "{said}");
+        let said = run_agent(&config(&agent, Some("root")), "off").await.expect("it ran");
+        assert!(said.ends_with(": root"), "{said}");
+        let e = run_agent(&config(&agent, Some("nosuch-fence-user")), "off").await.expect_err("no such user");
+        assert!(e.to_string().contains("nosuch-fence-user") && e.to_string().contains("no such account"), "{e}");
     }
 }

@@ -306,6 +306,7 @@ fn directive(sc: &mut Scenario, line: &Line, next_id: &mut u64) -> Result<(), Er
                         params: BTreeMap::new(),
                         action: haven_model::FenceAction::Off,
                         timeout: Dur::from_secs(60),
+                        user: None,
                     };
                     Command::SetFence { node, config: Some(config) }
                 }

@@ -25,6 +25,7 @@ use async_trait::async_trait;
 use disk::DiskDriver;
 use haven_model::{InvalidInput, ResourceKind, ResourceSpec};
 use process::ProcessDriver;
+pub use process::{DEFAULT_USER, RunAs, RunAsError, run_as};
 use vm_config::VmConfigDriver;
 
 pub use error::DriverError;

@@ -215,26 +215,19 @@ impl ProcessDriver {
     fn prepare(ctx: &ResourceCtx, params: &ProcessParams) -> Result<Launch, DriverError> {
         let resource = &ctx.spec.name;
         let mut env = BTreeMap::new();
-        let mut ids = None;
-        let agent_uid = sys::effective_uid();
-        let user = params.user.clone().or_else(|| (agent_uid == 0).then(|| DEFAULT_USER.to_string()));
-        if let Some(user) = &user {
-            let account = sys::lookup_user(user)
-                .map_err(|source| DriverError::UserLookup { resource: resource.clone(), user: user.clone(), source })?
-                .ok_or_else(|| DriverError::UnknownUser {
-                    resource: resource.clone(),
-                    node: ctx.node.clone(),
-                    user: user.clone(),
-                })?;
-            if agent_uid != account.uid {
-                if agent_uid != 0 {
-                    return Err(DriverError::NotRoot { resource: resource.clone(), user: user.clone(), agent_uid });
-                }
-                ids = Some((account.uid, account.gid));
+        let run_as = run_as(params.user.as_deref()).map_err(|e| match e {
+            RunAsError::Lookup { user, source } => DriverError::UserLookup { resource: resource.clone(), user, source },
+            RunAsError::Unknown { user } => {
+                DriverError::UnknownUser { resource: resource.clone(), node: ctx.node.clone(), user }
             }
-            env.insert("HOME".to_string(), account.home);
-            env.insert("USER".to_string(), user.clone());
-            env.insert("LOGNAME".to_string(), user.clone());
+            RunAsError::NotRoot { user, agent_uid } => {
+                DriverError::NotRoot { resource: resource.clone(), user, agent_uid }
+            }
+        })?;
+        let user = run_as.as_ref().map(|r| r.user.clone());
+        let ids = run_as.as_ref().and_then(|r| r.ids);
+        if let Some(r) = run_as {
+            env.extend(r.env());
         }
         env.extend(params.env.iter().map(|(k, v)| (k.clone(), v.clone())));
         let cwd = params.cwd.as_ref().map_or_else(|| ctx.run_dir.clone(), PathBuf::from);
@@ -684,9 +677,61 @@ fn closed_ancestor(dir: &Path, uid: u32, gid: u32) -> Option<(PathBuf, u32)> {
     })
 }
 
-/// The account a `process` resource runs as when the agent runs as root and the resource
-/// names no `params.user` (see `ProcessParams::user`).
+/// The account a command the agent runs on its host (a `process` resource, a fence agent)
+/// runs as when the agent runs as root and the command names no user (see
+/// `ProcessParams::user`, `FenceConfig::user`).
 pub const DEFAULT_USER: &str = "nobody";
+
+/// Who a command the agent runs on its host runs as.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RunAs {
+    pub user: String,
+    pub home: String,
+    /// The uid and gid to switch to; `None` when they are the agent's own.
+    pub ids: Option<(u32, u32)>,
+}
+
+impl RunAs {
+    /// `HOME`, `USER` and `LOGNAME` for the command.
+    pub fn env(&self) -> [(String, String); 3] {
+        [
+            ("HOME".to_string(), self.home.clone()),
+            ("USER".to_string(), self.user.clone()),
+            ("LOGNAME".to_string(), self.user.clone()),
+        ]
+    }
+}
+
+/// Why [`run_as`] found no account.
+#[derive(Debug)]
+pub enum RunAsError {
+    Lookup { user: String, source: io::Error },
+    Unknown { user: String },
+    NotRoot { user: String, agent_uid: u32 },
+}
+
+/// The account for `user`: as given, else [`DEFAULT_USER`] when the agent runs as root;
+/// `None` when neither (the agent's own user, as it is). Switching to another account than
+/// the agent's needs the agent to run as root.
+pub fn run_as(user: Option<&str>) -> Result<Option<RunAs>, RunAsError> {
+    let agent_uid = sys::effective_uid();
+    let Some(user) = user.map(str::to_string).or_else(|| (agent_uid == 0).then(|| DEFAULT_USER.to_string())) else {
+        return Ok(None);
+    };
+    let account = match sys::lookup_user(&user) {
+        Err(source) => return Err(RunAsError::Lookup { user, source }),
+        Ok(None) => return Err(RunAsError::Unknown { user }),
+        Ok(Some(a)) => a,
+    };
+    let ids = if agent_uid == account.uid {
+        None
+    } else if agent_uid != 0 {
+        return Err(RunAsError::NotRoot { user, agent_uid });
+    } else {
+        Some((account.uid, account.gid))
+    };
+    Ok(Some(RunAs { user, home: account.home, ids }))
+}
 
 fn spawn_hint(error: &io::Error, params: &ProcessParams, launch: &Launch, node: &str) -> String {
     let program = params.argv.first().map(String::as_str).unwrap_or("");

@@ -50,6 +50,13 @@ pub struct FenceConfig {
     /// How long the agent may take. Default: 60s.
     #[serde(default = "d_fence_timeout")]
     pub timeout: Dur,
+    /// The account the fence agent runs as. Default: when the Haven agent runs as root,
+    /// the unprivileged `nobody` (a fence agent talks to a BMC or a power switch over the
+    /// network; it needs no root), which every node that may fence must have; running it
+    /// as `root` is a choice to write down here. When the Haven agent does not run as
+    /// root, its own user.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
 }
 
 impl FenceConfig {
@@ -83,6 +90,19 @@ impl FenceConfig {
             }
         }
         bounds::FENCE_TIMEOUT.check_dur(self.timeout)?;
+        if let Some(u) = &self.user {
+            let ok = !u.is_empty()
+                && u.len() <= 32
+                && u.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+                && !u.starts_with('-');
+            if !ok {
+                return Err(InvalidInput::new(
+                    "user",
+                    "is not a user name; give an account of the nodes (letters, digits, '_', '-', '.', at most 32), \
+                     e.g. \"nobody\" or \"root\"",
+                ));
+            }
+        }
         Ok(())
     }
 
@@ -138,6 +158,7 @@ mod tests {
             params: params.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
             action: FenceAction::Off,
             timeout: Dur::from_secs(60),
+            user: None,
         };
         let shown = c.redacted();
         assert_eq!(shown.params["ip"], "10.0.0.9");

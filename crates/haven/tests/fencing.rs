@@ -108,6 +108,8 @@ async fn group_waits_while_fencing_fails_and_fails_over_once_fenced() {
 
     // Now a fence agent that works: the node is fenced ("powered off") and g fails over.
     std::fs::write(&status_file, "on").expect("cannot write the fence status file");
+    // The fence agent runs as nobody (the agents run as root and the config names no user).
+    common::writable_by_anyone(&status_file);
     let status_param = format!("status_file={}", status_file.display());
     lab.cli_json(
         v,

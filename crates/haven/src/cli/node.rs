@@ -44,6 +44,10 @@ pub enum NodeCmd {
         /// How long the agent may take.
         #[arg(long, default_value = "60s")]
         timeout: String,
+        /// The account the fence agent runs as. Default: nobody when the Haven agent runs
+        /// as root (a fence agent needs the network, not root); give root to run it as root.
+        #[arg(long)]
+        user: Option<String>,
         /// Remove the node's fence agent instead.
         #[arg(long, conflicts_with = "agent")]
         remove: bool,
@@ -70,7 +74,13 @@ fn node_rows(nodes: &[NodeView]) -> Vec<Vec<String>> {
 const NODE_HEADER: [&str; 7] = ["NAME", "ID", "STATUS", "ROLE", "ADDRESS", "CAPACITY", "GROUPS"];
 
 /// The fence agent set by `node fence` (not `--remove`).
-fn fence_config(agent: Option<String>, params: &[String], action: &str, timeout: &str) -> Result<FenceConfig, Failure> {
+fn fence_config(
+    agent: Option<String>,
+    params: &[String],
+    action: &str,
+    timeout: &str,
+    user: Option<String>,
+) -> Result<FenceConfig, Failure> {
     let mut map = BTreeMap::new();
     for p in params {
         let Some((k, v)) = p.split_once('=') else {
@@ -84,6 +94,7 @@ fn fence_config(agent: Option<String>, params: &[String], action: &str, timeout:
         params: map,
         action: wire_value("--action", action, "use off or reboot")?,
         timeout: wire_value("--timeout", timeout, "")?,
+        user,
     })
 }
 
@@ -144,11 +155,11 @@ pub(super) async fn run(c: &Client, fmt: Format, cmd: NodeCmd) -> Result<(), Fai
         }
         NodeCmd::Pause { name } => one(c.set_node_paused(&name, true).await?),
         NodeCmd::Resume { name } => one(c.set_node_paused(&name, false).await?),
-        NodeCmd::Fence { name, agent, params, action, timeout, remove } => {
+        NodeCmd::Fence { name, agent, params, action, timeout, user, remove } => {
             let n = if remove {
                 c.remove_fence(&name).await?
             } else {
-                c.set_fence(&name, &fence_config(agent, &params, &action, &timeout)?).await?
+                c.set_fence(&name, &fence_config(agent, &params, &action, &timeout, user)?).await?
             };
             if fmt == Format::Json {
                 output::json(&n);
