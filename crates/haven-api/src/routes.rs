@@ -69,6 +69,14 @@ impl Client {
         self.post(&format!("{V1}/cluster/join-tokens"), request).await
     }
 
+    pub async fn join_tokens(&self) -> Result<Vec<crate::JoinTokenView>, ClientError> {
+        self.get(&format!("{V1}/cluster/join-tokens")).await
+    }
+
+    pub async fn revoke_join_token(&self, id: &str) -> Result<crate::JoinTokenRevoked, ClientError> {
+        self.delete(&format!("{V1}/cluster/join-tokens/{}", segment(id))).await
+    }
+
     // ---- CA and node certificates ----
 
     pub async fn ca_status(&self) -> Result<crate::CaStatus, ClientError> {

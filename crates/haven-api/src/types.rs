@@ -103,6 +103,10 @@ pub struct JoinTokenRequest {
 #[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
 pub struct JoinTokenCreated {
     pub token: String,
+    /// The token's id (the first 12 hex digits of its SHA-256), as `haven cluster token
+    /// list` shows it and `revoke` takes it; not a secret.
+    #[serde(default)]
+    pub id: String,
     /// SHA-256 of the cluster CA certificate (DER), hex: pass it to `haven cluster join`.
     pub ca_fingerprint: String,
     /// When the token stops being valid (ms since the Unix epoch).
@@ -141,6 +145,27 @@ pub struct PeerJoined {
     /// The other CAs the cluster trusts (PEM), while a CA rotation is in progress.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub trusted_cas: Vec<String>,
+}
+
+/// A join token as `GET /api/v1/cluster/join-tokens` lists it: never the token itself.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct JoinTokenView {
+    /// The first 12 hex digits of the token's SHA-256 (what `revoke` takes).
+    pub id: String,
+    pub created_at: u64,
+    pub created_by: String,
+    pub expires_at: u64,
+    /// How many joins it allows in all, and how many it admitted.
+    pub uses: u32,
+    pub used: u32,
+    /// `valid`, `used up` or `expired`.
+    pub status: String,
+}
+
+/// The answer to `DELETE /api/v1/cluster/join-tokens/{id}`.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct JoinTokenRevoked {
+    pub revoked: String,
 }
 
 /// `POST /internal/renew`: a member asks the leader to sign a new certificate for it (for

@@ -57,6 +57,7 @@ pub(crate) fn apply(s: &mut State, req: &Request) -> Response {
             event(s, at, by, "node-removed", Some(name), None, None, message);
             Ok(Reply::None)
         }
+        Command::RevokeJoinToken { token_hash } => crate::pki::revoke_join_token(s, at, by, token_hash),
         Command::CreateJoinToken { token_hash, expires_at, uses } => {
             crate::pki::create_join_token(s, at, by, token_hash, *expires_at, *uses)
         }

@@ -179,6 +179,11 @@ pub enum Command {
         expires_at: Millis,
         uses: u32,
     },
+    /// An admin revoked a join token before it expired or was used up: it admits no node
+    /// from now on.
+    RevokeJoinToken {
+        token_hash: String,
+    },
     /// The leader admits a node that presented a valid join token: the token's use, the
     /// node and the serial of the certificate it was issued, all in one change.
     JoinNode {

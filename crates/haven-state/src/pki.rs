@@ -132,8 +132,8 @@ pub fn validate_token_limits(ttl_ms: Millis, uses: u32) -> Result<(), StateError
 /// quoting the token (the caller knows it; a log or history line must not).
 pub fn check_join_token(s: &State, hash: &str, at: Millis) -> Result<(), String> {
     let Some(t) = s.join_tokens.get(hash) else {
-        return Err("the join token is not valid for this cluster (mistyped, from another cluster, or expired more \
-                    than a day ago); create one on a member with `haven cluster token create`"
+        return Err("the join token is not valid for this cluster (mistyped, revoked, from another cluster, or \
+                    expired more than a day ago); create one on a member with `haven cluster token create`"
             .to_string());
     };
     if t.used >= t.uses {
@@ -204,6 +204,23 @@ pub(crate) fn create_join_token(
             expires_at.saturating_sub(at) / 1000
         ),
     );
+    Ok(Reply::None)
+}
+
+/// How many hex digits of a join token's hash name it (`haven cluster token list`): its id.
+pub const JOIN_TOKEN_ID_LEN: usize = 12;
+
+/// `RevokeJoinToken`: the token is dropped (a join with it is then "not valid").
+pub(crate) fn revoke_join_token(s: &mut State, at: Millis, by: &str, token_hash: &str) -> Response {
+    let id = token_hash.get(..JOIN_TOKEN_ID_LEN).unwrap_or(token_hash);
+    if s.join_tokens.remove(token_hash).is_none() {
+        return Err(StateError {
+            code: crate::ErrorCode::NotFound,
+            message: format!("no join token with id {id:?}; `haven cluster token list` shows the ones kept"),
+            field: None,
+        });
+    }
+    crate::apply::event(s, at, by, "join-token-revoked", None, None, None, format!("join token {id} revoked"));
     Ok(Reply::None)
 }
 
@@ -381,7 +398,14 @@ pub(crate) fn rotate_ca(s: &mut State, at: Millis, by: &str, ca: &ClusterCa, pre
 /// `RetireCa`.
 pub(crate) fn retire_ca(s: &mut State, at: Millis, by: &str, fingerprint: &str) -> Response {
     let Some(i) = s.cas.iter().position(|c| c.fingerprint == fingerprint) else {
-        return Err(StateError::not_found("CA", fingerprint));
+        return Err(StateError {
+            code: crate::ErrorCode::NotFound,
+            message: format!(
+                "the cluster trusts no CA with fingerprint {fingerprint} (or keeps one CA only, which signs); \
+                 `haven cluster ca status` lists them"
+            ),
+            field: Some("fingerprint".into()),
+        });
     };
     if i == 0 {
         return Err(StateError::conflict(format!(
@@ -474,6 +498,21 @@ mod tests {
         assert!(!s.nodes.contains_key("c"), "a refused join adds nothing");
         let e = join(&mut s, 2000, 3, "c", &hash('f'), "0c").unwrap_err();
         assert!(e.message.contains("not valid"), "{e}");
+    }
+
+    #[test]
+    fn a_revoked_token_admits_nobody_and_says_it_may_have_been_revoked() {
+        let mut s = cluster();
+        let create = Command::CreateJoinToken { token_hash: hash('a'), expires_at: 3_600_000, uses: 5 };
+        s.apply(&Request::new(0, "operator", create)).expect("token created");
+        s.apply(&Request::new(1, "admin", Command::RevokeJoinToken { token_hash: hash('a') })).expect("revoked");
+        assert!(
+            s.history.back().is_some_and(|e| e.kind == "join-token-revoked" && e.message.contains(&hash('a')[..12]))
+        );
+        let e = join(&mut s, 1000, 2, "b", &hash('a'), "0b").unwrap_err();
+        assert!(e.message.contains("revoked"), "{e}");
+        let e = s.apply(&Request::new(2, "admin", Command::RevokeJoinToken { token_hash: hash('a') })).unwrap_err();
+        assert!(e.message.contains("no join token with id"), "{e}");
     }
 
     #[test]

@@ -168,6 +168,23 @@ async fn strangers_wrong_tokens_and_wrong_fingerprints_are_refused() {
     let e = joiner.join_cluster(&member, &expiring.token, &expiring.ca_fingerprint).await.expect_err("expired");
     assert!(message(&e).contains("expired"), "{e}");
 
+    // A token revoked before its use admits nobody; `token list` shows the others, never a
+    // token itself (the role walk of api_access checks that only an admin revokes).
+    let revoked = lab.cli_json(0, &["cluster", "token", "create"]).await;
+    let (rid, rtoken) = (revoked["id"].as_str().expect("an id"), revoked["token"].as_str().expect("a token"));
+    let listed = lab.cli_json(0, &["cluster", "token", "list"]).await;
+    let listed = listed.as_array().expect("a list");
+    assert!(listed.iter().any(|t| t["id"] == rid && t["status"] == "valid"), "{listed:?}");
+    assert!(listed.iter().any(|t| t["id"] == good.id.as_str()), "{listed:?}");
+    assert!(listed.iter().any(|t| t["id"] == expiring.id.as_str() && t["status"] == "expired"), "{listed:?}");
+    let text = serde_json::to_string(&listed).expect("JSON");
+    assert!(!text.contains(rtoken) && !text.contains(&good.token), "a token in the list: {text}");
+    lab.cli_json(0, &["cluster", "token", "revoke", rid]).await;
+    let e = joiner.join_cluster(&member, rtoken, &good.ca_fingerprint).await.expect_err("a revoked token");
+    assert!(message(&e).contains("revoked"), "{e}");
+    let again = lab.cli(0).args(["cluster", "token", "revoke", rid]).output().expect("the CLI");
+    assert!(String::from_utf8_lossy(&again.stderr).contains("no join token with id"), "{again:?}");
+
     // The right token and fingerprint: node4 joins (the refusals above used nothing up).
     let args = ["cluster", "join", member.as_str(), "--token", &good.token, "--ca-fingerprint", &good.ca_fingerprint];
     let joined = lab.cli_json(3, &args).await;

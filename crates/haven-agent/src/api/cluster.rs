@@ -10,13 +10,13 @@ use axum::Json;
 use axum::extract::State as AxState;
 use haven_api::{
     CaRotated, CaStatus, CaView, ClusterStatus, ErrorBody, InitRequest, InitResponse, JoinRequest, JoinTokenCreated,
-    JoinTokenRequest, NodeCertView, NodeIdentity, NodeView, PeerJoin, RetireCaRequest,
+    JoinTokenRequest, JoinTokenRevoked, JoinTokenView, NodeCertView, NodeIdentity, NodeView, PeerJoin, RetireCaRequest,
 };
 use haven_model::{Node, NodeLiveness, NodeRole};
 use haven_state::{Command, State};
 
 use super::nodes::node_view;
-use super::{ApiError, ApiResult, Body};
+use super::{ApiError, ApiResult, Body, Name};
 use crate::{Agent, SubmitError, now_ms};
 
 pub(super) fn require_cluster(state: &State) -> Result<(), ApiError> {
@@ -132,8 +132,71 @@ pub(super) async fn create_join_token(
     let token = crate::pki::hex(&bytes);
     let expires_at = now_ms().saturating_add(ttl_ms);
     let token_hash = crate::pki::sha256_hex(token.as_bytes());
+    let id = token_hash[..haven_state::pki::JOIN_TOKEN_ID_LEN].to_string();
     agent.submit("operator", Command::CreateJoinToken { token_hash, expires_at, uses }).await?;
-    Ok(Json(JoinTokenCreated { token, ca_fingerprint, expires_at, uses }))
+    Ok(Json(JoinTokenCreated { token, id, ca_fingerprint, expires_at, uses }))
+}
+
+#[utoipa::path(get, path = "/api/v1/cluster/join-tokens", tag = "cluster",
+    responses((status = 200, body = Vec<JoinTokenView>), (status = 409, body = ErrorBody)))]
+pub(super) async fn list_join_tokens(AxState(agent): AxState<Arc<Agent>>) -> ApiResult<Vec<JoinTokenView>> {
+    let state = agent.db.state();
+    require_cluster(&state)?;
+    let now = now_ms();
+    let mut tokens: Vec<JoinTokenView> = state
+        .join_tokens
+        .iter()
+        .map(|(hash, t)| JoinTokenView {
+            id: hash[..haven_state::pki::JOIN_TOKEN_ID_LEN.min(hash.len())].to_string(),
+            created_at: t.created_at,
+            created_by: t.created_by.clone(),
+            expires_at: t.expires_at,
+            uses: t.uses,
+            used: t.used,
+            status: if t.used >= t.uses {
+                "used up"
+            } else if now >= t.expires_at {
+                "expired"
+            } else {
+                "valid"
+            }
+            .to_string(),
+        })
+        .collect();
+    tokens.sort_by_key(|t| t.created_at);
+    Ok(Json(tokens))
+}
+
+/// Revokes the join token whose id (or a longer prefix of its hash) is `id`.
+#[utoipa::path(delete, path = "/api/v1/cluster/join-tokens/{id}", tag = "cluster",
+    params(("id" = String, Path, description = "the token's id, as `haven cluster token list` shows it")),
+    responses((status = 200, body = JoinTokenRevoked), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody)))]
+pub(super) async fn revoke_join_token(
+    AxState(agent): AxState<Arc<Agent>>,
+    Name(id): Name,
+) -> ApiResult<JoinTokenRevoked> {
+    let state = agent.db.state();
+    require_cluster(&state)?;
+    let id = id.to_ascii_lowercase();
+    if !(8..=64).contains(&id.len()) || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(ApiError::new(
+            400,
+            "invalid",
+            "a join token id is 8 to 64 hex digits (`haven cluster token list` shows 12)",
+        ));
+    }
+    let matches: Vec<&String> = state.join_tokens.keys().filter(|h| h.starts_with(&id)).collect();
+    let token_hash = match matches.as_slice() {
+        [one] => (*one).clone(),
+        [] => {
+            let message = format!("no join token with id {id:?}; `haven cluster token list` shows the ones kept");
+            return Err(ApiError::new(404, "not_found", message));
+        }
+        _ => return Err(ApiError::new(409, "conflict", "that id names several join tokens; give more of it")),
+    };
+    agent.submit("operator", Command::RevokeJoinToken { token_hash }).await?;
+    Ok(Json(JoinTokenRevoked { revoked: id }))
 }
 
 #[utoipa::path(post, path = "/api/v1/cluster/join", tag = "cluster", request_body = JoinRequest,

@@ -71,6 +71,13 @@ pub enum CaCmd {
 
 #[derive(Subcommand, Debug)]
 pub enum TokenCmd {
+    /// List the join tokens the cluster keeps (never the tokens themselves): id, who made
+    /// it, expiry, uses, and whether it is still valid. Expired tokens are dropped a day
+    /// after their expiry.
+    List,
+    /// Revoke a join token before it expires or is used up: it admits no node from now on.
+    /// ID is the id `list` (or `create`) shows.
+    Revoke { id: String },
     /// Create a join token (shown once: the cluster keeps only its hash) and print it with
     /// the CA fingerprint a joining node checks.
     Create {
@@ -180,6 +187,35 @@ pub(super) async fn run(c: &Client, fmt: Format, cmd: ClusterCmd) -> Result<(), 
             }
         }
         ClusterCmd::Ca(cmd) => ca(c, fmt, cmd).await?,
+        ClusterCmd::Token(TokenCmd::List) => {
+            let tokens = c.join_tokens().await?;
+            if fmt == Format::Json {
+                output::json(&tokens);
+            } else {
+                let rows = tokens
+                    .iter()
+                    .map(|t| {
+                        vec![
+                            t.id.clone(),
+                            t.status.clone(),
+                            format!("{}/{}", t.used, t.uses),
+                            output::time(t.expires_at),
+                            t.created_by.clone(),
+                            output::time(t.created_at),
+                        ]
+                    })
+                    .collect();
+                output::table(&["ID", "STATUS", "USED", "EXPIRES", "CREATED BY", "CREATED"], rows);
+            }
+        }
+        ClusterCmd::Token(TokenCmd::Revoke { id }) => {
+            let r = c.revoke_join_token(&id).await?;
+            if fmt == Format::Json {
+                output::json(&r);
+            } else {
+                println!("join token {} revoked: it admits no node from now on", r.revoked);
+            }
+        }
         ClusterCmd::Token(TokenCmd::Create { ttl, uses }) => {
             let ttl = haven_model::Dur::parse(&ttl).map_err(|e| usage(format!("--ttl: {e}")))?;
             let t = c.create_join_token(&haven_api::JoinTokenRequest { ttl: Some(ttl), uses: Some(uses) }).await?;
@@ -187,6 +223,7 @@ pub(super) async fn run(c: &Client, fmt: Format, cmd: ClusterCmd) -> Result<(), 
                 output::json(&t);
             } else {
                 println!("join token:     {}", t.token);
+                println!("id:             {} (for `haven cluster token list` and `revoke`)", t.id);
                 println!("CA fingerprint: {}", t.ca_fingerprint);
                 println!(
                     "admits {} node{}, until {} (it is shown only now)",
