@@ -134,6 +134,9 @@ impl<'a> Forward<'a> {
             && let Some(auth) = crate::api::auth::forwarded_authorization()
         {
             req = req.header(reqwest::header::AUTHORIZATION, auth);
+            if let Some(client) = crate::api::auth::forwarded_client() {
+                req = req.header(crate::api::auth::FORWARDED_CLIENT, client);
+            }
         }
         if let Some(b) = body {
             req = req.json(b);

@@ -162,6 +162,16 @@ fn from_this_host(remote: SocketAddr, local: Option<SocketAddr>) -> bool {
     remote.ip().is_loopback() || local.is_some_and(|l| l.ip() == remote.ip())
 }
 
+/// The member whose verified, unrevoked certificate of a CA trusted now opened the
+/// connection `req` came on, if one did (a public request another agent forwarded).
+pub(crate) fn member_of(agent: &Agent, req: &Request) -> Option<PeerCert> {
+    let Some(Connection::Tls { peer: Some(VerifiedPeer { cert, issuer, .. }) }) = req.extensions().get::<Connection>()
+    else {
+        return None;
+    };
+    (agent.pki.trusts(issuer) && !haven_state::pki::is_revoked(&agent.db.state(), &cert.serial)).then(|| cert.clone())
+}
+
 /// A refusal of a peer connection that the client should not use again (over HTTP/1.1
 /// `Connection: close`; a client then reconnects with what it has now).
 fn closing(e: ApiError) -> Response {

@@ -280,6 +280,17 @@ async fn a_removed_node_cannot_reconnect() {
     let history = lab.client(via).history(&HistoryQuery { node: Some(name.clone()), ..Default::default() }).await;
     let history = history.expect("history");
     assert!(history.iter().any(|e| e.kind == "node-removed" && e.message.contains("is revoked")), "{history:?}");
+    // The removal was forwarded to the leader: its audit entry names the client it came
+    // from, and the member that passed it on.
+    let all = lab.client(via).history(&HistoryQuery { limit: Some(1000), ..Default::default() }).await;
+    let audit = all
+        .expect("history")
+        .into_iter()
+        .find(|e| e.kind == "api-request" && e.message.starts_with(&format!("DELETE /api/v1/nodes/{name} from ")));
+    let audit = audit.expect("the removal's audit entry");
+    if leader != via {
+        assert!(audit.message.contains(&format!(" via {}:", lab.name(via))), "{audit:?}");
+    }
 
     // Its certificate is refused by every remaining node, at once.
     for i in (0..3).filter(|i| *i != removed) {

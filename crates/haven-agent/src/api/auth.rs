@@ -387,19 +387,44 @@ fn write_private(path: &std::path::Path, text: &str) -> std::io::Result<()> {
     f.write_all(text.as_bytes())
 }
 
+/// The header in which a member forwarding a public request names its client's address.
+pub(crate) const FORWARDED_CLIENT: &str = "x-haven-forwarded-client";
+
+/// The client address of the API request this task serves, for a request forwarded on its
+/// behalf (the address the first agent saw, without any "via").
+pub(crate) fn forwarded_client() -> Option<String> {
+    let caller = current()?;
+    let client = caller.origin.client.split(' ').next().unwrap_or_default();
+    client.parse::<SocketAddr>().ok().map(|a| a.to_string())
+}
+
 /// Middleware of every public route: authenticates the caller, checks its role against
 /// [`RULES`], runs the handler as that caller (see [`current`]), and queues the audit entry
 /// of a write the state machine did not record.
 pub async fn layer(AxState(agent): AxState<Arc<Agent>>, req: Request, next: Next) -> Response {
     let method = req.method().clone();
     let route = req.extensions().get::<MatchedPath>().map(|m| m.as_str().to_string());
-    let addr = req.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0);
+    let mut addr = req.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0);
+    // A request another member forwarded names the client it came from: believed only from
+    // a member's certificate (anyone else could claim any address).
+    let mut via = None;
+    if let Some(claimed) = req.headers().get(FORWARDED_CLIENT).and_then(|v| v.to_str().ok())
+        && let Ok(client) = claimed.parse::<SocketAddr>()
+        && let Some(member) = crate::listener::member_of(&agent, &req)
+    {
+        addr = Some(client);
+        via = Some(member.name);
+    }
     // Inside `/api/v1` the URI has lost its prefix; the original has it.
     let full_path = req.extensions().get::<OriginalUri>().map_or_else(|| req.uri().path(), |u| u.0.path());
+    let client = addr.map_or_else(|| "unknown".to_string(), |a| a.to_string());
     let origin = ApiOrigin {
         method: method.to_string(),
         path: haven_api::body::shorten(full_path, 160),
-        client: addr.map_or_else(|| "unknown".to_string(), |a| a.to_string()),
+        client: match via {
+            Some(node) => format!("{client} via {node}"),
+            None => client,
+        },
     };
     let write = !matches!(method, Method::GET | Method::HEAD | Method::OPTIONS);
     let route = route.unwrap_or_else(|| req.uri().path().to_string());
