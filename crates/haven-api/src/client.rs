@@ -56,6 +56,12 @@ pub struct Unanswered {
 fn unreachable_message(tried: &[Unanswered], may_be_applied: bool) -> String {
     const FIX: &str = "is `haven agent` running there? (set --server or HAVEN_SERVER; \
                        several agents, separated by commas, are tried in turn)";
+    // An agent that answered but whose certificate the pin refused is running: the fix is
+    // the fingerprint, not the server.
+    const PIN_FIX: &str = "check the CA fingerprint (--ca-fingerprint, HAVEN_CA_FINGERPRINT or ca_fingerprint in \
+                           cli.toml; after a CA rotation it is the new CA's: `haven cluster ca status`)";
+    let pin_refused = |u: &Unanswered| u.reason.contains("--ca-fingerprint") || u.reason.contains("pinned CA");
+    let fix = if !tried.is_empty() && tried.iter().all(pin_refused) { PIN_FIX } else { FIX };
     let list = |us: &[Unanswered]| us.iter().map(|u| format!("{} ({})", u.server, u.reason)).collect::<Vec<_>>();
     match tried {
         [] => "no Haven agent to send the request to; set --server or HAVEN_SERVER (e.g. 127.0.0.1:7400)".into(),
@@ -72,8 +78,8 @@ fn unreachable_message(tried: &[Unanswered], may_be_applied: bool) -> String {
                 last.server, last.reason
             )
         }
-        [one] => format!("cannot reach the Haven agent at {}: {}; {FIX}", one.server, one.reason),
-        many => format!("cannot reach any of the {} Haven agents tried: {}; {FIX}", many.len(), list(many).join(", ")),
+        [one] => format!("cannot reach the Haven agent at {}: {}; {fix}", one.server, one.reason),
+        many => format!("cannot reach any of the {} Haven agents tried: {}; {fix}", many.len(), list(many).join(", ")),
     }
 }
 
@@ -327,7 +333,10 @@ fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
     while let Some(next) = cur.source() {
         cur = next;
     }
-    cur.to_string()
+    // rustls shows a verifier's own refusal as "unexpected error: <it>"; the refusal is
+    // the message.
+    let text = cur.to_string();
+    text.strip_prefix("unexpected error: ").map(str::to_string).unwrap_or(text)
 }
 
 #[cfg(test)]
@@ -352,6 +361,9 @@ mod tests {
         let maybe = unreachable_message(&[down("http://a:1", "refused"), down("http://b:2", "reset")], true);
         assert!(maybe.starts_with("no answer from the Haven agent at http://b:2: reset (before it"), "{maybe}");
         assert!(maybe.contains("http://a:1 (refused)") && maybe.contains("may still be applied"), "{maybe}");
+        let pin = "the member's cluster CA has fingerprint ab, not the one given with --ca-fingerprint";
+        let pinned = unreachable_message(&[down("https://a:1", pin)], false);
+        assert!(pinned.contains("check the CA fingerprint") && !pinned.contains("running there"), "{pinned}");
         assert!(unreachable_message(&[], false).contains("set --server or HAVEN_SERVER"));
     }
 
