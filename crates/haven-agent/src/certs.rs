@@ -185,19 +185,29 @@ async fn renew(
     let Some(node) = state.nodes.get(&peer.name).filter(|n| n.id == peer.id) else {
         return Err(ApiError::new(403, "forbidden", format!("{peer} is not a member of this cluster")));
     };
-    let ca = agent.pki.ca().map_err(|e| ApiError::new(503, "unavailable", e.to_string()))?;
+    let ca = signing_ca_here(&agent, &state)?;
     let ca_fingerprint = ca.fingerprint();
-    if signing_ca(&state).is_some_and(|c| c.fingerprint != ca_fingerprint) {
-        return Err(ApiError::new(
-            503,
-            "unavailable",
-            "the leader does not trust the cluster's signing CA yet (the rotation is reaching it); retry in a moment",
-        ));
-    }
     let (certificate, serial) = ca
         .issue(&r.csr, &node.name, node.id, &node.address)
         .map_err(|e| ApiError::new(503, "unavailable", e.to_string()))?;
     Ok(Json(PeerRenewed { certificate, serial, ca_fingerprint }))
+}
+
+/// The cluster's signing CA as this node holds it; 503 while a rotation has not reached
+/// this node yet (it trusts another CA as the signing one).
+fn signing_ca_here(agent: &Agent, state: &State) -> Result<crate::pki::Ca, ApiError> {
+    let ca = agent.pki.ca().map_err(|e| ApiError::new(503, "unavailable", e.to_string()))?;
+    if signing_ca(state).is_some_and(|c| c.fingerprint != ca.fingerprint()) {
+        return Err(ApiError::new(
+            503,
+            "unavailable",
+            format!(
+                "node {:?} does not trust the cluster's signing CA yet (a rotation is reaching it); retry in a moment",
+                agent.name()
+            ),
+        ));
+    }
+    Ok(ca)
 }
 
 /// A CA key, to a voter or witness only (a learner never holds one; see docs/SECURITY.md).
@@ -229,15 +239,8 @@ async fn ca_key(
 /// its key stored here, and `RotateCa` committed. Returns (new, previous) fingerprints.
 pub(crate) async fn rotate(agent: &Agent) -> Result<(String, String), ApiError> {
     let state = agent.db.state();
-    let current = agent.pki.ca().map_err(|e| ApiError::new(503, "unavailable", e.to_string()))?;
+    let current = signing_ca_here(agent, &state)?;
     let previous = current.fingerprint();
-    if signing_ca(&state).is_some_and(|c| c.fingerprint != previous) {
-        return Err(ApiError::new(
-            503,
-            "unavailable",
-            "this node does not trust the cluster's signing CA yet (a rotation is reaching it); retry in a moment",
-        ));
-    }
     let cluster = state.cluster.as_ref().map(|c| c.name.clone()).unwrap_or_default();
     let (next, cross) = current.successor(&cluster).map_err(|e| match e {
         crate::pki::PkiError::Refused(m) => ApiError::new(409, "conflict", m),

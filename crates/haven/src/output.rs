@@ -36,6 +36,15 @@ pub fn table(header: &[&str], rows: Vec<Vec<String>>) {
     }
 }
 
+/// A list: as JSON with `-o json`, else a table of `header` with one `row` per item.
+pub fn list_of<T: Serialize>(fmt: Format, items: &[T], header: &[&str], row: impl Fn(&T) -> Vec<String>) {
+    if fmt == Format::Json {
+        json(&items);
+    } else {
+        table(header, items.iter().map(row).collect());
+    }
+}
+
 pub fn json<T: Serialize>(v: &T) {
     match serde_json::to_string_pretty(v) {
         Ok(s) => println!("{s}"),

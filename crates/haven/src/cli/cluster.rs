@@ -189,24 +189,16 @@ pub(super) async fn run(c: &Client, fmt: Format, cmd: ClusterCmd) -> Result<(), 
         ClusterCmd::Ca(cmd) => ca(c, fmt, cmd).await?,
         ClusterCmd::Token(TokenCmd::List) => {
             let tokens = c.join_tokens().await?;
-            if fmt == Format::Json {
-                output::json(&tokens);
-            } else {
-                let rows = tokens
-                    .iter()
-                    .map(|t| {
-                        vec![
-                            t.id.clone(),
-                            t.status.clone(),
-                            format!("{}/{}", t.used, t.uses),
-                            output::time(t.expires_at),
-                            t.created_by.clone(),
-                            output::time(t.created_at),
-                        ]
-                    })
-                    .collect();
-                output::table(&["ID", "STATUS", "USED", "EXPIRES", "CREATED BY", "CREATED"], rows);
-            }
+            output::list_of(fmt, &tokens, &["ID", "STATUS", "USED", "EXPIRES", "CREATED BY", "CREATED"], |t| {
+                vec![
+                    t.id.clone(),
+                    t.status.clone(),
+                    format!("{}/{}", t.used, t.uses),
+                    output::time(t.expires_at),
+                    t.created_by.clone(),
+                    output::time(t.created_at),
+                ]
+            });
         }
         ClusterCmd::Token(TokenCmd::Revoke { id }) => {
             let r = c.revoke_join_token(&id).await?;

@@ -49,28 +49,14 @@ pub(super) async fn run(c: &Client, fmt: Format, cmd: TokenCmd) -> Result<(), Fa
         }
         TokenCmd::List => {
             let tokens = c.tokens().await?;
-            if fmt == Format::Json {
-                output::json(&tokens);
-            } else {
-                let rows = tokens
-                    .iter()
-                    .map(|t| {
-                        let expires = match t.expires_at {
-                            Some(e) if t.expired => format!("expired {}", output::time(e)),
-                            Some(e) => output::time(e),
-                            None => "never".into(),
-                        };
-                        vec![
-                            t.name.clone(),
-                            t.role.to_string(),
-                            output::time(t.created_at),
-                            t.created_by.clone(),
-                            expires,
-                        ]
-                    })
-                    .collect();
-                output::table(&["NAME", "ROLE", "CREATED", "BY", "EXPIRES"], rows);
-            }
+            output::list_of(fmt, &tokens, &["NAME", "ROLE", "CREATED", "BY", "EXPIRES"], |t| {
+                let expires = match t.expires_at {
+                    Some(e) if t.expired => format!("expired {}", output::time(e)),
+                    Some(e) => output::time(e),
+                    None => "never".into(),
+                };
+                vec![t.name.clone(), t.role.to_string(), output::time(t.created_at), t.created_by.clone(), expires]
+            });
         }
         TokenCmd::Revoke { name } => {
             let r = c.revoke_token(&name).await?;
