@@ -55,12 +55,15 @@ pub(crate) fn router(agent: Arc<Agent>) -> Router {
 /// Keeps this node's trust, CA key and certificate as the state says (module header).
 pub async fn run(agent: Arc<Agent>, mut stop: watch::Receiver<bool>) {
     let mut state_rx = agent.db.subscribe();
+    // The CA whose key this node was last seen to hold: the key file is read once per CA,
+    // not at every commit.
+    let mut key_of = None;
     loop {
         if *stop.borrow() {
             return;
         }
         let state = agent.db.state();
-        let wait = match step(&agent, &state).await {
+        let wait = match step(&agent, &state, &mut key_of).await {
             Ok(()) => LOOK_EVERY,
             Err(e) => {
                 tracing::warn!(error = %e, "certificates: a step failed; retrying in {} s", RETRY.as_secs());
@@ -75,7 +78,7 @@ pub async fn run(agent: Arc<Agent>, mut stop: watch::Receiver<bool>) {
     }
 }
 
-async fn step(agent: &Agent, state: &State) -> Result<(), String> {
+async fn step(agent: &Agent, state: &State, key_of: &mut Option<String>) -> Result<(), String> {
     if state.cluster.is_none() || agent.pki.identity().is_none() {
         return Ok(());
     }
@@ -86,9 +89,12 @@ async fn step(agent: &Agent, state: &State) -> Result<(), String> {
     let Some(node) = state.nodes.get(me) else { return Ok(()) };
     if let Some(ca) = signing_ca(state)
         && matches!(node.role, NodeRole::Voter | NodeRole::Witness)
-        && agent.pki.ca_key_pem(&ca.fingerprint).map_err(|e| e.to_string())?.is_none()
+        && key_of.as_deref() != Some(ca.fingerprint.as_str())
     {
-        fetch_ca_key(agent, state, ca).await?;
+        if agent.pki.ca_key_pem(&ca.fingerprint).map_err(|e| e.to_string())?.is_none() {
+            fetch_ca_key(agent, state, ca).await?;
+        }
+        *key_of = Some(ca.fingerprint.clone());
     }
     if wants_new_cert(state, me) {
         renew_own(agent, state).await?;

@@ -18,6 +18,7 @@ use haven_node::{GrantAnswer, GrantRule, GrantTable, Lease, LeaseRule, Micros, P
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+use crate::guard::GuardLink;
 use crate::{Agent, Timing, peer};
 
 /// This node's lease, as far as this node knows.
@@ -27,6 +28,9 @@ pub struct LeaseKeeper {
     epoch: Instant,
     lease: Mutex<Lease>,
     changed: watch::Sender<u64>,
+    /// The node guard, told of every lease before it may be used (see [`crate::guard`]);
+    /// without a guard that reads, the lease counts as lost here.
+    guard: Arc<GuardLink>,
 }
 
 fn micros(d: Duration) -> Micros {
@@ -34,8 +38,31 @@ fn micros(d: Duration) -> Micros {
 }
 
 impl LeaseKeeper {
-    pub fn new(timing: Timing) -> LeaseKeeper {
-        LeaseKeeper { timing, epoch: Instant::now(), lease: Mutex::new(Lease::new()), changed: watch::channel(0).0 }
+    pub fn new(timing: Timing, guard: Arc<GuardLink>) -> LeaseKeeper {
+        LeaseKeeper {
+            timing,
+            epoch: Instant::now(),
+            lease: Mutex::new(Lease::new()),
+            changed: watch::channel(0).0,
+            guard,
+        }
+    }
+
+    /// The end of `lease` as a `CLOCK_MONOTONIC` reading, if it is valid at `now`.
+    fn deadline_ns(lease: &Lease, now: Micros) -> Option<u64> {
+        let left = lease.valid_until()?.checked_sub(now).filter(|l| *l > 0)?;
+        Some(haven_drivers::guard::monotonic_ns().saturating_add(left.saturating_mul(1000)))
+    }
+
+    /// Tells the guard the current lease (a new guard, before it is relied on).
+    pub fn tell_guard(&self) {
+        let now = self.now();
+        self.with(|l| self.guard.tell(Self::deadline_ns(l, now)));
+    }
+
+    /// Wakes whoever watches the lease (its meaning changed: a guard came or went).
+    pub fn announce(&self) {
+        self.changed.send_modify(|v| *v += 1);
     }
 
     fn with<T>(&self, f: impl FnOnce(&mut Lease) -> T) -> T {
@@ -51,9 +78,13 @@ impl LeaseKeeper {
         self.at(Instant::now())
     }
 
-    /// The lease as it is now, and the core's clock reading of now.
+    /// The lease as it is now, and the core's clock reading of now; no lease while the
+    /// node guard is not running.
     pub fn snapshot(&self) -> (Lease, Micros) {
         let now = self.now();
+        if !self.guard.ok() {
+            return (Lease::new(), now);
+        }
         (self.with(|l| l.clone()), now)
     }
 
@@ -65,7 +96,7 @@ impl LeaseKeeper {
     /// Whether the lease is valid now.
     pub fn valid(&self) -> bool {
         let now = self.now();
-        self.with(|l| l.valid(now))
+        self.guard.ok() && self.with(|l| l.valid(now))
     }
 
     /// A receiver that changes whenever the lease is renewed or lost.
@@ -81,7 +112,18 @@ impl LeaseKeeper {
 
     fn renewed(&self, renewal: Renewal, min_applied: u64) {
         let (now, lease_len) = (self.now(), micros(self.timing.lease));
-        if self.with(|l| l.renewed(renewal, now, min_applied, lease_len, LeaseRule::FromSend)) {
+        // The guard hears of the new lease before anyone here can see it (the lock is held
+        // from the renewal until the guard was told).
+        let renewed = self.with(|l| {
+            let mut next = l.clone();
+            let renewed = next.renewed(renewal, now, min_applied, lease_len, LeaseRule::FromSend);
+            if renewed {
+                self.guard.tell(Self::deadline_ns(&next, now));
+            }
+            *l = next;
+            renewed
+        });
+        if renewed {
             self.changed.send_modify(|v| *v += 1);
         }
     }

@@ -20,6 +20,7 @@ pub mod config;
 pub mod control;
 pub mod fence;
 mod forward;
+mod guard;
 pub mod host;
 pub mod lease;
 mod listener;
@@ -60,6 +61,8 @@ pub struct Agent {
     /// One join at a time on the leader (`peer::join`).
     join_lock: tokio::sync::Mutex<()>,
     pub lease: lease::LeaseKeeper,
+    /// The node guard's link (see [`guard`]).
+    node_guard: Arc<guard::GuardLink>,
     /// Leader side: when each node's last renewal arrived (ms), while this node led (in any
     /// term since the agent started), and the grant rule: a renewal lands either before a
     /// controller tick reads the heartbeats or after what it decided is committed, never in
@@ -345,8 +348,11 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Res
     }
 
     let (reports, report_rx) = report::Reporter::new();
+    // A witness runs no resources: it needs no guard.
+    let node_guard = Arc::new(guard::GuardLink::new(!config.witness));
     let agent = Arc::new(Agent {
-        lease: lease::LeaseKeeper::new(timing),
+        lease: lease::LeaseKeeper::new(timing, node_guard.clone()),
+        node_guard,
         config,
         timing,
         db,
@@ -372,6 +378,7 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Res
         tokio::spawn(api::auth::audit_writer(agent.clone())),
         tokio::spawn(api::auth::first_token_for_an_upgraded_cluster(agent.clone())),
         tokio::spawn(certs::run(agent.clone(), stop_rx.clone())),
+        tokio::spawn(guard::supervise(agent.clone(), stop_rx.clone())),
     ];
     // A witness votes and renews its lease but never runs resources.
     // Probe KVM in the background so the first VM start does not pay for it.

@@ -10,6 +10,7 @@
 mod check;
 pub mod disk;
 mod error;
+pub mod guard;
 pub mod make_ha;
 mod pidfile;
 mod process;

@@ -230,6 +230,9 @@ impl ProcessDriver {
             env.extend(r.env());
         }
         env.extend(params.env.iter().map(|(k, v)| (k.clone(), v.clone())));
+        // How the node guard knows a resource process (crate::guard); set last, so that
+        // params.env cannot unset it.
+        env.insert(crate::guard::RESOURCE_ENV.to_string(), resource.clone());
         let cwd = params.cwd.as_ref().map_or_else(|| ctx.run_dir.clone(), PathBuf::from);
         if let Some((uid, gid)) = ids
             && params.cwd.is_none()

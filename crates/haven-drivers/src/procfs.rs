@@ -16,6 +16,8 @@ pub struct ProcStat {
     pub comm: String,
     /// One-letter state (field 3); `Z` is a zombie, `X` is dead.
     pub state: char,
+    /// Parent process id (field 4).
+    pub ppid: i32,
     /// Process group id (field 5).
     pub pgrp: i32,
     /// Session id (field 6).
@@ -41,10 +43,11 @@ pub fn parse_stat(text: &str) -> Option<ProcStat> {
     let rest: Vec<&str> = text.get(close + 1..)?.split_whitespace().collect();
     // rest[0] is field 3 (state), so field n is rest[n - 3].
     let state = rest.first()?.chars().next()?;
+    let ppid = rest.get(1)?.parse().ok()?;
     let pgrp = rest.get(2)?.parse().ok()?;
     let session = rest.get(3)?.parse().ok()?;
     let start_time = rest.get(19)?.parse().ok()?;
-    Some(ProcStat { comm, state, pgrp, session, start_time })
+    Some(ProcStat { comm, state, ppid, pgrp, session, start_time })
 }
 
 /// The stat of `pid`, or `None` if there is no such process.
@@ -107,6 +110,14 @@ pub fn parse_cmdline(raw: &[u8]) -> Vec<String> {
 /// A kernel thread has an empty one.
 pub fn cmdline(pid: i32) -> Option<Vec<String>> {
     fs::read(format!("/proc/{pid}/cmdline")).ok().map(|raw| parse_cmdline(&raw))
+}
+
+/// Whether the environment `pid` was started with (`/proc/<pid>/environ`) sets `key`;
+/// false if it cannot be read (gone, or not ours to read).
+pub fn environ_has(pid: i32, key: &str) -> bool {
+    let prefix = format!("{key}=");
+    fs::read(format!("/proc/{pid}/environ"))
+        .is_ok_and(|raw| raw.split(|b| *b == 0).any(|v| v.starts_with(prefix.as_bytes())))
 }
 
 /// The entries of `/proc/<pid>/fd` (each a link to what the descriptor is open on;
@@ -190,7 +201,14 @@ mod tests {
         let st = parse_stat(text).expect("parses");
         assert_eq!(
             st,
-            ProcStat { comm: "my (odd) prog".into(), state: 'S', pgrp: 4242, session: 4200, start_time: 987654 }
+            ProcStat {
+                comm: "my (odd) prog".into(),
+                state: 'S',
+                ppid: 1,
+                pgrp: 4242,
+                session: 4200,
+                start_time: 987654
+            }
         );
         assert!(!st.is_dead());
     }

@@ -1,4 +1,4 @@
-//! The few libc calls the drivers need (signals, uids, user lookup), each wrapped in a
+//! The few libc calls the drivers need (signals, uids, user lookup, the monotonic clock), each wrapped in a
 //! safe function. This is the only module of the crate allowed to use `unsafe`; keep it
 //! to thin wrappers with no logic of their own.
 
@@ -12,6 +12,15 @@ pub(crate) fn kill(pid: i32, signal: i32) -> io::Result<()> {
     // SAFETY: kill(2) takes two integers and reads or writes no memory of ours.
     let rc = unsafe { libc::kill(pid, signal) };
     if rc == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
+}
+
+/// `CLOCK_MONOTONIC` in nanoseconds (the same clock in every process of the host).
+pub(crate) fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime(2) writes one timespec into `ts`, a live local; CLOCK_MONOTONIC
+    // always exists on Linux.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    (ts.tv_sec as u64).saturating_mul(1_000_000_000).saturating_add(ts.tv_nsec as u64)
 }
 
 /// The agent's effective uid.

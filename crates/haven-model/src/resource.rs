@@ -156,7 +156,8 @@ fn d_check_timeout() -> Dur {
 pub struct ProcessParams {
     /// The program and its arguments; the program is looked up in `PATH`.
     pub argv: Vec<String>,
-    /// Extra environment variables. Default: none.
+    /// Extra environment variables. Default: none. (Haven sets `HAVEN_RESOURCE` to the
+    /// resource's name last: the node guard knows a resource's processes by it.)
     #[serde(default)]
     pub env: BTreeMap<String, String>,
     /// Working directory. Default: the resource's run directory under the agent's state dir.

@@ -11,6 +11,10 @@ use clap::Parser;
 
 fn main() -> ExitCode {
     let args = cli::Cli::parse();
+    // The node guard is a plain loop of its own, with no async runtime to depend on.
+    if let cli::Cmd::Guard(g) = &args.command {
+        return cli::guard(g);
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(r) => r,
         Err(e) => {

@@ -124,6 +124,38 @@ pub enum Cmd {
     Token(TokenCmd),
     /// Start a local 3-node cluster with sample groups, and print commands to try.
     Demo(crate::demo::DemoArgs),
+    /// The node guard, started by `haven agent` (not by hand): it kills the node's
+    /// resources when the agent's lease ends without a renewal, or when the agent is gone.
+    #[command(hide = true)]
+    Guard(GuardArgs),
+}
+
+#[derive(clap::Args, Debug)]
+pub struct GuardArgs {
+    /// The agent's run directory (`<state_dir>/run`), where resources record their pids.
+    #[arg(long)]
+    run_dir: std::path::PathBuf,
+}
+
+/// `haven guard`: told on its stdin by its parent, the agent (see `haven_drivers::guard`).
+pub fn guard(g: &GuardArgs) -> ExitCode {
+    use std::os::fd::AsFd;
+    let agent = std::os::unix::process::parent_id() as i32;
+    let input = match std::io::stdin().as_fd().try_clone_to_owned() {
+        Ok(fd) => std::os::unix::net::UnixStream::from(fd),
+        Err(e) => {
+            eprintln!("error: haven guard cannot use its stdin: {e}");
+            return ExitCode::from(EXIT_UNAVAILABLE);
+        }
+    };
+    let mut log = |line: &str| eprintln!("{line}");
+    match haven_drivers::guard::run(agent, &g.run_dir, input, &mut log) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: haven guard: {e}");
+            ExitCode::from(EXIT_UNAVAILABLE)
+        }
+    }
 }
 
 /// A CLI failure: message plus exit status.
@@ -169,6 +201,7 @@ pub async fn run(cli: Cli) -> ExitCode {
         Cmd::Agent(a) => agent::run(a, false).await,
         Cmd::Witness(a) => agent::run(a, true).await,
         Cmd::Demo(d) => crate::demo::run(d, cli.output).await,
+        Cmd::Guard(g) => return guard(&g),
         other => match client(cli.server, cli.token, cli.ca_fingerprint, pins_the_ca(&other)) {
             Ok(c) => client_command(&c, cli.output, other).await,
             Err(f) => Err(f),
@@ -253,7 +286,7 @@ async fn client_command(c: &Client, fmt: Format, cmd: Cmd) -> Result<(), Failure
         Cmd::History(h) => history::run(c, fmt, h).await,
         Cmd::Vm(v) => vm::run(c, fmt, v).await,
         Cmd::Token(t) => token::run(c, fmt, t).await,
-        Cmd::Agent(_) | Cmd::Witness(_) | Cmd::Demo(_) => Ok(()),
+        Cmd::Agent(_) | Cmd::Witness(_) | Cmd::Demo(_) | Cmd::Guard(_) => Ok(()),
     }
 }
 

@@ -126,6 +126,19 @@ impl Lab {
         self.note(&format!("killed {}: {killed} processes (session {sid})", self.nodes[i].name));
     }
 
+    /// The pid of node `i`'s agent (also its session id), if it runs.
+    pub fn agent_pid(&self, i: usize) -> Option<i32> {
+        self.nodes[i].child.as_ref().map(|c| c.id() as i32)
+    }
+
+    /// Waits for node `i`'s agent after a test killed it alone (its session is left as the
+    /// agent left it), so that it is no zombie; the node counts as not running.
+    pub fn reap(&mut self, i: usize) {
+        if let Some(mut child) = self.nodes[i].child.take() {
+            let _ = child.wait();
+        }
+    }
+
     /// Starts a killed or stopped node's agent again (same config and state) and waits
     /// until its API answers.
     pub async fn restart_node(&mut self, i: usize) {
