@@ -7,6 +7,9 @@
 //! - Its QEMU alone is killed, then its guest stops heartbeating (`haven vm control vm1
 //!   freeze`): each time the VM is restarted in place, as a new guest boot, and the history
 //!   says why.
+//! - Its node's agent alone is frozen (SIGSTOP) past its lease: the node guard kills QEMU at
+//!   the lease end, the VM boots on a survivor, the guests' records show one writer at a
+//!   time, and after SIGCONT nothing boots twice.
 //!
 //! QEMU runs under TCG here (no usable KVM), where a boot takes 5–15 s: every wait is
 //! generous but bounded, and one VM runs at a time. The tests skip (with a message) only
@@ -536,4 +539,56 @@ async fn vm_restarts_in_place_when_qemu_dies_or_its_guest_stops_heartbeating() {
         "QEMU runs with the new memory: {args:?}"
     );
     lab.note("definition edits: refused while running, invalid ones named, a valid one used at the next start");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vm_of_a_frozen_agent_is_killed_at_its_lease_end_before_it_boots_elsewhere() {
+    if !installed("qemu-system-x86_64") {
+        println!("SKIPPED: qemu-system-x86_64 is not installed");
+        return;
+    }
+    let guest = test_guest();
+    let lab = Lab::start(3).await;
+    let volume = make_volume(&lab, &guest);
+    let leader = lab.leader_seen_by(0).await.expect("a leader");
+    let a = (0..3).find(|i| lab.node(*i).id != leader).expect("a follower");
+    let a_name = lab.name(a).to_string();
+    create_vm_group(&lab, &volume, &a_name).await;
+    let other = (0..3).find(|i| *i != a).expect("a survivor");
+    let (owner, boot1, seq) = lab
+        .wait_for(&format!("{VM} online on {a_name} with a guest heartbeat"), BOOT_LIMIT_S, async || {
+            heartbeat(&lab, other).await
+        })
+        .await;
+    assert_eq!(owner, a_name);
+    wait_seq(&lab, other, &boot1, seq + 8).await;
+    let qemu_a = pid_in(&lab.node(a).run_dir(VM)).expect("QEMU's pid file");
+
+    // Freeze only the agent; QEMU runs on until the guard kills it.
+    let agent = lab.agent_pid(a).expect("the agent runs");
+    let signal = |sig: &str| {
+        let ok = Command::new("kill").args([sig, &agent.to_string()]).status().is_ok_and(|s| s.success());
+        assert!(ok, "kill {sig} {agent}");
+    };
+    signal("-STOP");
+    lab.note(&format!("SIGSTOP to {a_name}'s agent only (QEMU {qemu_a} keeps running)"));
+    lab.wait_until(&format!("QEMU {qemu_a} killed by {a_name}'s guard"), 10, async || !alive(qemu_a)).await;
+    let (s, boot2, seq2) = lab
+        .wait_for(&format!("{VM} online on a survivor, as a new guest"), BOOT_LIMIT_S, async || {
+            let (owner, boot, seq) = heartbeat(&lab, other).await?;
+            (owner != a_name && boot != boot1).then_some((owner, boot, seq))
+        })
+        .await;
+    lab.note(&format!("guest {boot2} heartbeats on {s} (seq {seq2})"));
+    signal("-CONT");
+    lab.note(&format!("SIGCONT to {a_name}'s agent"));
+    lab.wait_until(&format!("{a_name} up again"), 30, async || lab.sees_all_up(a, 3).await).await;
+    let si = lab.index_of(&s);
+    wait_seq(&lab, si, &boot2, seq2 + 8).await;
+    assert!(pid_in(&lab.node(a).run_dir(VM)).is_none_or(|p| !alive(p)), "no QEMU on {a_name} after the thaw");
+
+    take_offline(&lab, si).await;
+    let (boots, alive_lines) = guest_records(&lab, &volume.join("data.img"));
+    let counts = assert_one_writer_at_a_time(&boots, &alive_lines, &[&boot1, &boot2]);
+    lab.note(&format!("two boots, {} and {} alive lines, one writer at a time", counts[0], counts[1]));
 }
