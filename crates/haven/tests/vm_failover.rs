@@ -290,22 +290,33 @@ fn assert_one_writer_at_a_time(boots: &[Boot], alive: &[Alive], expected: &[&str
 }
 
 /// The history of the group through node `i`.
+/// A 3-node lab with a volume holding the test guest; `None` (the test skips, saying so)
+/// when QEMU is not installed.
+async fn vm_lab() -> Option<(Lab, PathBuf)> {
+    if !installed("qemu-system-x86_64") {
+        println!("SKIPPED: qemu-system-x86_64 is not installed");
+        return None;
+    }
+    let guest = test_guest();
+    let lab = Lab::start(3).await;
+    let volume = make_volume(&lab, &guest);
+    Some((lab, volume))
+}
+
+/// A follower to own the VM: its death or freeze leaves the leader (and the controller) be.
+async fn follower(lab: &Lab) -> usize {
+    let leader = lab.leader_seen_by(0).await.expect("a leader");
+    (0..3).find(|i| lab.node(*i).id != leader).expect("a follower")
+}
+
 async fn history(lab: &Lab, i: usize) -> Vec<Event> {
     lab.client(i).history(&HistoryQuery::group(GROUP).limit(1000)).await.expect("history")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn vm_fails_over_when_its_node_dies_and_one_guest_writes_at_a_time() {
-    if !installed("qemu-system-x86_64") {
-        println!("SKIPPED: qemu-system-x86_64 is not installed");
-        return;
-    }
-    let guest = test_guest();
-    let mut lab = Lab::start(3).await;
-    let volume = make_volume(&lab, &guest);
-    // A follower owns the VM, so the leader (and the controller) survive its death.
-    let leader = lab.leader_seen_by(0).await.expect("a leader");
-    let a = (0..3).find(|i| lab.node(*i).id != leader).expect("a follower");
+    let Some((mut lab, volume)) = vm_lab().await else { return };
+    let a = follower(&lab).await;
     let a_name = lab.name(a).to_string();
     create_vm_group(&lab, &volume, &a_name).await;
 
@@ -394,13 +405,7 @@ async fn vm_fails_over_when_its_node_dies_and_one_guest_writes_at_a_time() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn vm_restarts_in_place_when_qemu_dies_or_its_guest_stops_heartbeating() {
-    if !installed("qemu-system-x86_64") {
-        println!("SKIPPED: qemu-system-x86_64 is not installed");
-        return;
-    }
-    let guest = test_guest();
-    let lab = Lab::start(3).await;
-    let volume = make_volume(&lab, &guest);
+    let Some((lab, volume)) = vm_lab().await else { return };
     let a = 1;
     let a_name = lab.name(a).to_string();
     let other = 2;
@@ -543,15 +548,8 @@ async fn vm_restarts_in_place_when_qemu_dies_or_its_guest_stops_heartbeating() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_vm_of_a_frozen_agent_is_killed_at_its_lease_end_before_it_boots_elsewhere() {
-    if !installed("qemu-system-x86_64") {
-        println!("SKIPPED: qemu-system-x86_64 is not installed");
-        return;
-    }
-    let guest = test_guest();
-    let lab = Lab::start(3).await;
-    let volume = make_volume(&lab, &guest);
-    let leader = lab.leader_seen_by(0).await.expect("a leader");
-    let a = (0..3).find(|i| lab.node(*i).id != leader).expect("a follower");
+    let Some((lab, volume)) = vm_lab().await else { return };
+    let a = follower(&lab).await;
     let a_name = lab.name(a).to_string();
     create_vm_group(&lab, &volume, &a_name).await;
     let other = (0..3).find(|i| *i != a).expect("a survivor");
