@@ -53,10 +53,7 @@ impl GuardLink {
         }
         let mut inner = self.lock();
         let Some(stream) = inner.as_mut() else { return };
-        let line = match deadline_ns {
-            Some(ns) => format!("deadline {ns}\n"),
-            None => "none\n".to_string(),
-        };
+        let line = haven_node::guard::line(deadline_ns);
         // Non-blocking: a guard that stopped reading must not stop the agent.
         if !matches!(stream.write(line.as_bytes()), Ok(n) if n == line.len()) {
             tracing::error!("the node guard does not read what it is told; stopping it and starting another");

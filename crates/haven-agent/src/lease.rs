@@ -48,9 +48,11 @@ impl LeaseKeeper {
         }
     }
 
-    /// The end of `lease` as a `CLOCK_MONOTONIC` reading, if it is valid at `now`.
+    /// The deadline to tell the guard (`haven_node::guard::deadline`, the node's own lease
+    /// end) as a `CLOCK_MONOTONIC` reading, if the lease is valid at `now`.
     fn deadline_ns(lease: &Lease, now: Micros) -> Option<u64> {
-        let left = lease.valid_until()?.checked_sub(now).filter(|l| *l > 0)?;
+        let until = haven_node::guard::deadline(lease, now, haven_node::guard::GuardRule::NodeDeadline)?;
+        let left = until.saturating_sub(now);
         Some(haven_drivers::guard::monotonic_ns().saturating_add(left.saturating_mul(1000)))
     }
 

@@ -4,14 +4,9 @@
 //! progress. An agent that is frozen (SIGSTOP, a hung NFS read, starved of CPU) keeps no
 //! resource alive past its lease.
 //!
-//! What it is told, on its stdin (a Unix socket whose other end the agent holds), one line
-//! each:
-//!
-//! - `deadline <ns>`: the lease is valid until `CLOCK_MONOTONIC` reads `ns` (the agent's own
-//!   deadline, counted from when it sent the renewal, drift allowance included);
-//! - `none`: no lease.
-//!
-//! Until its first line there is no lease; end of file means the agent is gone.
+//! What it is told, on its stdin (a Unix socket whose other end the agent holds), and what
+//! it makes of it, is `haven_node::guard` (`deadline <ns>` of `CLOCK_MONOTONIC`, or `none`;
+//! end of file: the agent is gone): the rules the simulator drives too.
 //!
 //! While there is no valid lease it kills, every [`TICK`], each resource process the agent
 //! started (a child of the agent started with [`RESOURCE_ENV`], with its whole process
@@ -26,7 +21,29 @@ use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::Duration;
 
+use haven_node::guard::Feed;
+
 use crate::{pidfile, procfs, sys};
+
+/// Reads everything `input` (non-blocking) has now into `feed`.
+fn drain(feed: &mut Feed, input: &mut UnixStream) {
+    let mut buf = [0u8; 512];
+    loop {
+        match input.read(&mut buf) {
+            Ok(0) => {
+                feed.eof = true;
+                return;
+            }
+            Ok(n) => feed.take(&buf[..n]),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+            Err(_) => {
+                feed.eof = true;
+                return;
+            }
+        }
+    }
+}
 
 /// How often the guard looks at the clock and the socket.
 pub const TICK: Duration = Duration::from_millis(10);
@@ -34,69 +51,6 @@ pub const TICK: Duration = Duration::from_millis(10);
 /// `CLOCK_MONOTONIC` now, in nanoseconds: the clock the agent and the guard share.
 pub fn monotonic_ns() -> u64 {
     sys::monotonic_ns()
-}
-
-/// What the guard knows from the agent.
-#[derive(Debug, Default)]
-pub struct Feed {
-    /// The lease's end (`CLOCK_MONOTONIC` ns); `None`: no lease.
-    deadline: Option<u64>,
-    /// The agent closed its end: it is gone.
-    pub eof: bool,
-    partial: Vec<u8>,
-}
-
-impl Feed {
-    /// Takes in what the agent sent (bytes of one or more lines, maybe a partial one).
-    pub fn take(&mut self, bytes: &[u8]) {
-        self.partial.extend_from_slice(bytes);
-        while let Some(end) = self.partial.iter().position(|b| *b == b'\n') {
-            let line: Vec<u8> = self.partial.drain(..=end).collect();
-            let line = String::from_utf8_lossy(&line);
-            let mut words = line.split_whitespace();
-            match (words.next(), words.next().map(str::parse::<u64>)) {
-                (Some("deadline"), Some(Ok(ns))) => self.deadline = Some(ns),
-                (Some("none"), None) => self.deadline = None,
-                // Anything else is not from our agent: it counts as no lease.
-                _ => self.deadline = None,
-            }
-        }
-        // A line longer than any the agent sends is not from it either.
-        if self.partial.len() > 64 {
-            self.partial.clear();
-            self.deadline = None;
-        }
-    }
-
-    /// Whether the lease is valid at `now_ns`.
-    pub fn valid(&self, now_ns: u64) -> bool {
-        !self.eof && self.deadline.is_some_and(|d| now_ns < d)
-    }
-
-    /// How long until the lease ends, if it is valid at `now_ns`.
-    pub fn left(&self, now_ns: u64) -> Option<Duration> {
-        self.valid(now_ns).then(|| Duration::from_nanos(self.deadline.unwrap_or(0) - now_ns))
-    }
-
-    /// Reads everything `input` (non-blocking) has now.
-    fn drain(&mut self, input: &mut UnixStream) {
-        let mut buf = [0u8; 512];
-        loop {
-            match input.read(&mut buf) {
-                Ok(0) => {
-                    self.eof = true;
-                    return;
-                }
-                Ok(n) => self.take(&buf[..n]),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(_) => {
-                    self.eof = true;
-                    return;
-                }
-            }
-        }
-    }
 }
 
 /// A process the guard would kill: the leader of a process group (killed as a group) or a
@@ -176,7 +130,7 @@ pub fn run(agent: i32, run_root: &Path, mut input: UnixStream, log: &mut dyn FnM
     let mut feed = Feed::default();
     let mut was_valid = false;
     loop {
-        feed.drain(&mut input);
+        drain(&mut feed, &mut input);
         let now = monotonic_ns();
         if let Some(left) = feed.left(now) {
             was_valid = true;
@@ -184,7 +138,7 @@ pub fn run(agent: i32, run_root: &Path, mut input: UnixStream, log: &mut dyn FnM
             continue;
         }
         let list = victims(agent, me, run_root);
-        feed.drain(&mut input);
+        drain(&mut feed, &mut input);
         if feed.valid(monotonic_ns()) {
             continue;
         }
@@ -214,28 +168,6 @@ mod tests {
 
     use super::*;
 
-    #[test]
-    fn the_feed_reads_deadlines_in_pieces_and_anything_else_is_no_lease() {
-        let mut f = Feed::default();
-        assert!(!f.valid(0), "no lease before the first line");
-        f.take(b"deadline 10");
-        assert!(!f.valid(0), "half a line changes nothing");
-        f.take(b"00\n");
-        assert!(f.valid(999) && !f.valid(1000));
-        assert_eq!(f.left(400), Some(Duration::from_nanos(600)));
-        f.take(b"deadline 5000\nnone\n");
-        assert!(!f.valid(0), "the last line counts");
-        f.take(b"deadline 5000\n");
-        assert!(f.valid(10));
-        f.take(b"deadline soon\n");
-        assert!(!f.valid(10), "a line not from the agent is no lease");
-        f.take(b"deadline 5000\n");
-        f.take(&[b'x'; 100]);
-        assert!(!f.valid(10), "nor is an endless line");
-        f.take(b"\ndeadline 5000\n");
-        f.eof = true;
-        assert!(!f.valid(10), "an agent that is gone holds no lease");
-    }
     /// The loop itself, with this test process as the "agent": a child started with
     /// `HAVEN_RESOURCE` lives while the lease it was told of lasts, dies right after it
     /// ends, and the loop returns once the socket closes. (nextest runs each test in a

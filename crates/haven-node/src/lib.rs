@@ -13,6 +13,8 @@
 //!   in progress, and when to release a group handed off.
 //! - [`grant`]: the leader's lease table and the rule that grants a renewal neither while a
 //!   controller tick commits nor to a node marked down (invariant 3).
+//! - [`guard`]: what the agent tells its node guard (the lease's end) and when the guard
+//!   lets the node's resources live.
 //! - [`leadership`]: the controller loop's term and `leader_since` bookkeeping.
 //! - [`contact`]: each node's notes of when it last vouched for a leader, and how a new
 //!   leader combines a majority's notes into the bound on earlier grants (invariant 4).
@@ -24,6 +26,7 @@
 
 pub mod contact;
 pub mod grant;
+pub mod guard;
 pub mod leadership;
 pub mod lease;
 pub mod lrm;

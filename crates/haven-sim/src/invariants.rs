@@ -74,6 +74,11 @@ impl Running {
         });
     }
 
+    /// The resources running on `node`.
+    pub fn on_node(&self, node: usize) -> Vec<String> {
+        self.on.iter().filter(|(_, nodes)| nodes.contains_key(&node)).map(|(r, _)| r.clone()).collect()
+    }
+
     pub fn nodes_running(&self, resource: &str) -> Vec<usize> {
         self.on.get(resource).map(|n| n.keys().copied().collect()).unwrap_or_default()
     }

@@ -50,7 +50,12 @@
 //!   partitions (random split, healed later), node crash and restart, leader crash, a
 //!   slow disk on one node (applies up to 3 s late while renewals stay fast), resource
 //!   failures, failed and hung starts, failed stops. A crashed node runs nothing; a partitioned node's
-//!   resources keep running until its own lease logic stops them.
+//!   resources keep running until its own lease logic stops them. A frozen agent
+//!   (`FreezeAgent`: SIGSTOP, a hung read) does nothing and reaches nobody — everything it
+//!   would do waits for the thaw — while its resources run on until its node guard, told
+//!   every lease's end through the shared `haven_node::guard` (`deadline`, `Feed`), kills
+//!   them at that deadline (the guard is modelled while the agent is frozen; otherwise the
+//!   agent's own self-fencing acts at the same deadline).
 //!
 //! # What is abstracted, and why
 //!
@@ -181,11 +186,16 @@ pub enum BrokenRule {
     /// A provisional grant (made while a controller tick commits) keeps the node's old
     /// catch-up gate even after its lease lapsed (`haven_node::LeaseRule::ProvisionalIgnoresLapse`).
     ProvisionalIgnoresLapse,
+    /// The agent tells its node guard the leader's deadline (the renewal's sending plus the
+    /// whole lease and the margin) instead of its own lease end: the shared
+    /// `haven_node::guard::deadline` is called with `GuardRule::LeaderDeadline`. A frozen
+    /// agent's resources then outlive the moment the survivors may start them.
+    GuardAtLeaderDeadline,
 }
 
 impl BrokenRule {
     /// Every rule with its `--broken` name.
-    pub const ALL: [(&'static str, BrokenRule); 8] = [
+    pub const ALL: [(&'static str, BrokenRule); 9] = [
         ("skip-lease-wait", BrokenRule::SkipLeaseWait),
         ("lease-from-receipt", BrokenRule::LeaseFromReceipt),
         ("unguarded-grant", BrokenRule::UnguardedGrant),
@@ -194,6 +204,7 @@ impl BrokenRule {
         ("start-before-catch-up", BrokenRule::StartBeforeCatchUp),
         ("start-before-release", BrokenRule::StartBeforeRelease),
         ("provisional-ignores-lapse", BrokenRule::ProvisionalIgnoresLapse),
+        ("guard-at-leader-deadline", BrokenRule::GuardAtLeaderDeadline),
     ];
 
     /// The `--broken` name.

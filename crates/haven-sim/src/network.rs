@@ -11,6 +11,9 @@ use crate::rng::Rng;
 #[derive(Clone, Debug)]
 pub struct Network {
     side: Vec<u8>,
+    /// Nodes cut off from every other (a frozen agent: `Fault::FreezeAgent`), whatever the
+    /// partition.
+    isolated: Vec<bool>,
     /// Probability that one message is lost.
     pub loss: f64,
     /// One-way delay range in µs.
@@ -22,11 +25,16 @@ pub const NORMAL_DELAY_US: (u64, u64) = (200, 15_000);
 
 impl Network {
     pub fn new(nodes: usize) -> Network {
-        Network { side: vec![0; nodes], loss: 0.0, delay_us: NORMAL_DELAY_US }
+        Network { side: vec![0; nodes], isolated: vec![false; nodes], loss: 0.0, delay_us: NORMAL_DELAY_US }
     }
 
     pub fn connected(&self, a: usize, b: usize) -> bool {
-        self.side[a] == self.side[b]
+        a == b || (self.side[a] == self.side[b] && !self.isolated[a] && !self.isolated[b])
+    }
+
+    /// Cuts `node` off from every other node (`true`), or ends that (`false`).
+    pub fn isolate(&mut self, node: usize, cut: bool) {
+        self.isolated[node] = cut;
     }
 
     pub fn partitioned(&self) -> bool {

@@ -10,6 +10,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use haven_node::guard::Feed;
 use haven_node::lrm::View;
 use haven_node::{ContactLog, GrantTable, GroupLrm, Leadership, Lease, LrmRule, ReportPacing, ReportQueue};
 use haven_state::{Request, State};
@@ -57,6 +58,12 @@ pub struct Node {
     /// or received a renewal as that leader). A restart begins a new log, whose floor is
     /// the restart.
     pub contact: ContactLog,
+    /// The agent is frozen (`Fault::FreezeAgent`): its events wait in `deferred`.
+    pub frozen: bool,
+    pub deferred: Vec<crate::sim::Deferred>,
+    /// The node guard's knowledge: the shared `haven_node::guard::Feed`, told in the node's
+    /// local ns.
+    pub guard: Feed,
 }
 
 impl Node {
@@ -84,6 +91,9 @@ impl Node {
             wakes: BTreeSet::new(),
             slow_disk: None,
             contact: ContactLog::new(clock.local(0)),
+            frozen: false,
+            deferred: Vec::new(),
+            guard: Feed::default(),
         }
     }
 
@@ -138,6 +148,9 @@ impl Node {
         self.busy.clear();
         self.broken.clear();
         self.wakes.clear();
+        self.frozen = false;
+        self.deferred.clear();
+        self.guard = Feed::default();
     }
 
     pub fn restart(&mut self, t: Micros) {

@@ -54,6 +54,13 @@ pub enum Fault {
         lag_ms: u64,
         for_ms: u64,
     },
+    /// A frozen agent (SIGSTOP, a hung read): for a while the node's agent does nothing
+    /// (everything it would do waits until it thaws) and reaches nobody, while its
+    /// resources run on — until its node guard, which is not frozen, kills them.
+    FreezeAgent {
+        node: usize,
+        for_ms: u64,
+    },
 }
 
 pub fn generate(rng: &mut Rng, nodes: Option<usize>) -> Scenario {
@@ -126,7 +133,7 @@ pub fn generate(rng: &mut Rng, nodes: Option<usize>) -> Scenario {
 /// The next fault and how long until it (ms).
 pub fn next_fault(rng: &mut Rng, nodes: usize, aggressive_faults: bool) -> (u64, Fault) {
     let gap = if aggressive_faults { rng.range(300, 4_000) } else { rng.range(1_000, 8_000) };
-    let fault = match rng.below(11) {
+    let fault = match rng.below(12) {
         0..=2 => {
             let mut sides: Vec<u8> = (0..nodes).map(|_| rng.range(0, 1) as u8).collect();
             if sides.iter().all(|s| *s == sides[0]) {
@@ -138,9 +145,10 @@ pub fn next_fault(rng: &mut Rng, nodes: usize, aggressive_faults: bool) -> (u64,
         5 => Fault::CrashLeader { restart_after_ms: rng.range(500, 15_000) },
         6..=7 => Fault::Loss { rate: rng.float(0.05, 0.6), for_ms: rng.range(500, 8_000) },
         8..=9 => Fault::Slow { max_ms: rng.range(50, 1_400), for_ms: rng.range(500, 8_000) },
-        _ => {
+        10 => {
             Fault::SlowDisk { node: rng.below(nodes), lag_ms: rng.range(300, 3_000), for_ms: rng.range(1_000, 10_000) }
         }
+        _ => Fault::FreezeAgent { node: rng.below(nodes), for_ms: rng.range(500, 12_000) },
     };
     (gap, fault)
 }

@@ -13,6 +13,7 @@ use std::collections::{BTreeMap, BinaryHeap, VecDeque};
 
 use haven_controller::{Decision, LeaseWait, Observations, Timing};
 use haven_node::contact::{self, ContactRule};
+use haven_node::guard::{self, GuardRule};
 use haven_node::leadership::Change;
 use haven_node::{GrantAnswer, GrantRule, LeaseRule, PROVISIONAL, Renewal};
 use haven_state::{Command, Request, State};
@@ -33,6 +34,10 @@ pub fn fmt_time(t: Micros) -> String {
 }
 
 const MS: u64 = 1000;
+
+/// An event of a frozen node's agent, waiting for the thaw (`Node::deferred`).
+#[derive(Debug)]
+pub struct Deferred(Ev);
 
 #[derive(Debug)]
 enum Ev {
@@ -128,6 +133,16 @@ enum Ev {
     },
     LossEnd,
     SlowEnd,
+    /// A frozen agent goes on (`Fault::FreezeAgent`).
+    Thaw {
+        node: usize,
+        inc: u64,
+    },
+    /// The node guard's deadline, while its agent is frozen.
+    GuardFire {
+        node: usize,
+        inc: u64,
+    },
     QuietStart,
     /// The last `IDLE_WINDOW_MS` of the quiet period begin: count the commits from here.
     IdleFrom,
@@ -376,6 +391,13 @@ impl Sim {
     // ----- events ---------------------------------------------------------------------
 
     fn handle(&mut self, ev: Ev) {
+        // A frozen agent does nothing: what it would do waits until it thaws.
+        if let Some(n) = acting_node(&ev)
+            && self.nodes[n].frozen
+        {
+            self.defer(n, ev);
+            return;
+        }
         match ev {
             Ev::RenewTick { node, inc } => self.renew_tick(node, inc),
             Ev::RenewArrive { node, leader, term, renewal } => {
@@ -488,8 +510,14 @@ impl Sim {
                 self.net.delay_us = NORMAL_DELAY_US;
                 self.note(|_| "network fast again".to_string());
             }
+            Ev::Thaw { node, inc } => self.thaw(node, inc),
+            Ev::GuardFire { node, inc } => self.guard_fire(node, inc),
             Ev::QuietStart => {
                 self.faults_on = false;
+                for i in 0..self.nodes.len() {
+                    let inc = self.nodes[i].incarnation;
+                    self.thaw(i, inc);
+                }
                 self.net.heal();
                 self.net.loss = 0.0;
                 self.net.delay_us = NORMAL_DELAY_US;
@@ -543,11 +571,21 @@ impl Sim {
             Some(BrokenRule::ProvisionalIgnoresLapse) => LeaseRule::ProvisionalIgnoresLapse,
             _ => LeaseRule::FromSend,
         };
+        let guard_rule = match self.opts.broken {
+            Some(BrokenRule::GuardAtLeaderDeadline) => {
+                GuardRule::LeaderDeadline { lease_len: lease, margin: self.opts.profile.margin_ms * MS }
+            }
+            _ => GuardRule::NodeDeadline,
+        };
         let n = &mut self.nodes[node];
         let received = n.local(self.now);
         if !n.lease.renewed(renewal, received, min_applied, lease, rule) {
             return;
         }
+        // The lease keeper tells the guard before anyone may use the lease (the agent's
+        // `lease::LeaseKeeper::renewed`), in the node's local ns.
+        let told = guard::deadline(&n.lease, received, guard_rule).map(|us| us.saturating_mul(1000));
+        n.guard.take(guard::line(told).as_bytes());
         let next = n.clock.true_at(renewal.next_at(renew));
         // The agent's workers wake exactly at the lease end (self-fencing waits for no tick).
         let expiry = n.lease.valid_until().map(|until| n.clock.true_at(until));
@@ -1253,6 +1291,7 @@ impl Sim {
                 self.note(|_| format!("fault: one-way delays up to {max_ms}ms for {for_ms}ms"));
                 self.after(for_ms * MS, Ev::SlowEnd);
             }
+            Fault::FreezeAgent { node, for_ms } => self.freeze(node, for_ms),
             Fault::SlowDisk { node, lag_ms, for_ms } => {
                 self.nodes[node].slow_disk = Some((self.now + for_ms * MS, lag_ms * MS));
                 self.note(|s| format!("fault: {} applies up to {lag_ms}ms late for {for_ms}ms", s.names[node]));
@@ -1264,14 +1303,92 @@ impl Sim {
         if !self.nodes[node].alive {
             return;
         }
+        // What waited for a frozen agent is handled now, as for any crashed node: its own
+        // events are of a dead incarnation, a report or renewal sent to it fails.
+        let waiting = std::mem::take(&mut self.nodes[node].deferred);
         self.nodes[node].crash();
+        self.net.isolate(node, false);
         self.running.crash(node);
+        for Deferred(ev) in waiting {
+            self.after(0, ev);
+        }
         if self.db.leader == Some(node) {
             self.db.leader = None; // a restarted node comes back as a follower
         }
         self.note(|s| format!("fault: {} crashes (restarts in {restart_after_ms}ms)", s.names[node]));
         self.after(restart_after_ms * MS, Ev::Restart { node });
         self.topology_changed();
+    }
+
+    /// `Fault::FreezeAgent`: the agent stops (its events wait, it reaches nobody); its
+    /// resources run on; its guard fires at the deadline it was told.
+    fn freeze(&mut self, node: usize, for_ms: u64) {
+        if !self.nodes[node].alive || self.nodes[node].frozen {
+            return;
+        }
+        self.nodes[node].frozen = true;
+        self.net.isolate(node, true);
+        let inc = self.nodes[node].incarnation;
+        self.note(|s| format!("fault: {}'s agent freezes for {for_ms}ms (its resources run on)", s.names[node]));
+        self.after(for_ms * MS, Ev::Thaw { node, inc });
+        let n = &self.nodes[node];
+        let fire = match n.guard.deadline() {
+            Some(ns) => n.clock.true_at(ns / 1000 + 1),
+            None => self.now,
+        };
+        self.at(fire, Ev::GuardFire { node, inc });
+        self.topology_changed();
+    }
+
+    /// The node guard, while its agent is frozen: without a valid lease it kills every
+    /// resource process of the node (the agent finds them gone when it thaws).
+    fn guard_fire(&mut self, node: usize, inc: u64) {
+        if !self.live(node, inc) || !self.nodes[node].frozen {
+            return;
+        }
+        let local_ns = self.nodes[node].local(self.now).saturating_mul(1000);
+        if self.nodes[node].guard.valid(local_ns) {
+            let ns = self.nodes[node].guard.deadline().unwrap_or(local_ns);
+            let at = self.nodes[node].clock.true_at(ns / 1000 + 1);
+            self.at(at, Ev::GuardFire { node, inc });
+            return;
+        }
+        for res in self.running.on_node(node) {
+            self.running.end(&res, node);
+            self.nodes[node].broken.insert(res.clone());
+            self.note(|s| format!("{}: the guard kills {res} (no lease)", s.names[node]));
+        }
+    }
+
+    fn thaw(&mut self, node: usize, inc: u64) {
+        if !self.live(node, inc) || !self.nodes[node].frozen {
+            return;
+        }
+        self.nodes[node].frozen = false;
+        self.net.isolate(node, false);
+        let waiting = std::mem::take(&mut self.nodes[node].deferred);
+        self.note(|s| format!("{}'s agent thaws ({} events waited)", s.names[node], waiting.len()));
+        for Deferred(ev) in waiting {
+            self.after(0, ev);
+        }
+        self.topology_changed();
+        self.lrm_eval(node);
+    }
+
+    /// Keeps a frozen agent's event for the thaw. A graceful stop that completes meanwhile
+    /// has stopped the process all the same: only the agent's noticing waits.
+    fn defer(&mut self, node: usize, ev: Ev) {
+        if let Ev::OpDone { group, id, fails: false, .. } = &ev {
+            let n = &self.nodes[node];
+            let gname = &self.groups[*group];
+            if n.busy.get(gname) == Some(id)
+                && let Some(Op::Stop { resource, .. }) = n.workers.get(gname).and_then(|w| w.busy())
+            {
+                let resource = resource.clone();
+                self.running.end(&resource, node);
+            }
+        }
+        self.nodes[node].deferred.push(Deferred(ev));
     }
 
     fn restart(&mut self, node: usize) {
@@ -1348,5 +1465,26 @@ fn describe_op(op: &Op) -> String {
         Op::Stop { resource, reason: None, .. } => format!("stops failed {resource}"),
         Op::Stop { resource, .. } => format!("stops {resource}"),
         Op::Check { resource, depth } => format!("checks {resource} ({depth:?})"),
+    }
+}
+
+/// The node whose agent handles `ev` (`None`: the world's events, and the guard's).
+fn acting_node(ev: &Ev) -> Option<usize> {
+    match ev {
+        Ev::RenewTick { node, .. }
+        | Ev::RenewReply { node, .. }
+        | Ev::RenewTimeout { node, .. }
+        | Ev::ControllerTick { node, .. }
+        | Ev::ControllerCommit { node, .. }
+        | Ev::Apply { node, .. }
+        | Ev::LrmWake { node, .. }
+        | Ev::LeaseEnd { node, .. }
+        | Ev::OpDone { node, .. }
+        | Ev::ReportSend { node, .. }
+        | Ev::ReportRetry { node, .. } => Some(*node),
+        Ev::RenewArrive { leader, .. } | Ev::GrantDone { leader, .. } | Ev::ReportArrive { leader, .. } => {
+            Some(*leader)
+        }
+        _ => None,
     }
 }
