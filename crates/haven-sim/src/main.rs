@@ -10,8 +10,7 @@ use haven_sim::{BrokenRule, Options, Profile, replay_command, run_many, run_seed
 
 const USAGE: &str = "usage: haven-sim [--seeds N (5000)] [--start S (0)] [--nodes N] [--profile default|aggressive]
                  [--seed N --trace] [--no-moves]
-                 [--broken RULE: skip-lease-wait, lease-from-receipt, unguarded-grant, own-contact-only,
-                           run-past-lease, start-before-catch-up, start-before-release]";
+                 [--broken RULE]";
 
 struct Args {
     seeds: u64,
@@ -65,7 +64,8 @@ fn main() -> ExitCode {
             if !e.is_empty() {
                 eprintln!("haven-sim: {e}");
             }
-            eprintln!("{USAGE}");
+            let rules: Vec<&str> = BrokenRule::ALL.iter().map(|(name, _)| *name).collect();
+            eprintln!("{USAGE}\nRULE: {}", rules.join(", "));
             return ExitCode::from(2);
         }
     };
