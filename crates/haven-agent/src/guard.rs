@@ -39,6 +39,15 @@ impl GuardLink {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// `running`, `not running` or `none` (a witness), as `haven cluster status` shows it.
+    pub fn describe(&self) -> &'static str {
+        match (self.enabled, self.lock().is_some()) {
+            (false, _) => "none",
+            (true, true) => "running",
+            (true, false) => "not running",
+        }
+    }
+
     /// Whether a guard runs and reads (always, without one: a witness).
     pub fn ok(&self) -> bool {
         !self.enabled || self.lock().is_some()

@@ -62,7 +62,7 @@ pub struct Agent {
     join_lock: tokio::sync::Mutex<()>,
     pub lease: lease::LeaseKeeper,
     /// The node guard's link (see [`guard`]).
-    node_guard: Arc<guard::GuardLink>,
+    pub(crate) node_guard: Arc<guard::GuardLink>,
     /// Leader side: when each node's last renewal arrived (ms), while this node led (in any
     /// term since the agent started), and the grant rule: a renewal lands either before a
     /// controller tick reads the heartbeats or after what it decided is committed, never in

@@ -43,6 +43,11 @@ pub struct ClusterStatus {
     pub lease_valid: bool,
     /// Last Raft log index applied on this node.
     pub applied_index: u64,
+    /// This node's guard (`haven guard`, which kills its resources at its lease end even
+    /// when the agent is frozen): `running`; `not running` (the node runs no resources
+    /// until a new guard runs); `none` on a witness, which runs no resources.
+    #[serde(default)]
+    pub node_guard: String,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]

@@ -51,6 +51,7 @@ async fn a_frozen_agent_loses_its_resources_at_its_lease_end_and_nothing_runs_tw
         .await;
     lab.wait_until("g's evidence", 10, async || !stints(&evidence).is_empty()).await;
     assert!(guard_pid(&lab, owner).is_some(), "the owner runs a guard");
+    assert_eq!(lab.status(owner).await.map(|s| s.node_guard).as_deref(), Some("running"));
 
     // Freeze only the agent: its resource keeps running until the guard kills it.
     let frozen_at = Instant::now();
@@ -106,6 +107,7 @@ async fn a_killed_guard_stops_the_resources_and_is_restarted_and_a_killed_agent_
     })
     .await;
     assert!(common::alive(second));
+    assert_eq!(lab.status(owner).await.map(|s| s.node_guard).as_deref(), Some("running"), "shown again");
     let history = lab.cli_json(0, &["history", "--group", "g", "--limit", "200"]).await;
     println!("{history}");
 

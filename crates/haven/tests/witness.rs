@@ -25,8 +25,10 @@ async fn start(owner: impl FnOnce(u64) -> usize) -> Option<(Lab, PathBuf)> {
     assert_eq!(role("w"), Some(NodeRole::Witness), "{nodes:?}");
     assert_eq!(role("d1"), Some(NodeRole::Voter));
     assert_eq!(role("d2"), Some(NodeRole::Voter));
-    let voters = lab.status(W).await.expect("status").voters;
-    assert_eq!(voters.len(), 3, "the witness votes: voters {voters:?}");
+    let status = lab.status(W).await.expect("status");
+    assert_eq!(status.voters.len(), 3, "the witness votes: voters {:?}", status.voters);
+    assert_eq!(status.node_guard, "none", "a witness runs no resources, so no guard");
+    assert_eq!(lab.status(D1).await.expect("status").node_guard, "running");
 
     let evidence = lab.dir().join("evidence");
     let leader = lab.leader_seen_by(W).await.expect("a leader");

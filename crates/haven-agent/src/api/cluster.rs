@@ -53,6 +53,7 @@ pub(super) async fn cluster_status(AxState(agent): AxState<Arc<Agent>>) -> Json<
         learners: membership.learner_ids().collect(),
         lease_valid: agent.lease.valid(),
         applied_index: m.last_applied.map(|l| l.index).unwrap_or(0),
+        node_guard: agent.node_guard.describe().to_string(),
     })
 }
 

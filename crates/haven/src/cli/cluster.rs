@@ -183,6 +183,7 @@ pub(super) async fn run(c: &Client, fmt: Format, cmd: ClusterCmd) -> Result<(), 
                 println!("voters:       {:?}", s.voters);
                 println!("learners:     {:?}", s.learners);
                 println!("lease valid:  {}", s.lease_valid);
+                println!("node guard:   {}", s.node_guard);
                 println!("applied:      {}", s.applied_index);
             }
         }
