@@ -104,21 +104,14 @@ async fn step(agent: &Agent, state: &State, key_of: &mut Option<String>) -> Resu
 
 /// Fetches the key of the signing CA `ca` from its holder, else from any voter that has it.
 async fn fetch_ca_key(agent: &Agent, state: &State, ca: &ClusterCa) -> Result<(), String> {
-    let mut from: Vec<(&str, &str)> = Vec::new();
-    if let Some(h) = state.nodes.get(&ca.holder) {
-        from.push((&h.name, &h.address));
-    }
-    for n in state.nodes.values() {
-        if n.name != ca.holder && n.name != agent.name() && matches!(n.role, NodeRole::Voter | NodeRole::Witness) {
-            from.push((&n.name, &n.address));
-        }
-    }
+    // The holder first, then the other voters and witnesses; never this node itself.
+    let holder = state.nodes.get(&ca.holder).into_iter();
+    let others =
+        state.nodes.values().filter(|n| n.name != ca.holder && matches!(n.role, NodeRole::Voter | NodeRole::Witness));
+    let from = holder.chain(others).filter(|n| n.name != agent.name()).map(|n| (n.name.as_str(), n.address.as_str()));
     let ask = PeerCaKey { fingerprint: ca.fingerprint.clone() };
     let mut why = Vec::new();
     for (name, addr) in from {
-        if name == agent.name() {
-            continue;
-        }
         let to = format!("node {name:?}");
         match Forward::new(&agent.peers.get(), to, addr, Wait::Short)
             .post::<_, PeerCaKeyReply>("/internal/ca-key", &ask)
@@ -140,16 +133,17 @@ async fn renew_own(agent: &Agent, state: &State) -> Result<(), String> {
     let me = agent.name().to_string();
     // A renewal installed here whose record did not commit (a crash, a lost answer): record
     // the certificate this node has rather than ask for yet another.
-    let signing = signing_ca(state).map(|c| c.fingerprint.clone());
     let current = agent.pki.identity().ok_or("this node has no certificate")?;
-    let recorded = state.node_certs.get(&me).map(|c| c.serial.clone());
     let issuer = agent.pki.issuer_of_own().unwrap_or_default();
-    let asked = state.node_certs.get(&me).is_some_and(|c| c.renew);
-    if recorded.as_deref() != Some(current.serial.as_str()) && !asked && signing.as_deref().is_none_or(|s| s == issuer)
+    let on_record = state.node_certs.get(&me);
+    let asked = on_record.is_some_and(|c| c.renew);
+    if on_record.is_none_or(|c| c.serial != current.serial)
+        && !asked
+        && signing_ca(state).is_none_or(|s| s.fingerprint == issuer)
     {
         return record(agent, &me, &current.serial, &issuer).await;
     }
-    let Some((_, leader)) = agent.db.leader() else { return Err("no leader is elected".into()) };
+    let leader = crate::forward::leader_addr(agent).map_err(|e| e.message)?;
     let csr = agent.pki.renewal_request(&me).map_err(|e| e.to_string())?;
     let renewed: PeerRenewed = Forward::new(&agent.peers.get(), "the leader", &leader, Wait::Commit)
         .post("/internal/renew", &PeerRenew { csr })
@@ -178,9 +172,7 @@ async fn renew(
     Body(r): Body<PeerRenew>,
 ) -> Result<Json<PeerRenewed>, ApiError> {
     if !agent.is_leader() {
-        let Some((_, addr)) = agent.db.leader() else {
-            return Err(ApiError::new(503, "unavailable", "no leader is elected right now; retry in a moment"));
-        };
+        let addr = crate::forward::leader_addr(&agent)?;
         return Forward::new(&agent.peers.get(), "the leader", &addr, Wait::Commit)
             .post("/internal/renew", &r)
             .await

@@ -83,6 +83,15 @@ impl Failure {
     }
 }
 
+/// The leader's address, to forward to; 503 while none is elected.
+pub(crate) fn leader_addr(agent: &crate::Agent) -> Result<String, ApiError> {
+    agent
+        .db
+        .leader()
+        .map(|(_, addr)| addr)
+        .ok_or_else(|| ApiError::new(503, "unavailable", "no leader is elected right now; retry in a moment"))
+}
+
 /// A request for one other agent.
 pub(crate) struct Forward<'a> {
     /// (A handle on the pool: the agent's peer client may be replaced meanwhile.)

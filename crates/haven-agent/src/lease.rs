@@ -62,7 +62,7 @@ impl LeaseKeeper {
         self.with(|l| self.guard.tell(Self::deadline_ns(l, now)));
     }
 
-    /// Wakes whoever watches the lease (its meaning changed: a guard came or went).
+    /// Wakes whoever watches the lease (renewed or lost, or a guard came or went).
     pub fn announce(&self) {
         self.changed.send_modify(|v| *v += 1);
     }
@@ -117,16 +117,14 @@ impl LeaseKeeper {
         // The guard hears of the new lease before anyone here can see it (the lock is held
         // from the renewal until the guard was told).
         let renewed = self.with(|l| {
-            let mut next = l.clone();
-            let renewed = next.renewed(renewal, now, min_applied, lease_len, LeaseRule::FromSend);
+            let renewed = l.renewed(renewal, now, min_applied, lease_len, LeaseRule::FromSend);
             if renewed {
-                self.guard.tell(Self::deadline_ns(&next, now));
+                self.guard.tell(Self::deadline_ns(l, now));
             }
-            *l = next;
             renewed
         });
         if renewed {
-            self.changed.send_modify(|v| *v += 1);
+            self.announce();
         }
     }
 
@@ -142,7 +140,7 @@ impl LeaseKeeper {
             Some(false) => tracing::warn!("lease lost: no renewal from a leader with quorum"),
             None => return,
         }
-        self.changed.send_modify(|v| *v += 1);
+        self.announce();
     }
 }
 

@@ -58,6 +58,30 @@ pub struct VerifiedPeer {
     chain: Arc<Vec<Vec<u8>>>,
 }
 
+impl VerifiedPeer {
+    /// Why this certificate may not speak for a member now, if it may not: the replicated
+    /// state and this node's trust, read per request, so that a removal revokes connections
+    /// that are already open too, and a retired CA ends its certificates'. (A connection
+    /// made while a rotation was reaching this node may have been vouched for by the old CA
+    /// through the new one's cross certificate: it is looked at again under what this node
+    /// trusts now.)
+    fn refusal(&self, agent: &Agent) -> Option<ApiError> {
+        let p = &self.cert;
+        if !agent.pki.trusts(&self.issuer) && agent.pki.issuer_of(&self.chain).is_none_or(|i| !agent.pki.trusts(&i)) {
+            let message = format!("the certificate of {p} is from a CA this cluster no longer trusts (it was retired)");
+            return Some(ApiError::new(403, "untrusted", message));
+        }
+        if haven_state::pki::is_revoked(&agent.db.state(), &p.serial) {
+            let message = format!(
+                "the certificate of {p} is revoked: the node was removed from the cluster, or its certificate was \
+                 replaced (renewed)"
+            );
+            return Some(ApiError::new(403, "revoked", message));
+        }
+        None
+    }
+}
+
 /// Serves `router` on `listener` until `stop` turns true; open connections are then asked
 /// to finish (the caller bounds how long it waits).
 pub async fn serve(listener: TcpListener, router: Router, pki: Arc<Pki>, mut stop: watch::Receiver<bool>) {
@@ -165,11 +189,10 @@ fn from_this_host(remote: SocketAddr, local: Option<SocketAddr>) -> bool {
 /// The member whose verified, unrevoked certificate of a CA trusted now opened the
 /// connection `req` came on, if one did (a public request another agent forwarded).
 pub(crate) fn member_of(agent: &Agent, req: &Request) -> Option<PeerCert> {
-    let Some(Connection::Tls { peer: Some(VerifiedPeer { cert, issuer, .. }) }) = req.extensions().get::<Connection>()
-    else {
+    let Some(Connection::Tls { peer: Some(peer) }) = req.extensions().get::<Connection>() else {
         return None;
     };
-    (agent.pki.trusts(issuer) && !haven_state::pki::is_revoked(&agent.db.state(), &cert.serial)).then(|| cert.clone())
+    peer.refusal(agent).is_none().then(|| peer.cert.clone())
 }
 
 /// A refusal of a peer connection that the client should not use again (over HTTP/1.1
@@ -206,27 +229,13 @@ pub async fn gate(AxState(agent): AxState<Arc<Agent>>, mut req: Request, next: N
                      `haven cluster join` to get one",
                 ));
             }
-            Connection::Tls { peer: Some(VerifiedPeer { cert: p, issuer, chain }) } => {
-                // The replicated state, read per request: a removal revokes connections
-                // that are already open too, and a retired CA ends its certificates'. (A
-                // connection made while a rotation was reaching this node may have been
-                // vouched for by the old CA through the new one's cross certificate: it is
-                // looked at again under what this node trusts now.)
-                if !agent.pki.trusts(&issuer) && agent.pki.issuer_of(&chain).is_none_or(|i| !agent.pki.trusts(&i)) {
-                    let message =
-                        format!("the certificate of {p} is from a CA this cluster no longer trusts (it was retired)");
-                    return closing(ApiError::new(403, "untrusted", message));
-                }
-                if haven_state::pki::is_revoked(&agent.db.state(), &p.serial) {
-                    let message = format!(
-                        "the certificate of {p} is revoked: the node was removed from the cluster, or its certificate \
-                         was replaced (renewed)"
-                    );
-                    return closing(ApiError::new(403, "revoked", message));
+            Connection::Tls { peer: Some(peer) } => {
+                if let Some(refusal) = peer.refusal(&agent) {
+                    return closing(refusal);
                 }
                 // Raft's routes bind each message to the node it speaks for (`SenderId`).
-                req.extensions_mut().insert(haven_raft::network::SenderId(p.id));
-                req.extensions_mut().insert(p);
+                req.extensions_mut().insert(haven_raft::network::SenderId(peer.cert.id));
+                req.extensions_mut().insert(peer.cert);
             }
         }
     } else if matches!(conn, Connection::Plain { local: false }) && !agent.plain_api {

@@ -142,9 +142,7 @@ async fn join(AxState(agent): AxState<Arc<Agent>>, Body(j): Body<PeerJoin>) -> R
         return Err(ApiError::new(409, "not_initialized", "this node is not in an initialized cluster"));
     }
     if !agent.is_leader() {
-        let Some((_, addr)) = agent.db.leader() else {
-            return Err(ApiError::new(503, "unavailable", "no leader is elected right now; retry in a moment"));
-        };
+        let addr = crate::forward::leader_addr(&agent)?;
         return forward_join(&agent.peers.get(), "the leader", &addr, &j).await.map(Json);
     }
     // One join at a time on this leader: the token check below and its use in `JoinNode`

@@ -520,12 +520,11 @@ impl Pki {
         let wanted: Vec<String> = cas.iter().map(|c| c.fingerprint.clone()).collect();
         // A cross certificate matters only while the CA that signed it is trusted: the
         // newest one's, during a rotation.
-        let mut crosses = Vec::new();
-        if cas.len() > 1
-            && let Some(pem) = &cas[0].cross_certificate
-        {
-            crosses.push(pem_der(Path::new("a cross certificate of the cluster state"), pem)?);
-        }
+        let cross_pem = cas.first().and_then(|c| c.cross_certificate.as_deref()).filter(|_| cas.len() > 1);
+        let crosses = match cross_pem {
+            Some(pem) => vec![pem_der(Path::new("a cross certificate of the cluster state"), pem)?],
+            None => Vec::new(),
+        };
         let same = {
             let m = self.read_material();
             m.ca.as_ref().is_some_and(|t| {
@@ -547,13 +546,12 @@ impl Pki {
             ders.push(der);
         }
         let bundle: String = cas.iter().map(|c| c.certificate.as_str()).collect();
-        let cross: String =
-            if crosses.is_empty() { String::new() } else { cas[0].cross_certificate.clone().unwrap_or_default() };
         write_public(&self.path("ca.pem"), &bundle)?;
-        if cross.is_empty() {
-            let _ = std::fs::remove_file(self.path("cross.pem"));
-        } else {
-            write_public(&self.path("cross.pem"), &cross)?;
+        match cross_pem {
+            Some(pem) => write_public(&self.path("cross.pem"), pem)?,
+            None => {
+                let _ = std::fs::remove_file(self.path("cross.pem"));
+            }
         }
         let retired: Vec<(String, Vec<u8>)> = {
             let m = self.read_material();
@@ -723,12 +721,7 @@ impl Pki {
         if !key_matches(&key_pem, &der) {
             return Err(PkiError::Refused("the renewed certificate is not for the key this node asked with".into()));
         }
-        let ca = self.cert_of(ca_fp).ok_or_else(|| PkiError::Refused(format!("CA {ca_fp} is not trusted here")))?;
-        let signed = x509_parser::parse_x509_certificate(&der)
-            .ok()
-            .zip(x509_parser::parse_x509_certificate(&ca).ok())
-            .is_some_and(|((_, c), (_, ca))| c.verify_signature(Some(ca.public_key())).is_ok());
-        if !signed {
+        if self.issuer_of(std::slice::from_ref(&der)).as_deref() != Some(ca_fp) {
             return Err(PkiError::Refused(format!("the renewed certificate is not signed by CA {ca_fp}")));
         }
         write_public(&self.path("node.next.pem"), cert_pem)?;

@@ -126,9 +126,7 @@ pub(super) async fn remove_node(
     let id = node.id;
     // The voter set can only change on the leader: let it do the whole removal.
     if !agent.is_leader() {
-        let Some((_, addr)) = agent.db.leader() else {
-            return Err(ApiError::new(503, "unavailable", "no leader is elected right now; retry in a moment"));
-        };
+        let addr = crate::forward::leader_addr(&agent)?;
         let path = format!("/api/v1/nodes/{}", crate::requests::percent_encode(&name));
         let http = agent.peers.get();
         let leader = Forward::new(&http, "the leader", &addr, Wait::Long);
