@@ -114,19 +114,22 @@ pub fn random_bytes(n: usize) -> Result<Vec<u8>, PkiError> {
 }
 
 /// A fingerprint as the operator may write it (`AB:CD:…`, upper or lower case) in the one
-/// form this module compares: 64 lower-case hex digits. The error does not quote it.
-pub fn normalize_fingerprint(given: &str) -> Result<String, String> {
+/// form this module compares: 64 lower-case hex digits. The error names `field` and where
+/// the fingerprint is printed (`from`), and does not quote the value.
+pub fn normalize_fingerprint(given: &str, field: &str, from: &str) -> Result<String, String> {
     let f: String = given.chars().filter(|c| *c != ':' && !c.is_whitespace()).collect::<String>().to_lowercase();
     if f.len() == 64 && f.bytes().all(|b| b.is_ascii_hexdigit()) {
         Ok(f)
     } else {
         Err(format!(
-            "ca_fingerprint must be the 64 hex digits of a SHA-256 (got {} characters); copy it from the output \
-             of `haven cluster token create`",
+            "{field} must be the 64 hex digits of a SHA-256 (got {} characters); copy it from the output of {from}",
             given.len()
         ))
     }
 }
+
+/// Where the cluster CA's fingerprint a joiner or a CLI pins is printed.
+pub const PINNED_FROM: &str = "`haven cluster token create`";
 
 /// Reads a certificate's identity. `None` for a certificate that is not a Haven node's.
 pub fn peer_cert(der: &[u8]) -> Option<PeerCert> {
@@ -1341,11 +1344,14 @@ mod tests {
     #[test]
     fn fingerprints_are_read_in_the_forms_an_operator_copies() {
         let f = "ab".repeat(32);
-        assert_eq!(normalize_fingerprint(&f.to_uppercase()), Ok(f.clone()));
+        let read = |given: &str| normalize_fingerprint(given, "ca_fingerprint", PINNED_FROM);
+        assert_eq!(read(&f.to_uppercase()), Ok(f.clone()));
         let colons: Vec<&str> = (0..32).map(|_| "AB").collect();
-        assert_eq!(normalize_fingerprint(&colons.join(":")), Ok(f));
-        let e = normalize_fingerprint("secret-token").unwrap_err();
+        assert_eq!(read(&colons.join(":")), Ok(f));
+        let e = read("secret-token").unwrap_err();
         assert!(!e.contains("secret") && e.contains("64 hex digits"), "{e}");
+        let e = normalize_fingerprint("x", "fingerprint", "`haven cluster ca status`").unwrap_err();
+        assert!(e.starts_with("fingerprint must") && e.contains("ca status"), "{e}");
     }
 
     #[test]

@@ -259,7 +259,7 @@ fn validate_ca_ref(s: &State, ca: Option<&str>) -> Result<String, StateError> {
     if !s.cas.is_empty() && !s.cas.iter().any(|c| c.fingerprint == ca) {
         return Err(invalid(
             "ca",
-            format!("the CA {ca} is not one the cluster trusts (`haven cluster ca` lists them)"),
+            format!("the CA {ca} is not one the cluster trusts (`haven cluster ca status` lists them)"),
         ));
     }
     Ok(ca.to_string())
@@ -358,7 +358,7 @@ pub(crate) fn rotate_ca(s: &mut State, at: Millis, by: &str, ca: &ClusterCa, pre
     if s.cas.len() > 1 {
         return Err(StateError::conflict(format!(
             "a CA rotation is in progress: the cluster trusts CA {} and CA {}; retire the old one first \
-             (`haven cluster ca retire {}`, once `haven cluster ca` shows every node renewed)",
+             (`haven cluster ca retire {}`, once `haven cluster ca status` shows every node renewed)",
             short(&s.cas[0].fingerprint),
             short(&s.cas[1].fingerprint),
             s.cas[1].fingerprint
@@ -422,7 +422,7 @@ pub(crate) fn retire_ca(s: &mut State, at: Millis, by: &str, fingerprint: &str) 
         .collect();
     if !behind.is_empty() {
         return Err(StateError::conflict(format!(
-            "nodes {} still have certificates the new CA did not sign; wait until they renewed (`haven cluster ca` \
+            "nodes {} still have certificates the new CA did not sign; wait until they renewed (`haven cluster ca status` \
              shows progress; a node that is down renews when it is back) or remove them",
             crate::apply::quoted(&behind)
         )));

@@ -209,12 +209,10 @@ pub(super) async fn cluster_join(
     if agent.db.state().cluster.is_some() {
         return Err(ApiError::new(409, "conflict", "this node is already a member of a cluster"));
     }
-    let fingerprint = crate::pki::normalize_fingerprint(&req.ca_fingerprint).map_err(|m| ApiError {
-        status: 400,
-        code: "invalid".into(),
-        message: m,
-        field: Some("ca_fingerprint".into()),
-    })?;
+    let fingerprint =
+        crate::pki::normalize_fingerprint(&req.ca_fingerprint, "ca_fingerprint", crate::pki::PINNED_FROM).map_err(
+            |m| ApiError { status: 400, code: "invalid".into(), message: m, field: Some("ca_fingerprint".into()) },
+        )?;
     let address =
         req.address.trim_start_matches("http://").trim_start_matches("https://").trim_end_matches('/').to_string();
     let csr = agent.pki.join_request(&agent.config.name).map_err(|e| ApiError::new(500, "internal", e.to_string()))?;
@@ -331,7 +329,8 @@ pub(super) async fn ca_retire(
     Body(req): Body<RetireCaRequest>,
 ) -> ApiResult<CaStatus> {
     require_cluster(&agent.db.state())?;
-    let fingerprint = crate::pki::normalize_fingerprint(&req.fingerprint).map_err(|message| {
+    let fingerprint = crate::pki::normalize_fingerprint(&req.fingerprint, "fingerprint", "`haven cluster ca status`")
+        .map_err(|message| {
         SubmitError::Refused(haven_state::StateError {
             code: haven_state::ErrorCode::Invalid,
             message,

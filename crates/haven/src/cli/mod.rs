@@ -240,8 +240,11 @@ fn client(server: Option<String>, token: Option<String>, ca: Option<String>, pin
     let ca = ca.filter(|c| !c.trim().is_empty()).or(file.ca_fingerprint);
     let client = match ca.filter(|_| pin) {
         Some(given) => {
-            let fingerprint = haven_agent::pki::normalize_fingerprint(&given)
-                .map_err(|e| usage(format!("{e} (it came from --ca-fingerprint, HAVEN_CA_FINGERPRINT or cli.toml)")))?;
+            let fingerprint =
+                haven_agent::pki::normalize_fingerprint(&given, "ca_fingerprint", haven_agent::pki::PINNED_FROM)
+                    .map_err(|e| {
+                        usage(format!("{e} (it came from --ca-fingerprint, HAVEN_CA_FINGERPRINT or cli.toml)"))
+                    })?;
             let timeouts = (haven_api::client::CONNECT_TIMEOUT, REQUEST_TIMEOUT);
             let (http, _) = haven_agent::pki::pinned_client(&fingerprint, timeouts)
                 .map_err(|e| Failure { code: EXIT_UNAVAILABLE, message: e.to_string() })?;
